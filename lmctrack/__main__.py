@@ -1,0 +1,3 @@
+from lmctrack.cli import app
+
+app()

@@ -1,0 +1,217 @@
+"""params.yaml, validated: every section is a pydantic model that rejects unknown keys.
+
+Also the Step type of the reference implementation ('2000it', '160ep', '120ep50it') and the
+canonical hash that identifies equal work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
+
+from lmctrack.errors import LmcError
+
+_STEP_RE = re.compile(r"^(?:(\d+)ep)?(?:(\d+)it)?$")
+
+
+class Step(BaseModel):
+    """A point in training: `ep` epochs plus `it` iterations (iterations per epoch = ceil(N/batch))."""
+
+    model_config = ConfigDict(frozen=True)
+    ep: int = 0
+    it: int = 0
+
+    @classmethod
+    def parse(cls, value: Any) -> Step:
+        if isinstance(value, Step):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return cls(it=value)
+        if isinstance(value, dict):
+            return cls(**value)
+        text = str(value).strip()
+        match = _STEP_RE.match(text)
+        if not text or match is None:
+            raise ValueError(f"'{value}' is not a step: write '2000it', '160ep' or '120ep50it'")
+        return cls(ep=int(match.group(1) or 0), it=int(match.group(2) or 0))
+
+    def iterations(self, iterations_per_epoch: int) -> int:
+        """This step as an iteration count."""
+        return self.ep * iterations_per_epoch + self.it
+
+    def __str__(self) -> str:
+        if self.ep and self.it:
+            return f"{self.ep}ep{self.it}it"
+        return f"{self.ep}ep" if self.ep else f"{self.it}it"
+
+
+StepField = Annotated[Step, BeforeValidator(Step.parse), PlainSerializer(str, return_type=str)]
+
+
+def iterations_per_epoch(num_examples: int, batch_size: int) -> int:
+    return math.ceil(num_examples / batch_size)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Which dataset; real datasets are read from `root` and never downloaded."""
+
+    name: Literal[
+        "mnist1d", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet", "tensors"
+    ] = "mnist1d"
+    root: str = "data"
+    num_samples: int = Field(20000, gt=0, description="MNIST-1D: examples generated (train+test)")
+    augment: bool | None = Field(None, description="None: the reference convention per dataset")
+    path: str | None = Field(None, description="'tensors': a safetensors file with x_train, y_train")
+
+
+class ModelConfig(Section):
+    name: str = "mnist1d_cnn"
+    width: int | None = Field(None, gt=0, description="channel / hidden width where the model has one")
+
+
+class TrainConfig(Section):
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(100, gt=0)
+    steps: StepField = Field(default_factory=lambda: Step(it=3000))
+    schedule: Literal["constant", "step", "linear_decay"] = "constant"
+    milestones: list[StepField] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0)
+    warmup: StepField = Field(default_factory=Step)
+    final_lr: float = Field(0.0, ge=0, description="linear_decay: learning rate reached at T")
+    rewind_steps: list[StepField] = Field(default_factory=list, description="states Wk to register")
+    eval_every: StepField | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class SeedConfig(Section):
+    """Init decides W0; data order and augmentation are the SGD noise, each its own seed."""
+
+    init: int = 0
+    data_order: int = 0
+    augment: int = 0
+
+
+class InstabilityConfig(Section):
+    rewind_steps: list[StepField] = Field(default_factory=lambda: [Step(it=0)])
+    inits: int = Field(3, gt=0)
+    copies: int = Field(3, ge=2, description="copies per state; every pair is interpolated")
+    alphas: int = Field(30, ge=2)
+    splits: list[Literal["test", "train"]] = Field(default_factory=lambda: ["test", "train"])
+    bn: Literal["interpolate", "reset"] = "reset"
+    reset_schedule: bool = False
+    track_every: StepField | None = None
+    stable_threshold: float = Field(0.02, gt=0, description="barrier below this is stable")
+
+
+class ImpConfig(Section):
+    rewind: StepField = Field(default_factory=Step)
+    levels: int = Field(5, ge=1)
+    fraction: float = Field(0.2, gt=0, lt=1)
+    one_shot: bool = False
+    density: float | None = Field(None, gt=0, lt=1)
+    strategy: Literal["global", "layerwise"] = "global"
+    matching_threshold: float = Field(0.002, ge=0, description="accuracy drop below this matches")
+    prune_data: DataConfig | None = None
+
+
+class StoreConfig(Section):
+    tracking_uri: str | None = Field(None, description="None: sqlite store in the project folder")
+
+
+class Params(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    seeds: SeedConfig = Field(default_factory=SeedConfig)
+    instability: InstabilityConfig = Field(default_factory=InstabilityConfig)
+    imp: ImpConfig = Field(default_factory=ImpConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+
+    @model_validator(mode="after")
+    def _one_shot_needs_density(self) -> Params:
+        if self.imp.one_shot and self.imp.density is None:
+            raise ValueError("imp.one_shot needs imp.density (the fraction of weights to keep)")
+        return self
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    value = first.get("input")
+    shown = f" (got {value!r})" if first["type"] != "extra_forbidden" and value is not None else ""
+    extra = f" and {len(error.errors()) - 1} more" if len(error.errors()) > 1 else ""
+    return f"{source}: {field}: {msg}{shown}{extra}; fix that field and re-run"
+
+
+def _set_path(tree: dict, dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise LmcError(f"--set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+
+
+def load_params(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read params.yaml (or defaults when path is None) and apply `section.key=value` overrides."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        if not path.is_file():
+            raise LmcError(f"params file {path} not found; pass --params with an existing YAML file")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise LmcError(f"{path}: malformed YAML{where}; fix the syntax and re-run") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise LmcError(f"{path}: expected sections (data:, model:, train:, ...) at the top level")
+        tree = loaded or {}
+    for item in overrides:
+        if "=" not in item:
+            raise LmcError(f"--set '{item}': write section.key=value, e.g. --set train.lr=0.05")
+        key, raw = item.split("=", 1)
+        _set_path(tree, key.strip(), raw.strip())
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as e:
+        raise LmcError(_describe(e, source)) from None
+
+
+def config_hash(*sections: BaseModel | dict | str | None) -> str:
+    """A short canonical hash: equal work gets equal hashes whatever the key order or spelling."""
+    payload = [
+        s.model_dump(mode="json") if isinstance(s, BaseModel) else s for s in sections
+    ]
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
