@@ -80,12 +80,16 @@ class DataConfig(Section):
     root: str = "data"
     num_samples: int = Field(20000, gt=0, description="MNIST-1D: examples generated (train+test)")
     augment: bool | None = Field(None, description="None: the reference convention per dataset")
-    path: str | None = Field(None, description="'tensors': a safetensors file with x_train, y_train")
+    path: str | None = Field(
+        None, description="'tensors': a safetensors file with x_train, y_train"
+    )
 
 
 class ModelConfig(Section):
     name: str = "mnist1d_cnn"
-    width: int | None = Field(None, gt=0, description="channel / hidden width where the model has one")
+    width: int | None = Field(
+        None, gt=0, description="channel / hidden width where the model has one"
+    )
 
 
 class TrainConfig(Section):
@@ -187,7 +191,9 @@ def load_params(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) 
     if path is not None:
         source = str(path)
         if not path.is_file():
-            raise LmcError(f"params file {path} not found; pass --params with an existing YAML file")
+            raise LmcError(
+                f"params file {path} not found; pass --params with an existing YAML file"
+            )
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
@@ -195,7 +201,9 @@ def load_params(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) 
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise LmcError(f"{path}: malformed YAML{where}; fix the syntax and re-run") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise LmcError(f"{path}: expected sections (data:, model:, train:, ...) at the top level")
+            raise LmcError(
+                f"{path}: expected sections (data:, model:, train:, ...) at the top level"
+            )
         tree = loaded or {}
     for item in overrides:
         if "=" not in item:
@@ -210,8 +218,6 @@ def load_params(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) 
 
 def config_hash(*sections: BaseModel | dict | str | None) -> str:
     """A short canonical hash: equal work gets equal hashes whatever the key order or spelling."""
-    payload = [
-        s.model_dump(mode="json") if isinstance(s, BaseModel) else s for s in sections
-    ]
+    payload = [s.model_dump(mode="json") if isinstance(s, BaseModel) else s for s in sections]
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -53,7 +53,9 @@ def save_state(state: State, folder: Path) -> list[Path]:
     save_file(weights, str(files[0]))
     if state.mask is not None:
         files.append(folder / MASK_FILE)
-        save_file({k: v.cpu().to(torch.bool).contiguous() for k, v in state.mask.items()}, str(files[1]))
+        save_file(
+            {k: v.cpu().to(torch.bool).contiguous() for k, v in state.mask.items()}, str(files[1])
+        )
     return files
 
 

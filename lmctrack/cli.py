@@ -1,0 +1,595 @@
+"""The lmctrack command line: parse, call one workflow, print URIs (stdout) and tables (stderr).
+
+Heavy libraries (torch, mlflow) are imported inside the commands so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lmctrack.config import Params, Step, load_params
+from lmctrack.errors import LmcError
+
+app = typer.Typer(
+    help="Linear mode connectivity and the lottery ticket hypothesis, tracked in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Place datasets under data/ (DVC-tracked).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ParamsOpt = Annotated[
+    Path | None,
+    typer.Option("--params", "-p", help="params.yaml (default: ./params.yaml if present)"),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="override: section.key=value (repeatable)"),
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", help="folder for DVC outputs: URIs, metrics JSON, plots, CSV"),
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the full result as JSON on stdout")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    from lmctrack.progress import console
+
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def guarded(fn: Callable) -> Callable:
+    """Turn user-fixable failures into one clear line and a non-zero exit, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LmcError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted; run the same command again to resume from the last checkpoint", 130)
+
+    return wrapper
+
+
+def _params(path: Path | None, overrides: list[str] | None, device: str | None = None) -> Params:
+    if path is None and Path("params.yaml").is_file():
+        path = Path("params.yaml")
+    sets = list(overrides or [])
+    if device:
+        sets.append(f"train.device={device}")
+    return load_params(path, sets)
+
+
+def _context(params: Params, quiet: bool, out: Path | None, store=None):
+    from lmctrack.progress import board
+    from lmctrack.workflows.common import make_context
+
+    stack = board(enabled=not quiet and sys.stderr.isatty())
+    progress = stack.__enter__()
+    ctx = make_context(params, board=progress, store=store, out=out)
+    ctx.close = lambda: stack.__exit__(None, None, None)
+    return ctx
+
+
+def _with_run_params(user: Params, run_params: Params) -> Params:
+    """Train as the source run did; take interpolation, IMP and store settings from the user."""
+    update = {"instability": user.instability, "imp": user.imp, "store": user.store}
+    train = run_params.train.model_copy(update={"device": user.train.device})
+    return run_params.model_copy(update={**update, "train": train})
+
+
+def _emit(result: dict, as_json: bool, lines: list[tuple[str, str]]) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        for name, value in lines:
+            typer.echo(f"{name}\t{value}")
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.table import Table
+
+    from lmctrack.progress import console
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+
+
+@app.command()
+@guarded
+def train(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train W0 to W_T; register W0, every rewind state Wk, and W_T as model versions."""
+    from lmctrack.workflows.train import state_name, train_run
+
+    cfg = _params(params, set_, device)
+    ctx = _context(cfg, quiet, out)
+    try:
+        run = train_run(ctx)
+    finally:
+        ctx.close()
+    result = {
+        "run_id": run.run_id,
+        "reused": run.reused,
+        "states": {state_name(s, run.total): uri for s, uri in sorted(run.states.items())},
+    }
+    ctx.write_output("train.json", result)
+    _emit(result, as_json, [("run_id", run.run_id), *result["states"].items()])
+
+
+def _fork_source(
+    ctx_store, run_id: str | None, step: str | None, source: str | None
+) -> tuple[str, str]:
+    """(source URI, producing run id) from --run-id/--step or --from."""
+    if (run_id is None) == (source is None):
+        raise LmcError("give either --run-id RUN --step STEP or --from URI (not both)")
+    if source is not None:
+        return source, ctx_store.describe(source).run_id
+    if step is None:
+        raise LmcError(
+            "--run-id needs --step, e.g. --step 500it (a rewind step the run registered)"
+        )
+    return "", run_id
+
+
+@app.command()
+@guarded
+def fork(
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="a run of `lmctrack train`")
+    ] = None,
+    step: Annotated[
+        str | None, typer.Option("--step", help="rewind step k of that run, e.g. 500it")
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option("--from", help="any state URI instead of --run-id/--step")
+    ] = None,
+    mask: Annotated[
+        str | None, typer.Option("--mask", help="URI of a mask to apply to the state")
+    ] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="number of copies (noise seeds 1..N)")] = 2,
+    reset_schedule: Annotated[
+        bool,
+        typer.Option(
+            "--reset-schedule", help="train copies for all T steps, schedule restarted (Figure 4)"
+        ),
+    ] = False,
+    track_every: Annotated[
+        str | None,
+        typer.Option(
+            "--track-every", help="also interpolate the copies every N steps (Appendix C)"
+        ),
+    ] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Algorithm 1: train copies of Wk under different SGD noise and interpolate every pair."""
+    from lmctrack.workflows.common import open_store, params_of_run
+    from lmctrack.workflows.fork import fork as run_fork
+    from lmctrack.workflows.train import TrainedRun
+
+    if seeds < 2:
+        raise LmcError("--seeds must be at least 2: instability compares copies pairwise")
+    user = _params(params, set_, device)
+    store = open_store(user)
+    uri, producer = _fork_source(store, run_id, step, source)
+    cfg = _with_run_params(user, params_of_run(store, producer))
+    ctx = _context(cfg, quiet, out, store)
+    try:
+        if not uri:
+            states = {int(i.tags["step"]): i.uri for i in store.run_states(producer)}
+            trained = TrainedRun(producer, states, ctx.total_steps, True)
+            uri = trained.at(ctx.steps(Step.parse(step)))
+        track = ctx.steps(Step.parse(track_every)) if track_every else None
+        result = run_fork(
+            ctx,
+            uri,
+            seeds=list(range(1, seeds + 1)),
+            mask=mask,
+            reset_schedule=reset_schedule,
+            track_every=track,
+        )
+    finally:
+        ctx.close()
+    ctx.write_output("fork.json", result)
+    _table(
+        f"fork of {uri} (k={result['k']}, bn={result['bn']}, {result['alphas']} alphas)",
+        ["pair", *[f"{s} error barrier" for s in cfg.instability.splits], "stable"],
+        [
+            [
+                f"{p['copies'][0]}-{p['copies'][1]}",
+                *[p["summary"][f"{s}.error_barrier"] for s in cfg.instability.splits],
+                "yes"
+                if p["summary"]["test.error_barrier"] < cfg.instability.stable_threshold
+                else "no",
+            ]
+            for p in result["pairs"]
+        ]
+        if "test" in cfg.instability.splits
+        else [],
+    )
+    _emit(result, as_json, [("run_id", result["run_id"]), *[("W_T", c) for c in result["copies"]]])
+
+
+@app.command()
+@guarded
+def interpolate(
+    uri_a: Annotated[str, typer.Argument(help="first state (alpha = 0)")],
+    uri_b: Annotated[str, typer.Argument(help="second state (alpha = 1)")],
+    alphas: Annotated[
+        int | None, typer.Option("--alphas", help="points on the path, both ends included")
+    ] = None,
+    split: Annotated[
+        list[str] | None, typer.Option("--split", help="test and/or train (repeatable)")
+    ] = None,
+    bn: Annotated[
+        str | None, typer.Option("--bn", help="interpolate | reset: BatchNorm statistics policy")
+    ] = None,
+    each_mask: Annotated[
+        bool, typer.Option("--each-mask", help="endpoints keep their own (different) masks")
+    ] = False,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = True,
+) -> None:
+    """Evaluate the linear path between two states; report the error and loss barriers."""
+    from lmctrack.workflows.common import open_store, params_of_run
+    from lmctrack.workflows.interpolate import interpolate as run_interpolate
+
+    sets = list(set_ or [])
+    if alphas is not None:
+        sets.append(f"instability.alphas={alphas}")
+    if split:
+        sets.append(f"instability.splits=[{','.join(split)}]")
+    if bn is not None:
+        sets.append(f"instability.bn={bn}")
+    user = _params(params, sets, device)
+    store = open_store(user)
+    cfg = _with_run_params(user, params_of_run(store, store.describe(uri_a).run_id))
+    ctx = _context(cfg, True, out, store)
+    try:
+        result = run_interpolate(ctx, uri_a, uri_b, mask_mode="each" if each_mask else "same")
+    finally:
+        ctx.close()
+    ctx.write_output("interpolate.json", result)
+    s = result["summary"]
+    _table(
+        f"{uri_a} -> {uri_b} (bn={result['bn']})",
+        ["split", "error barrier (paper)", "loss barrier (Entezari)"],
+        [
+            [sp, s[f"{sp}.error_barrier"], s[f"{sp}.loss_barrier_linear"]]
+            for sp in cfg.instability.splits
+        ],
+    )
+    _emit(result, as_json, [("run_id", result["parent_run_id"])])
+
+
+@app.command()
+@guarded
+def instability(
+    mask: Annotated[
+        str | None, typer.Option("--mask", help="URI of a mask applied to every Wk")
+    ] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The Figure-3 sweep: for each rewind step k, inits x copies; mean, std, median; plot."""
+    from lmctrack.workflows.instability import instability as run_sweep
+
+    cfg = _params(params, set_, device)
+    ctx = _context(cfg, quiet, out)
+    try:
+        result = run_sweep(ctx, mask=mask)
+    finally:
+        ctx.close()
+    ctx.write_output("instability.json", result)
+    _table(
+        f"instability of {result['model']} (error barrier, bn={result['bn']}, "
+        f"{len(result['inits'])} inits x {len(result['copy_seeds'])} copies)",
+        ["k", "split", "samples", "mean", "std", "median", "endpoint error", "stable (<2%)"],
+        [
+            [
+                f"{r['k']}it",
+                r["split"],
+                r["samples"],
+                r["mean"],
+                r["std"],
+                r["median"],
+                r["endpoint_error"],
+                "yes" if r["stable"] else "no",
+            ]
+            for r in result["rows"]
+        ],
+    )
+    _emit(result, as_json, [("run_id", result["run_id"])])
+
+
+@app.command()
+@guarded
+def lineage(
+    uri: Annotated[str, typer.Argument(help="a state URI, e.g. models:/name/3")],
+    params: ParamsOpt = None,
+) -> None:
+    """Print the ancestry tree of a state (W_T -> Wk -> W0)."""
+    from rich.tree import Tree
+
+    from lmctrack.progress import console
+    from lmctrack.workflows.common import open_store
+
+    store = open_store(_params(params, None))
+    root = store.lineage(uri)
+
+    def label(node) -> str:
+        t = node.info.tags
+        bits = [
+            f"[bold]{t.get('state', t.get('role', '?'))}[/]",
+            node.info.uri,
+            f"role={t.get('role')}",
+        ]
+        bits += [
+            f"{k}={t[k]}"
+            for k in ("step", "init_seed", "data_order_seed", "density", "level")
+            if k in t
+        ]
+        bits.append(f"run={node.info.run_id}")
+        return "  ".join(bits)
+
+    def grow(tree: Tree, node) -> None:
+        for parent in node.parents:
+            grow(tree.add(label(parent)), parent)
+
+    tree = Tree(label(root))
+    grow(tree, root)
+    console.print(tree)
+
+
+@app.command()
+@guarded
+def ui(
+    port: Annotated[int, typer.Option("--port", help="port on 127.0.0.1")] = 5000,
+    params: ParamsOpt = None,
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 for this project's store."""
+    import subprocess
+
+    from lmctrack.workflows.common import open_store
+
+    store = open_store(_params(params, None))
+    command = store.ui_command(port)
+    typer.echo(f"MLflow UI for {store.tracking_uri} at http://127.0.0.1:{port}", err=True)
+    raise typer.Exit(subprocess.call(command))
+
+
+@data_app.command("mnist1d")
+@guarded
+def data_mnist1d(
+    root: Annotated[Path, typer.Option("--root", help="data folder")] = Path("data"),
+    samples: Annotated[
+        int, typer.Option("--samples", help="examples generated (train + test)")
+    ] = 20000,
+) -> None:
+    """Generate MNIST-1D locally into ROOT/mnist1d/ (deterministic)."""
+    from lmctrack.workflows.datasets import write_mnist1d
+
+    typer.echo(str(write_mnist1d(root, samples)))
+
+
+@data_app.command("import")
+@guarded
+def data_import(
+    name: Annotated[
+        str, typer.Argument(help="mnist | fashion_mnist | cifar10 | cifar100 | imagenet")
+    ],
+    source: Annotated[Path, typer.Argument(help="local folder holding the dataset files")],
+    root: Annotated[Path, typer.Option("--root", help="data folder")] = Path("data"),
+) -> None:
+    """Copy a local dataset into ROOT in torchvision's layout and `dvc add` it."""
+    from lmctrack.workflows.datasets import import_dataset
+
+    typer.echo(str(import_dataset(name, source, root)))
+
+
+def _run_of_state(
+    store, uri: str | None, run_id: str | None, rewind: str | None
+) -> tuple[str, str | None]:
+    """(producing run id, rewind step text) from --from URI or --run-id/--rewind."""
+    if (uri is None) == (run_id is None):
+        raise LmcError(
+            "give either --run-id RUN (with --rewind STEP) or --from URI of Wk (not both)"
+        )
+    if uri is not None:
+        info = store.describe(uri)
+        return info.run_id, f"{info.tags.get('step', 0)}it"
+    return run_id, rewind
+
+
+@app.command()
+@guarded
+def imp(
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="a run of `lmctrack train`")
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option("--from", help="URI of Wk instead of --run-id/--rewind")
+    ] = None,
+    rewind: Annotated[
+        str | None, typer.Option("--rewind", help="rewind step k, e.g. 500it (default imp.rewind)")
+    ] = None,
+    levels: Annotated[
+        int | None, typer.Option("--levels", help="pruning levels (density 0.8^L)")
+    ] = None,
+    fraction: Annotated[
+        float | None,
+        typer.Option("--fraction", help="fraction of remaining weights pruned per level"),
+    ] = None,
+    one_shot: Annotated[
+        bool, typer.Option("--one-shot", help="prune to --density at once")
+    ] = False,
+    density: Annotated[
+        float | None, typer.Option("--density", help="one-shot: fraction of weights kept")
+    ] = None,
+    prune_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--prune-data", help="safetensors file (x_train, y_train) that drives the mask search"
+        ),
+    ] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Algorithm 2: IMP with rewinding, the random baselines, matching and same-basin checks."""
+    from lmctrack.workflows.common import open_store, params_of_run
+    from lmctrack.workflows.imp import run_imp
+    from lmctrack.workflows.train import TrainedRun
+
+    sets = list(set_ or [])
+    for key, value in (
+        ("levels", levels),
+        ("fraction", fraction),
+        ("density", density),
+        ("rewind", rewind),
+    ):
+        if value is not None:
+            sets.append(f"imp.{key}={value}")
+    if one_shot:
+        sets.append("imp.one_shot=true")
+    user = _params(params, sets, device)
+    store = open_store(user)
+    producer, step_text = _run_of_state(store, source, run_id, rewind)
+    cfg = _with_run_params(user, params_of_run(store, producer))
+    ctx = _context(cfg, quiet, out, store)
+    search = None
+    try:
+        if prune_data is not None:
+            data = cfg.data.model_copy(update={"name": "tensors", "path": str(prune_data)})
+            search = _context(cfg.model_copy(update={"data": data}), True, None, store)
+        states = {int(i.tags["step"]): i.uri for i in store.run_states(producer)}
+        trained = TrainedRun(producer, states, ctx.total_steps, True)
+        k = ctx.steps(Step.parse(step_text)) if step_text else ctx.steps(cfg.imp.rewind)
+        result = run_imp(ctx, trained, k, search)
+    finally:
+        ctx.close()
+    ctx.write_output("imp.json", result)
+    _table(
+        f"IMP rewinding to {result['k']}it vs random baselines (test accuracy; {result['matching_rule']})",
+        ["level", "density", "full", "IMP", "random prune", "random reinit", "delta", "matching?"],
+        [
+            [
+                r["level"],
+                r["density"],
+                r["full"],
+                r["imp"],
+                r["random_prune"],
+                r["random_reinit"],
+                r["delta"],
+                "Y" if r["matching"] else "N",
+            ]
+            for r in result["rows"]
+        ],
+    )
+    _table(
+        "same basin? consecutive IMP levels interpolated (test error barrier, paper definition)",
+        ["levels", "error barrier", "l2 distance"],
+        [
+            [
+                f"{b['levels'][0]}->{b['levels'][1]}",
+                b["summary"]["test.error_barrier"],
+                b["summary"]["distance.l2"],
+            ]
+            for b in result["same_basin"]
+        ],
+    )
+    lines = [("run_id", result["run_id"])]
+    lines += [
+        (f"mask level {lv['level']} density {lv['density']:.4f}", lv["mask_uri"])
+        for lv in result["levels"]
+    ]
+    _emit(result, as_json, lines)
+
+
+@app.command()
+@guarded
+def prune(
+    source: Annotated[str, typer.Option("--from", help="a mask (subnetwork) URI")],
+    random: Annotated[
+        bool, typer.Option("--random", help="random-pruning baseline: shuffle the mask")
+    ] = True,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the shuffle")] = 0,
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="layerwise (keep each layer's density) | global")
+    ] = "layerwise",
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Register the random-pruning baseline of a subnetwork (same sparsity, random positions)."""
+    from lmctrack.workflows.baselines import register_random_prune
+
+    if not random:
+        raise LmcError(
+            "magnitude pruning is done level by level by `lmctrack imp`; use --random here"
+        )
+    typer.echo(register_random_prune(_store_context(params, set_, source), source, seed, strategy))
+
+
+@app.command()
+@guarded
+def reinit(
+    source: Annotated[str, typer.Option("--from", help="a mask (subnetwork) URI")],
+    seed: Annotated[int, typer.Option("--seed", help="init seed of the fresh initialization")] = 1,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Register the random-reinitialization baseline: the mask on a fresh initialization."""
+    from lmctrack.workflows.baselines import register_reinit
+
+    typer.echo(register_reinit(_store_context(params, set_, source), source, seed))
+
+
+def _store_context(params: Path | None, set_: list[str] | None, uri: str):
+    """A context with the params of the run that produced `uri` (its data and architecture)."""
+    from lmctrack.workflows.common import open_store, params_of_run
+
+    user = _params(params, set_)
+    store = open_store(user)
+    cfg = _with_run_params(user, params_of_run(store, store.describe(uri).run_id))
+    ctx = _context(cfg, True, None, store)
+    ctx.close()
+    return ctx

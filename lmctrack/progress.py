@@ -1,0 +1,79 @@
+"""Rich progress bars for long work: one bar per training (loss, accuracy, steps/s) or sweep."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+console = Console(stderr=True)
+
+
+class SpeedColumn(ProgressColumn):
+    """Steps per second, the number that tells whether training is fast."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} it/s" if speed else "", style="dim")
+
+
+class Board:
+    """A set of progress bars; `update(task, step, metrics)` is cheap enough to call every 25 steps."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._tasks: dict[str, int] = {}
+
+    def add(self, key: str, description: str, total: int, completed: int = 0) -> None:
+        if self._progress is not None:
+            self._tasks[key] = self._progress.add_task(
+                description, total=total, completed=completed, loss=float("nan"), acc=float("nan")
+            )
+
+    def update(self, key: str, completed: int, metrics: dict[str, float] | None = None) -> None:
+        if self._progress is None or key not in self._tasks:
+            return
+        metrics = metrics or {}
+        self._progress.update(
+            self._tasks[key],
+            completed=completed,
+            loss=metrics.get("loss", float("nan")),
+            acc=metrics.get("accuracy", float("nan")),
+        )
+
+    def advance(self, key: str, amount: int = 1) -> None:
+        if self._progress is not None and key in self._tasks:
+            self._progress.advance(self._tasks[key], amount)
+
+
+@contextmanager
+def board(enabled: bool = True) -> Iterator[Board]:
+    """A live progress display on stderr (silent when disabled or when stderr is not a terminal)."""
+    if not enabled:
+        yield Board(None)
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"),
+        SpeedColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    with progress:
+        yield Board(progress)

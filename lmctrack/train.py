@@ -1,0 +1,230 @@
+"""The one training loop: from a state at step `start` to step `stop` under one sample of SGD noise.
+
+The learning rate and the data order are functions of the step alone, so training from Wk with a
+given noise seed continues exactly where a run from W0 with that seed would have been (rewinding),
+and an interrupted run resumes bit-identically from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lmctrack.config import TrainConfig
+from lmctrack.errors import LmcError
+from lmctrack.state import Mask
+
+
+@dataclass(frozen=True)
+class Noise:
+    """One sample of SGD noise: the seeds of the data order and of the augmentation."""
+
+    data_order: int
+    augment: int
+
+
+def learning_rate(cfg: TrainConfig, step: int, ipe: int, total: int) -> float:
+    """lr * gamma^(milestones passed) * min(1, step / warmup), or a linear decay to final_lr."""
+    lr = cfg.lr
+    if cfg.schedule == "step":
+        lr *= cfg.gamma ** sum(step >= m.iterations(ipe) for m in cfg.milestones)
+    elif cfg.schedule == "linear_decay":
+        lr += (cfg.final_lr - cfg.lr) * min(1.0, step / max(total, 1))
+    warmup = cfg.warmup.iterations(ipe)
+    if warmup > 0:
+        lr *= min(1.0, step / warmup)
+    return lr
+
+
+def make_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LmcError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(device)
+
+
+# --- checkpoints: plain safetensors files, so resuming never unpickles --------------------------
+
+
+def save_checkpoint(path: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    scalars: dict[str, float] = {}
+    for index, slot in opt.state_dict()["state"].items():
+        for key, value in slot.items():
+            if torch.is_tensor(value):
+                tensors[f"opt/{index}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}/{key}"] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"step": str(step), "scalars": json.dumps(scalars)})
+    tmp.replace(path)  # atomic: an interruption never leaves half a checkpoint
+
+
+def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> int:
+    """Restore model and optimizer from `path`; returns the step it was taken at."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+        tensors = load_file(str(path))
+    except (SafetensorsError, OSError) as e:
+        raise LmcError(
+            f"corrupted checkpoint {path} ({e}); delete it to train from the start"
+        ) from None
+    device = next(model.parameters()).device
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt/"):
+            _, index, name = key.split("/", 2)
+            state.setdefault(int(index), {})[name] = value.to(device)
+    for key, value in json.loads(meta["scalars"]).items():
+        index, name = key.split("/", 1)
+        state.setdefault(int(index), {})[name] = value
+    opt_state = opt.state_dict()
+    opt_state["state"] = state
+    opt.load_state_dict(opt_state)
+    return int(meta["step"])
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainLog:
+    """What one training produced besides the weights: evaluations and throughput."""
+
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    resumed_from: int | None = None
+
+
+StepCallback = Callable[[int, nn.Module], None]
+Progress = Callable[[int, dict[str, float]], None]
+
+
+def train(
+    model: nn.Module,
+    dataset,
+    cfg: TrainConfig,
+    *,
+    start: int,
+    stop: int,
+    noise: Noise,
+    mask: Mask | None = None,
+    device: torch.device | str = "cpu",
+    at_steps: Iterable[int] = (),
+    on_step: StepCallback | None = None,
+    eval_every: int | None = None,
+    evaluate_fn: Callable[[nn.Module, int], dict[str, float]] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 500,
+    progress: Progress | None = None,
+    schedule_total: int | None = None,
+) -> TrainLog:
+    """Train `model` in place from iteration `start` to `stop` (exclusive of further steps).
+
+    `on_step(t, model)` is called with the state after t iterations for every t in `at_steps`
+    within [start, stop] (e.g. to register W0 and each Wk). The LR schedule is evaluated at the
+    global step t, so copies of Wk continue the schedule of the run they came from.
+    """
+    from lmctrack.prune import keep_masked
+
+    device = torch.device(device)
+    model.to(device)
+    ipe = -(-dataset.num_examples("train") // cfg.batch_size)
+    total = schedule_total if schedule_total is not None else cfg.steps.iterations(ipe)
+    opt = make_optimizer(cfg, model.parameters())
+    log = TrainLog()
+    step = start
+    if checkpoint is not None and checkpoint.is_file():
+        step = load_checkpoint(checkpoint, model, opt)
+        if not start <= step <= stop:
+            raise LmcError(
+                f"checkpoint {checkpoint} is at step {step}, outside {start}..{stop}; delete it"
+            )
+        log.resumed_from = step
+    guard = keep_masked(model, mask) if mask is not None else None
+    wanted = {t for t in at_steps if step <= t <= stop}
+    loss_fn = nn.CrossEntropyLoss()
+    batches = dataset.train_batches(
+        cfg.batch_size, noise.data_order, noise.augment, start_step=step, device=device
+    )
+    running_loss = torch.zeros((), device=device)
+    running_correct = torch.zeros((), device=device)
+    running_seen = 0
+    report_every = 25
+    began = time.perf_counter()
+    first = step
+    try:
+        model.train()
+        while True:
+            if step in wanted and on_step is not None:
+                on_step(step, model)
+                model.train()
+            if eval_every and evaluate_fn is not None and step % eval_every == 0 and step > first:
+                log.evaluations.append({"step": step, **evaluate_fn(model, step)})
+                model.train()
+            if checkpoint is not None and step > first and step % checkpoint_every == 0:
+                save_checkpoint(checkpoint, step, model, opt)
+            if step >= stop:
+                break
+            lr = learning_rate(cfg, step, ipe, total)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x, y = next(batches)
+            out = model(x)
+            loss = loss_fn(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if guard is not None:
+                guard.after_step()
+            step += 1
+            running_loss += loss.detach() * y.shape[0]
+            running_correct += (out.detach().argmax(1) == y).sum()
+            running_seen += y.shape[0]
+            if progress is not None and (step % report_every == 0 or step == stop):
+                progress(
+                    step,
+                    {
+                        "loss": float(running_loss) / running_seen,
+                        "accuracy": float(running_correct) / running_seen,
+                        "lr": lr,
+                    },
+                )
+                running_loss.zero_()
+                running_correct.zero_()
+                running_seen = 0
+    finally:
+        if guard is not None:
+            guard.remove()
+    log.steps = step - first
+    log.seconds = time.perf_counter() - began
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, step, model, opt)  # kept until the result is registered
+    return log

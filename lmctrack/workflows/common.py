@@ -1,0 +1,121 @@
+"""What every workflow needs: the params, the store, the dataset, the device, progress bars."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmctrack.config import Params, config_hash
+from lmctrack.errors import LmcError
+from lmctrack.progress import Board
+from lmctrack.train import resolve_device
+
+PARAMS_ARTIFACT = "params.json"
+
+
+@dataclass
+class Context:
+    params: Params
+    store: object  # lmctrack.store.Store; typed loosely so that only store.py imports mlflow
+    dataset: object  # lmctrack.data.Dataset
+    device: torch.device
+    board: Board
+    dataset_fingerprint: str
+    out: Path | None = None  # where DVC-facing files (metrics JSON, plots, CSV) are written
+
+    def template(self) -> torch.nn.Module:
+        """A network of the configured architecture on the device (weights to be overwritten)."""
+        from lmctrack.models import build_model
+
+        ds = self.dataset
+        return build_model(self.params.model, ds.num_classes, ds.input_shape, 0).to(self.device)
+
+    def scratch(self) -> Path:
+        """A private temporary folder for files on their way into the store."""
+        if not hasattr(self, "_scratch"):
+            self._scratch = Path(tempfile.mkdtemp(prefix="lmctrack-"))
+        return self._scratch
+
+    @property
+    def model_name(self) -> str:
+        """Registered-model name and experiment of every state of this network on this data."""
+        return f"{self.params.model.name}_{self.params.data.name}"
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        return -(-self.dataset.num_examples("train") // self.params.train.batch_size)
+
+    def steps(self, step) -> int:
+        """A config Step as an iteration count for this dataset and batch size."""
+        return step.iterations(self.iterations_per_epoch)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps(self.params.train.steps)
+
+    def training_hash(self, *extra) -> str:
+        """Hash of everything that decides a training's outcome (not where it runs)."""
+        p = self.params
+        return config_hash(
+            p.data, p.model, p.train.model_dump(mode="json", exclude={"device"}), *extra
+        )
+
+    def write_output(self, name: str, obj) -> Path | None:
+        """Write a JSON file for DVC (metrics, URIs) when an output folder was given."""
+        if self.out is None:
+            return None
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / name
+        path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        return path
+
+
+def open_store(params: Params):
+    from lmctrack.store import Store
+
+    return Store(params.store.tracking_uri)
+
+
+def make_context(params: Params, *, board: Board, store=None, out: Path | None = None) -> Context:
+    """Open the store and load the dataset once for a whole command."""
+    from lmctrack.data import dataset_fingerprint, load_dataset
+
+    device = resolve_device(params.train.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # small networks on few cores: one thread per process is fastest
+    dataset = load_dataset(params.data).to(device)
+    return Context(
+        params=params,
+        store=store or open_store(params),
+        dataset=dataset,
+        device=device,
+        board=board,
+        dataset_fingerprint=dataset_fingerprint(dataset),
+        out=out,
+    )
+
+
+def params_of_run(store, run_id: str) -> Params:
+    """The exact params a run was made with, so forks and IMP continue the same training."""
+    path = store.run_artifact(run_id, PARAMS_ARTIFACT)
+    try:
+        return Params.model_validate_json(Path(path).read_text())
+    except ValueError:
+        raise LmcError(
+            f"run {run_id} has no readable {PARAMS_ARTIFACT}: it was not made by lmctrack train"
+        ) from None
+
+
+def pairs(n: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+
+def discard_checkpoints(ctx: Context, key: str) -> None:
+    """A training's result is registered: its resume files are no longer needed."""
+    import shutil
+
+    shutil.rmtree(ctx.store.checkpoint_dir(key), ignore_errors=True)
