@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmctrack.errors import LmcError
@@ -68,7 +68,7 @@ def load_state(folder: Path) -> State:
     try:
         weights = load_file(str(weights_path))
         mask = load_file(str(mask_path)) if mask_path.is_file() else None
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise LmcError(
             f"corrupted state file in {folder} ({e}); re-create it by re-running the step that produced it"
         ) from None

@@ -1,0 +1,89 @@
+"""params.yaml validation, the Step type and the canonical config hash."""
+
+from pathlib import Path
+
+import pytest
+
+from lmctrack.config import Params, Step, config_hash, iterations_per_epoch, load_params
+from lmctrack.errors import LmcError
+
+
+@pytest.mark.parametrize(
+    ("text", "ep", "it"),
+    [("2000it", 0, 2000), ("160ep", 160, 0), ("120ep50it", 120, 50), (500, 0, 500), ("0it", 0, 0)],
+)
+def test_step_parsing(text, ep, it):
+    step = Step.parse(text)
+    assert (step.ep, step.it) == (ep, it)
+    assert Step.parse(str(step)) == step
+
+
+@pytest.mark.parametrize("bad", ["", "12", "ep", "3it2ep", "-5it", "1.5ep", -3])
+def test_step_rejects_malformed(bad):
+    with pytest.raises(ValueError):
+        Step.parse(bad)
+
+
+def test_step_iterations_use_ceil_of_examples_over_batch():
+    ipe = iterations_per_epoch(50000, 128)
+    assert ipe == 391  # ceil(50000 / 128)
+    assert Step.parse("2ep10it").iterations(ipe) == 2 * 391 + 10
+
+
+def test_defaults_validate_and_round_trip(tmp_path: Path):
+    params = load_params(None)
+    assert params.train.steps.iterations(160) == 3000
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  steps: 2ep\n  milestones: [1ep, 50it]\n")
+    loaded = load_params(path)
+    assert loaded.train.steps == Step(ep=2)
+    assert loaded.model_dump(mode="json")["train"]["milestones"] == ["1ep", "50it"]
+    assert Params.model_validate(loaded.model_dump(mode="json")) == loaded
+
+
+def test_overrides_are_typed_and_nested(tmp_path: Path):
+    params = load_params(None, ["train.lr=0.05", "instability.splits=[test]", "data.augment=true"])
+    assert params.train.lr == 0.05
+    assert params.instability.splits == ["test"]
+    assert params.data.augment is True
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("train:\n  lrr: 0.1\n", "train.lrr: unknown key"),
+        ("train:\n  lr: -1\n", "train.lr"),
+        ("train:\n  steps: 30 steps\n", "train.steps"),
+        ("data:\n  name: imagenette\n", "data.name"),
+        ("bogus: 1\n", "bogus: unknown key"),
+        ("train: [1, 2\n", "malformed YAML"),
+        ("- just\n- a list\n", "expected sections"),
+        ("imp:\n  one_shot: true\n", "imp.density"),
+    ],
+)
+def test_malformed_params_name_the_field(tmp_path: Path, content: str, needle: str):
+    path = tmp_path / "params.yaml"
+    path.write_text(content)
+    with pytest.raises(LmcError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_bad_override_and_missing_file(tmp_path: Path):
+    with pytest.raises(LmcError, match="section.key=value"):
+        load_params(None, ["train.lr"])
+    with pytest.raises(LmcError, match="train.momentum"):
+        load_params(None, ["train.momentum=2"])
+    with pytest.raises(LmcError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_config_hash_is_canonical():
+    a = load_params(None, ["train.lr=0.1", "train.steps=3000it"])
+    b = load_params(None, ["train.steps=3000", "train.lr=0.1"])
+    c = load_params(None, ["train.lr=0.2"])
+    assert config_hash(a.train) == config_hash(b.train)
+    assert config_hash(a.train) != config_hash(c.train)
+    assert config_hash({"x": 1, "y": 2}) == config_hash({"y": 2, "x": 1})
