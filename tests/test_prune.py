@@ -1,0 +1,216 @@
+"""Masks: exact IMP counts, ties, one-shot density, random baselines, masks that hold in training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lmctrack.errors import LmcError
+from lmctrack.prune import (
+    apply_mask,
+    check_mask,
+    density,
+    full_mask,
+    keep_masked,
+    layer_densities,
+    magnitude_prune,
+    prune_to_density,
+    random_prune,
+)
+
+torch.set_num_threads(1)
+
+SHAPES = {"a.weight": (7,), "b.weight": (13, 1), "c.weight": (5, 6)}  # 50 prunable weights
+
+
+def make_weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    weights = {name: torch.randn(shape, generator=g) for name, shape in SHAPES.items()}
+    weights["c.bias"] = torch.randn(5, generator=g)  # never prunable
+    return weights
+
+
+def kept(mask) -> int:
+    return sum(int(m.sum()) for m in mask.values())
+
+
+def test_full_mask_keeps_everything_prunable():
+    mask = full_mask(make_weights(), list(SHAPES))
+    assert set(mask) == set(SHAPES)
+    assert all(m.dtype == torch.bool and bool(m.all()) for m in mask.values())
+    assert density(mask) == 1.0
+
+
+def test_global_levels_remove_ceil_fraction_of_remaining():
+    weights = make_weights()
+    mask = full_mask(weights, list(SHAPES))
+    remaining = 50
+    for _ in range(4):
+        new = magnitude_prune(weights, mask, 0.2)
+        expected = remaining - math.ceil(0.2 * remaining)  # 50 -> 40 -> 32 -> 25 -> 20
+        assert kept(new) == expected
+        for name in mask:  # pruned weights stay pruned
+            assert not bool((new[name] & ~mask[name]).any())
+        mask, remaining = new, expected
+    assert remaining == 20
+    assert density(mask) == pytest.approx(0.4)
+
+
+def test_global_prunes_smallest_magnitudes_across_layers():
+    weights = make_weights(1)
+    mask = full_mask(weights, list(SHAPES))
+    once = magnitude_prune(weights, mask, 0.2)
+    twice = magnitude_prune(weights, once, 0.2)
+    removed = torch.cat([weights[n].abs()[once[n] & ~twice[n]] for n in SHAPES])
+    survivors = torch.cat([weights[n].abs()[twice[n]] for n in SHAPES])
+    assert removed.numel() == 8
+    assert removed.max() <= survivors.min()
+
+
+def test_already_pruned_weights_never_return_even_when_large():
+    weights = make_weights(2)
+    mask = magnitude_prune(weights, full_mask(weights, list(SHAPES)), 0.5)
+    grown = {
+        n: torch.where(mask[n], w, torch.full_like(w, 100.0)) if n in mask else w
+        for n, w in weights.items()
+    }
+    new = magnitude_prune(grown, mask, 0.2)
+    for name in mask:
+        assert not bool((new[name] & ~mask[name]).any())
+    assert kept(new) == kept(mask) - math.ceil(0.2 * kept(mask))
+
+
+def test_fraction_times_count_is_not_fooled_by_float_rounding():
+    weights = {"w": torch.arange(1.0, 31.0)}
+    mask = magnitude_prune(weights, {"w": torch.ones(30, dtype=torch.bool)}, 0.1)
+    assert kept(mask) == 27  # 0.1 * 30 is 3.0000000000000004 in floating point: remove 3, not 4
+    assert not bool(mask["w"][:3].any())
+
+
+def test_layerwise_prunes_each_tensor_by_the_fraction():
+    weights = make_weights(3)
+    mask = full_mask(weights, list(SHAPES))
+    new = magnitude_prune(weights, mask, 0.2, strategy="layerwise")
+    for name, shape in SHAPES.items():
+        n = math.prod(shape)
+        assert int(new[name].sum()) == n - math.ceil(0.2 * n)
+        assert weights[name].abs()[~new[name]].max() <= weights[name].abs()[new[name]].min()
+
+
+def test_ties_are_broken_deterministically_whatever_the_key_order():
+    weights = {name: torch.ones(shape) for name, shape in SHAPES.items()}
+    mask = full_mask(weights, list(SHAPES))
+    first = magnitude_prune(weights, mask, 0.3)
+    reordered = magnitude_prune(weights, dict(reversed(list(mask.items()))), 0.3)
+    assert kept(first) == 50 - 15
+    for name in SHAPES:
+        assert torch.equal(first[name], reordered[name])
+
+
+def test_prune_to_density_keeps_rounded_count():
+    weights = make_weights(4)
+    mask = full_mask(weights, list(SHAPES))
+    one_shot = prune_to_density(weights, mask, 0.3)
+    assert kept(one_shot) == 15
+    dropped = torch.cat([weights[n].abs()[~one_shot[n]] for n in SHAPES])
+    survivors = torch.cat([weights[n].abs()[one_shot[n]] for n in SHAPES])
+    assert dropped.max() <= survivors.min()
+    per_layer = prune_to_density(weights, mask, 0.3, strategy="layerwise")
+    assert {n: int(m.sum()) for n, m in per_layer.items()} == {
+        "a.weight": 2,
+        "b.weight": 4,
+        "c.weight": 9,
+    }
+    with pytest.raises(LmcError, match="only 15 left"):
+        prune_to_density(weights, one_shot, 0.5)
+
+
+def test_random_prune_layerwise_keeps_each_layer_density():
+    weights = make_weights(5)
+    mask = magnitude_prune(weights, full_mask(weights, list(SHAPES)), 0.5, strategy="layerwise")
+    shuffled = random_prune(mask, seed=0)
+    assert layer_densities(shuffled) == layer_densities(mask)
+    assert any(not torch.equal(shuffled[n], mask[n]) for n in SHAPES)
+    again = random_prune(mask, seed=0)
+    other = random_prune(mask, seed=1)
+    assert all(torch.equal(again[n], shuffled[n]) for n in SHAPES)
+    assert any(not torch.equal(other[n], shuffled[n]) for n in SHAPES)
+
+
+def test_random_prune_global_keeps_total_count():
+    big = {"x": torch.ones(400, dtype=torch.bool), "y": torch.zeros(400, dtype=torch.bool)}
+    shuffled = random_prune(big, seed=0, strategy="global")
+    assert kept(shuffled) == 400
+    assert 0.3 < layer_densities(shuffled)["y"] < 0.7  # positions drawn over all prunable weights
+
+
+def test_apply_mask_zeroes_pruned_weights_only():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    mask = {"0.weight": torch.rand(3, 4, generator=torch.Generator().manual_seed(0)) > 0.5}
+    before = model[0].weight.detach().clone()
+    apply_mask(model, mask)
+    assert bool((model[0].weight[~mask["0.weight"]] == 0).all())
+    assert torch.equal(model[0].weight[mask["0.weight"]], before[mask["0.weight"]])
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
+        lambda p: torch.optim.Adam(p, lr=0.01),
+        lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
+    ],
+)
+def test_keep_masked_holds_through_training(make_opt):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    weights = {k: v.detach() for k, v in model.state_dict().items()}
+    mask = prune_to_density(weights, full_mask(weights, ["0.weight", "2.weight"]), 0.4)
+    start = {k: v.clone() for k, v in weights.items()}
+    opt = make_opt(model.parameters())
+    keeper = keep_masked(model, mask)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        assert bool((model[0].weight.grad[~mask["0.weight"]] == 0).all())
+        opt.step()
+        keeper.after_step()
+    for name, param in [("0.weight", model[0].weight), ("2.weight", model[2].weight)]:
+        assert bool((param[~mask[name]] == 0).all())
+        assert not torch.equal(param[mask[name]], start[name][mask[name]])
+        for buffer in opt.state[param].values():  # momentum / Adam moments of pruned entries
+            if buffer.shape == param.shape:
+                assert bool((buffer[~mask[name]] == 0).all())
+    keeper.remove()
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert bool((model[0].weight.grad[~mask["0.weight"]] != 0).any())
+
+
+def test_check_mask_names_the_first_bad_tensor():
+    weights = make_weights()
+    good = full_mask(weights, list(SHAPES))
+    check_mask(good, weights, prunable=list(SHAPES))
+    with pytest.raises(LmcError, match="'conv9.weight' is not a weight"):
+        check_mask({**good, "conv9.weight": torch.ones(2, dtype=torch.bool)}, weights)
+    with pytest.raises(LmcError, match=r"'c.weight' has shape \(6, 5\)"):
+        check_mask({**good, "c.weight": torch.ones(6, 5, dtype=torch.bool)}, weights)
+    with pytest.raises(LmcError, match="no entry for prunable tensor 'b.weight'"):
+        check_mask({"a.weight": good["a.weight"]}, weights, prunable=list(SHAPES))
+    with pytest.raises(LmcError, match="'c.weight' has shape"):
+        magnitude_prune(weights, {**good, "c.weight": torch.ones(30, dtype=torch.bool)})
+
+
+def test_bad_arguments_are_clear_errors():
+    weights = make_weights()
+    mask = full_mask(weights, list(SHAPES))
+    with pytest.raises(LmcError, match="unknown pruning strategy 'lottery'"):
+        magnitude_prune(weights, mask, 0.2, strategy="lottery")
+    with pytest.raises(LmcError, match="not in"):
+        magnitude_prune(weights, mask, 1.5)
+    with pytest.raises(LmcError, match="not in"):
+        prune_to_density(weights, mask, 0.0)
