@@ -325,7 +325,7 @@ def instability(
             [
                 f"{r['k']}it",
                 r["split"],
-                r["samples"],
+                r["n"],
                 r["mean"],
                 r["std"],
                 r["median"],

@@ -155,11 +155,11 @@ def finish_fork(ctx: Context, fork: Fork, results: dict[str, JobResult]) -> dict
             )
         names = parameter_names(ctx.template())
         wk = fork.state.masked_weights()
-        distances = {"Wk->W_T": [l2_distance(wk, s.masked_weights(), names) for s in states]}
+        distances = {"Wk_to_W_T": [l2_distance(wk, s.masked_weights(), names) for s in states]}
         w0 = _ancestor_w0(ctx, fork.source)
         if w0 is not None:
             w0_weights = State(ctx.store.load_state(w0).weights, fork.state.mask).masked_weights()
-            distances["W0->Wk"] = [l2_distance(w0_weights, wk, names)]
+            distances["W0_to_Wk"] = [l2_distance(w0_weights, wk, names)]
         summary = summarize([p["summary"] for p in pair_results])
         summary.update({f"distance.{k}.mean": statistics.fmean(v) for k, v in distances.items()})
         run.log_metrics(summary)

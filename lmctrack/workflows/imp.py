@@ -332,17 +332,22 @@ def same_basin(ctx: Context, parent, dense_final: str, levels: list[Level]) -> l
 
 
 def _write_plots(ctx: Context, imp_run, rows: list[dict], k: int) -> None:
-    from lmctrack.plots import plot_imp_baselines
+    """Figure 5/8 style: test accuracy vs density for IMP and the two random baselines."""
+    from lmctrack.plots import plot_imp_density
 
-    figure = ctx.scratch() / f"imp_k{k}.png"
-    plot_imp_baselines(
-        rows, figure, f"{ctx.model_name}: IMP (rewind to {k}it) vs random baselines, test accuracy"
-    )
+    points = [
+        {"method": label, "density": row["density"], "mean": row[key], "std": 0.0, "n": 1}
+        for row in rows
+        for key, label in (
+            ("imp", "IMP"),
+            ("random_prune", "random pruning"),
+            ("random_reinit", "random reinit"),
+        )
+        if row[key] is not None
+    ]
+    title = f"{ctx.model_name}: IMP rewinding to {k}it vs random baselines"
+    kwargs = {"metric": "test accuracy", "dense": rows[0]["full"] if rows else None}
+    figure = plot_imp_density(points, ctx.scratch() / f"imp_k{k}.png", title, **kwargs)
     imp_run.log_file(figure, "plots")
     if ctx.out is not None:
-        ctx.out.mkdir(parents=True, exist_ok=True)
-        plot_imp_baselines(
-            rows,
-            ctx.out / "imp.png",
-            f"{ctx.model_name}: IMP (rewind to {k}it) vs random baselines",
-        )
+        plot_imp_density(points, ctx.out / "imp.png", title, **kwargs)

@@ -47,7 +47,7 @@ def aggregate(forks: list[dict], splits: list[str], threshold: float) -> list[di
                 {
                     "k": k,
                     "split": split,
-                    "samples": len(barriers),
+                    "n": len(barriers),
                     "mean": mean,
                     "std": statistics.pstdev(barriers) if len(barriers) > 1 else 0.0,
                     "median": statistics.median(barriers),
@@ -108,7 +108,7 @@ def instability(ctx: Context, *, mask: str | None = None) -> dict:
             )
         run.log_table(rows, "instability.json")
         figure = ctx.scratch() / "instability.png"
-        plot_instability(rows, figure, title)
+        plot_instability(rows, figure, title, bn=inst.bn, threshold=inst.stable_threshold)
         run.log_file(figure, "plots")
         result = {
             "run_id": run.id,
@@ -126,7 +126,9 @@ def instability(ctx: Context, *, mask: str | None = None) -> dict:
         run.log_json(result, "instability_result.json")
     if ctx.out is not None:
         ctx.out.mkdir(parents=True, exist_ok=True)
-        plot_instability(rows, ctx.out / "instability.png", title)
+        plot_instability(
+            rows, ctx.out / "instability.png", title, bn=inst.bn, threshold=inst.stable_threshold
+        )
         lines = ["k,split,mean,std,median,endpoint_error,stable"]
         lines += [
             f"{r['k']},{r['split']},{r['mean']:.6f},{r['std']:.6f},{r['median']:.6f},{r['endpoint_error']:.6f},{r['stable']}"
