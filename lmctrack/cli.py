@@ -85,6 +85,23 @@ def _context(params: Params, quiet: bool, out: Path | None, store=None):
     return ctx
 
 
+def _run_id(value: str | None) -> str | None:
+    """A run id, or a JSON file written by `--out` (e.g. outputs/train/train.json) naming one."""
+    if value is None or not value.endswith(".json"):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise LmcError(
+            f"{path} not found; run the stage that writes it first (e.g. `lmctrack train --out ...`)"
+        )
+    try:
+        return json.loads(path.read_text())["run_id"]
+    except (ValueError, KeyError):
+        raise LmcError(
+            f"{path} names no run_id; pass a run id or a JSON written by `lmctrack ... --out`"
+        ) from None
+
+
 def _with_run_params(user: Params, run_params: Params) -> Params:
     """Train as the source run did; take interpolation, IMP and store settings from the user."""
     update = {"instability": user.instability, "imp": user.imp, "store": user.store}
@@ -160,7 +177,7 @@ def _fork_source(
 @guarded
 def fork(
     run_id: Annotated[
-        str | None, typer.Option("--run-id", help="a run of `lmctrack train`")
+        str | None, typer.Option("--run-id", help="a run of `lmctrack train`, or its train.json")
     ] = None,
     step: Annotated[
         str | None, typer.Option("--step", help="rewind step k of that run, e.g. 500it")
@@ -200,7 +217,7 @@ def fork(
         raise LmcError("--seeds must be at least 2: instability compares copies pairwise")
     user = _params(params, set_, device)
     store = open_store(user)
-    uri, producer = _fork_source(store, run_id, step, source)
+    uri, producer = _fork_source(store, _run_id(run_id), step, source)
     cfg = _with_run_params(user, params_of_run(store, producer))
     ctx = _context(cfg, quiet, out, store)
     try:
@@ -441,7 +458,7 @@ def _run_of_state(
 @guarded
 def imp(
     run_id: Annotated[
-        str | None, typer.Option("--run-id", help="a run of `lmctrack train`")
+        str | None, typer.Option("--run-id", help="a run of `lmctrack train`, or its train.json")
     ] = None,
     source: Annotated[
         str | None, typer.Option("--from", help="URI of Wk instead of --run-id/--rewind")
@@ -493,7 +510,7 @@ def imp(
         sets.append("imp.one_shot=true")
     user = _params(params, sets, device)
     store = open_store(user)
-    producer, step_text = _run_of_state(store, source, run_id, rewind)
+    producer, step_text = _run_of_state(store, source, _run_id(run_id), rewind)
     cfg = _with_run_params(user, params_of_run(store, producer))
     ctx = _context(cfg, quiet, out, store)
     search = None
@@ -593,3 +610,21 @@ def _store_context(params: Path | None, set_: list[str] | None, uri: str):
     ctx = _context(cfg, True, None, store)
     ctx.close()
     return ctx
+
+
+@app.command()
+@guarded
+def report(
+    outputs: Annotated[
+        Path, typer.Option("--outputs", help="folder holding the stages' --out folders")
+    ] = Path("outputs"),
+    out: Annotated[Path, typer.Option("--out", help="where report.md and summary.json go")] = Path(
+        "outputs/report"
+    ),
+) -> None:
+    """Collect the pipeline's results into report.md and summary.json (DVC metrics)."""
+    from lmctrack.workflows.report import report as write_report
+
+    summary = write_report(outputs, out)
+    typer.echo(str(out / "report.md"))
+    _table("summary", ["metric", "value"], [[k, v] for k, v in summary.items()])

@@ -25,8 +25,8 @@ def sweep_seeds(ctx: Context) -> list[SeedConfig]:
 
 
 def copy_seeds(ctx: Context) -> list[int]:
-    """The copies' noise seeds (data order and augmentation), distinct from the base run's."""
-    return [1000 + i for i in range(ctx.params.instability.copies)]
+    """The copies' noise seeds 1..N (as `lmctrack fork --seeds N`), distinct from the base run's 0."""
+    return list(range(1, ctx.params.instability.copies + 1))
 
 
 def aggregate(forks: list[dict], splits: list[str], threshold: float) -> list[dict]:

@@ -1,0 +1,137 @@
+"""Collect the pipeline's results into one human-readable report and one metrics file for DVC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _md_table(columns: list[str], rows: list[list]) -> list[str]:
+    fmt = [f"{v:.4f}" if isinstance(v, float) else str(v) for row in rows for v in row]
+    cells = [fmt[i : i + len(columns)] for i in range(0, len(fmt), len(columns))]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(row) + " |" for row in cells]
+
+
+def first_stable(rows: list[dict], split: str = "test") -> int | None:
+    """The earliest rewind step from which every later k is stable (mean barrier < threshold)."""
+    ks = sorted((r["k"], r["stable"]) for r in rows if r["split"] == split)
+    for i, (k, _) in enumerate(ks):
+        if all(stable for _, stable in ks[i:]):
+            return k
+    return None
+
+
+def report(outputs: Path, out: Path) -> dict:
+    """Write report.md and summary.json from the JSON files the pipeline stages wrote."""
+    lines = ["# lmctrack report", ""]
+    summary: dict[str, float | int | None] = {}
+    train = _read(outputs / "train" / "train.json")
+    if train:
+        lines += (
+            ["## Trained states", ""]
+            + [f"- {name}: `{uri}`" for name, uri in train["states"].items()]
+            + [""]
+        )
+    forks = sorted(
+        (f for f in (_read(p) for p in outputs.glob("fork/*/fork.json")) if f), key=lambda f: f["k"]
+    )
+    if forks:
+        lines += [
+            "## Forks (Algorithm 1): error barrier between copies",
+            "",
+            f"Barrier: {forks[0]['definitions']['error_barrier']}; BatchNorm policy: {forks[0]['bn']}.",
+            "",
+        ]
+        lines += _md_table(
+            ["k", "copies", "test barrier mean", "test barrier std"],
+            [
+                [
+                    f["k"],
+                    len(f["copies"]),
+                    f["summary"]["test.error_barrier.mean"],
+                    f["summary"]["test.error_barrier.std"],
+                ]
+                for f in forks
+            ],
+        ) + [""]
+    sweep = _read(outputs / "instability" / "instability.json")
+    if sweep:
+        k = first_stable(sweep["rows"])
+        summary["first_stable_k_test"] = k
+        lines += [
+            "## Instability sweep (Figure 3)",
+            "",
+            f"{len(sweep['inits'])} inits x {len(sweep['copy_seeds'])} copies per state; {sweep['barrier']}; "
+            f"bn={sweep['bn']}; stable when the mean barrier < {sweep['threshold']:.0%}. "
+            f"Stable on test from k = {k}.",
+            "",
+            "![instability](../instability/instability.png)",
+            "",
+        ]
+        lines += _md_table(
+            ["k", "split", "n", "mean", "std", "median", "stable"],
+            [
+                [r["k"], r["split"], r["n"], r["mean"], r["std"], r["median"], r["stable"]]
+                for r in sweep["rows"]
+            ],
+        ) + [""]
+        for r in sweep["rows"]:
+            summary[f"instability.k{r['k']}.{r['split']}.mean"] = r["mean"]
+    imp = _read(outputs / "imp" / "imp.json")
+    if imp:
+        lines += [
+            f"## IMP rewinding to k = {imp['k']} (Table 2 style; test accuracy; {imp['matching_rule']})",
+            "",
+            "![imp](../imp/imp.png)",
+            "",
+        ]
+        lines += _md_table(
+            [
+                "level",
+                "density",
+                "full",
+                "IMP",
+                "random prune",
+                "random reinit",
+                "delta",
+                "matching",
+            ],
+            [
+                [
+                    r["level"],
+                    r["density"],
+                    r["full"],
+                    r["imp"],
+                    r["random_prune"],
+                    r["random_reinit"],
+                    r["delta"],
+                    "Y" if r["matching"] else "N",
+                ]
+                for r in imp["rows"]
+            ],
+        ) + [""]
+        lines += ["Same basin? Consecutive levels interpolated (test error barrier):", ""]
+        lines += _md_table(
+            ["levels", "error barrier", "l2 distance"],
+            [
+                [
+                    f"{b['levels'][0]}->{b['levels'][1]}",
+                    b["summary"]["test.error_barrier"],
+                    b["summary"]["distance.l2"],
+                ]
+                for b in imp["same_basin"]
+            ],
+        ) + [""]
+        matching = [r["density"] for r in imp["rows"] if r["matching"]]
+        summary["imp.sparsest_matching_density"] = min(matching) if matching else None
+        for r in imp["rows"]:
+            summary[f"imp.level{r['level']}.accuracy"] = r["imp"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
