@@ -10,12 +10,14 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lmctrack.config import Params, Step, load_params
 from lmctrack.errors import LmcError
+
+if TYPE_CHECKING:  # pydantic models take a while to build: --help must not wait for them
+    from lmctrack.config import Params
 
 app = typer.Typer(
     help="Linear mode connectivity and the lottery ticket hypothesis, tracked in MLflow.",
@@ -66,12 +68,23 @@ def guarded(fn: Callable) -> Callable:
 
 
 def _params(path: Path | None, overrides: list[str] | None, device: str | None = None) -> Params:
+    from lmctrack.config import load_params
+
     if path is None and Path("params.yaml").is_file():
         path = Path("params.yaml")
     sets = list(overrides or [])
     if device:
         sets.append(f"train.device={device}")
     return load_params(path, sets)
+
+
+def _step(text: str):
+    from lmctrack.config import Step
+
+    try:
+        return Step.parse(text)
+    except ValueError as e:
+        raise LmcError(str(e)) from None
 
 
 def _context(params: Params, quiet: bool, out: Path | None, store=None):
@@ -224,8 +237,8 @@ def fork(
         if not uri:
             states = {int(i.tags["step"]): i.uri for i in store.run_states(producer)}
             trained = TrainedRun(producer, states, ctx.total_steps, True)
-            uri = trained.at(ctx.steps(Step.parse(step)))
-        track = ctx.steps(Step.parse(track_every)) if track_every else None
+            uri = trained.at(ctx.steps(_step(step)))
+        track = ctx.steps(_step(track_every)) if track_every else None
         result = run_fork(
             ctx,
             uri,
@@ -520,7 +533,7 @@ def imp(
             search = _context(cfg.model_copy(update={"data": data}), True, None, store)
         states = {int(i.tags["step"]): i.uri for i in store.run_states(producer)}
         trained = TrainedRun(producer, states, ctx.total_steps, True)
-        k = ctx.steps(Step.parse(step_text)) if step_text else ctx.steps(cfg.imp.rewind)
+        k = ctx.steps(_step(step_text)) if step_text else ctx.steps(cfg.imp.rewind)
         result = run_imp(ctx, trained, k, search)
     finally:
         ctx.close()
