@@ -330,6 +330,9 @@ def instability(
     mask: Annotated[
         str | None, typer.Option("--mask", help="URI of a mask applied to every Wk")
     ] = None,
+    imp: Annotated[
+        bool, typer.Option("--imp", help="IMP subnetworks at every k and level (Figures 6, 7, 9)")
+    ] = False,
     params: ParamsOpt = None,
     set_: SetOpt = None,
     device: DeviceOpt = None,
@@ -341,8 +344,12 @@ def instability(
     from lmctrack.workflows.instability import instability as run_sweep
 
     cfg = _params(params, set_, device)
+    if imp and mask:
+        raise LmcError("--imp finds its own masks at every rewind step; drop --mask")
     ctx = _context(cfg, quiet, out)
     try:
+        if imp:
+            return _sparse_sweep(ctx, as_json)
         result = run_sweep(ctx, mask=mask)
     finally:
         ctx.close()
@@ -364,6 +371,37 @@ def instability(
             ]
             for r in result["rows"]
         ],
+    )
+    _emit(result, as_json, [("run_id", result["run_id"])])
+
+
+def _sparse_sweep(ctx, as_json: bool) -> None:
+    from lmctrack.workflows.sparse import sparse_instability
+
+    result = sparse_instability(ctx)
+    _table(
+        f"IMP subnetworks of {result['model']}: error barrier (median) and matching vs rewind step (bn={result['bn']})",
+        ["density", "k", "split", "n", "median", "mean", "std", "stable", "test error", "matching"],
+        [
+            [
+                r["density"],
+                f"{r['k']}it",
+                r["split"],
+                r["n"],
+                r["median"],
+                r["mean"],
+                r["std"],
+                "yes" if r["stable"] else "no",
+                r["test_error"],
+                "yes" if r["matching"] else "no",
+            ]
+            for r in result["rows"]
+        ],
+    )
+    _table(
+        "Figure 9: earliest rewind step at which IMP subnetworks are stable / matching",
+        ["density", "stable from k", "matching from k"],
+        [[r["density"], r["stable_from_k"], r["matching_from_k"]] for r in result["earliest"]],
     )
     _emit(result, as_json, [("run_id", result["run_id"])])
 
