@@ -651,18 +651,6 @@ def reinit(
     typer.echo(register_reinit(_store_context(params, set_, source), source, seed))
 
 
-def _store_context(params: Path | None, set_: list[str] | None, uri: str):
-    """A context with the params of the run that produced `uri` (its data and architecture)."""
-    from lmctrack.workflows.common import open_store, params_of_run
-
-    user = _params(params, set_)
-    store = open_store(user)
-    cfg = _with_run_params(user, params_of_run(store, store.describe(uri).run_id))
-    ctx = _context(cfg, True, None, store)
-    ctx.close()
-    return ctx
-
-
 @app.command()
 @guarded
 def report(
@@ -679,3 +667,126 @@ def report(
     summary = write_report(outputs, out)
     typer.echo(str(out / "report.md"))
     _table("summary", ["metric", "value"], [[k, v] for k, v in summary.items()])
+
+
+def _store_context(
+    params: Path | None,
+    set_: list[str] | None,
+    uri: str,
+    device: str | None = None,
+    out: Path | None = None,
+):
+    """A context with the params of the run that produced `uri` (its data and architecture)."""
+    from lmctrack.workflows.common import open_store, params_of_run
+
+    user = _params(params, set_, device)
+    store = open_store(user)
+    cfg = _with_run_params(user, params_of_run(store, store.describe(uri).run_id))
+    ctx = _context(cfg, True, out, store)
+    ctx.close()
+    return ctx
+
+
+@app.command()
+@guarded
+def hessian(
+    uri: Annotated[str, typer.Argument(help="a state URI; for a sparse state, kept weights only")],
+    samples: Annotated[
+        int, typer.Option("--samples", help="random vectors in Hutchinson's estimate")
+    ] = 100,
+    limit: Annotated[
+        int, typer.Option("--limit", help="the loss is taken on the first N train examples")
+    ] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the random vectors")] = 0,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Hessian diagonal of the train loss at a state (Hutchinson), logged with its histogram."""
+    from lmctrack.workflows.analyses import hessian as run_hessian
+
+    ctx = _store_context(params, set_, uri, device, out)
+    result = run_hessian(ctx, uri, samples=samples, limit=limit, seed=seed)
+    s = result["summary"]
+    layers = sorted(k for k in s if k.startswith("layer_mean/"))
+    _table(
+        f"Hessian diagonal of {uri} ({samples} samples, {result['examples']} train examples)",
+        ["statistic", "value"],
+        [[k, f"{s[k]:.4g}"] for k in ("mean", "max", "min", "trace", *layers)],
+    )
+    _emit(result, as_json, [("run_id", result["run_id"])])
+
+
+def _plane_table(title: str, result: dict) -> None:
+    _table(
+        f"{title} ({result['split']} split, bn={result['bn']}; "
+        f"grid error {result['summary']['error_min']:.4f} .. {result['summary']['error_max']:.4f})",
+        ["point", "state", "x", "y", "error", "loss"],
+        [
+            [role, p["uri"], p["x"], p["y"], p.get("error", "off grid"), p.get("loss", "off grid")]
+            for role, p in result["points"].items()
+        ],
+    )
+
+
+@app.command()
+@guarded
+def plane(
+    origin: Annotated[str, typer.Argument(help="the plane's origin, e.g. Wk")],
+    uri_a: Annotated[str, typer.Argument(help="a state on the x axis, e.g. W_T of copy 1")],
+    uri_b: Annotated[str, typer.Argument(help="a third state, e.g. W_T of copy 2")],
+    grid: Annotated[int, typer.Option("--grid", help="grid nodes per axis")] = 11,
+    margin: Annotated[
+        float, typer.Option("--margin", help="extent beyond the states, a fraction of theirs")
+    ] = 0.2,
+    split: Annotated[str, typer.Option("--split", help="test | train")] = "test",
+    bn: Annotated[
+        str | None, typer.Option("--bn", help="interpolate | reset: BatchNorm statistics policy")
+    ] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Error and loss on the plane through three states (e.g. Wk, W_T copy 1, W_T copy 2)."""
+    from lmctrack.workflows.analyses import plane as run_plane
+
+    sets = [*(set_ or []), *([f"instability.bn={bn}"] if bn else [])]
+    ctx = _store_context(params, sets, origin, device, out)
+    result = run_plane(ctx, origin, uri_a, uri_b, grid=grid, margin=margin, split=split)
+    _plane_table(f"plane through {origin}, {uri_a}, {uri_b}", result)
+    _emit(result, as_json, [("run_id", result["run_id"])])
+
+
+@app.command("plane-random")
+@guarded
+def plane_random(
+    uri: Annotated[str, typer.Argument(help="the state at the centre")],
+    grid: Annotated[
+        int, typer.Option("--grid", help="grid nodes per axis (odd: centre on a node)")
+    ] = 11,
+    span: Annotated[
+        float, typer.Option("--span", help="half-width of the grid, in filter norms")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the two random directions")] = 0,
+    split: Annotated[str, typer.Option("--split", help="test | train")] = "test",
+    bn: Annotated[
+        str | None, typer.Option("--bn", help="interpolate | reset: BatchNorm statistics policy")
+    ] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Error and loss along two filter-normalised random directions around one state."""
+    from lmctrack.workflows.analyses import random_plane
+
+    sets = [*(set_ or []), *([f"instability.bn={bn}"] if bn else [])]
+    ctx = _store_context(params, sets, uri, device, out)
+    result = random_plane(ctx, uri, grid=grid, span=span, seed=seed, split=split)
+    _plane_table(f"random directions around {uri} (seed {seed}, span {span})", result)
+    _emit(result, as_json, [("run_id", result["run_id"])])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmctrack.workflows.common import Context
+from lmctrack.workflows.common import PARAMS_ARTIFACT, Context
 from lmctrack.workflows.imp import random_pruned, reinitialized, sparsity_tags
 
 
@@ -15,6 +15,7 @@ def _register(ctx: Context, source: str, state, kind: str, role: str, step: int,
         params={"source": source, "seed": seed},
         tags={"kind": kind},
     ) as run:
+        run.log_json(ctx.params.model_dump(mode="json"), PARAMS_ARTIFACT)
         return run.save_state(
             state,
             model_name=ctx.model_name,

@@ -200,6 +200,7 @@ def _register_copy(ctx: Context, run, fork: Fork, i: int, seed: int, key: str, r
         params={"seed": seed, "source": fork.source, "reset_schedule": fork.reset_schedule},
         tags={"config_hash": key, "kind": "copy"},
     ) as child:
+        child.log_json(ctx.params.model_dump(mode="json"), PARAMS_ARTIFACT)
         tags = {
             "state": "W_T",
             "copy": str(i),

@@ -132,6 +132,7 @@ def run_imp(ctx: Context, run: TrainedRun, k: int, search: Context | None = None
                     parent=imp_run,
                     tags={"kind": "imp-level", "config_hash": level_key},
                 ) as lvl:
+                    lvl.log_json(ctx.params.model_dump(mode="json"), PARAMS_ARTIFACT)
                     mask_uri = lvl.save_state(
                         State(wk.weights, mask),
                         model_name=ctx.model_name,
@@ -251,6 +252,7 @@ def run_baselines(ctx: Context, parent, run: TrainedRun, k: int, levels: list[Le
         with ctx.store.run(
             ctx.model_name, f"{kind} level {lv.level}", parent=parent, tags={"kind": kind}
         ) as child:
+            child.log_json(ctx.params.model_dump(mode="json"), PARAMS_ARTIFACT)
             base_uri = child.save_state(
                 state,
                 model_name=ctx.model_name,
