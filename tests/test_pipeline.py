@@ -1,0 +1,87 @@
+"""`dvc repro` end to end on a reduced copy of the default pipeline, with real DVC and MLflow."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(cwd: Path, *args: str) -> str:
+    done = subprocess.run(
+        args, cwd=cwd, capture_output=True, text=True, env=os.environ | {"NO_COLOR": "1"}
+    )
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def _ran(log: str) -> set[str]:
+    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh DVC project holding the real dvc.yaml and the reduced params, reproduced once."""
+    root = tmp_path_factory.mktemp("project")
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(ROOT / "tests" / "pipeline" / "params.yaml", root / "params.yaml")
+    _run(root, "git", "init", "-q")
+    _run(root, sys.executable, "-m", "dvc", "init", "-q")
+    _run(root, sys.executable, "-m", "dvc", "config", "core.analytics", "false")
+    root.joinpath("log.txt").write_text(_run(root, sys.executable, "-m", "dvc", "repro"))
+    return root
+
+
+def test_repro_produces_every_output(project: Path):
+    assert _ran(project.joinpath("log.txt").read_text()) == {
+        "data",
+        "train",
+        "fork@0it",
+        "fork@50it",
+        "imp",
+        "instability",
+        "report",
+    }
+    train = json.loads((project / "outputs/train/train.json").read_text())
+    assert set(train["states"]) == {"W0", "W50", "W_T"}
+    sweep = json.loads((project / "outputs/instability/instability.json").read_text())
+    assert {(r["k"], r["split"]) for r in sweep["rows"]} == {
+        (0, "test"),
+        (0, "train"),
+        (50, "test"),
+        (50, "train"),
+    }
+    assert all(r["n"] == 2 for r in sweep["rows"])  # 2 inits x 1 pair of copies each
+    # the sweep reused the forks of the train stage's run (init 0) instead of training them again
+    assert sweep["reused_forks"] == 2
+    imp = json.loads((project / "outputs/imp/imp.json").read_text())
+    assert [round(lv["density"], 6) for lv in imp["levels"]] == [0.8, 0.64]
+    for png in ("instability/instability.png", "imp/imp.png"):
+        assert (project / "outputs" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "k,split,mean" in (project / "outputs/instability/instability.csv").read_text()
+    summary = json.loads((project / "outputs/report/summary.json").read_text())
+    assert "instability.k0.test.mean" in summary
+    assert (project / ".lmctrack" / "mlflow.db").is_file()  # the store at the project root
+
+
+def test_second_repro_does_nothing_and_one_param_reruns_its_dependents(project: Path):
+    log = _run(project, sys.executable, "-m", "dvc", "repro")
+    assert _ran(log) == set()
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("  levels: 2\n", "  levels: 1\n"))
+    assert _ran(_run(project, sys.executable, "-m", "dvc", "repro")) == {"imp", "report"}
+
+
+def test_metrics_show_reads_the_metrics(project: Path):
+    out = _run(project, sys.executable, "-m", "dvc", "metrics", "show", "--json")
+    metrics = json.loads(out[out.index("{") :])
+    assert any(
+        "summary.json" in path
+        for workspace in metrics.values()
+        for path in workspace.get("data", {})
+    )
