@@ -2,8 +2,10 @@
 
 The batch of iteration t depends only on (data_order_seed, augment_seed, t): epoch e = t // ipe
 and position b = t % ipe (ipe = ceil(N / batch_size), the last batch of an epoch is smaller); the
-order of epoch e is torch.randperm(N) drawn from a generator seeded with derive_seed(data_order_seed,
-e); augmentation at iteration t draws from a generator seeded with derive_seed(augment_seed, t).
+order of epoch e is torch.randperm(N) drawn from a generator seeded with derive_seed(ORDER,
+data_order_seed, e); augmentation at iteration t draws from a generator seeded with
+derive_seed(AUGMENT, augment_seed, t). The stream tags keep the two apart when a copy uses one
+noise seed for both.
 A copy rewound to step k therefore sees exactly the batches a run from step 0 saw from k on.
 
 Where datasets live (never downloaded): everything under `<root>/<name>/`, in torchvision's own
@@ -47,6 +49,7 @@ FASHION_MNIST_STATS = ((0.2860,), (0.3530,))
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 AUGMENTED_BY_DEFAULT = frozenset({"cifar10", "cifar100", "imagenet"})
 SPLITS = ("train", "test")
+ORDER, AUGMENT = 0, 1  # stream tags of the two kinds of SGD noise
 
 
 def derive_seed(*parts: int) -> int:
@@ -79,7 +82,9 @@ class EpochOrder:
     def epoch(self, e: int) -> torch.Tensor:
         """The order of epoch e (cached: consecutive iterations reuse it)."""
         if e != self._epoch:
-            perm = torch.randperm(self.num_examples, generator=seeded_generator(self.seed, e))
+            perm = torch.randperm(
+                self.num_examples, generator=seeded_generator(ORDER, self.seed, e)
+            )
             self._perm, self._epoch = perm.to(self.device), e
         return self._perm
 
@@ -224,7 +229,7 @@ class TensorDataset(Dataset):
             idx = order.batch(t)
             x = self.train.x[idx].to(device, non_blocking=True)
             if self.augment:
-                x = random_crop_flip(x, self.fill, seeded_generator(augment_seed, t))
+                x = random_crop_flip(x, self.fill, seeded_generator(AUGMENT, augment_seed, t))
             yield x, self.train.y[idx].to(device, non_blocking=True)
 
     def eval_batches(
@@ -268,8 +273,8 @@ class _Images(torch.utils.data.Dataset):
 class _TrainBatches(_Images):
     """Item t is the whole batch of iteration t, augmented under the RNG seeded for t.
 
-    A batch is built in one worker under torch.random.fork_rng seeded with derive_seed(augment_seed,
-    t), so the augmentation is exact whatever the number of workers, and the global RNG is untouched.
+    A batch is built in one worker under torch.random.fork_rng seeded with
+    derive_seed(AUGMENT, augment_seed, t), so the augmentation is exact whatever the number of workers, and the global RNG is untouched.
     """
 
     def __init__(
@@ -286,7 +291,7 @@ class _TrainBatches(_Images):
     def __getitem__(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         idx = self.order.batch(t).tolist()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.augment_seed, t))
+            torch.manual_seed(derive_seed(AUGMENT, self.augment_seed, t))
             xs = [self.transform(self.loader(self.samples[i][0])) for i in idx]
         return torch.stack(xs), torch.tensor([self.samples[i][1] for i in idx])
 

@@ -25,6 +25,7 @@ from datafiles import (
 from lmctrack.config import DataConfig
 from lmctrack.data import (
     MNIST_STATS,
+    ORDER,
     Split,
     StreamedImageDataset,
     TensorDataset,
@@ -95,7 +96,7 @@ def test_epochs_are_seeded_permutations_and_the_last_batch_is_smaller():
     assert [len(y) for _, y in batches] == [4, 4, 2, 4, 4, 2]
     for epoch in range(2):
         seen = torch.cat([y for _, y in batches[3 * epoch : 3 * epoch + 3]])
-        expected = torch.randperm(10, generator=seeded_generator(5, epoch))
+        expected = torch.randperm(10, generator=seeded_generator(ORDER, 5, epoch))
         assert torch.equal(seen, expected)
     assert not torch.equal(batches[0][1], batches[3][1])  # each epoch has its own order
     assert ds.iterations_per_epoch(4) == 3
