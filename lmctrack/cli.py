@@ -224,7 +224,7 @@ def fork(
     """Algorithm 1: train copies of Wk under different SGD noise and interpolate every pair."""
     from lmctrack.workflows.common import open_store, params_of_run
     from lmctrack.workflows.fork import fork as run_fork
-    from lmctrack.workflows.train import TrainedRun
+    from lmctrack.workflows.train import registered_run
 
     if seeds < 2:
         raise LmcError("--seeds must be at least 2: instability compares copies pairwise")
@@ -235,9 +235,7 @@ def fork(
     ctx = _context(cfg, quiet, out, store)
     try:
         if not uri:
-            states = {int(i.tags["step"]): i.uri for i in store.run_states(producer)}
-            trained = TrainedRun(producer, states, ctx.total_steps, True)
-            uri = trained.at(ctx.steps(_step(step)))
+            uri = registered_run(store, producer, ctx.total_steps).at(ctx.steps(_step(step)))
         track = ctx.steps(_step(track_every)) if track_every else None
         result = run_fork(
             ctx,
@@ -546,7 +544,7 @@ def imp(
     """Algorithm 2: IMP with rewinding, the random baselines, matching and same-basin checks."""
     from lmctrack.workflows.common import open_store, params_of_run
     from lmctrack.workflows.imp import run_imp
-    from lmctrack.workflows.train import TrainedRun
+    from lmctrack.workflows.train import registered_run
 
     sets = list(set_ or [])
     for key, value in (
@@ -569,8 +567,7 @@ def imp(
         if prune_data is not None:
             data = cfg.data.model_copy(update={"name": "tensors", "path": str(prune_data)})
             search = _context(cfg.model_copy(update={"data": data}), True, None, store)
-        states = {int(i.tags["step"]): i.uri for i in store.run_states(producer)}
-        trained = TrainedRun(producer, states, ctx.total_steps, True)
+        trained = registered_run(store, producer, ctx.total_steps)
         k = ctx.steps(_step(step_text)) if step_text else ctx.steps(cfg.imp.rewind)
         result = run_imp(ctx, trained, k, search)
     finally:

@@ -58,11 +58,11 @@ class Context:
         return self.steps(self.params.train.steps)
 
     def training_hash(self, *extra) -> str:
-        """Hash of everything that decides a training's outcome (not where it runs)."""
+        """Hash of everything that decides a training's outcome: not where it runs, nor which
+        rewind states it registers (a run asked for more of them is extended, not retrained)."""
         p = self.params
-        return config_hash(
-            p.data, p.model, p.train.model_dump(mode="json", exclude={"device"}), *extra
-        )
+        train = p.train.model_dump(mode="json", exclude={"device", "rewind_steps"})
+        return config_hash(p.data, p.model, train, *extra)
 
     def write_output(self, name: str, obj) -> Path | None:
         """Write a JSON file for DVC (metrics, URIs) when an output folder was given."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from lmctrack.config import config_hash
 from lmctrack.runner import TrainJob, run_jobs
 from lmctrack.state import State
 from lmctrack.train import Noise
@@ -80,12 +81,11 @@ def run_imp(ctx: Context, run: TrainedRun, k: int, search: Context | None = None
     wk = ctx.store.load_state(wk_uri)
     seed = ctx.params.seeds
     levels_n = 1 if cfg.one_shot else cfg.levels
-    key = ctx.training_hash(
-        wk_uri,
-        cfg.model_dump(mode="json", exclude={"matching_threshold"}),
-        search.dataset_fingerprint,
-        "imp",
-    )
+    # Level n depends on Wk, the pruning settings and the search data, not on how many levels
+    # follow it: `--levels 3` after `--levels 2` reuses levels 1 and 2.
+    pruning = cfg.model_dump(mode="json", exclude={"levels", "rewind", "matching_threshold"})
+    chain = ctx.training_hash(wk_uri, pruning, search.dataset_fingerprint, "imp")
+    key = config_hash(chain, levels_n)
     finished = ctx.store.find_run(ctx.model_name, key)
     if finished is not None:
         result = json.loads(ctx.store.run_artifact(finished, IMP_ARTIFACT).read_text())
@@ -104,12 +104,12 @@ def run_imp(ctx: Context, run: TrainedRun, k: int, search: Context | None = None
         last_trained = run.final if search is ctx else None
         if last_trained is None:
             last_weights = _train_one(
-                search, f"{key}-search0", "search level 0", wk, k, seed
+                search, f"{chain}-search0", "search level 0", wk, k, seed
             ).weights
         else:
             last_weights = ctx.store.load_state(last_trained).weights
         for level in range(1, levels_n + 1):
-            level_key = f"{key}-level{level}"
+            level_key = f"{chain}-level{level}"
             done = ctx.store.find_run(ctx.model_name, level_key)
             if done is not None:  # an interrupted IMP resumes after its last finished level
                 by_role = {info.tags["role"]: info for info in ctx.store.run_states(done)}
@@ -222,66 +222,86 @@ def reinitialized(ctx: Context, mask_uri: str, init_seed: int) -> State:
 
 
 def run_baselines(ctx: Context, parent, run: TrainedRun, k: int, levels: list[Level]) -> list[dict]:
-    """Train random pruning (from Wk) and random reinit (from step 0) at every level, at once."""
+    """Train random pruning (from Wk) and random reinit (from step 0) at every level, at once; a
+    baseline that an earlier IMP run trained for the same mask is reused."""
     seed = ctx.params.seeds
     specs = []
     for lv in levels:
-        specs.append(
-            ("random_prune", lv, random_pruned(ctx, lv.mask_uri, seed.init + 7919 * lv.level), k)
-        )
-        specs.append(
-            ("random_reinit", lv, reinitialized(ctx, lv.mask_uri, seed.init + 104729 + lv.level), 0)
-        )
+        for kind, start, baseline_seed in (
+            ("random_prune", k, seed.init + 7919 * lv.level),
+            ("random_reinit", 0, seed.init + 104729 + lv.level),
+        ):
+            key = ctx.training_hash(lv.mask_uri, kind, baseline_seed, "baseline")
+            done = ctx.store.find_run(ctx.model_name, key)
+            specs.append((kind, lv, start, baseline_seed, key, done))
+    todo = {
+        key: (random_pruned if kind == "random_prune" else reinitialized)(ctx, lv.mask_uri, s)
+        for kind, lv, _, s, key, done in specs
+        if done is None
+    }
     jobs = [
         TrainJob(
-            key=f"{kind}-{lv.mask_uri}",
+            key=key,
             label=f"{kind} level {lv.level}",
             model=ctx.params.model,
             train=ctx.params.train,
             noise=Noise(seed.data_order, seed.augment),
             start=start,
             stop=ctx.total_steps,
-            weights=state.weights,
-            mask=state.mask,
+            weights=todo[key].weights,
+            mask=todo[key].mask,
         )
-        for kind, lv, state, start in specs
+        for kind, lv, start, _, key, done in specs
+        if done is None
     ]
-    results = run_jobs(jobs, ctx.dataset, ctx.device, ctx.board)
+    results = dict(zip(todo, run_jobs(jobs, ctx.dataset, ctx.device, ctx.board)))
     out = []
-    for (kind, lv, state, start), result in zip(specs, results):
-        with ctx.store.run(
-            ctx.model_name, f"{kind} level {lv.level}", parent=parent, tags={"kind": kind}
-        ) as child:
-            child.log_json(ctx.params.model_dump(mode="json"), PARAMS_ARTIFACT)
-            base_uri = child.save_state(
-                state,
-                model_name=ctx.model_name,
-                role="mask" if kind == "random_prune" else "reinit",
-                step=start,
-                tags={**sparsity_tags(lv.level, state.mask), "baseline": kind},
-                parents=[lv.mask_uri],
-            )
-            trained_uri = child.save_state(
-                State(result.weights, state.mask),
-                model_name=ctx.model_name,
-                role="trained",
-                step=ctx.total_steps,
-                tags={**sparsity_tags(lv.level, state.mask), "baseline": kind, "state": "W_T"},
-                parents=[base_uri],
-                dataset=(ctx.params.data.name, ctx.dataset_fingerprint),
-            )
-            error = _evaluate_uri(ctx, trained_uri)
-            child.log_metrics({"test_error": error})
+    for kind, lv, start, _, key, done in specs:
+        if done is None:
+            done = _register_baseline(ctx, parent, kind, lv, start, key, todo[key], results[key])
+        base, trained = ctx.store.run_states(done)
         out.append(
             {
                 "kind": kind,
                 "level": lv.level,
-                "state": base_uri,
-                "trained": trained_uri,
-                "test_error": error,
+                "state": base.uri,
+                "trained": trained.uri,
+                "test_error": float(ctx.store.run_metrics(done)["test_error"]),
             }
         )
     return out
+
+
+def _register_baseline(
+    ctx: Context, parent, kind: str, lv: Level, start: int, key: str, state: State, result
+) -> str:
+    """Register a trained baseline: its starting state (mask or reinit) and its W_T."""
+    with ctx.store.run(
+        ctx.model_name,
+        f"{kind} level {lv.level}",
+        parent=parent,
+        tags={"kind": kind, "config_hash": key},
+    ) as child:
+        child.log_json(ctx.params.model_dump(mode="json"), PARAMS_ARTIFACT)
+        base_uri = child.save_state(
+            state,
+            model_name=ctx.model_name,
+            role="mask" if kind == "random_prune" else "reinit",
+            step=start,
+            tags={**sparsity_tags(lv.level, state.mask), "baseline": kind},
+            parents=[lv.mask_uri],
+        )
+        trained_uri = child.save_state(
+            State(result.weights, state.mask),
+            model_name=ctx.model_name,
+            role="trained",
+            step=ctx.total_steps,
+            tags={**sparsity_tags(lv.level, state.mask), "baseline": kind, "state": "W_T"},
+            parents=[base_uri],
+            dataset=(ctx.params.data.name, ctx.dataset_fingerprint),
+        )
+        child.log_metrics({"test_error": _evaluate_uri(ctx, trained_uri)})
+    return child.id
 
 
 def table_rows(
