@@ -121,7 +121,7 @@ def check_compatible(a: State, b: State, mask_mode: str = "same") -> None:
         dense = "A" if a.mask is None else "B"
         raise LmcError(
             f"{dense} is dense but the other endpoint is masked; interpolate copies of one "
-            "subnetwork, or pass mask_mode='each' to compare different subnetworks"
+            "subnetwork, or use --each-mask (mask_mode='each') to compare different subnetworks"
         )
     problem = first_mismatch(a.mask, b.mask, ("A's mask", "B's mask"))
     if problem is None:
@@ -136,7 +136,7 @@ def check_compatible(a: State, b: State, mask_mode: str = "same") -> None:
     if problem is not None:
         raise LmcError(
             f"masks differ: {problem}; interpolate copies of one subnetwork, "
-            "or pass mask_mode='each' to compare different subnetworks"
+            "or use --each-mask (mask_mode='each') to compare different subnetworks"
         )
 
 
