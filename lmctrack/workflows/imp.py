@@ -70,8 +70,18 @@ def sparsity_tags(level: int, mask) -> dict[str, str]:
     }
 
 
-def run_imp(ctx: Context, run: TrainedRun, k: int, search: Context | None = None) -> dict:
-    """IMP from the dense run's Wk; `search` is another dataset that drives the mask search."""
+def run_imp(
+    ctx: Context,
+    run: TrainedRun,
+    k: int,
+    search: Context | None = None,
+    with_baselines: bool = True,
+) -> dict:
+    """IMP from the dense run's Wk; `search` is another dataset that drives the mask search.
+
+    `with_baselines=False` skips the random baselines and the same-basin check (the sparse sweep only
+    needs the masks).
+    """
     from lmctrack.models import prunable_names
     from lmctrack.prune import full_mask, magnitude_prune, prune_to_density
 
@@ -85,7 +95,7 @@ def run_imp(ctx: Context, run: TrainedRun, k: int, search: Context | None = None
     # follow it: `--levels 3` after `--levels 2` reuses levels 1 and 2.
     pruning = cfg.model_dump(mode="json", exclude={"levels", "rewind", "matching_threshold"})
     chain = ctx.training_hash(wk_uri, pruning, search.dataset_fingerprint, "imp")
-    key = config_hash(chain, levels_n)
+    key = config_hash(chain, levels_n, with_baselines)
     finished = ctx.store.find_run(ctx.model_name, key)
     if finished is not None:
         result = json.loads(ctx.store.run_artifact(finished, IMP_ARTIFACT).read_text())
@@ -173,8 +183,8 @@ def run_imp(ctx: Context, run: TrainedRun, k: int, search: Context | None = None
             if search is ctx:
                 last_weights, last_trained = trained.weights, trained_uri
             levels.append(Level(level, float(tags["density"]), mask_uri, trained_uri, error))
-        baselines = run_baselines(ctx, imp_run, run, k, levels)
-        basins = same_basin(ctx, imp_run, run.final, levels)
+        baselines = run_baselines(ctx, imp_run, run, k, levels) if with_baselines else []
+        basins = same_basin(ctx, imp_run, run.final, levels) if with_baselines else []
         rows = table_rows(dense_error, levels, baselines, cfg.matching_threshold)
         for row in rows:
             imp_run.log_metrics(

@@ -90,7 +90,7 @@ def sparse_instability(ctx: Context) -> dict:
             device=ctx.device,
         )
         for k in ks:
-            imp = run_imp(ctx, run, k)
+            imp = run_imp(ctx, run, k, with_baselines=False)
             for level in imp["levels"]:
                 plans.append(plan_fork(ctx, level["mask_uri"], seeds=copy_seeds(ctx)))
                 meta.append(
