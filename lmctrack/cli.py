@@ -409,6 +409,7 @@ def _sparse_sweep(ctx, as_json: bool) -> None:
 def lineage(
     uri: Annotated[str, typer.Argument(help="a state URI, e.g. models:/name/3")],
     params: ParamsOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Print the ancestry tree of a state (W_T -> Wk -> W0)."""
     from rich.tree import Tree
@@ -416,7 +417,7 @@ def lineage(
     from lmctrack.progress import console
     from lmctrack.workflows.common import open_store
 
-    store = open_store(_params(params, None))
+    store = open_store(_params(params, set_))
     root = store.lineage(uri)
 
     def label(node) -> str:
@@ -448,13 +449,14 @@ def lineage(
 def ui(
     port: Annotated[int, typer.Option("--port", help="port on 127.0.0.1")] = 5000,
     params: ParamsOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Start the MLflow UI on 127.0.0.1 for this project's store."""
     import subprocess
 
     from lmctrack.workflows.common import open_store
 
-    store = open_store(_params(params, None))
+    store = open_store(_params(params, set_))
     command = store.ui_command(port)
     typer.echo(f"MLflow UI for {store.tracking_uri} at http://127.0.0.1:{port}", err=True)
     raise typer.Exit(subprocess.call(command))
@@ -501,6 +503,28 @@ def _run_of_state(
         info = store.describe(uri)
         return info.run_id, f"{info.tags.get('step', 0)}it"
     return run_id, rewind
+
+
+def _search_context(cfg: Params, prune_data: Path | None, ctx):
+    """The context whose data drives IMP's mask search (--prune-data, else imp.prune_data), if any.
+
+    Its network must be the one trained on the real data: same input shape, same classes."""
+    data = cfg.imp.prune_data
+    if prune_data is not None:
+        data = cfg.data.model_copy(update={"name": "tensors", "path": str(prune_data)})
+    if data is None:
+        return None
+    search = _context(cfg.model_copy(update={"data": data}), True, None, ctx.store)
+    search.close()
+    got, want = search.dataset, ctx.dataset
+    if (got.input_shape, got.num_classes) != (want.input_shape, want.num_classes):
+        shape = ", ".join(map(str, want.input_shape))
+        raise LmcError(
+            f"the prune data has inputs {got.input_shape} and {got.num_classes} classes but the "
+            f"network takes {want.input_shape} with {want.num_classes} classes; give x_train of "
+            f"shape (N, {shape}) and labels 0..{want.num_classes - 1}"
+        )
+    return search
 
 
 @app.command()
@@ -561,12 +585,13 @@ def imp(
     store = open_store(user)
     producer, step_text = _run_of_state(store, source, _run_id(run_id), rewind)
     cfg = _with_run_params(user, params_of_run(store, producer))
+    if prune_data is not None and not prune_data.is_file():
+        raise LmcError(
+            f"--prune-data {prune_data} not found; pass a safetensors file with x_train, y_train"
+        )
     ctx = _context(cfg, quiet, out, store)
-    search = None
     try:
-        if prune_data is not None:
-            data = cfg.data.model_copy(update={"name": "tensors", "path": str(prune_data)})
-            search = _context(cfg.model_copy(update={"data": data}), True, None, store)
+        search = _search_context(cfg, prune_data, ctx)
         trained = registered_run(store, producer, ctx.total_steps)
         k = ctx.steps(_step(step_text)) if step_text else ctx.steps(cfg.imp.rewind)
         result = run_imp(ctx, trained, k, search)
