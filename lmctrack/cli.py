@@ -452,6 +452,7 @@ def ui(
     set_: SetOpt = None,
 ) -> None:
     """Start the MLflow UI on 127.0.0.1 for this project's store."""
+    import signal
     import subprocess
 
     from lmctrack.workflows.common import open_store
@@ -459,7 +460,14 @@ def ui(
     store = open_store(_params(params, set_))
     command = store.ui_command(port)
     typer.echo(f"MLflow UI for {store.tracking_uri} at http://127.0.0.1:{port}", err=True)
-    raise typer.Exit(subprocess.call(command))
+    server = subprocess.Popen(command)
+    # `kill` of lmctrack alone must not leave the server running: MLflow stops its workers itself.
+    signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the server too: let it shut down, not an error
+        code = server.wait()
+    raise typer.Exit(code if code >= 0 else 128 - code)
 
 
 @data_app.command("mnist1d")
@@ -505,16 +513,13 @@ def _run_of_state(
     return run_id, rewind
 
 
-def _search_context(cfg: Params, prune_data: Path | None, ctx):
-    """The context whose data drives IMP's mask search (--prune-data, else imp.prune_data), if any.
+def _search_context(cfg: Params, ctx):
+    """The context whose data (imp.prune_data) drives IMP's mask search, if any.
 
     Its network must be the one trained on the real data: same input shape, same classes."""
-    data = cfg.imp.prune_data
-    if prune_data is not None:
-        data = cfg.data.model_copy(update={"name": "tensors", "path": str(prune_data)})
-    if data is None:
+    if cfg.imp.prune_data is None:
         return None
-    search = _context(cfg.model_copy(update={"data": data}), True, None, ctx.store)
+    search = _context(cfg.model_copy(update={"data": cfg.imp.prune_data}), True, None, ctx.store)
     search.close()
     got, want = search.dataset, ctx.dataset
     if (got.input_shape, got.num_classes) != (want.input_shape, want.num_classes):
@@ -581,17 +586,19 @@ def imp(
             sets.append(f"imp.{key}={value}")
     if one_shot:
         sets.append("imp.one_shot=true")
+    if prune_data is not None:
+        if not prune_data.is_file():
+            raise LmcError(
+                f"--prune-data {prune_data} not found; pass a safetensors file with x_train, y_train"
+            )
+        sets += ["imp.prune_data.name=tensors", f"imp.prune_data.path={prune_data}"]
     user = _params(params, sets, device)
     store = open_store(user)
     producer, step_text = _run_of_state(store, source, _run_id(run_id), rewind)
     cfg = _with_run_params(user, params_of_run(store, producer))
-    if prune_data is not None and not prune_data.is_file():
-        raise LmcError(
-            f"--prune-data {prune_data} not found; pass a safetensors file with x_train, y_train"
-        )
     ctx = _context(cfg, quiet, out, store)
     try:
-        search = _search_context(cfg, prune_data, ctx)
+        search = _search_context(cfg, ctx)
         trained = registered_run(store, producer, ctx.total_steps)
         k = ctx.steps(_step(step_text)) if step_text else ctx.steps(cfg.imp.rewind)
         result = run_imp(ctx, trained, k, search)

@@ -91,9 +91,12 @@ def run_imp(
     wk = ctx.store.load_state(wk_uri)
     seed = ctx.params.seeds
     levels_n = 1 if cfg.one_shot else cfg.levels
-    # Level n depends on Wk, the pruning settings and the search data, not on how many levels
-    # follow it: `--levels 3` after `--levels 2` reuses levels 1 and 2.
-    pruning = cfg.model_dump(mode="json", exclude={"levels", "rewind", "matching_threshold"})
+    # Level n depends on Wk, the pruning settings and the search data (by content, not by where
+    # its file is), not on how many levels follow it: `--levels 3` after `--levels 2` reuses
+    # levels 1 and 2.
+    pruning = cfg.model_dump(
+        mode="json", exclude={"levels", "rewind", "matching_threshold", "prune_data"}
+    )
     chain = ctx.training_hash(wk_uri, pruning, search.dataset_fingerprint, "imp")
     key = config_hash(chain, levels_n, with_baselines)
     finished = ctx.store.find_run(ctx.model_name, key)
