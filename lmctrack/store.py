@@ -795,7 +795,8 @@ class Store:
         argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", self.tracking_uri]
         if self.root is not None:
             argv += ["--default-artifact-root", (self.root / "artifacts").as_uri()]
-        return [*argv, "--host", "127.0.0.1", "--port", str(port)]
+        # one web worker: a local UI for one researcher starts in seconds instead of ~30 s
+        return [*argv, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
 
 
 def _first_line(error: BaseException, limit: int = 160) -> str:

@@ -115,10 +115,19 @@ def run_imp(
         imp_run.log_json(ctx.params.model_dump(mode="json"), PARAMS_ARTIFACT)
         # Level 0: the dense network trained from Wk with the run's own noise is the run's W_T.
         last_trained = run.final if search is ctx else None
-        if last_trained is None:
-            last_weights = _train_one(
-                search, f"{chain}-search0", "search level 0", wk, k, seed
-            ).weights
+        if last_trained is None:  # IMP on other data: level 0 is Wk trained on that data
+            searched = _train_one(search, f"{chain}-search0", "search level 0", wk, k, seed)
+            last_weights = searched.weights
+            last_trained = imp_run.save_state(
+                searched,
+                model_name=ctx.model_name,
+                role="search",
+                step=ctx.total_steps,
+                tags={"level": "0", "state": "W_T (prune data)", "rewind_step": str(k)},
+                parents=[wk_uri],
+                dataset=(search.params.data.name, search.dataset_fingerprint),
+            )
+            discard_checkpoints(ctx, f"{chain}-search0")
         else:
             last_weights = ctx.store.load_state(last_trained).weights
         for level in range(1, levels_n + 1):
@@ -132,7 +141,8 @@ def run_imp(
                 tags = sparsity_tags(level, mask)
                 error = float(ctx.store.run_metrics(done)["test_error"])
                 if search is not ctx:
-                    last_weights = ctx.store.load_state(by_role["search"].uri).weights
+                    last_trained = by_role["search"].uri
+                    last_weights = ctx.store.load_state(last_trained).weights
             else:
                 if cfg.one_shot:
                     mask = prune_to_density(last_weights, mask, cfg.density, cfg.strategy)
@@ -160,7 +170,7 @@ def run_imp(
                             search, f"{level_key}-search", f"search level {level}", sub, k, seed
                         )
                         last_weights = searched.weights
-                        lvl.save_state(
+                        last_trained = lvl.save_state(
                             searched,
                             model_name=ctx.model_name,
                             role="search",
