@@ -376,7 +376,7 @@ def instability(
 def _sparse_sweep(ctx, as_json: bool) -> None:
     from lmctrack.workflows.sparse import sparse_instability
 
-    result = sparse_instability(ctx)
+    result = sparse_instability(ctx, _search_context(ctx.params, ctx))
     _table(
         f"IMP subnetworks of {result['model']}: error barrier (median) and matching vs rewind step (bn={result['bn']})",
         ["density", "k", "split", "n", "median", "mean", "std", "stable", "test error", "matching"],

@@ -73,8 +73,11 @@ def earliest(rows: list[dict]) -> list[dict]:
     return out
 
 
-def sparse_instability(ctx: Context) -> dict:
-    """`lmctrack instability --imp`: IMP at every k for every init, then fork every subnetwork."""
+def sparse_instability(ctx: Context, search: Context | None = None) -> dict:
+    """`lmctrack instability --imp`: IMP at every k for every init, then fork every subnetwork.
+
+    `search`: another dataset (imp.prune_data) that drives the mask search.
+    """
     from lmctrack.evaluate import evaluate, load_into
     from lmctrack.plots import plot_imp_rewind
 
@@ -90,7 +93,7 @@ def sparse_instability(ctx: Context) -> dict:
             device=ctx.device,
         )
         for k in ks:
-            imp = run_imp(ctx, run, k, with_baselines=False)
+            imp = run_imp(ctx, run, k, search, with_baselines=False)
             for level in imp["levels"]:
                 plans.append(plan_fork(ctx, level["mask_uri"], seeds=copy_seeds(ctx)))
                 meta.append(
