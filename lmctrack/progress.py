@@ -53,14 +53,20 @@ class Board:
             acc=metrics.get("accuracy", float("nan")),
         )
 
+    def completed(self, key: str) -> float | None:
+        """Where the bar of `key` stands (None on a silent board): what the user last saw."""
+        if self._progress is None or key not in self._tasks:
+            return None
+        return next(t.completed for t in self._progress.tasks if t.id == self._tasks[key])
+
     def advance(self, key: str, amount: int = 1) -> None:
         if self._progress is not None and key in self._tasks:
             self._progress.advance(self._tasks[key], amount)
 
 
 @contextmanager
-def board(enabled: bool = True) -> Iterator[Board]:
-    """A live progress display on stderr (silent when disabled or when stderr is not a terminal)."""
+def board(enabled: bool = True, output: Console = console) -> Iterator[Board]:
+    """A live progress display on stderr or on `output` (a benchmark's buffer); silent if disabled."""
     if not enabled:
         yield Board(None)
         return
@@ -72,7 +78,7 @@ def board(enabled: bool = True) -> Iterator[Board]:
         SpeedColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=output,
         transient=False,
     )
     with progress:

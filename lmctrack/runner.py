@@ -2,16 +2,18 @@
 
 On a CPU each training gets its own forked process with one thread: small networks are bound by
 per-operation overhead, so N single-threaded processes beat one process with N threads (three
-copies on two cores finish in about half the time of training them one after another). Forking
-shares the in-memory dataset without copying it. On a GPU the trainings run in spawned processes
+copies on two cores take 0.6 of the time of training them one after another:
+benchmarks/copies.py). Forking shares the in-memory dataset without copying it. On a GPU the trainings run in spawned processes
 that share the device. Same seeds give bit-identical weights in either mode.
 """
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -137,6 +139,10 @@ _worker: dict = {}
 
 
 def _init_worker(dataset, device: str, reports) -> None:
+    # A forked worker inherits the parent's sys.stdout/stderr, which a live rich display has
+    # redirected to its console: writing there from a child could block on a lock that the
+    # parent's refresh thread held at fork time, and would draw stray copies of the display.
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     torch.set_num_threads(1)
     _worker.update(dataset=dataset.to(device), device=torch.device(device), reports=reports)
 
@@ -148,11 +154,22 @@ def _run_in_worker(job: TrainJob) -> JobResult:
     )
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or scheduler's CPU set, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def default_workers(jobs: int, device: torch.device) -> int:
-    """Enough processes to keep every core busy when the jobs come in rounds."""
+    """Enough processes to keep every core busy when the jobs come in rounds.
+
+    More processes than cores: with equal jobs, 2 workers on 2 cores finish 3 jobs in two rounds
+    (the second on one core), 3 workers share both cores throughout and finish in 3/4 the time.
+    """
     if device.type == "cuda":
         return min(jobs, 4)
-    return max(1, min(jobs, 2 * (os.cpu_count() or 1) + 1))
+    return max(1, min(jobs, 2 * usable_cores() + 1))
 
 
 def run_jobs(
@@ -171,7 +188,13 @@ def run_jobs(
             run_job(job, dataset, device, lambda s, m, k=job.key: board.update(k, s, m))
             for job in jobs
         ]
-    ctx = mp.get_context("spawn" if device.type == "cuda" else "fork")
+    if device.type == "cuda":
+        ctx = mp.get_context("spawn")  # CUDA cannot be used in a forked child
+    else:
+        ctx = mp.get_context("fork")
+        # Creating any optimizer imports torch._dynamo (seconds of CPU); imported once here, the
+        # forked workers inherit it instead of each importing it again at the same time.
+        importlib.import_module("torch._dynamo")
     reports = ctx.Queue()
     stop = threading.Event()
 

@@ -205,10 +205,13 @@ def train(
             if guard is not None:
                 guard.after_step()
             step += 1
-            running_loss += loss.detach() * y.shape[0]
-            running_correct += (out.detach().argmax(1) == y).sum()
+            if progress is None:
+                continue
+            # Summed on the device and read every `report_every` steps: no per-step sync.
+            running_loss.add_(loss.detach(), alpha=y.shape[0])
+            running_correct.add_((out.detach().argmax(1) == y).sum())
             running_seen += y.shape[0]
-            if progress is not None and (step % report_every == 0 or step == stop):
+            if step % report_every == 0 or step == stop:
                 progress(
                     step,
                     {

@@ -1,0 +1,192 @@
+"""How much lmctrack costs on top of PyTorch, on the default network (params.yaml).
+
+1. Throughput of the training engine (lmctrack.train.train) against a minimal hand-written loop on
+   the same in-memory tensors, batch size, optimizer and randperm batching, in one process with one
+   thread, interleaved. Target: engine/bare >= 0.9.
+2. The share of `lmctrack train`'s wall time spent in tracking and registration: the train workflow
+   runs in-process against a temporary sqlite store whose Store/Run methods are timed. Target: the
+   store calls take <= 5%. Importing MLflow (per command) and creating a store's schema (once per
+   project) are reported beside it, and the share counting the import too.
+
+    python benchmarks/engine_vs_bare.py [--quick] [--steps N] [--repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import inspect
+import math
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import torch
+from common import default_params, interleaved, machine, median_ratio, scratch, timed
+from torch import nn
+
+from lmctrack.config import Params
+from lmctrack.data import TensorDataset, load_dataset
+from lmctrack.models import build_model
+from lmctrack.progress import Board
+from lmctrack.train import Noise, train
+
+
+def bare_loop(model: nn.Module, data: TensorDataset, params: Params, steps: int) -> None:
+    """The smallest loop that trains like the engine: randperm per epoch, slices of it, SGD."""
+    cfg = params.train
+    x, y = data.train.x, data.train.y
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    loss_fn = nn.CrossEntropyLoss()
+    batch, ipe = cfg.batch_size, math.ceil(len(y) / cfg.batch_size)
+    generator = torch.Generator().manual_seed(params.seeds.data_order)
+    for t in range(steps):
+        b = t % ipe
+        if b == 0:
+            perm = torch.randperm(len(y), generator=generator)
+        idx = perm[b * batch : (b + 1) * batch]
+        loss = loss_fn(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def engine_loop(model: nn.Module, data: TensorDataset, params: Params, steps: int) -> None:
+    """The engine as `lmctrack train` drives it, progress reports included (to a silent board)."""
+    board = Board(None)
+    noise = Noise(params.seeds.data_order, params.seeds.augment)
+    train(
+        model,
+        data,
+        params.train,
+        start=0,
+        stop=steps,
+        noise=noise,
+        progress=lambda step, metrics: board.update("train", step, metrics),
+    )
+
+
+def throughput(loop, data: TensorDataset, params: Params, steps: int) -> float:
+    model = build_model(params.model, data.num_classes, data.input_shape, params.seeds.init)
+    seconds, _ = timed(lambda: loop(model, data, params, steps))
+    return steps / seconds
+
+
+def compare_engine(params: Params, steps: int, repeats: int) -> None:
+    data = load_dataset(params.data)
+    for loop in (bare_loop, engine_loop):  # warm-up: the first optimizer imports torch._dynamo
+        throughput(loop, data, params, 20)
+    engine, bare = interleaved(
+        lambda: throughput(engine_loop, data, params, steps),
+        lambda: throughput(bare_loop, data, params, steps),
+        repeats,
+    )
+    print(
+        f"engine/bare throughput ratio: {median_ratio(engine, bare):.2f} "
+        f"(engine {statistics.median(engine):.0f} it/s, bare {statistics.median(bare):.0f} it/s; "
+        f"medians of {repeats} interleaved runs of {steps} steps)"
+    )
+
+
+# --- tracking share -----------------------------------------------------------------------------
+
+
+class StoreTimer:
+    """Wall time spent inside Store and Run methods (outermost calls only, so nothing twice)."""
+
+    def __init__(self, *classes: type) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._depth = 0
+        for cls in classes:
+            for name, fn in list(vars(cls).items()):
+                if inspect.isfunction(fn):
+                    setattr(cls, name, self._timed(fn, f"{cls.__name__}.{name}"))
+
+    def _timed(self, fn, label: str):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            self._depth += 1
+            began = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self.seconds[label] += time.perf_counter() - began
+
+        return wrapper
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def create_store(uri: str) -> float:
+    """Create a store's schema in another process (the first command in a project pays this)."""
+    code = f"from lmctrack.store import Store; Store({uri!r})"
+    seconds, _ = timed(lambda: subprocess.run([sys.executable, "-c", code], check=True))
+    return seconds
+
+
+# Opening a sqlite store imports MLflow's SQL backend: a library's import, paid once per command.
+MLFLOW_MODULES = (
+    "lmctrack.store",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+)
+
+
+def tracking_share(overrides: list[str]) -> None:
+    """`lmctrack train` in-process (quiet board) against a new store whose schema exists."""
+    seconds_import, modules = timed(lambda: [importlib.import_module(m) for m in MLFLOW_MODULES])
+    from lmctrack.workflows.common import make_context
+    from lmctrack.workflows.train import train_run
+
+    store = modules[0]
+    timer = StoreTimer(store.Store, store.Run)
+    uri = f"sqlite:///{scratch('store') / 'mlflow.db'}"
+    seconds_schema = create_store(uri)
+    params = default_params(*overrides, f"store.tracking_uri={uri}")
+
+    def command():
+        ctx = make_context(params, board=Board(None))
+        return train_run(ctx)
+
+    wall, run = timed(command)
+    assert not run.reused and len(run.states) >= 2, "the benchmark must train and register"
+    print(
+        f"tracking share of lmctrack train wall time: {timer.total / wall:.1%} "
+        f"(store calls {timer.total:.2f} s of {wall:.1f} s; {params.train.steps} steps, "
+        f"{len(run.states)} states registered)"
+    )
+    for label, seconds in sorted(timer.seconds.items(), key=lambda kv: -kv[1])[:4]:
+        print(f"  {label}: {seconds:.3f} s")
+    with_import = (timer.total + seconds_import) / (wall + seconds_import)
+    print(
+        f"importing MLflow and its SQL backend (once per command, not in the share above): "
+        f"{seconds_import:.1f} s; counting it, MLflow takes {with_import:.1%} of the command"
+    )
+    print(
+        f"first command in a project: a fresh process creating the store's schema took "
+        f"{seconds_schema:.1f} s (interpreter start and imports included)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few steps: a smoke run")
+    parser.add_argument("--steps", type=int, help="steps per engine/bare run (default 1000)")
+    parser.add_argument("--repeats", type=int, help="interleaved engine/bare pairs (default 5)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(machine())
+    steps = args.steps or (200 if args.quick else 1000)
+    compare_engine(default_params(), steps, args.repeats or (3 if args.quick else 5))
+    tracking_share(["train.steps=500it"] if args.quick else [])
+
+
+if __name__ == "__main__":
+    main()
