@@ -81,8 +81,8 @@ def instability(ctx: Context, *, mask: str | None = None) -> dict:
     forks = run_forks(ctx, plans)
     rows = aggregate(forks, list(inst.splits), inst.stable_threshold)
     title = (
-        f"{ctx.model_name}: instability (error barrier, paper definition) vs rewind step; "
-        f"{inst.inits} inits x {inst.copies} copies, bn={inst.bn}"
+        f"{ctx.model_name}: instability vs rewind step\n"
+        f"error barrier (paper definition), {inst.inits} inits x {inst.copies} copies"
     )
     with ctx.store.run(
         ctx.model_name,

@@ -32,11 +32,9 @@ def report(outputs: Path, out: Path) -> dict:
     summary: dict[str, float | int | None] = {}
     train = _read(outputs / "train" / "train.json")
     if train:
-        lines += (
-            ["## Trained states", ""]
-            + [f"- {name}: `{uri}`" for name, uri in train["states"].items()]
-            + [""]
-        )
+        # registered in training order, so version order is step order
+        states = sorted(train["states"].items(), key=lambda item: int(item[1].rsplit("/", 1)[1]))
+        lines += ["## Trained states", ""] + [f"- {name}: `{uri}`" for name, uri in states] + [""]
     forks = sorted(
         (f for f in (_read(p) for p in outputs.glob("fork/*/fork.json")) if f), key=lambda f: f["k"]
     )
