@@ -340,6 +340,7 @@ def instability(
 ) -> None:
     """The Figure-3 sweep: for each rewind step k, inits x copies; mean, std, median; plot."""
     from lmctrack.workflows.instability import instability as run_sweep
+    from lmctrack.workflows.report import instability_table
 
     cfg = _params(params, set_, device)
     if imp and mask:
@@ -355,20 +356,7 @@ def instability(
     _table(
         f"instability of {result['model']} (error barrier, bn={result['bn']}, "
         f"{len(result['inits'])} inits x {len(result['copy_seeds'])} copies)",
-        ["k", "split", "samples", "mean", "std", "median", "endpoint error", "stable (<2%)"],
-        [
-            [
-                f"{r['k']}it",
-                r["split"],
-                r["n"],
-                r["mean"],
-                r["std"],
-                r["median"],
-                r["endpoint_error"],
-                "yes" if r["stable"] else "no",
-            ]
-            for r in result["rows"]
-        ],
+        *instability_table(result["rows"]),
     )
     _emit(result, as_json, [("run_id", result["run_id"])])
 
@@ -605,34 +593,15 @@ def imp(
     finally:
         ctx.close()
     ctx.write_output("imp.json", result)
+    from lmctrack.workflows.report import basin_table, imp_table
+
     _table(
         f"IMP rewinding to {result['k']}it vs random baselines (test accuracy; {result['matching_rule']})",
-        ["level", "density", "full", "IMP", "random prune", "random reinit", "delta", "matching?"],
-        [
-            [
-                r["level"],
-                r["density"],
-                r["full"],
-                r["imp"],
-                r["random_prune"],
-                r["random_reinit"],
-                r["delta"],
-                "Y" if r["matching"] else "N",
-            ]
-            for r in result["rows"]
-        ],
+        *imp_table(result),
     )
     _table(
         "same basin? consecutive IMP levels interpolated (test error barrier, paper definition)",
-        ["levels", "error barrier", "l2 distance"],
-        [
-            [
-                f"{b['levels'][0]}->{b['levels'][1]}",
-                b["summary"]["test.error_barrier"],
-                b["summary"]["distance.l2"],
-            ]
-            for b in result["same_basin"]
-        ],
+        *basin_table(result),
     )
     lines = [("run_id", result["run_id"])]
     lines += [

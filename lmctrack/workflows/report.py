@@ -17,6 +17,58 @@ def _md_table(columns: list[str], rows: list[list]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in cells]
 
 
+Table = tuple[list[str], list[list]]
+
+
+def instability_table(rows: list[dict]) -> Table:
+    """Figure 3 as a table: the error barrier per rewind step and split, with the verdict."""
+    columns = ["k", "split", "n", "mean", "std", "median", "endpoint error", "stable"]
+    cells = [
+        [
+            f"{r['k']}it",
+            r["split"],
+            r["n"],
+            r["mean"],
+            r["std"],
+            r["median"],
+            r["endpoint_error"],
+            "yes" if r["stable"] else "no",
+        ]
+        for r in rows
+    ]
+    return columns, cells
+
+
+def imp_table(result: dict) -> Table:
+    """Table 2: full, IMP, random prune, random reinit test accuracy, delta, matching."""
+    columns = [
+        "level",
+        "density",
+        "full",
+        "IMP",
+        "random prune",
+        "random reinit",
+        "delta",
+        "matching",
+    ]
+    keys = ("level", "density", "full", "imp", "random_prune", "random_reinit", "delta")
+    return columns, [[r[k] for k in keys] + ["Y" if r["matching"] else "N"] for r in result["rows"]]
+
+
+def basin_table(result: dict) -> Table:
+    """Consecutive IMP levels interpolated: the test error barrier and their distance."""
+    columns = ["levels", "error barrier", "l2 distance"]
+    cells = [
+        [
+            f"{b['levels'][0]}->{b['levels'][1]}",
+            b["summary"]["test.error_barrier"],
+            b["summary"]["distance.l2"],
+        ]
+        for b in result["same_basin"]
+    ]
+    return columns, cells
+
+
 def first_stable(rows: list[dict], split: str = "test") -> int | None:
     """The earliest rewind step from which every later k is stable (mean barrier < threshold)."""
     ks = sorted((r["k"], r["stable"]) for r in rows if r["split"] == split)
@@ -71,13 +123,7 @@ def report(outputs: Path, out: Path) -> dict:
             "![instability](../instability/instability.png)",
             "",
         ]
-        lines += _md_table(
-            ["k", "split", "n", "mean", "std", "median", "stable"],
-            [
-                [r["k"], r["split"], r["n"], r["mean"], r["std"], r["median"], r["stable"]]
-                for r in sweep["rows"]
-            ],
-        ) + [""]
+        lines += _md_table(*instability_table(sweep["rows"])) + [""]
         for r in sweep["rows"]:
             summary[f"instability.k{r['k']}.{r['split']}.mean"] = r["mean"]
     imp = _read(outputs / "imp" / "imp.json")
@@ -88,43 +134,9 @@ def report(outputs: Path, out: Path) -> dict:
             "![imp](../imp/imp.png)",
             "",
         ]
-        lines += _md_table(
-            [
-                "level",
-                "density",
-                "full",
-                "IMP",
-                "random prune",
-                "random reinit",
-                "delta",
-                "matching",
-            ],
-            [
-                [
-                    r["level"],
-                    r["density"],
-                    r["full"],
-                    r["imp"],
-                    r["random_prune"],
-                    r["random_reinit"],
-                    r["delta"],
-                    "Y" if r["matching"] else "N",
-                ]
-                for r in imp["rows"]
-            ],
-        ) + [""]
+        lines += _md_table(*imp_table(imp)) + [""]
         lines += ["Same basin? Consecutive levels interpolated (test error barrier):", ""]
-        lines += _md_table(
-            ["levels", "error barrier", "l2 distance"],
-            [
-                [
-                    f"{b['levels'][0]}->{b['levels'][1]}",
-                    b["summary"]["test.error_barrier"],
-                    b["summary"]["distance.l2"],
-                ]
-                for b in imp["same_basin"]
-            ],
-        ) + [""]
+        lines += _md_table(*basin_table(imp)) + [""]
         matching = [r["density"] for r in imp["rows"] if r["matching"]]
         summary["imp.sparsest_matching_density"] = min(matching) if matching else None
         for r in imp["rows"]:
