@@ -138,31 +138,6 @@ def trace(diag: Params) -> float:
     return float(sum(t.double().sum() for t in diag.values()))
 
 
-def hessian_trace(
-    model: nn.Module,
-    dataset,
-    *,
-    samples: int = 100,
-    limit: int = 1000,
-    batch_size: int = 500,
-    mask: Mask | None = None,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> float:
-    """Estimate trace(H) = E[z^T H z] of the train loss (over the unmasked weights)."""
-    diag = hessian_diagonal(
-        model,
-        dataset,
-        samples=samples,
-        limit=limit,
-        batch_size=batch_size,
-        mask=mask,
-        seed=seed,
-        device=device,
-    )
-    return trace(diag)
-
-
 def summary(diag: Params, mask: Mask | None = None, top_k: int = 5) -> dict[str, float]:
     """Flat metrics for logging: mean / max / min / trace over unmasked entries, the `top_k`
     largest entries, and each tensor's mean (`layer_mean/<name>`)."""
