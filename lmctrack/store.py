@@ -344,16 +344,23 @@ class Run:
             "mlflow.modelVersions": json.dumps([{"name": model_name, "version": version}])
         }
         _retry_busy(lambda: self._client.set_logged_model_tags(model.model_id, registered))
+        self._log_inputs(parent_infos, dataset)
+        outputs = [LoggedModelOutput(model.model_id, step or 0)]
+        _retry_busy(lambda: self._client.log_outputs(self.id, outputs))
+        return f"models:/{model_name}/{version}"
+
+    def log_input_states(self, uris: Sequence[str]) -> None:
+        """Record states this run read (e.g. the endpoints it interpolated) as model inputs."""
+        self._log_inputs([self.store.describe(uri) for uri in uris], None)
+
+    def _log_inputs(self, states: Sequence[StateInfo], dataset: tuple[str, str] | None) -> None:
         new_dataset = dataset is not None and tuple(dataset) not in self._datasets
         datasets = [self._dataset_input(*dataset)] if new_dataset else []
-        models = [LoggedModelInput(p.model_id) for p in parent_infos if p.model_id]
+        models = [LoggedModelInput(info.model_id) for info in states if info.model_id]
         if datasets or models:
             _retry_busy(lambda: self._client.log_inputs(self.id, datasets, models))
         if new_dataset:
             self._datasets.add(tuple(dataset))
-        outputs = [LoggedModelOutput(model.model_id, step or 0)]
-        _retry_busy(lambda: self._client.log_outputs(self.id, outputs))
-        return f"models:/{model_name}/{version}"
 
     def _state_name(self, role: str, step: int | None) -> str:
         """A logged-model name unique in this run, so runs:/<run_id>/<name> finds it."""

@@ -347,3 +347,13 @@ def test_default_location_env_override_and_explicit_uri(
     assert explicit.tracking_uri == local.tracking_uri and explicit.describe(uri).uri == uri
     with pytest.raises(LmcError, match="checkpoint key"):
         local.checkpoint_dir("../escape")
+
+
+def test_a_run_that_reads_states_lists_them_as_model_inputs(store: Store, chain: dict) -> None:
+    with store.run("readers", "interpolate") as run:
+        run.log_input_states([chain["wt"], chain["wk"]])
+    inputs = store.client.get_run(run.id).inputs.model_inputs
+    expected = {store.describe(chain[k]).model_id for k in ("wt", "wk")}
+    assert {m.model_id for m in inputs} == expected
+    with pytest.raises(LmcError), store.run("readers", "bad") as bad:
+        bad.log_input_states(["models:/nope/1"])

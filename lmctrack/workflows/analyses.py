@@ -119,6 +119,7 @@ def hessian(
         params={"uri": uri, "samples": samples, "limit": limit, "seed": seed},
         tags={"kind": "hessian"},
     ) as run:
+        run.log_input_states([uri])
         run.log_metrics(stats)
         folder = ctx.scratch() / run.id
         folder.mkdir(parents=True, exist_ok=True)
@@ -194,6 +195,7 @@ def _log_plane(
         "summary": numbers,
     }
     with ctx.store.run(ctx.model_name, stem, params=params, tags={"kind": stem}) as run:
+        run.log_input_states([point["uri"] for point in points.values()])
         run.log_metrics(numbers)
         run.log_table(
             [

@@ -132,6 +132,7 @@ def finish_fork(ctx: Context, fork: Fork, results: dict[str, JobResult]) -> dict
         },
         tags={"config_hash": fork.key, "kind": "fork"},
     ) as run:
+        run.log_input_states([fork.source] + ([fork.mask] if fork.mask else []))
         run.log_json(ctx.params.model_dump(mode="json"), PARAMS_ARTIFACT)
         copies = [
             _register_copy(ctx, run, fork, i, seed, key, results.get(key))

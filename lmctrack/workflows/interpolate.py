@@ -78,6 +78,7 @@ def log_pair(
         },
         tags={"kind": "pair"},
     ) as child:
+        child.log_input_states([a_uri, b_uri])
         for split, curve in path.curves.items():
             for metric, values in curve.items():
                 child.log_curve(f"{split}_{metric}", values)
