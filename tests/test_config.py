@@ -89,7 +89,12 @@ def test_config_hash_is_canonical():
     assert config_hash({"x": 1, "y": 2}) == config_hash({"y": 2, "x": 1})
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/*.yaml")) + [Path(__file__).parent.parent / "params.yaml"], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
+    + [Path(__file__).parent.parent / "params.yaml"],
+    ids=lambda p: p.name,
+)
 def test_shipped_params_files_validate(path: Path):
     params = load_params(path)
     assert params.train.steps.iterations(100) > 0

@@ -47,7 +47,9 @@ def test_learning_rate_schedules():
     assert learning_rate(decay, 50, 16, 100) == pytest.approx(0.0175)
     assert learning_rate(decay, 100, 16, 100) == pytest.approx(0.005)
     epochs = _cfg(schedule="step", milestones="[1ep]", lr=1.0)
-    assert learning_rate(epochs, 15, 16, 100) == 1.0 and learning_rate(epochs, 16, 16, 100) == pytest.approx(0.1)
+    assert learning_rate(epochs, 15, 16, 100) == 1.0 and learning_rate(
+        epochs, 16, 16, 100
+    ) == pytest.approx(0.1)
 
 
 def test_same_seeds_bit_identical_other_order_differs(data):
@@ -65,7 +67,15 @@ def test_same_seeds_bit_identical_other_order_differs(data):
 def test_training_learns(data):
     model = build_model(ModelConfig(name="mnist1d_cnn"), 10, data.input_shape, 0)
     losses = []
-    train(model, data, _cfg(steps="200it"), start=0, stop=200, noise=Noise(0, 0), progress=lambda s, m: losses.append(m["loss"]))
+    train(
+        model,
+        data,
+        _cfg(steps="200it"),
+        start=0,
+        stop=200,
+        noise=Noise(0, 0),
+        progress=lambda s, m: losses.append(m["loss"]),
+    )
     assert losses[-1] < losses[0] * 0.8
 
 
@@ -82,7 +92,9 @@ def test_resume_after_interruption_is_bit_identical(data, tmp_path: Path):
         _train(data, cfg, checkpoint=ckpt, checkpoint_every=20, progress=interrupt)
     assert ckpt.is_file()
     model = build_model(ModelConfig(name="mnist1d_cnn"), 10, data.input_shape, 0)
-    log = train(model, data, cfg, start=0, stop=60, noise=Noise(0, 0), checkpoint=ckpt, checkpoint_every=20)
+    log = train(
+        model, data, cfg, start=0, stop=60, noise=Noise(0, 0), checkpoint=ckpt, checkpoint_every=20
+    )
     assert log.resumed_from == 40
     assert log.steps == 20
     assert _equal(model.state_dict(), expected)
@@ -90,7 +102,12 @@ def test_resume_after_interruption_is_bit_identical(data, tmp_path: Path):
 
 def test_states_at_rewind_steps_match_a_shorter_run(data):
     seen = {}
-    _train(data, _cfg(), at_steps=[0, 20, 60], on_step=lambda s, m: seen.setdefault(s, {k: v.clone() for k, v in m.state_dict().items()}))
+    _train(
+        data,
+        _cfg(),
+        at_steps=[0, 20, 60],
+        on_step=lambda s, m: seen.setdefault(s, {k: v.clone() for k, v in m.state_dict().items()}),
+    )
     assert sorted(seen) == [0, 20, 60]
     assert _equal(seen[20], _train(data, _cfg(), stop=20))
 
