@@ -43,6 +43,13 @@ OutOpt = Annotated[
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the full result as JSON on stdout")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+RunIdOpt = Annotated[
+    str | None, typer.Option("--run-id", help="a run of `lmctrack train`, or its train.json")
+]
+BnOpt = Annotated[
+    str | None, typer.Option("--bn", help="interpolate | reset: BatchNorm statistics policy")
+]
+SplitOpt = Annotated[str, typer.Option("--split", help="test | train")]
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -189,9 +196,7 @@ def _fork_source(
 @app.command()
 @guarded
 def fork(
-    run_id: Annotated[
-        str | None, typer.Option("--run-id", help="a run of `lmctrack train`, or its train.json")
-    ] = None,
+    run_id: RunIdOpt = None,
     step: Annotated[
         str | None, typer.Option("--step", help="rewind step k of that run, e.g. 500it")
     ] = None,
@@ -278,9 +283,7 @@ def interpolate(
     split: Annotated[
         list[str] | None, typer.Option("--split", help="test and/or train (repeatable)")
     ] = None,
-    bn: Annotated[
-        str | None, typer.Option("--bn", help="interpolate | reset: BatchNorm statistics policy")
-    ] = None,
+    bn: BnOpt = None,
     each_mask: Annotated[
         bool, typer.Option("--each-mask", help="endpoints keep their own (different) masks")
     ] = False,
@@ -523,9 +526,7 @@ def _search_context(cfg: Params, ctx):
 @app.command()
 @guarded
 def imp(
-    run_id: Annotated[
-        str | None, typer.Option("--run-id", help="a run of `lmctrack train`, or its train.json")
-    ] = None,
+    run_id: RunIdOpt = None,
     source: Annotated[
         str | None, typer.Option("--from", help="URI of Wk instead of --run-id/--rewind")
     ] = None,
@@ -739,10 +740,8 @@ def plane(
     margin: Annotated[
         float, typer.Option("--margin", help="extent beyond the states, a fraction of theirs")
     ] = 0.2,
-    split: Annotated[str, typer.Option("--split", help="test | train")] = "test",
-    bn: Annotated[
-        str | None, typer.Option("--bn", help="interpolate | reset: BatchNorm statistics policy")
-    ] = None,
+    split: SplitOpt = "test",
+    bn: BnOpt = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
     device: DeviceOpt = None,
@@ -770,10 +769,8 @@ def plane_random(
         float, typer.Option("--span", help="half-width of the grid, in filter norms")
     ] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="seed of the two random directions")] = 0,
-    split: Annotated[str, typer.Option("--split", help="test | train")] = "test",
-    bn: Annotated[
-        str | None, typer.Option("--bn", help="interpolate | reset: BatchNorm statistics policy")
-    ] = None,
+    split: SplitOpt = "test",
+    bn: BnOpt = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
     device: DeviceOpt = None,
