@@ -94,7 +94,8 @@ def copy_jobs(ctx: Context, fork: Fork) -> list[TrainJob]:
     return jobs
 
 
-def _stats(values: list[float]) -> dict[str, float]:
+def sample_stats(values: list[float]) -> dict[str, float]:
+    """Mean and std (the paper's plotted lines) and median (Figure 9) of a set of samples."""
     return {
         "mean": statistics.fmean(values),
         "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
@@ -106,7 +107,7 @@ def summarize(pair_summaries: list[dict[str, float]]) -> dict[str, float]:
     """Mean, std and median of every pair metric (the paper plots mean and std; Figure 9 medians)."""
     out = {}
     for name in pair_summaries[0]:
-        for stat, value in _stats([p[name] for p in pair_summaries]).items():
+        for stat, value in sample_stats([p[name] for p in pair_summaries]).items():
             out[f"{name}.{stat}"] = value
     return out
 

@@ -12,7 +12,7 @@ import statistics
 
 from lmctrack.config import SeedConfig
 from lmctrack.workflows.common import Context
-from lmctrack.workflows.fork import plan_fork, run_forks
+from lmctrack.workflows.fork import plan_fork, run_forks, sample_stats
 from lmctrack.workflows.train import train_runs
 
 
@@ -42,17 +42,15 @@ def aggregate(forks: list[dict], splits: list[str], threshold: float) -> list[di
                 for p in f["pairs"]
                 for end in (0, 1)
             ]
-            mean = statistics.fmean(barriers)
+            stats = sample_stats(barriers)
             rows.append(
                 {
                     "k": k,
                     "split": split,
                     "n": len(barriers),
-                    "mean": mean,
-                    "std": statistics.pstdev(barriers) if len(barriers) > 1 else 0.0,
-                    "median": statistics.median(barriers),
+                    **stats,
                     "endpoint_error": statistics.fmean(errors),
-                    "stable": mean < threshold,
+                    "stable": stats["mean"] < threshold,
                 }
             )
     return rows

@@ -12,19 +12,10 @@ from __future__ import annotations
 import statistics
 
 from lmctrack.workflows.common import Context
-from lmctrack.workflows.fork import plan_fork, run_forks
+from lmctrack.workflows.fork import plan_fork, run_forks, sample_stats
 from lmctrack.workflows.imp import run_imp
 from lmctrack.workflows.instability import copy_seeds, sweep_seeds
 from lmctrack.workflows.train import train_runs
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-        "median": statistics.median(values),
-        "n": len(values),
-    }
 
 
 def sparse_rows(
@@ -37,7 +28,8 @@ def sparse_rows(
         drops = [d for s in group for d in s["accuracy_drops"]]
         errors = [e for s in group for e in s["errors"]]
         for split in splits:
-            barrier = _stats([b for s in group for b in s["barriers"][split]])
+            values = [b for s in group for b in s["barriers"][split]]
+            barrier = {**sample_stats(values), "n": len(values)}
             rows.append(
                 {
                     "level": level,
