@@ -5,6 +5,7 @@ Heavy libraries (torch, mlflow) are imported inside the commands so `--help` ans
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -100,8 +101,12 @@ def _context(params: Params, quiet: bool, out: Path | None, store=None):
 
     stack = board(enabled=not quiet and sys.stderr.isatty())
     progress = stack.__enter__()
-    ctx = make_context(params, board=progress, store=store, out=out)
-    ctx.close = lambda: stack.__exit__(None, None, None)
+    try:
+        ctx = make_context(params, board=progress, store=store, out=out)
+    except BaseException:  # e.g. a missing dataset: leave the terminal as it was
+        stack.__exit__(None, None, None)
+        raise
+    ctx.on_close = lambda: stack.__exit__(None, None, None)
     return ctx
 
 
@@ -633,7 +638,8 @@ def prune(
         raise LmcError(
             "magnitude pruning is done level by level by `lmctrack imp`; use --random here"
         )
-    typer.echo(register_random_prune(_store_context(params, set_, source), source, seed, strategy))
+    with _store_context(params, set_, source) as ctx:
+        typer.echo(register_random_prune(ctx, source, seed, strategy))
 
 
 @app.command()
@@ -647,7 +653,8 @@ def reinit(
     """Register the random-reinitialization baseline: the mask on a fresh initialization."""
     from lmctrack.workflows.baselines import register_reinit
 
-    typer.echo(register_reinit(_store_context(params, set_, source), source, seed))
+    with _store_context(params, set_, source) as ctx:
+        typer.echo(register_reinit(ctx, source, seed))
 
 
 @app.command()
@@ -668,6 +675,7 @@ def report(
     _table("summary", ["metric", "value"], [[k, v] for k, v in summary.items()])
 
 
+@contextlib.contextmanager
 def _store_context(
     params: Path | None,
     set_: list[str] | None,
@@ -682,8 +690,10 @@ def _store_context(
     store = open_store(user)
     cfg = _with_run_params(user, params_of_run(store, store.describe(uri).run_id))
     ctx = _context(cfg, True, out, store)
-    ctx.close()
-    return ctx
+    try:
+        yield ctx
+    finally:
+        ctx.close()
 
 
 @app.command()
@@ -706,8 +716,8 @@ def hessian(
     """Hessian diagonal of the train loss at a state (Hutchinson), logged with its histogram."""
     from lmctrack.workflows.analyses import hessian as run_hessian
 
-    ctx = _store_context(params, set_, uri, device, out)
-    result = run_hessian(ctx, uri, samples=samples, limit=limit, seed=seed)
+    with _store_context(params, set_, uri, device, out) as ctx:
+        result = run_hessian(ctx, uri, samples=samples, limit=limit, seed=seed)
     s = result["summary"]
     layers = sorted(k for k in s if k.startswith("layer_mean/"))
     _table(
@@ -752,8 +762,8 @@ def plane(
     from lmctrack.workflows.analyses import plane as run_plane
 
     sets = [*(set_ or []), *([f"instability.bn={bn}"] if bn else [])]
-    ctx = _store_context(params, sets, origin, device, out)
-    result = run_plane(ctx, origin, uri_a, uri_b, grid=grid, margin=margin, split=split)
+    with _store_context(params, sets, origin, device, out) as ctx:
+        result = run_plane(ctx, origin, uri_a, uri_b, grid=grid, margin=margin, split=split)
     _plane_table(f"plane through {origin}, {uri_a}, {uri_b}", result)
     _emit(result, as_json, [("run_id", result["run_id"])])
 
@@ -781,7 +791,7 @@ def plane_random(
     from lmctrack.workflows.analyses import random_plane
 
     sets = [*(set_ or []), *([f"instability.bn={bn}"] if bn else [])]
-    ctx = _store_context(params, sets, uri, device, out)
-    result = random_plane(ctx, uri, grid=grid, span=span, seed=seed, split=split)
+    with _store_context(params, sets, uri, device, out) as ctx:
+        result = random_plane(ctx, uri, grid=grid, span=span, seed=seed, split=split)
     _plane_table(f"random directions around {uri} (seed {seed}, span {span})", result)
     _emit(result, as_json, [("run_id", result["run_id"])])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class Context:
     board: Board
     dataset_fingerprint: str
     out: Path | None = None  # where DVC-facing files (metrics JSON, plots, CSV) are written
+    on_close: Callable[[], None] | None = None  # e.g. stop the live progress display
 
     def template(self) -> torch.nn.Module:
         """A network of the configured architecture on the device (weights to be overwritten)."""
@@ -39,6 +41,16 @@ class Context:
         if not hasattr(self, "_scratch"):
             self._scratch = Path(tempfile.mkdtemp(prefix="lmctrack-"))
         return self._scratch
+
+    def close(self) -> None:
+        """End the command: stop the progress display and drop the scratch folder."""
+        import shutil
+
+        if hasattr(self, "_scratch"):
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            del self._scratch
+        if self.on_close is not None:
+            self.on_close()
 
     @property
     def model_name(self) -> str:
