@@ -139,7 +139,12 @@ def finish_fork(ctx: Context, fork: Fork, results: dict[str, JobResult]) -> dict
             _register_copy(ctx, run, fork, i, seed, key, results.get(key))
             for i, (seed, key) in enumerate(zip(fork.seeds, fork.copy_keys))
         ]
-        states = [ctx.store.load_state(uri) for uri in copies]
+        states = [  # copies trained just now are in memory; reused ones come from the store
+            State(results[key].weights, fork.state.mask)
+            if key in results
+            else ctx.store.load_state(uri)
+            for key, uri in zip(fork.copy_keys, copies)
+        ]
         pair_results = []
         for i, j in pairs(len(copies)):
             path, distances = interpolate_states(ctx, states[i], states[j])
