@@ -128,6 +128,12 @@ class InstabilityConfig(Section):
     reset_schedule: bool = False
     track_every: StepField | None = None
     stable_threshold: float = Field(0.02, gt=0, description="barrier below this is stable")
+    eval_limit: int | None = Field(
+        None, gt=0, description="examples per split evaluated on the path (None: all)"
+    )
+    bn_limit: int | None = Field(
+        None, gt=0, description="train examples used to recompute BatchNorm statistics (None: all)"
+    )
 
 
 class ImpConfig(Section):
@@ -141,6 +147,18 @@ class ImpConfig(Section):
     prune_data: DataConfig | None = None
 
 
+class RunnerConfig(Section):
+    """Where trainings run; the workflows do not know which."""
+
+    backend: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, description="ray: 'auto', 'ray://host:10001', None: local")
+    cpus: float = Field(1.0, gt=0, description="ray: CPUs per training")
+    gpus: float = Field(0.0, ge=0, description="ray: GPUs per training (fractions share one)")
+    batch_copies: Literal["auto", "on", "off"] = Field(
+        "off", description="train a fork's copies as one stacked model"
+    )
+
+
 class StoreConfig(Section):
     tracking_uri: str | None = Field(None, description="None: sqlite store in the project folder")
 
@@ -152,6 +170,7 @@ class Params(Section):
     seeds: SeedConfig = Field(default_factory=SeedConfig)
     instability: InstabilityConfig = Field(default_factory=InstabilityConfig)
     imp: ImpConfig = Field(default_factory=ImpConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
 
     @model_validator(mode="after")
