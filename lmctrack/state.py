@@ -1,16 +1,19 @@
 """A State: a network's full state_dict (weights and BatchNorm buffers) plus an optional mask.
 
-States are stored as safetensors files so that loading one never executes code.
+States are stored as safetensors files so that loading one never executes code. Each file is
+written to a temporary name and renamed, so a kill mid-write never leaves a truncated file under
+the real name; files get 0666 minus the umask (0644 usually), like the rest of a store.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from lmctrack.errors import LmcError
 
@@ -45,17 +48,36 @@ class State:
         }
 
 
+def non_finite(state: State) -> str | None:
+    """The name of the first floating tensor holding NaN or inf, else None: such weights are a
+    diverged training or a damaged file, never a result."""
+    for name, tensor in state.weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def _write(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a safetensors file whole or not at all (temp file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(save(tensors))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_state(state: State, folder: Path) -> list[Path]:
     """Write the state as safetensors files into folder; returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in state.weights.items()}
     files = [folder / WEIGHTS_FILE]
-    save_file(weights, str(files[0]))
+    _write({k: v.detach().cpu().contiguous() for k, v in state.weights.items()}, files[0])
     if state.mask is not None:
         files.append(folder / MASK_FILE)
-        save_file(
-            {k: v.cpu().to(torch.bool).contiguous() for k, v in state.mask.items()}, str(files[1])
-        )
+        _write({k: v.cpu().to(torch.bool).contiguous() for k, v in state.mask.items()}, files[1])
     return files
 
 
@@ -70,6 +92,7 @@ def load_state(folder: Path) -> State:
         mask = load_file(str(mask_path)) if mask_path.is_file() else None
     except (SafetensorError, OSError, ValueError) as e:
         raise LmcError(
-            f"corrupted state file in {folder} ({e}); re-create it by re-running the step that produced it"
+            f"corrupted state file in {folder} ({e}); re-create it by re-running the step that "
+            "produced it"
         ) from None
     return State(weights=weights, mask=mask)

@@ -1,0 +1,228 @@
+"""Where the store is and how to talk to it: location rules, the MLflow client, sqlite retries,
+and the translation of storage failures (busy, full, read-only, unreachable) into LmcErrors."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import random
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.utils.file_utils import ExclusiveFileLock
+
+from lmctrack.errors import LmcError
+
+for _name in ("mlflow", "alembic", "sqlalchemy"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+# It logs a traceback for every busy sqlite error before raising; retry_busy handles those.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+TAG_PREFIX = "lmctrack."
+STORE_DIR = ".lmctrack"
+DB_FILE = "mlflow.db"
+_ROOT_MARKERS = ("dvc.yaml", "params.yaml", ".git", "pyproject.toml")
+_DVC_TMP = "/.dvc/tmp/"
+_BUSY_RETRIES = 8
+_PROBE_SECONDS = 5.0
+# sqlite and OS failures that no retry fixes: the user must free space or grant write access.
+_FULL_OR_READ_ONLY = ("database or disk is full", "readonly database", "disk i/o error")
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+T = TypeVar("T")
+
+
+def project_root(cwd: Path | None = None) -> Path:
+    """The user's project folder: where dvc.yaml / params.yaml / .git / pyproject.toml live.
+
+    Inside a DVC experiment temp workspace (`<project>/.dvc/tmp/...`) it is the folder above
+    that `.dvc`, so queued experiments still log to the user's store.
+    """
+    here = (cwd or Path.cwd()).resolve()
+    posix = here.as_posix() + "/"
+    if _DVC_TMP in posix:
+        return Path(posix.split(_DVC_TMP, 1)[0] or "/")
+    for folder in (here, *here.parents):
+        if any((folder / marker).exists() for marker in _ROOT_MARKERS):
+            return folder
+    return here
+
+
+def default_tracking_uri(cwd: Path | None = None) -> str:
+    return sqlite_uri(project_root(cwd) / STORE_DIR / DB_FILE)
+
+
+def sqlite_uri(path: Path) -> str:
+    return f"sqlite:///{path.resolve().as_posix()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite URI (relative paths made absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path).resolve()
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params as dotted keys (train.lr), values as text; lists as JSON."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list | tuple):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def prefixed(tags: dict[str, Any]) -> dict[str, str]:
+    """lmctrack tags get the `lmctrack.` prefix; MLflow's own (mlflow.*) pass through."""
+    return {
+        k if k.startswith(("mlflow.", TAG_PREFIX)) else TAG_PREFIX + k: str(v)
+        for k, v in tags.items()
+    }
+
+
+def unprefixed(tags: dict[str, str]) -> dict[str, str]:
+    return {k.removeprefix(TAG_PREFIX): v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The gist of an MLflow error, to quote inside a one-line LmcError."""
+    text = str(getattr(error, "message", None) or error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def not_found(error: MlflowException) -> bool:
+    return error.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+def exists_already(error: MlflowException) -> bool:
+    return error.error_code in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
+
+
+def _is_busy(error: MlflowException) -> bool:
+    text = str(error).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def retry_busy(call: Callable[[], T]) -> T:
+    """A sqlite writer that waited out its busy timeout tries again instead of failing (a
+    failed transaction was rolled back, so trying again stores nothing twice)."""
+    for attempt in range(_BUSY_RETRIES - 1):
+        try:
+            return call()
+        except MlflowException as e:
+            if not _is_busy(e):
+                raise
+        time.sleep(0.05 * 2**attempt * (1 + random.random()))
+    return call()
+
+
+def _cannot_write(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+        return True
+    text = str(error).lower()
+    return isinstance(
+        error, MlflowException | sqlalchemy.exc.SQLAlchemyError | sqlite3.Error
+    ) and any(phrase in text for phrase in _FULL_OR_READ_ONLY)
+
+
+@contextmanager
+def write_errors(store_uri: str) -> Iterator[None]:
+    """A full disk or a read-only store becomes one LmcError saying what to free or unlock."""
+    try:
+        yield
+    except LmcError:
+        raise
+    except Exception as e:
+        if not _cannot_write(e):
+            raise
+        reason = first_line(e.__cause__ or e if isinstance(e, MlflowException) else e)
+        raise LmcError(
+            f"cannot write to the store {store_uri} ({reason}); free disk space or make the "
+            "store writable, then re-run the command (finished work is reused)"
+        ) from None
+
+
+def _fast_commits(connection: sqlite3.Connection, _record: object) -> None:
+    """WAL journal + synchronous=NORMAL: a commit needs no fsync (about 10x faster here), and
+    readers never block the writer; a power loss can undo the last commits, never corrupt."""
+    connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def probe_server(uri: str) -> None:
+    """One short request to an HTTP tracking server's /health, so that an unreachable server is
+    one line in seconds instead of minutes of retries."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=_PROBE_SECONDS):
+            return
+    except urllib.error.HTTPError:
+        return  # it answers: an older server without /health, or one behind a proxy
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise LmcError(
+            f"cannot reach the MLflow tracking server {uri} ({reason}); check that the server "
+            "is running and reachable, or fix MLFLOW_TRACKING_URI / store.tracking_uri"
+        ) from None
+
+
+def connect(tracking_uri: str, root: Path | None) -> MlflowClient:
+    """Open the client; the schema of a new sqlite store is created once, under a lock.
+
+    A store whose folder is read-only opens as it is (describe, lineage and load_state work).
+    """
+    try:
+        if root is None:
+            if tracking_uri.startswith(("http://", "https://")):
+                probe_server(tracking_uri)
+            return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        if (root / DB_FILE).is_file() and not _writable(root):
+            return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        root.mkdir(parents=True, exist_ok=True)
+        with ExclusiveFileLock(str(root / f"{DB_FILE}.lock")):
+            # One process at a time creates the tables (MLflow does not lock that step);
+            # building both stores caches their engine per process.
+            with closing(sqlite3.connect(root / DB_FILE)) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            engines = {
+                client._tracking_client.store.engine,
+                client._get_registry_client().store.engine,
+            }
+        for engine in engines:
+            if not sqlalchemy.event.contains(engine, "connect", _fast_commits):
+                sqlalchemy.event.listen(engine, "connect", _fast_commits)
+                engine.dispose()  # pooled connections reopen with the pragma
+        return client
+    except (MlflowException, sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, OSError) as e:
+        raise LmcError(
+            f"cannot open the tracking store {tracking_uri} ({first_line(e)}); "
+            "fix store.tracking_uri / MLFLOW_TRACKING_URI or unset them for the local store"
+        ) from None
+
+
+def _writable(folder: Path) -> bool:
+    """Whether this process can create files in folder (a probe: root ignores mode bits only
+    when it holds CAP_DAC_OVERRIDE, so os.access can be wrong)."""
+    try:
+        with open(folder / f".write-probe-{os.getpid()}", "wb") as f:
+            Path(f.name).unlink()
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,271 @@
+"""Store: the tracking store (a sqlite database + artifact folder in the project, or any MLflow
+URI), its runs and the places lmctrack keeps files in it."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+
+from lmctrack.errors import LmcError
+from lmctrack.store.backend import (
+    STORE_DIR,
+    TAG_PREFIX,
+    connect,
+    default_tracking_uri,
+    exists_already,
+    not_found,
+    prefixed,
+    project_root,
+    retry_busy,
+    sqlite_path,
+    sqlite_uri,
+    unprefixed,
+    write_errors,
+)
+from lmctrack.store.claims import file_claim, run_claim
+from lmctrack.store.files import confined, is_local, local_path, safe_name
+from lmctrack.store.owners import owner_is_dead, owner_tags
+from lmctrack.store.registry import CORRUPT, KEY, Registry, StateInfo
+from lmctrack.store.runs import Run
+
+_RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
+
+
+class Store(Registry):
+    """The tracking store: a sqlite database + artifact folder in the project, or any MLflow URI.
+
+    Precedence of the location: explicit tracking_uri (params.yaml store.tracking_uri), then
+    MLFLOW_TRACKING_URI, then `<project>/.lmctrack/mlflow.db`. An http(s) server is probed once
+    when the store opens. Files lmctrack writes get the permissions of store.files.share.
+    """
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+        db = sqlite_path(uri)
+        self.tracking_uri = sqlite_uri(db) if db is not None else uri
+        self.root: Path | None = db.parent if db is not None else None
+        self._experiments: dict[str, str] = {}
+        self._registered: set[str] = set()
+        self._versions: dict[str, StateInfo] = {}
+        self._verified: set[str] = set()
+        self._open: dict[str, Run] = {}  # runs of this process with metrics maybe buffered
+        self.client = connect(self.tracking_uri, self.root)
+
+    # ---- runs -------------------------------------------------------------------------------
+
+    @contextmanager
+    def run(
+        self,
+        experiment: str,
+        name: str,
+        *,
+        params: dict | None = None,
+        tags: dict | None = None,
+        parent: Run | str | None = None,
+    ) -> Iterator[Run]:
+        """A run that ends FINISHED on normal exit, FAILED / KILLED on an exception."""
+        parent_id = parent.id if isinstance(parent, Run) else parent
+        with self._start(experiment, name, params=params, tags=tags, parent=parent_id) as run:
+            yield run
+
+    def _start(
+        self,
+        experiment: str,
+        name: str,
+        *,
+        params: dict | None,
+        tags: dict | None,
+        parent: str | None,
+    ) -> Run:
+        """A new RUNNING run owned by this process (owner tags: see store.owners)."""
+        experiment_id = self._experiment_id(experiment)
+        run_tags = prefixed({**(tags or {}), **owner_tags()})
+        if parent is not None:
+            self._get_run(parent)
+            run_tags["mlflow.parentRunId"] = parent
+        with write_errors(self.tracking_uri):
+            info = retry_busy(
+                lambda: self.client.create_run(experiment_id, tags=run_tags, run_name=name)
+            ).info
+        run = Run(self, info.run_id, experiment, experiment_id, info.artifact_uri)
+        if params:
+            try:
+                run.log_params(params)
+            except BaseException:
+                self._open.pop(run.id, None)
+                run._terminate("FAILED", failing=True)
+                raise
+        return run
+
+    def _experiment_id(self, name: str) -> str:
+        """The experiment's id, created with an absolute artifact folder next to the database."""
+        if name in self._experiments:
+            return self._experiments[name]
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            location = None
+            if self.root is not None:
+                location = (self.root / "artifacts" / safe_name(name)).as_uri()
+            try:
+                with write_errors(self.tracking_uri):
+                    experiment_id = retry_busy(
+                        lambda: self.client.create_experiment(name, artifact_location=location)
+                    )
+            except MlflowException as e:
+                if not exists_already(e):
+                    raise
+                experiment_id = self.client.get_experiment_by_name(name).experiment_id
+        else:
+            experiment_id = experiment.experiment_id
+            if experiment.lifecycle_stage == "deleted":
+                retry_busy(lambda: self.client.restore_experiment(experiment_id))
+        self._experiments[name] = experiment_id
+        return experiment_id
+
+    def _get_run(self, run_id: str):
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as e:
+            if not_found(e) or e.error_code == "INVALID_PARAMETER_VALUE":
+                raise LmcError(
+                    f"run '{run_id}' does not exist in {self.tracking_uri}; copy the run id "
+                    "from lmctrack's output or the MLflow UI (lmctrack ui)"
+                ) from None
+            raise
+
+    def reap(self, experiment: str) -> list[str]:
+        """Mark KILLED the experiment's RUNNING runs whose owner process, on this host, is dead
+        (killed with -9, or its machine rebooted); returns their ids. A read-only store is left
+        as it is."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        running = self.client.search_runs(
+            [found.experiment_id], "attributes.status = 'RUNNING'", max_results=10000
+        )
+        dead = [
+            r.info.run_id
+            for r in running
+            if r.info.run_id not in self._open and owner_is_dead(unprefixed(r.data.tags))
+        ]
+        with suppress(MlflowException, OSError):
+            for run_id in dead:
+                retry_busy(lambda run_id=run_id: self.client.set_terminated(run_id, "KILLED"))
+        return dead
+
+    def find_run(self, experiment: str, config_hash: str, status: str = "FINISHED") -> str | None:
+        """The newest run of the experiment with this config hash and status, if any; runs
+        marked corrupt are passed over, and dead owners' runs are reaped first."""
+        if status not in _RUN_STATUSES:
+            raise LmcError(f"unknown run status '{status}'; use one of {', '.join(_RUN_STATUSES)}")
+        if not KEY.match(config_hash):
+            raise LmcError(f"'{config_hash}' is not a config hash; pass the hex digest")
+        experiment_obj = self.client.get_experiment_by_name(experiment)
+        if experiment_obj is None:
+            return None
+        self.reap(experiment)
+        runs = self.client.search_runs(
+            [experiment_obj.experiment_id],
+            filter_string=(
+                f"tags.`{TAG_PREFIX}config_hash` = '{config_hash}' "
+                f"and attributes.status = '{status}'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1000,
+        )
+        fine = (r for r in runs if r.data.tags.get(TAG_PREFIX + CORRUPT) != "true")
+        return next((r.info.run_id for r in fine), None)
+
+    def claim(self, key: str) -> AbstractContextManager[None]:
+        """Hold the claim on key (e.g. a config hash) while doing its work: a second claimant of
+        the same key waits until the first is done, then should find its finished run
+        (find_run) and reuse it. See store.claims for how; this is what keeps two live trainings
+        from sharing a checkpoint_dir."""
+        if not KEY.match(key):
+            raise LmcError(f"claim key '{key}' must be letters, digits, '.', ':', '_' or '-'")
+        if self.root is not None:
+            return file_claim(self.root / "claims" / f"{key}.lock")
+        return run_claim(self, key)
+
+    def _state_lock(self, key: str | None) -> AbstractContextManager[None]:
+        """Serialise find-or-register of one state key on a local store (a tracking server
+        relies on the workflow's claim)."""
+        if key is None or self.root is None:
+            return nullcontext()
+        if not KEY.match(key):
+            raise LmcError(f"state key '{key}' must be letters, digits, '.', ':', '_' or '-'")
+        return file_claim(self.root / "claims" / f"state-{key}.lock")
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """The run's lmctrack tags, without the prefix."""
+        return unprefixed(self._get_run(run_id).data.tags)
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value of each metric of the run."""
+        if run_id in self._open:
+            self._open[run_id].flush()
+        return dict(self._get_run(run_id).data.metrics)
+
+    def run_artifact(self, run_id: str, name: str) -> Path:
+        """A local path to one of the run's artifacts (read in place on a local store)."""
+        artifact_uri = self._get_run(run_id).info.artifact_uri
+        try:
+            if is_local(artifact_uri):
+                base = local_path(artifact_uri)
+                path = confined(base / name, base, f"runs:/{run_id}/{name}")
+                if not path.exists():
+                    raise FileNotFoundError(path)
+                return path
+            tmp = tempfile.mkdtemp(prefix="lmctrack-")
+            return Path(self.client.download_artifacts(run_id, name, dst_path=tmp))
+        except (MlflowException, OSError):
+            raise LmcError(
+                f"run {run_id} has no artifact '{name}'; check the name in the MLflow UI "
+                "or re-run the step that writes it"
+            ) from None
+
+    def child_runs(self, run_id: str) -> list[str]:
+        """Ids of the runs nested under this one, oldest first."""
+        run = self._get_run(run_id)
+        runs = self.client.search_runs(
+            [run.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=50000,
+        )
+        return [r.info.run_id for r in runs]
+
+    def run_states(self, run_id: str) -> list[StateInfo]:
+        """The state versions registered by the run, in the order they were registered."""
+        self._get_run(run_id)
+        versions = self._search_versions(f"run_id = '{run_id}'")
+        versions.sort(key=lambda mv: (mv.creation_timestamp, int(mv.version)))
+        return [self._remember(mv) for mv in versions]
+
+    # ---- places -----------------------------------------------------------------------------
+
+    def checkpoint_dir(self, key: str) -> Path:
+        """A folder for a resumable training's plain checkpoint files (not tracked by MLflow).
+
+        Two live trainings never share one: take `claim(key)` around the training that uses it.
+        """
+        if not KEY.match(key) or key in (".", ".."):
+            raise LmcError(f"checkpoint key '{key}' must be letters, digits, '.', ':', '_' or '-'")
+        base = self.root if self.root is not None else project_root() / STORE_DIR
+        folder = base / "checkpoints" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def ui_command(self, port: int = 5000) -> list[str]:
+        """argv of the MLflow UI on this store, listening on localhost only."""
+        argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", self.tracking_uri]
+        if self.root is not None:
+            argv += ["--default-artifact-root", (self.root / "artifacts").as_uri()]
+        # one web worker: a local UI for one researcher starts in seconds instead of ~30 s
+        return [*argv, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]

@@ -1,0 +1,360 @@
+"""States in the model registry: URIs, descriptions, lineage, and loading with integrity checks.
+
+Every stored state file's sha256 is a version tag; load_state verifies it and refuses
+non-finite weights. A state that fails verification is tagged corrupt (version and producing
+run), so find_run and find_state pass over it and re-running the producing command re-creates it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlflow.entities import LoggedModel
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from lmctrack import state as state_files
+from lmctrack.errors import LmcError
+from lmctrack.state import State
+from lmctrack.store.backend import (
+    TAG_PREFIX,
+    exists_already,
+    first_line,
+    not_found,
+    retry_busy,
+    unprefixed,
+)
+from lmctrack.store.files import confined, is_local, local_folder, local_path, sha256
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+_NOT_TAGS = ("parents", "model_id", "sha256")  # version tags that StateInfo carries as fields
+_URI_HELP = "write models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>"
+_NAME = r"(?P<name>(?!\.+[/@])[^/@:'\"]+)"  # a model name, never '.' or '..'
+_VERSION_URI = re.compile(rf"^models:/{_NAME}/(?P<version>\d+)$")
+_ALIAS_URI = re.compile(rf"^models:/{_NAME}@(?P<alias>[\w-]+)$")
+RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+?)/?$")
+KEY = re.compile(r"^[\w.:-]+$")
+CORRUPT = "corrupt"
+
+
+@dataclass
+class StateInfo:
+    """What the registry knows about one state version."""
+
+    uri: str  # canonical "models:/<name>/<version>"
+    name: str
+    version: int
+    run_id: str
+    tags: dict[str, str]  # lmctrack.* version tags without the prefix (field ones apart)
+    parents: list[str]  # parent URIs, canonical
+    model_id: str = ""  # the MLflow logged model that holds the files
+    source: str = field(default="", repr=False)  # artifact location of the files
+    sha256: dict[str, str] = field(default_factory=dict, repr=False)  # file name -> hash
+
+
+@dataclass
+class LineageNode:
+    info: StateInfo
+    parents: list[LineageNode]
+
+
+class Registry:
+    """The registry half of Store (mixed in): needs client, tracking_uri, root, _get_run."""
+
+    client: MlflowClient
+    tracking_uri: str
+    root: Path | None
+    _versions: dict[str, StateInfo]
+    _verified: set[str]
+    _registered: set[str]
+
+    def _search_versions(self, filter_string: str) -> list[ModelVersion]:
+        found: list[ModelVersion] = []
+        token = None
+        while True:
+            page = self.client.search_model_versions(
+                filter_string, max_results=10000, page_token=token
+            )
+            found.extend(page)
+            token = page.token
+            if not token:
+                return found
+
+    def _register(
+        self, model_name: str, model: LoggedModel, run_id: str, tags: dict[str, str]
+    ) -> StateInfo:
+        """A new version of model_name holding the logged model's files."""
+        if model_name not in self._registered:
+            try:
+                retry_busy(lambda: self.client.create_registered_model(model_name))
+            except MlflowException as e:
+                if not exists_already(e):
+                    raise
+            self._registered.add(model_name)
+        version_tags = {**tags, f"{TAG_PREFIX}model_id": model.model_id}
+        # The artifact location as source (not models:/<model_id>): MLflow's sqlite registry
+        # resolves model-id sources through the process-global tracking URI.
+        mv = retry_busy(
+            lambda: self.client.create_model_version(
+                model_name,
+                source=model.artifact_location,
+                run_id=run_id,
+                tags=version_tags,
+                model_id=model.model_id,
+                await_creation_for=0,
+            )
+        )
+        return self._remember(mv)
+
+    def _remember(self, mv: ModelVersion) -> StateInfo:
+        tags = unprefixed(mv.tags)
+        info = StateInfo(
+            uri=f"models:/{mv.name}/{mv.version}",
+            name=mv.name,
+            version=int(mv.version),
+            run_id=mv.run_id or "",
+            tags={k: v for k, v in tags.items() if k not in _NOT_TAGS},
+            parents=json.loads(tags.get("parents", "[]")),
+            model_id=tags.get("model_id", ""),
+            source=mv.source or "",
+            sha256=json.loads(tags.get("sha256", "{}")),
+        )
+        self._versions[info.uri] = info
+        return info
+
+    def find_state(self, key: str) -> str | None:
+        """The state registered under `key` (Run.save_state(key=...)) whose files verify, if any;
+        one that fails verification is marked corrupt and passed over."""
+        if not KEY.match(key):
+            raise LmcError(f"state key '{key}' must be letters, digits, '.', ':', '_' or '-'")
+        versions = self._search_versions(f"tags.`{TAG_PREFIX}state_key` = '{key}'")
+        versions.sort(key=lambda mv: (mv.creation_timestamp, int(mv.version)))
+        for mv in versions:
+            info = self._remember(mv)
+            if info.tags.get(CORRUPT) == "true":
+                continue
+            try:
+                with self._files(info.uri) as folder:
+                    self._verify(info, folder)
+            except LmcError:
+                continue
+            return info.uri
+        return None
+
+    def describe(self, uri: str) -> StateInfo:
+        """The registry's record of a state; aliases and runs:/ URIs resolve to the version."""
+        if uri in self._versions:
+            return self._versions[uri]
+        try:
+            return self._describe(uri)
+        except MlflowException as e:
+            raise LmcError(f"cannot resolve {uri} ({first_line(e)}); {_URI_HELP}") from None
+
+    def _describe(self, uri: str) -> StateInfo:
+        if match := _VERSION_URI.match(uri):
+            return self._remember(self._version(match["name"], match["version"], uri))
+        if match := _ALIAS_URI.match(uri):
+            return self._remember(self._alias(match["name"], match["alias"], uri))
+        if match := RUNS_URI.match(uri):
+            model = self._run_model(match["run_id"], match["path"])
+            if model is None:
+                raise LmcError(
+                    f"{uri} is an artifact folder, not a registered state; "
+                    "pass the models:/ URI that lmctrack printed for it"
+                )
+            registered = json.loads(model.tags.get("mlflow.modelVersions", "[]"))
+            if not registered:
+                raise LmcError(f"{uri} was never registered; re-run the step that produced it")
+            first = registered[0]
+            return self.describe(f"models:/{first['name']}/{first['version']}")
+        raise LmcError(f"'{uri}' is not a state URI; {_URI_HELP}")
+
+    def _version(self, name: str, version: str, uri: str) -> ModelVersion:
+        try:
+            return self.client.get_model_version(name, version)
+        except MlflowException as e:
+            if not not_found(e):
+                raise
+        self._known_model(name, uri)
+        latest = self._search_versions(f"name = '{name}'")
+        top = max((int(mv.version) for mv in latest), default=0)
+        known = f"versions 1..{top}" if top else "no versions"
+        raise LmcError(
+            f"{uri} does not exist (model '{name}' has {known}); "
+            "pick an existing version, e.g. from lmctrack's output or the MLflow UI"
+        )
+
+    def _alias(self, name: str, alias: str, uri: str) -> ModelVersion:
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as e:
+            if not not_found(e) and "alias" not in str(e).lower():
+                raise
+        self._known_model(name, uri)
+        aliases = sorted(self.client.get_registered_model(name).aliases)
+        known = ", ".join(aliases) if aliases else "none"
+        raise LmcError(
+            f"model '{name}' has no alias '{alias}' (aliases: {known}); "
+            "use an existing alias or a version number, models:/<name>/<version>"
+        )
+
+    def _known_model(self, name: str, uri: str) -> None:
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException as e:
+            if not not_found(e):
+                raise
+            names = sorted(m.name for m in self.client.search_registered_models(max_results=20))
+            raise LmcError(
+                f"{uri}: no registered model '{name}' in {self.tracking_uri} "
+                f"(models: {', '.join(names) or 'none'}); check the name or the store location"
+            ) from None
+
+    def _run_model(self, run_id: str, path: str) -> LoggedModel | None:
+        """The logged model named `path` produced by the run, or None for a plain artifact path."""
+        run = self._get_run(run_id)
+        if not re.fullmatch(r"[\w-]+", path):
+            return None
+        models = self.client.search_logged_models(
+            [run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{path}'",
+            max_results=1,
+        )
+        return models[0] if models else None
+
+    def _location(self, uri: str) -> str:
+        """Artifact URI of the folder that holds a state's files."""
+        if match := RUNS_URI.match(uri):
+            model = self._run_model(match["run_id"], match["path"])
+            if model is not None:
+                return model.artifact_location
+            base = self._get_run(match["run_id"]).info.artifact_uri.rstrip("/")
+            if is_local(base):  # a plain path stays inside the run's artifacts
+                return confined(local_path(base) / match["path"], local_path(base), uri).as_uri()
+            return f"{base}/{match['path'].strip('/')}"
+        if not uri.startswith("models:/"):
+            raise LmcError(f"'{uri}' is not a state URI; {_URI_HELP}")
+        info = self.describe(uri)
+        if info.source.startswith("models:/"):
+            return self.client.get_logged_model(
+                info.source.removeprefix("models:/")
+            ).artifact_location
+        if is_local(info.source) and self.root is not None:
+            confined(local_path(info.source), self.root, uri)
+        return info.source
+
+    @contextmanager
+    def _files(self, uri: str) -> Iterator[Path]:
+        """A local folder holding the state's files, every one confined to it."""
+        try:
+            location = self._location(uri)
+        except MlflowException as e:
+            raise LmcError(f"cannot resolve {uri} ({first_line(e)}); {_URI_HELP}") from None
+        with local_folder(location) as folder:
+            for name in (state_files.WEIGHTS_FILE, state_files.MASK_FILE):
+                if (folder / name).exists():
+                    confined(folder / name, folder, uri)
+            yield folder
+
+    def load_state(self, uri: str) -> State:
+        """Read a state's safetensors files (never unpickles), verified: the registered sha256
+        of every file, then finite values."""
+        with self._files(uri) as folder:
+            if not (folder / state_files.WEIGHTS_FILE).is_file():
+                raise LmcError(f"{uri} holds no lmctrack state; {self._state_hint(uri)}")
+            info = self.describe(uri) if not self._plain(uri) else None
+            if info is not None:
+                self._verify(info, folder)
+            try:
+                state = state_files.load_state(folder)
+            except LmcError:
+                raise self._corrupt(info, uri, "a file is not valid safetensors") from None
+            if bad := state_files.non_finite(state):
+                raise self._corrupt(info, uri, f"non-finite values in {bad}")
+            return state
+
+    def _plain(self, uri: str) -> bool:
+        """A runs:/ URI of an artifact folder, not of a registered state."""
+        match = RUNS_URI.match(uri)
+        return match is not None and self._run_model(match["run_id"], match["path"]) is None
+
+    def _verify(self, info: StateInfo, folder: Path) -> None:
+        """The files match the sha256 recorded at registration (states registered before hashes
+        were recorded have none to check)."""
+        if info.uri in self._verified:
+            return
+        for name, expected in info.sha256.items():
+            path = folder / name
+            if not path.is_file():
+                raise self._corrupt(info, info.uri, f"{name} is missing")
+            if sha256(path) != expected:
+                raise self._corrupt(info, info.uri, f"{name} does not match its sha256")
+        self._verified.add(info.uri)
+
+    def _corrupt(self, info: StateInfo | None, uri: str, problem: str) -> LmcError:
+        """Mark the state and its producing run corrupt (when the store is writable), so that
+        re-running the producing command re-creates it; the error to raise."""
+        if info is None:
+            return LmcError(f"{uri}: corrupted state files ({problem}); export them again")
+        with suppress(MlflowException, OSError, LmcError):
+            retry_busy(
+                lambda: self.client.set_model_version_tag(
+                    info.name, str(info.version), TAG_PREFIX + CORRUPT, "true"
+                )
+            )
+            if info.run_id:
+                retry_busy(lambda: self.client.set_tag(info.run_id, TAG_PREFIX + CORRUPT, "true"))
+        self._versions.pop(info.uri, None)
+        run = f" (run {info.run_id})" if info.run_id else ""
+        return LmcError(
+            f"{uri} is corrupted ({problem}); it is now marked corrupt: re-run the command that "
+            f"produced it{run} to re-create it"
+        )
+
+    def _state_hint(self, uri: str) -> str:
+        """What to pass instead of a runs:/ URI that names no state: the run's own states."""
+        match = RUNS_URI.match(uri)
+        if match is None:
+            return "re-run the step that produced it"
+        run = self._get_run(match["run_id"])
+        models = self.client.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        )
+        names = ", ".join(sorted(m.name for m in models)) or "none"
+        return f"that run's states are: {names} (pass runs:/<run_id>/<state> or a models:/ URI)"
+
+    def lineage(self, uri: str) -> LineageNode:
+        """The state and, recursively, the states it came from (a cycle is cut, not followed)."""
+        done: dict[str, LineageNode] = {}
+
+        def visit(current: str, path: frozenset[str]) -> LineageNode:
+            info = self.describe(current)
+            if info.uri in done:
+                return done[info.uri]
+            inner = path | {info.uri}
+            parents = [visit(p, inner) for p in info.parents if p not in inner]
+            done[info.uri] = LineageNode(info, parents)
+            return done[info.uri]
+
+        return visit(uri, frozenset())
+
+    def set_alias(self, uri: str, alias: str) -> None:
+        """Point models:/<name>@<alias> at the state `uri`."""
+        info = self.describe(uri)
+        try:
+            retry_busy(
+                lambda: self.client.set_registered_model_alias(info.name, alias, str(info.version))
+            )
+        except MlflowException as e:
+            raise LmcError(
+                f"cannot set alias '{alias}' ({first_line(e)}); use letters, digits, _ and -, "
+                "not 'latest' or v<number>"
+            ) from None

@@ -1,0 +1,279 @@
+"""Run: logging into one MLflow run (params, buffered metrics, artifacts, tags, nested runs) and
+saving states from it, each registered once."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LoggedModel,
+    LoggedModelInput,
+    LoggedModelOutput,
+    Metric,
+    Param,
+    RunStatus,
+    RunTag,
+)
+
+from lmctrack import state as state_files
+from lmctrack.errors import LmcError
+from lmctrack.state import State
+from lmctrack.store.backend import flatten, prefixed, retry_busy, unprefixed, write_errors
+from lmctrack.store.files import is_local, local_path, safe_name, sha256, share, writable_folder
+from lmctrack.store.registry import StateInfo
+
+if TYPE_CHECKING:
+    from lmctrack.store.core import Store
+
+DESCRIPTION_FILE = "lmctrack.json"
+_FLUSH_SIZE = 1000  # buffered metrics sent at once (MLflow's batch limit)
+_FLUSH_SECONDS = 10.0  # ... or after this long, so the UI follows a long training
+
+
+def _end_status(exc_type: type[BaseException] | None) -> str:
+    if exc_type is None:
+        status = RunStatus.FINISHED
+    else:
+        status = RunStatus.KILLED if issubclass(exc_type, KeyboardInterrupt) else RunStatus.FAILED
+    return RunStatus.to_string(status)
+
+
+class Run:
+    """A handle on one MLflow run, addressed by id so that several can be open or nested.
+
+    Use it as a context manager: normal exit marks it FINISHED, an exception FAILED
+    (KeyboardInterrupt: KILLED) and re-raises. A run whose process dies before that is marked
+    KILLED when lmctrack next meets it (Store.reap).
+    """
+
+    def __init__(
+        self, store: Store, run_id: str, experiment: str, experiment_id: str, artifact_uri: str
+    ) -> None:
+        self.store = store
+        self.id = run_id
+        self.artifact_uri = artifact_uri
+        self.experiment = experiment
+        self.experiment_id = experiment_id
+        self._client = store.client
+        self._datasets: set[tuple[str, str]] = set()
+        self._state_names: set[str] = set()
+        self._pending: list[Metric] = []
+        self._flushed = time.monotonic()
+        store._open[run_id] = self
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            with write_errors(self.store.tracking_uri):
+                self.flush()
+        except Exception:
+            exc_type = exc_type or Exception
+            raise
+        finally:
+            self.store._open.pop(self.id, None)
+            self._terminate(_end_status(exc_type), failing=exc_type is not None)
+
+    def _terminate(self, status: str, failing: bool) -> None:
+        """End the run; when the store cannot record that (disk full) while another error is
+        already on its way, that error wins and the run is reaped once this process is gone."""
+        try:
+            with write_errors(self.store.tracking_uri):
+                retry_busy(lambda: self._client.set_terminated(self.id, status))
+        except LmcError:
+            if not failing:
+                raise
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        flat = flatten(params)
+        if flat:
+            batch = [Param(k, v) for k, v in flat.items()]
+            retry_busy(lambda: self._client.log_batch(self.id, params=batch))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Buffered: sent in one batch every few seconds and when the run ends (cheap to call
+        every step)."""
+        now = int(time.time() * 1000)
+        self._pending += [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        if len(self._pending) >= _FLUSH_SIZE or time.monotonic() - self._flushed > _FLUSH_SECONDS:
+            self.flush()
+
+    def log_curve(self, key: str, values: Sequence[float]) -> None:
+        """One metric with step = index, so the UI overlays the curves of several runs."""
+        for i, value in enumerate(values):
+            self.log_metrics({key: value}, step=i)
+
+    def flush(self) -> None:
+        """Send the buffered metrics now."""
+        batch, self._pending = self._pending, []
+        if batch:
+            retry_busy(lambda: self._client.log_batch(self.id, metrics=batch))
+        self._flushed = time.monotonic()
+
+    def log_json(self, obj: Any, name: str) -> None:
+        with write_errors(self.store.tracking_uri):
+            self._client.log_dict(self.id, obj, name)
+        self._share()
+
+    def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
+        """An MLflow table artifact (shown in the UI's evaluation view); name ends with .json."""
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        table = {c: [row.get(c) for row in rows] for c in columns}
+        with write_errors(self.store.tracking_uri):
+            retry_busy(lambda: self._client.log_table(self.id, table, name))
+        self._share()
+
+    def log_file(self, path, artifact_path: str | None = None) -> None:
+        with write_errors(self.store.tracking_uri):
+            self._client.log_artifact(self.id, str(path), artifact_path)
+        self._share()
+
+    def _share(self) -> None:
+        """MLflow copies artifacts from private temp files: give them the store's permissions."""
+        if is_local(self.artifact_uri):
+            share(local_path(self.artifact_uri))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        batch = [RunTag(k, v) for k, v in prefixed(tags).items()]
+        if batch:
+            retry_busy(lambda: self._client.log_batch(self.id, tags=batch))
+
+    def child(self, name: str, params: dict | None = None, tags: dict | None = None) -> Run:
+        """A nested run in the same experiment (shown under this one in the UI)."""
+        return self.store._start(self.experiment, name, params=params, tags=tags, parent=self.id)
+
+    def save_state(
+        self,
+        state: State,
+        *,
+        model_name: str,
+        role: str,
+        step: int | None,
+        tags: dict[str, str],
+        parents: Sequence[str] = (),
+        dataset: tuple[str, str] | None = None,
+        key: str | None = None,
+    ) -> str:
+        """Register `state` as a new version of `model_name`; returns models:/<name>/<version>.
+
+        With a key (a unique identity of the state: config hash, role, step, copy), a version
+        registered earlier under that key whose files verify is returned instead: a re-run
+        after a kill mid-registration adopts what the dead run registered, and no state is
+        registered twice. Non-finite weights (a diverged training) are refused.
+        """
+        if bad := state_files.non_finite(state):
+            raise LmcError(
+                f"the {role} state has non-finite values in {bad}: training diverged; lower "
+                "train.lr or add warmup and re-run (nothing was registered)"
+            )
+        parent_infos = [self.store.describe(p) for p in parents]
+        with self.store._state_lock(key), write_errors(self.store.tracking_uri):
+            found = self.store.find_state(key) if key is not None else None
+            if found is None:
+                info = self._register(state, model_name, role, step, tags, parent_infos, key)
+            else:
+                info = self.store.describe(found)
+            self._log_inputs(parent_infos, dataset)
+            outputs = [LoggedModelOutput(info.model_id, step or 0)] if info.model_id else []
+            if outputs:
+                retry_busy(lambda: self._client.log_outputs(self.id, outputs))
+        return info.uri
+
+    def _register(
+        self,
+        state: State,
+        model_name: str,
+        role: str,
+        step: int | None,
+        tags: dict[str, str],
+        parents: list[StateInfo],
+        key: str | None,
+    ) -> StateInfo:
+        meta: dict[str, str] = {"role": role}
+        if step is not None:
+            meta["step"] = str(step)
+        density = state.density()
+        if density is not None:
+            meta["density"] = f"{density:.6g}"
+        meta.update({k: str(v) for k, v in tags.items()})
+        meta["parents"] = json.dumps([p.uri for p in parents])
+        if key is not None:
+            meta["state_key"] = key
+        version_tags = prefixed(meta)
+        model, digests = self._log_model(state, self._state_name(role, step), version_tags)
+        version_tags = {**version_tags, **prefixed({"sha256": json.dumps(digests)})}
+        info = self.store._register(model_name, model, self.id, version_tags)
+        registered = {
+            "mlflow.modelVersions": json.dumps([{"name": model_name, "version": info.version}])
+        }
+        retry_busy(lambda: self._client.set_logged_model_tags(model.model_id, registered))
+        return info
+
+    def log_input_states(self, uris: Sequence[str]) -> None:
+        """Record states this run read (e.g. the endpoints it interpolated) as model inputs."""
+        self._log_inputs([self.store.describe(uri) for uri in uris], None)
+
+    def _log_inputs(self, states: Sequence[StateInfo], dataset: tuple[str, str] | None) -> None:
+        new_dataset = dataset is not None and tuple(dataset) not in self._datasets
+        datasets = [self._dataset_input(*dataset)] if new_dataset else []
+        models = [LoggedModelInput(info.model_id) for info in states if info.model_id]
+        if datasets or models:
+            retry_busy(lambda: self._client.log_inputs(self.id, datasets, models))
+        if new_dataset:
+            self._datasets.add(tuple(dataset))
+
+    def _state_name(self, role: str, step: int | None) -> str:
+        """A logged-model name unique in this run, so runs:/<run_id>/<name> finds it."""
+        base = safe_name(role if step is None else f"{role}-{step}")
+        name, n = base, 1
+        while name in self._state_names:
+            n += 1
+            name = f"{base}-{n}"
+        self._state_names.add(name)
+        return name
+
+    def _log_model(
+        self, state: State, name: str, tags: dict[str, str]
+    ) -> tuple[LoggedModel, dict[str, str]]:
+        """Write the safetensors files (and a JSON description with their sha256) into a new
+        logged model; returns it and the files' hashes."""
+        model = retry_busy(
+            lambda: self._client.create_logged_model(
+                self.experiment_id,
+                name=name,
+                source_run_id=self.id,
+                tags=tags,
+                model_type="lmctrack.state",
+            )
+        )
+        try:
+            with writable_folder(model.artifact_location) as folder:
+                files = state_files.save_state(state, folder)
+                digests = {f.name: sha256(f) for f in files}
+                description = {
+                    "format": "lmctrack.state/safetensors",
+                    "files": list(digests),
+                    "sha256": digests,
+                    "tags": unprefixed(tags),
+                }
+                (folder / DESCRIPTION_FILE).write_text(json.dumps(description, indent=1))
+        except BaseException:
+            with suppress(Exception):  # a full disk may refuse this too; the write error wins
+                self._client.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        retry_busy(lambda: self._client.finalize_logged_model(model.model_id, "READY"))
+        return model, digests
+
+    @staticmethod
+    def _dataset_input(name: str, fingerprint: str) -> DatasetInput:
+        source = json.dumps({"name": name, "fingerprint": fingerprint})
+        dataset = Dataset(name=name, digest=fingerprint[:36], source_type="lmctrack", source=source)
+        return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])
