@@ -12,6 +12,11 @@ BatchNorm policy `bn`: "interpolate" treats running_mean / running_var like weig
 "reset" recomputes them at every alpha with a pass over the training data
 (torch.optim.swa_utils.update_bn), since naively interpolated statistics can create barriers that
 the weights do not have.
+
+Evaluation: the points of a path are stacked and evaluated in batched passes (lmctrack.batched,
+vmap over the stacked W_alpha, as many points per pass as fit a memory budget), the BatchNorm
+reset included; it equals the per-alpha loop (`batched=False`, the reference) to float
+tolerance. A policy outside BATCHED_POLICIES runs the per-alpha loop.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
+from lmctrack.batched import evaluate_stacked, networks_per_pass, recompute_bn_stacked, stack
 from lmctrack.data import Dataset
 from lmctrack.errors import LmcError
 from lmctrack.evaluate import check_fits, evaluate, first_mismatch
 from lmctrack.state import State
 
 BN_POLICIES = ("interpolate", "reset")
+BATCHED_POLICIES = ("interpolate", "reset")  # the others run the per-alpha loop
 MASK_MODES = ("same", "each")
 _RESET_VALUES = {"running_mean": 0.0, "running_var": 1.0, "num_batches_tracked": 0}
 
@@ -187,11 +194,13 @@ def linear_path(
     eval_limit: int | None = None,
     bn_limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    batched: bool = True,
 ) -> PathResult:
     """Evaluate error and loss at `alphas` evenly spaced points of [0, 1], endpoints included.
 
     `model` is a template of the right architecture; its weights are overwritten. `bn_limit`
     caps the training examples used to recompute BatchNorm statistics under bn="reset".
+    batched=False evaluates one alpha at a time (the reference the batched passes are tested on).
     """
     _check_choice("bn", bn, BN_POLICIES)
     if alphas < 2:
@@ -204,7 +213,21 @@ def linear_path(
     wa = {k: v.to(device) for k, v in a.masked_weights().items()}
     wb = {k: v.to(device) for k, v in b.masked_weights().items()}
     points = torch.linspace(0, 1, alphas, dtype=torch.float64).tolist()
-    curves = {split: {"error": [], "loss": []} for split in splits}
+    path = _stacked_path if batched and bn in BATCHED_POLICIES else _path_per_alpha
+    curves = path(
+        model, wa, wb, points, dataset, splits, bn, device, eval_limit, bn_limit, progress
+    )
+    return PathResult(alphas=points, curves=curves, bn=bn, mask_mode=mask_mode)
+
+
+Curves = dict[str, dict[str, list[float]]]
+
+
+def _path_per_alpha(
+    model, wa, wb, points, dataset, splits, bn, device, eval_limit, bn_limit, progress
+) -> Curves:
+    """Load each W_alpha into the template, apply the BatchNorm policy, evaluate."""
+    curves: Curves = {split: {"error": [], "loss": []} for split in splits}
     for i, alpha in enumerate(points):
         model.load_state_dict(_lerp(wa, wb, alpha, bn), strict=True)
         if bn == "reset":
@@ -214,8 +237,32 @@ def linear_path(
             curves[split]["error"].append(result.error)
             curves[split]["loss"].append(result.loss)
         if progress is not None:
-            progress(i + 1, alphas)
-    return PathResult(alphas=points, curves=curves, bn=bn, mask_mode=mask_mode)
+            progress(i + 1, len(points))
+    return curves
+
+
+def _stacked_path(
+    model, wa, wb, points, dataset, splits, bn, device, eval_limit, bn_limit, progress
+) -> Curves:
+    """The same curves from passes over stacked W_alpha, as many alphas per pass as fit."""
+    curves: Curves = {split: {"error": [], "loss": []} for split in splits}
+    per_pass = networks_per_pass(model, dataset, 1000, device)
+    for first in range(0, len(points), per_pass):
+        chunk = points[first : first + per_pass]
+        stacked = stack([_lerp(wa, wb, alpha, bn) for alpha in chunk], device)
+        if bn == "reset":
+            recompute_bn_stacked(model, stacked, dataset, device=device, limit=bn_limit)
+        for split in splits:
+            for loss, error in evaluate_stacked(
+                model, stacked, dataset, split, device=device, limit=eval_limit
+            ):
+                curves[split]["error"].append(error)
+                curves[split]["loss"].append(loss)
+        if progress is not None:
+            for i in range(first, first + len(chunk)):
+                progress(i + 1, len(points))
+    model.load_state_dict({k: v[-1] for k, v in stacked.items()})  # the template ends at alpha=1
+    return curves
 
 
 def recompute_bn(

@@ -1,10 +1,22 @@
 """Run independent trainings (the copies of Algorithm 1, IMP branches, a sweep's inits) at once.
 
-On a CPU each training gets its own forked process with one thread: small networks are bound by
-per-operation overhead, so N single-threaded processes beat one process with N threads (three
-copies on two cores take 0.6 of the time of training them one after another:
-benchmarks/copies.py). Forking shares the in-memory dataset without copying it. On a GPU the trainings run in spawned processes
-that share the device. Same seeds give bit-identical weights in either mode.
+Two ways, chosen by `runner.batch_copies`:
+- Processes ("off", the default). On a CPU each training gets its own forked process with one
+  thread: small networks are bound by per-operation overhead, so N single-threaded processes beat
+  one process with N threads (three copies on two cores take 0.6 of the time of training them one
+  after another: benchmarks/copies.py). Forking shares the in-memory dataset without copying it.
+  On a GPU the trainings run in spawned processes that share the device.
+- Stacked ("on", or "auto" when measured faster): jobs that differ only in their start weights,
+  noise, mask and checkpoint (the copies of a fork, copies of one Wk across a sweep) train as one
+  vmapped network in this process (lmctrack.batched.train_copies). A group that cannot be
+  stacked (data streamed from disk, a network vmap cannot run, checkpoints at different steps)
+  trains in processes, and one printed line says why. "auto" times PROBE_STEPS steps of the
+  group stacked against one copy alone, compares with what the processes achieve (N copies over
+  min(N, cores) cores on a CPU; one at a time on a GPU, which time-slices processes), and keeps
+  the decision for that network, batch size, group size and device type (BATCHING_DECISIONS).
+
+Same seeds give bit-identical weights in the process mode whatever the number of workers; the
+stacked mode is bit-identical with itself and equal to the process mode to float tolerance.
 """
 
 from __future__ import annotations
@@ -17,18 +29,24 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from lmctrack.config import ModelConfig, TrainConfig
+from lmctrack.errors import LmcError
 from lmctrack.progress import Board
 from lmctrack.state import Mask
-from lmctrack.train import Noise, train
+from lmctrack.train import Noise, deterministic, train, write_atomic
 
 Weights = dict[str, torch.Tensor]
+BATCH_MODES = ("auto", "on", "off")
+PROBE_STEPS = 10
+# (model, batch size, copies, device type) -> (stacked is faster, what was measured)
+BATCHING_DECISIONS: dict[tuple, tuple[bool, str]] = {}
 
 
 @dataclass
@@ -61,16 +79,75 @@ class JobResult:
     resumed_from: int | None = None
 
 
-def load_snapshots(folder: Path) -> dict[int, Weights]:
-    """Snapshots an interrupted job already took (its checkpoint folder keeps them)."""
-    return {
-        int(path.stem.split("_")[1]): load_file(str(path))
-        for path in sorted(folder.glob("snapshot_*.safetensors"))
-    }
+def load_snapshots(folder: Path, resume_step: int | None = None) -> dict[int, Weights]:
+    """Snapshots an interrupted job already took (its checkpoint folder keeps them).
+
+    A damaged snapshot (a kill mid-write by an older version, a damaged disk) is deleted when the
+    resumed training will pass its step again and take it anew; one from before `resume_step`
+    cannot be retaken, which is an LmcError.
+    """
+    snapshots = {}
+    for path in sorted(folder.glob("snapshot_*.safetensors")):
+        step = int(path.stem.split("_")[1])
+        try:
+            snapshots[step] = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            if resume_step is not None and step < resume_step:
+                raise LmcError(
+                    f"snapshot {path} is damaged ({e}) and the checkpoint is past its step; "
+                    f"delete {folder} to train this job again"
+                ) from None
+            path.unlink()
+    return snapshots
 
 
 def _cpu_weights(model: torch.nn.Module) -> Weights:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _metrics(test: tuple[float, float], train_split: tuple[float, float]) -> dict[str, float]:
+    """The evaluation a job logs every eval_every steps, from (loss, error) pairs."""
+    return {
+        "test_loss": test[0],
+        "test_error": test[1],
+        "train_loss": train_split[0],
+        "train_error": train_split[1],
+    }
+
+
+def _prepare(job: TrainJob) -> tuple[JobResult, Callable[[int, Weights], None]]:
+    """The job's result with the snapshots it already took, and how it keeps new ones."""
+    from lmctrack.batched import checkpoint_step
+
+    result = JobResult(weights={})
+    if job.checkpoint is not None:
+        result.snapshots = load_snapshots(job.checkpoint.parent, checkpoint_step(job.checkpoint))
+
+    def keep(step: int, weights: Weights) -> None:
+        result.snapshots[step] = weights
+        if job.checkpoint is not None:
+            write_atomic(job.checkpoint.parent / f"snapshot_{step}.safetensors", weights)
+
+    return result, keep
+
+
+def _finish(result: JobResult, weights: Weights, log) -> JobResult:
+    result.weights = weights
+    result.evaluations = log.evaluations
+    result.seconds = log.seconds
+    result.steps = log.steps
+    result.resumed_from = log.resumed_from
+    return result
+
+
+def _start_weights(job: TrainJob, dataset) -> Weights:
+    from lmctrack.models import build_model
+
+    if job.weights is not None:
+        return job.weights
+    return build_model(
+        job.model, dataset.num_classes, dataset.input_shape, job.init_seed
+    ).state_dict()
 
 
 def run_job(
@@ -84,29 +161,12 @@ def run_job(
     if job.weights is not None:
         model.load_state_dict(job.weights)
     model.to(device)
-    result = JobResult(weights={})
-    if job.checkpoint is not None:
-        result.snapshots = load_snapshots(job.checkpoint.parent)
-
-    def snapshot(step: int, net: torch.nn.Module) -> None:
-        result.snapshots[step] = _cpu_weights(net)
-        if job.checkpoint is not None:
-            job.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            save_file(
-                result.snapshots[step], str(job.checkpoint.parent / f"snapshot_{step}.safetensors")
-            )
+    result, keep = _prepare(job)
 
     def evaluate_fn(net: torch.nn.Module, step: int) -> dict[str, float]:
         test = evaluate(net, dataset, "test", device=device)
-        train_eval = evaluate(
-            net, dataset, "train", device=device, limit=dataset.num_examples("test")
-        )
-        return {
-            "test_loss": test.loss,
-            "test_error": test.error,
-            "train_loss": train_eval.loss,
-            "train_error": train_eval.error,
-        }
+        seen = evaluate(net, dataset, "train", device=device, limit=dataset.num_examples("test"))
+        return _metrics((test.loss, test.error), (seen.loss, seen.error))
 
     log = train(
         model,
@@ -118,19 +178,152 @@ def run_job(
         mask=job.mask,
         device=device,
         at_steps=job.snapshot_steps,
-        on_step=snapshot,
+        on_step=lambda step, net: keep(step, _cpu_weights(net)),
         eval_every=job.eval_every,
         evaluate_fn=evaluate_fn,
         checkpoint=job.checkpoint,
         progress=report,
         schedule_total=job.schedule_total,
     )
-    result.weights = _cpu_weights(model)
-    result.evaluations = log.evaluations
-    result.seconds = log.seconds
-    result.steps = log.steps
-    result.resumed_from = log.resumed_from
-    return result
+    return _finish(result, _cpu_weights(model), log)
+
+
+# --- stacked copies ---------------------------------------------------------------------------
+
+
+def _group_key(job: TrainJob) -> tuple:
+    """What stacked copies must share: everything but start weights, noise, mask, checkpoint."""
+    return (
+        job.model.model_dump_json(),
+        job.train.model_dump_json(),
+        job.start,
+        job.stop,
+        job.schedule_total,
+        job.eval_every,
+        tuple(sorted(job.snapshot_steps)),
+    )
+
+
+def run_group(
+    jobs: Sequence[TrainJob],
+    dataset,
+    device: torch.device,
+    reports: Sequence[Callable[[int, dict], None] | None],
+) -> list[JobResult]:
+    """Train jobs of one group (same _group_key) as one stacked network; results in order."""
+    from lmctrack.batched import Copy, evaluate_stacked, train_copies
+    from lmctrack.models import build_model
+
+    job = jobs[0]
+    template = build_model(job.model, dataset.num_classes, dataset.input_shape, job.init_seed)
+    prepared = [_prepare(j) for j in jobs]
+    copies = [
+        Copy(
+            weights=_start_weights(j, dataset),
+            noise=j.noise,
+            mask=j.mask,
+            checkpoint=j.checkpoint,
+            on_step=keep,
+            progress=report,
+        )
+        for j, (_, keep), report in zip(jobs, prepared, reports, strict=True)
+    ]
+
+    def evaluate_fn(stacked: Weights, step: int) -> list[dict[str, float]]:
+        test = evaluate_stacked(template, stacked, dataset, "test", device=device)
+        limit = dataset.num_examples("test")
+        seen = evaluate_stacked(template, stacked, dataset, "train", device=device, limit=limit)
+        return [_metrics(t, s) for t, s in zip(test, seen, strict=True)]
+
+    weights, logs = train_copies(
+        template,
+        dataset,
+        job.train,
+        copies,
+        start=job.start,
+        stop=job.stop,
+        device=device,
+        at_steps=job.snapshot_steps,
+        eval_every=job.eval_every,
+        evaluate_fn=evaluate_fn,
+        schedule_total=job.schedule_total,
+    )
+    return [
+        _finish(result, w, log) for (result, _), w, log in zip(prepared, weights, logs, strict=True)
+    ]
+
+
+def _stacking_problem(jobs: Sequence[TrainJob], dataset, device: torch.device) -> str | None:
+    """Why these jobs cannot train stacked (None: they can); tried, not guessed, for vmap."""
+    from lmctrack.batched import checkpoint_step
+    from lmctrack.data import TensorDataset
+
+    if not isinstance(dataset, TensorDataset):
+        return f"dataset {dataset.name} is streamed from disk; only in-memory data is stacked"
+    steps = {checkpoint_step(j.checkpoint) for j in jobs}
+    if len(steps) > 1:
+        return f"their checkpoints are at different steps ({sorted(steps, key=str)})"
+    try:
+        run_group(_probe(jobs[:2], 1), dataset, device, [None, None])
+    except (RuntimeError, NotImplementedError) as e:
+        return f"vmap cannot run {jobs[0].model.name} on {device.type} ({str(e).splitlines()[0]})"
+    return None
+
+
+def _probe(jobs: Sequence[TrainJob], steps: int) -> list[TrainJob]:
+    """The jobs shortened to `steps` steps, leaving nothing on disk."""
+    return [
+        replace(j, stop=j.start + steps, checkpoint=None, snapshot_steps=(), eval_every=None)
+        for j in jobs
+    ]
+
+
+def _stacking_pays(jobs: Sequence[TrainJob], dataset, device: torch.device) -> tuple[bool, str]:
+    """auto: PROBE_STEPS steps stacked vs one copy alone, scaled to what processes achieve."""
+    job = jobs[0]
+    key = (job.model.model_dump_json(), job.train.batch_size, len(jobs), device.type)
+    if key not in BATCHING_DECISIONS:
+        probe = _probe(jobs, PROBE_STEPS)
+        parallel = min(len(jobs), usable_cores()) if device.type == "cpu" else 1
+        stacked = alone = float("inf")
+        for _ in range(2):  # the second round runs warm
+            results = run_group(probe, dataset, device, [None] * len(probe))
+            stacked = min(stacked, results[0].seconds)
+            alone = min(alone, run_job(probe[0], dataset, device, None).seconds)
+        processes = alone * len(jobs) / parallel
+        BATCHING_DECISIONS[key] = (
+            stacked < processes,
+            f"{PROBE_STEPS} steps of {len(jobs)} copies stacked took {stacked:.3f} s, "
+            f"in processes about {processes:.3f} s",
+        )
+    return BATCHING_DECISIONS[key]
+
+
+def stacked_groups(
+    jobs: Sequence[TrainJob], dataset, device: torch.device, mode: str
+) -> list[list[int]]:
+    """Indices of the jobs to train stacked, group by group; printing why a group is not."""
+    if mode not in BATCH_MODES:
+        raise LmcError(f"runner.batch_copies='{mode}' is not known; use one of: auto, on, off")
+    if mode == "off":
+        return []
+    by_key: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        by_key.setdefault(_group_key(job), []).append(i)
+    groups = []
+    for group in (g for g in by_key.values() if len(g) > 1):
+        members = [jobs[i] for i in group]
+        name = f"{len(group)} copies of {members[0].model.name} ({members[0].label}, ...)"
+        problem = _stacking_problem(members, dataset, device)
+        if problem is None and mode == "auto":
+            pays, measured = _stacking_pays(members, dataset, device)
+            print(f"batch_copies=auto: {name} {'stacked' if pays else 'in processes'}: {measured}")
+            problem = None if pays else "measured slower"
+        elif problem is not None:
+            print(f"batch_copies={mode}: {name} train in processes: {problem}")
+        if problem is None:
+            groups.append(group)
+    return groups
 
 
 # --- worker processes -------------------------------------------------------------------------
@@ -143,6 +336,7 @@ def _init_worker(dataset, device: str, reports) -> None:
     # redirected to its console: writing there from a child could block on a lock that the
     # parent's refresh thread held at fork time, and would draw stray copies of the display.
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    deterministic(torch.device(device))  # a spawned CUDA worker, before it touches the GPU
     torch.set_num_threads(1)
     _worker.update(dataset=dataset.to(device), device=torch.device(device), reports=reports)
 
@@ -178,10 +372,32 @@ def run_jobs(
     device: torch.device,
     board: Board,
     workers: int | None = None,
+    batch_copies: str = "off",
 ) -> list[JobResult]:
-    """Train all jobs, concurrently when there is more than one; results in the jobs' order."""
+    """Train all jobs, concurrently when there is more than one; results in the jobs' order.
+
+    batch_copies: "off" (processes), "on" (stack every group that can be), "auto" (stack a group
+    when measured faster); see the module docstring.
+    """
     for job in jobs:
         board.add(job.key, job.label, total=job.stop, completed=job.start)
+    results: dict[int, JobResult] = {}
+    for group in stacked_groups(jobs, dataset, device, batch_copies):
+        members = [jobs[i] for i in group]
+        reports = [lambda s, m, k=j.key: board.update(k, s, m) for j in members]
+        results.update(zip(group, run_group(members, dataset, device, reports), strict=True))
+    rest = [i for i in range(len(jobs)) if i not in results]
+    separate = _run_separately([jobs[i] for i in rest], dataset, device, board, workers)
+    results.update(zip(rest, separate, strict=True))
+    return [results[i] for i in range(len(jobs))]
+
+
+def _run_separately(
+    jobs: Sequence[TrainJob], dataset, device: torch.device, board: Board, workers: int | None
+) -> list[JobResult]:
+    """One training per process (or in this process, for one job or one worker)."""
+    if not jobs:
+        return []
     workers = workers or default_workers(len(jobs), device)
     if len(jobs) == 1 or workers == 1:
         return [

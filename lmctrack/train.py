@@ -7,7 +7,9 @@ and an interrupted run resumes bit-identically from its last checkpoint.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from lmctrack.config import TrainConfig
@@ -58,32 +60,78 @@ def make_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.op
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise LmcError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    deterministic(resolved)
+    return resolved
+
+
+def deterministic(device: torch.device) -> None:
+    """Make training on `device` repeatable: same seeds, same weights.
+
+    On CUDA: deterministic algorithms (cuDNN's deterministic kernels, no benchmark autotuning) and
+    cuBLAS's fixed workspace (CUBLAS_WORKSPACE_CONFIG must be set before cuBLAS starts, so this
+    runs when the device is resolved and in every worker). An op without a deterministic CUDA
+    implementation warns instead of failing (warn_only). Bit-identity holds on the same machine,
+    the same device type and the same `runner.batch_copies` mode; the batched (vmap) path computes
+    the same functions with other kernels, so it agrees with the unbatched one to float tolerance.
+    On the CPU the kernels are deterministic already.
+    """
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 # --- checkpoints: plain safetensors files, so resuming never unpickles --------------------------
 
 
-def save_checkpoint(path: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer) -> None:
-    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def write_atomic(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None
+) -> None:
+    """Write a safetensors file via a temporary file and a rename: a kill never leaves half a file.
+
+    A full disk is a one-line LmcError (the temporary file is removed).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(save(tensors, metadata=metadata))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise LmcError(
+                f"disk full while writing {path}; free space and run again (training resumes "
+                "from the last checkpoint)"
+            ) from None
+        raise
+    tmp.replace(path)
+
+
+def save_checkpoint(
+    path: Path, step: int, weights: dict[str, torch.Tensor], slots: dict[int, dict]
+) -> None:
+    """Write weights and optimizer slots (torch.optim state_dict()["state"]) at `step`."""
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
     scalars: dict[str, float] = {}
-    for index, slot in opt.state_dict()["state"].items():
+    for index, slot in slots.items():
         for key, value in slot.items():
             if torch.is_tensor(value):
                 tensors[f"opt/{index}/{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{index}/{key}"] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step), "scalars": json.dumps(scalars)})
-    tmp.replace(path)  # atomic: an interruption never leaves half a checkpoint
+    write_atomic(path, tensors, {"step": str(step), "scalars": json.dumps(scalars)})
 
 
-def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> int:
-    """Restore model and optimizer from `path`; returns the step it was taken at."""
+def read_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[int, dict]]:
+    """(step, weights, optimizer slots) of a checkpoint, on the CPU; damage is an LmcError."""
     from safetensors import safe_open
 
     try:
@@ -94,20 +142,26 @@ def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) ->
         raise LmcError(
             f"corrupted checkpoint {path} ({e}); delete it to train from the start"
         ) from None
-    device = next(model.parameters()).device
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-    state: dict[int, dict] = {}
+    slots: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("opt/"):
             _, index, name = key.split("/", 2)
-            state.setdefault(int(index), {})[name] = value.to(device)
+            slots.setdefault(int(index), {})[name] = value
     for key, value in json.loads(meta["scalars"]).items():
         index, name = key.split("/", 1)
-        state.setdefault(int(index), {})[name] = value
+        slots.setdefault(int(index), {})[name] = value
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
+    return int(meta["step"]), weights, slots
+
+
+def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> int:
+    """Restore model and optimizer from `path`; returns the step it was taken at."""
+    step, weights, slots = read_checkpoint(path)
+    model.load_state_dict(weights)
     opt_state = opt.state_dict()
-    opt_state["state"] = state
+    opt_state["state"] = slots  # load_state_dict moves the slots to the parameters' device
     opt.load_state_dict(opt_state)
-    return int(meta["step"])
+    return step
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -155,8 +209,9 @@ def train(
     from lmctrack.prune import keep_masked
 
     device = torch.device(device)
+    deterministic(device)
     model.to(device)
-    ipe = -(-dataset.num_examples("train") // cfg.batch_size)
+    ipe = dataset.iterations_per_epoch(cfg.batch_size)
     total = schedule_total if schedule_total is not None else cfg.steps.iterations(ipe)
     opt = make_optimizer(cfg, model.parameters())
     log = TrainLog()
@@ -190,7 +245,7 @@ def train(
                 log.evaluations.append({"step": step, **evaluate_fn(model, step)})
                 model.train()
             if checkpoint is not None and step > first and step % checkpoint_every == 0:
-                save_checkpoint(checkpoint, step, model, opt)
+                save_checkpoint(checkpoint, step, model.state_dict(), opt.state_dict()["state"])
             if step >= stop:
                 break
             lr = learning_rate(cfg, step, ipe, total)
@@ -229,5 +284,6 @@ def train(
     log.steps = step - first
     log.seconds = time.perf_counter() - began
     if checkpoint is not None:
-        save_checkpoint(checkpoint, step, model, opt)  # kept until the result is registered
+        # kept until the result is registered
+        save_checkpoint(checkpoint, step, model.state_dict(), opt.state_dict()["state"])
     return log

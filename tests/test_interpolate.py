@@ -113,13 +113,14 @@ def test_loss_barrier_needs_alphas_from_zero_to_one():
 
 
 def assert_endpoints_match(model, a, b, data, result):
+    """The path's ends are A and B evaluated alone (to float tolerance: the path is batched)."""
     for split in ("test", "train"):
         ea = evaluate(load_into(model, a), data, split)
         eb = evaluate(load_into(model, b), data, split)
-        assert result.curves[split]["error"][0] == ea.error
-        assert result.curves[split]["loss"][0] == ea.loss
-        assert result.curves[split]["error"][-1] == eb.error
-        assert result.curves[split]["loss"][-1] == eb.loss
+        assert result.curves[split]["error"][0] == pytest.approx(ea.error, abs=1e-6)
+        assert result.curves[split]["loss"][0] == pytest.approx(ea.loss, abs=1e-6)
+        assert result.curves[split]["error"][-1] == pytest.approx(eb.error, abs=1e-6)
+        assert result.curves[split]["loss"][-1] == pytest.approx(eb.loss, abs=1e-6)
 
 
 @pytest.mark.parametrize("bn", ["interpolate", "reset"])
@@ -292,3 +293,35 @@ def test_summary_labels_each_definition(data):
     assert 0 <= summary["test.error_barrier"] <= 1
     with pytest.raises(LmcError, match="no 'val' curve"):
         result.error_barrier("val")
+
+
+# --- batched passes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bn", ["interpolate", "reset"])
+@pytest.mark.parametrize("make", [mlp, conv_bn], ids=["no_bn", "bn"])
+@pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
+def test_batched_path_equals_the_per_alpha_loop(data, bn, make, masked):
+    mask = random_mask(make, 7) if masked else None
+    a, b = state_of(make, 0, mask), state_of(make, 1, mask)
+    kw = {"alphas": 7, "splits": ("test", "train"), "bn": bn, "bn_limit": 40}
+    reference = linear_path(make(), a, b, data, batched=False, **kw)
+    batched = linear_path(make(), a, b, data, **kw)
+    for split in ("test", "train"):
+        for metric in ("error", "loss"):
+            assert batched.curves[split][metric] == pytest.approx(
+                reference.curves[split][metric], abs=1e-6
+            )
+    assert batched.curves["test"]["loss"][1] != batched.curves["test"]["loss"][0]
+
+
+def test_batched_path_in_several_passes(data, monkeypatch):
+    """A small memory budget splits the alphas over passes; the curves stay the same."""
+    import lmctrack.batched
+
+    a, b = state_of(conv_bn, 0), state_of(conv_bn, 1)
+    whole = linear_path(conv_bn(), a, b, data, alphas=5, bn="reset")
+    monkeypatch.setattr(lmctrack.batched, "MEMORY_BUDGET", 1)
+    assert lmctrack.batched.networks_per_pass(conv_bn(), data, 1000, "cpu") == 1
+    chunked = linear_path(conv_bn(), a, b, data, alphas=5, bn="reset")
+    assert chunked.curves == whole.curves
