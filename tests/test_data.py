@@ -10,6 +10,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -357,3 +359,50 @@ def test_import_inside_a_dvc_repo_tracks_the_folder(tmp_path):
     assert (repo / "data" / "mnist.dvc").is_file()
     assert "path: mnist" in (repo / "data" / "mnist.dvc").read_text()
     assert placed.is_dir()
+
+
+class _OpensAFile:
+    """Unpickling this creates a file: proof that a pickle was (or was not) loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_torchvision_processed_pt_files_are_never_unpickled(tmp_path):
+    make_mnist_files(tmp_path / "mnist" / "MNIST" / "raw")
+    processed = tmp_path / "mnist" / "MNIST" / "processed"
+    processed.mkdir()
+    marker = tmp_path / "unpickled"
+    for name in ("training.pt", "test.pt"):
+        (processed / name).write_bytes(pickle.dumps(_OpensAFile(marker)))
+    ds = load_dataset(DataConfig(name="mnist", root=str(tmp_path)))
+    assert ds.num_examples("train") == 12 and not marker.exists()
+
+
+def test_import_mnist_from_a_zip_archive(tmp_path):
+    make_mnist_files(tmp_path / "src" / "MNIST" / "raw", compress=True)
+    archive = shutil.make_archive(str(tmp_path / "mnist"), "zip", tmp_path / "src")
+    placed = import_dataset("mnist", Path(archive), tmp_path / "data")
+    assert (placed / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    assert load_dataset(DataConfig(name="mnist", root=str(tmp_path / "data"))).num_classes == 10
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_archive_member_outside_the_folder_is_a_one_line_error(tmp_path, kind):
+    payload = tmp_path / "payload"
+    payload.write_bytes(b"x")
+    archive = tmp_path / f"evil.{kind}"
+    if kind == "tar":
+        with tarfile.open(archive, "w") as tf:
+            tf.add(payload, arcname="../escaped")
+    else:
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.write(payload, arcname="../escaped")
+    with pytest.raises(LmcError) as err:
+        import_dataset("mnist", archive, tmp_path / "data" / "deep")
+    message = str(err.value)
+    assert "member outside" in message and "../escaped" in message and "\n" not in message
+    assert not (tmp_path / "data").exists()

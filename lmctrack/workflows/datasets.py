@@ -7,7 +7,9 @@ import gzip
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -54,6 +56,28 @@ def _place(found: Path, entries: tuple[str, ...], target: Path) -> None:
                 shutil.copyfileobj(fin, fout)
 
 
+def _unpack(archive: Path, target: Path) -> None:
+    """Extract a .zip or tar archive into target; a member that would land outside it (an
+    absolute path, `..`, a link out) is refused before anything is written."""
+    refused = f"{archive} has a member outside the archive's folder"
+    try:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.namelist():
+                    if not (target / member).resolve().is_relative_to(target.resolve()):
+                        raise LmcError(f"{refused} ({member}); repack it with relative paths")
+                zf.extractall(target)
+        else:
+            with tarfile.open(archive) as tf:
+                tf.extractall(target, filter="data")
+    except tarfile.FilterError as e:
+        raise LmcError(f"{refused} ({e}); repack it with relative paths") from None
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+        raise LmcError(
+            f"cannot unpack {archive} ({e}); check that the archive is complete"
+        ) from None
+
+
 def _dvc_root(path: Path) -> Path | None:
     return next((p for p in (path, *path.parents) if (p / ".dvc").is_dir()), None)
 
@@ -87,7 +111,7 @@ def import_dataset(name: str, source: Path, root: Path) -> Path:
     layout = LAYOUTS[name]
     with tempfile.TemporaryDirectory() as scratch:
         if source.is_file() and source.name.endswith(_ARCHIVES):
-            shutil.unpack_archive(source, scratch, filter="data")
+            _unpack(source, Path(scratch))
             source = Path(scratch)
         found = _find_layout(name, source)
         if found is None:
