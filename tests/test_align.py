@@ -238,3 +238,37 @@ def test_units_an_unknown_operation_touches_are_left_in_place() -> None:
     assert list(spec.sizes) == ["b"]  # a's units feed cumsum: pinned
     weights, _ = apply_permutation(spec, random_permutation(spec, 1), model.state_dict())
     check_function(model, model.state_dict(), weights, torch.randn(8, 4))
+
+
+@pytest.mark.slow
+def test_weight_matching_cuts_the_barrier_between_mlps_from_different_inits() -> None:
+    """The science check (Git Re-Basin on MNIST-1D, MLP of width 512, SGD). Measured with this
+    configuration: test-error barrier 35.7% naive, 11.4% after weight matching (~3 minutes)."""
+    from lmctrack.config import TrainConfig
+    from lmctrack.data import Split, TensorDataset, generate_mnist1d
+    from lmctrack.interpolate import linear_path
+    from lmctrack.train import Noise, train
+
+    raw = generate_mnist1d(5000)
+    mean, std = raw["x_train"].mean(), raw["x_train"].std()
+    data = TensorDataset(
+        "mnist1d",
+        Split((raw["x_train"] - mean) / std, raw["y_train"]),
+        Split((raw["x_test"] - mean) / std, raw["y_test"]),
+        10,
+    )
+    cfg = TrainConfig(lr=0.05, momentum=0.9, batch_size=100, steps="3000it", device="cpu")
+    states = []
+    for seed in (0, 1):
+        model = _model("mnist1d_mlp", seed, width=512)
+        train(model, data, cfg, start=0, stop=3000, noise=Noise(seed, seed))
+        states.append(State({k: v.detach().clone() for k, v in model.state_dict().items()}))
+    aligned = align_states(model, (40,), states[0], states[1], data.test.x[:500]).state
+    barrier = {
+        label: linear_path(model, states[0], b, data, alphas=11, bn="interpolate").error_barrier(
+            "test"
+        )
+        for label, b in (("naive", states[1]), ("aligned", aligned))
+    }
+    assert barrier["naive"] > 0.2, barrier
+    assert barrier["aligned"] < 0.5 * barrier["naive"], barrier
