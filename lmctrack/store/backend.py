@@ -193,7 +193,7 @@ def connect(tracking_uri: str, root: Path | None) -> MlflowClient:
                 probe_server(tracking_uri)
             return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         if (root / DB_FILE).is_file() and not _writable(root):
-            return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            return _read_only_client(root / DB_FILE)
         root.mkdir(parents=True, exist_ok=True)
         with ExclusiveFileLock(str(root / f"{DB_FILE}.lock")):
             # One process at a time creates the tables (MLflow does not lock that step);
@@ -215,6 +215,15 @@ def connect(tracking_uri: str, root: Path | None) -> MlflowClient:
             f"cannot open the tracking store {tracking_uri} ({first_line(e)}); "
             "fix store.tracking_uri / MLFLOW_TRACKING_URI or unset them for the local store"
         ) from None
+
+
+def _read_only_client(db: Path) -> MlflowClient:
+    """A client that only reads db: sqlite opens a WAL database read-only through its -wal and
+    -shm files when a writer left them, else as immutable (nothing else writes it, since nobody
+    can create those files here)."""
+    journal = all(db.with_name(f"{db.name}-{part}").exists() for part in ("wal", "shm"))
+    uri = f"sqlite:///file:{db.as_posix()}?{'mode=ro' if journal else 'immutable=1'}&uri=true"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _writable(folder: Path) -> bool:
