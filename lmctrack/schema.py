@@ -1,0 +1,141 @@
+"""The words lmctrack's modules share, each defined once: tag keys, roles, run kinds, metric names,
+the definitions every number carries, and the verdict rules (stable, matching, earliest k).
+
+Workflows, the CLI, plots and the report import these names instead of repeating literals, so a
+new analysis adds its words here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+# --- roles of registered states (version tag "role") -------------------------------------------
+INIT = "init"  # W0
+REWIND = "rewind"  # Wk, 0 < k < T
+TRAINED = "trained"  # W_T (dense, a copy, or a baseline's)
+MASK = "mask"  # the subnetwork (Wk, m) an IMP level or the random-pruning baseline defines
+SPARSE = "sparse"  # m ⊙ W_T: an IMP subnetwork trained to T
+REINIT = "reinit"  # the random-reinitialization baseline's starting state
+SEARCH = "search"  # a subnetwork trained on the data that drives IMP's mask search
+ALIGNED = "aligned"  # a state whose hidden units were permuted to match another
+
+# --- version and run tag keys (the store prefixes them with "lmctrack.") ----------------------
+ROLE = "role"
+STEP = "step"
+STATE = "state"  # the paper's name: W0, Wk, W_T, (Wk, m)
+CONFIG_HASH = "config_hash"
+KIND = "kind"
+LEVEL = "level"
+DENSITY = "density"
+LAYER_DENSITIES = "layer_densities"
+REWIND_STEP = "rewind_step"
+REPLICATE = "replicate"
+METHOD = "method"
+COPY = "copy"
+INIT_SEED = "init_seed"
+DATA_ORDER_SEED = "data_order_seed"
+AUGMENT_SEED = "augment_seed"
+RESET_SCHEDULE = "reset_schedule"
+START_STEP = "start_step"
+TRAIN_RUN = "train_run"  # on a run that added rewind states: the training run it extends
+
+# --- run kinds (run tag "kind") ------------------------------------------------------------------
+KIND_TRAIN = "train"
+KIND_TRAIN_MORE = "train-more"
+KIND_FORK = "fork"
+KIND_COPY = "copy"
+KIND_PAIR = "pair"
+KIND_INTERPOLATE = "interpolate"
+KIND_IMP = "imp"
+KIND_IMP_TRAINING = "imp-training"
+KIND_INSTABILITY = "instability"
+KIND_SPARSE = "sparse-instability"
+
+# --- IMP methods: the paper's subnetworks and its two baselines --------------------------------
+IMP = "imp"
+RANDOM_PRUNE = "random_prune"
+RANDOM_REINIT = "random_reinit"
+METHODS = (IMP, RANDOM_PRUNE, RANDOM_REINIT)
+METHOD_LABELS = {IMP: "IMP", RANDOM_PRUNE: "random pruning", RANDOM_REINIT: "random reinit"}
+
+# --- metric names ------------------------------------------------------------------------------
+ERROR_BARRIER = "error_barrier"
+LOSS_BARRIER = "loss_barrier_linear"
+SPLITS = ("test", "train")
+
+
+def metric(split: str, quantity: str) -> str:
+    """A metric's name, always with its split: e.g. 'test.error_barrier'."""
+    return f"{split}.{quantity}"
+
+
+DEFINITIONS = {
+    ERROR_BARRIER: "sup_a E(a) - mean(E(0), E(1)) over the path (Frankle et al. 2020: instability)",
+    LOSS_BARRIER: "max_a L(a) - ((1-a) L(0) + a L(1)) (Entezari et al. 2022)",
+    "path": "W(a) = (1 - a) W_A + a W_B, a evenly spaced in [0, 1] including both ends",
+    "stable": "the mean error barrier over the samples is below instability.stable_threshold",
+    "matching": "the mean test accuracy of the subnetwork's replicates is less than "
+    "imp.matching_threshold below the mean of the dense network's replicates",
+    "earliest_k": "per sample, the first rewind step from which the verdict holds at every later "
+    "step; the median over samples (Figure 9)",
+}
+
+
+# --- statistics and verdicts --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Mean and std (the paper's plotted lines), median (Figure 9) and n of a set of samples."""
+
+    mean: float
+    std: float
+    median: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Stats:
+        v = list(values)
+        if not v:
+            raise ValueError("statistics of no samples")
+        std = statistics.pstdev(v) if len(v) > 1 else 0.0
+        return cls(statistics.fmean(v), std, statistics.median(v), len(v))
+
+
+def stable(barrier: float, threshold: float) -> bool:
+    """The paper's rule: a state is stable when its error barrier is below the threshold (2%)."""
+    return barrier < threshold
+
+
+def matching(accuracy_drop: float, threshold: float) -> bool:
+    """The paper's rule: a subnetwork matches when its accuracy drop vs dense is below 0.2%."""
+    return accuracy_drop < threshold
+
+
+def within_one_std(sparse: Stats, dense: Stats) -> bool:
+    """Appendix A's looser reading: the subnetwork's mean lies within one std of the dense mean."""
+    return sparse.mean >= dense.mean - dense.std
+
+
+def earliest(verdicts: Sequence[tuple[int, bool]]) -> int | None:
+    """The first step k from which the verdict holds at k and every later step (None: never)."""
+    ordered = sorted(verdicts)
+    for i, (k, _) in enumerate(ordered):
+        if all(ok for _, ok in ordered[i:]):
+            return k
+    return None
+
+
+def median_or_none(values: Sequence[int | None]) -> float | None:
+    """Figure 9's median over samples; a sample that never holds counts as later than all."""
+    known = [v for v in values if v is not None]
+    if len(known) * 2 <= len(values):  # the median sample never holds
+        return None
+    ranked = sorted(known) + [None] * (len(values) - len(known))
+    mid = len(ranked) // 2
+    if len(ranked) % 2:
+        return float(ranked[mid])
+    low, high = ranked[mid - 1], ranked[mid]
+    return None if high is None else (low + high) / 2
