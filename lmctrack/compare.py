@@ -69,26 +69,33 @@ def compare_pair(
     b: State,
     dataset: Dataset,
     *,
-    split: str = "test",
+    splits: Sequence[str] = ("test",),
     device: str | torch.device = "cpu",
     names: Sequence[str] | None = None,
+    limit: int | None = None,
 ) -> dict[str, float]:
     """All Appendix G comparisons of A and B; each keeps its own mask (any two subnetworks).
 
+    Weight-space distances ('l2', 'cosine') once; function-space ones per split (Figure 30 uses
+    train as well as test): '<split>.disagree', '<split>.disagree_frac', '<split>.loss_l2'.
     `model` is a template of the architecture (its weights are overwritten); `names` defaults to
-    all of its parameters.
+    all of its parameters; `limit` caps the train examples compared.
     """
     check_compatible(a, b, mask_mode="each")
     names = parameter_names(model) if names is None else names
     wa, wb = a.masked_weights(), b.masked_weights()
+    out = {"l2": l2_distance(wa, wb, names), "cosine": cosine_distance(wa, wb, names)}
     model.to(device)
-    ea = evaluate(load_into(model, a), dataset, split, device=device, per_example=True)
-    eb = evaluate(load_into(model, b), dataset, split, device=device, per_example=True)
-    disagree = disagreement(ea.predictions, eb.predictions)
-    return {
-        "l2": l2_distance(wa, wb, names),
-        "cosine": cosine_distance(wa, wb, names),
-        "disagree": disagree,
-        "disagree_frac": disagree / ea.predictions.numel(),
-        "loss_l2": loss_vector_distance(ea.per_example_loss, eb.per_example_loss),
-    }
+    for split in splits:
+        cap = limit if split == "train" else None
+        ea, eb = (
+            evaluate(
+                load_into(model, s), dataset, split, device=device, per_example=True, limit=cap
+            )
+            for s in (a, b)
+        )
+        disagree = disagreement(ea.predictions, eb.predictions)
+        out[f"{split}.disagree"] = disagree
+        out[f"{split}.disagree_frac"] = disagree / ea.predictions.numel()
+        out[f"{split}.loss_l2"] = loss_vector_distance(ea.per_example_loss, eb.per_example_loss)
+    return out

@@ -145,6 +145,29 @@ class ImpConfig(Section):
     strategy: Literal["global", "layerwise"] = "global"
     matching_threshold: float = Field(0.002, ge=0, description="accuracy drop below this matches")
     prune_data: DataConfig | None = None
+    replicates: int = Field(
+        3, ge=1, description="independent IMP runs from Wk, each with its own SGD noise per level"
+    )
+    reinit_start: Literal["rewind", "zero"] = Field(
+        "rewind", description="random reinit trains from step k (paper, Fig. 22) or from 0"
+    )
+    same_basin: bool = Field(True, description="interpolate consecutive levels' W_T (replicate 0)")
+    baseline_levels: list[int] | None = Field(
+        None, description="levels at which the random baselines train (None: every level)"
+    )
+
+
+class SparseConfig(Section):
+    """The sparse sweep (Figures 6, 7, 9): IMP at every rewind step, its subnetworks forked."""
+
+    rewind_steps: list[StepField] | None = Field(
+        None, description="None: instability.rewind_steps"
+    )
+    inits: int = Field(1, gt=0, description="initializations; samples are inits x pairs")
+    copies: int = Field(3, ge=2, description="copies per subnetwork; every pair is interpolated")
+    levels: list[int] = Field(
+        default_factory=list, description="IMP levels forked at every k (empty: the last level)"
+    )
 
 
 class RunnerConfig(Section):
@@ -170,6 +193,7 @@ class Params(Section):
     seeds: SeedConfig = Field(default_factory=SeedConfig)
     instability: InstabilityConfig = Field(default_factory=InstabilityConfig)
     imp: ImpConfig = Field(default_factory=ImpConfig)
+    sparse: SparseConfig = Field(default_factory=SparseConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
 

@@ -10,10 +10,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lmctrack import schema
 from lmctrack.interpolate import error_barrier
+from lmctrack.schema import Stats
 
 ERROR_BARRIER = "error barrier = sup_a E(a) - mean(E(0), E(1))"
-STABLE = 0.02  # the paper's stability threshold on the error barrier
 
 
 def _figure(cols: int = 1, rows: int = 1, size: tuple[float, float] = (5.5, 4.0)):
@@ -34,27 +35,29 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
-def _samples(rows: Sequence[Mapping[str, Any]]) -> str:
-    counts = sorted({int(r["n"]) for r in rows if "n" in r})
-    return f"n = {'/'.join(map(str, counts))} samples" if counts else "n not recorded"
+Series = Sequence[tuple[Any, float, Stats]]  # (line, x, statistics of the samples at x)
 
 
-def _lines(ax, rows: Sequence[Mapping[str, Any]], group: str, x: str, center: str, label) -> None:
-    """One line per value of `group`: `center` (mean or median) vs `x`, with a ±std band."""
-    for value in sorted({r[group] for r in rows}, key=str):
-        points = sorted((r for r in rows if r[group] == value), key=lambda r: r[x])
-        xs = [r[x] for r in points]
-        ys = [r[center] for r in points]
-        (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=label(value))
-        if all("std" in r for r in points):
-            low = [y - r["std"] for y, r in zip(ys, points, strict=True)]
-            high = [y + r["std"] for y, r in zip(ys, points, strict=True)]
-            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+def _samples(series: Series) -> str:
+    counts = sorted({s.n for _, _, s in series})
+    return f"n = {'/'.join(map(str, counts))} samples"
 
 
-def _rewind_axis(ax, rows: Sequence[Mapping[str, Any]]) -> None:
+def _lines(ax, series: Series, label, center: str = "mean") -> None:
+    """One line per group: `center` (mean or median) vs x, with a ±std band."""
+    for group in sorted({g for g, _, _ in series}, key=str):
+        points = sorted((x, s) for g, x, s in series if g == group)
+        xs = [x for x, _ in points]
+        ys = [getattr(s, center) for _, s in points]
+        (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=label(group))
+        low = [y - s.std for y, (_, s) in zip(ys, points, strict=True)]
+        high = [y + s.std for y, (_, s) in zip(ys, points, strict=True)]
+        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def _rewind_axis(ax, ks: Sequence[int]) -> None:
     """Rewind steps include k = 0: a symlog axis, linear below the smallest positive k."""
-    positive = [r["k"] for r in rows if r["k"] > 0]
+    positive = [k for k in ks if k > 0]
     ax.set_xscale("symlog", linthresh=min(positive) if positive else 1)
     ax.set_xlim(left=0)
     ax.set_xlabel("rewind step k (iterations; symlog axis)")
@@ -62,7 +65,7 @@ def _rewind_axis(ax, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def plot_path(path_results: Mapping[str, Any], out: Path, title: str) -> Path:
     """Error (top) and loss (bottom) along the linear paths, one column per split, one line per
-    pair. `path_results` maps a pair's name to a PathResult-like object: `alphas`,
+    pair. `path_results` maps a pair's name to a Pair or PathResult: `alphas`,
     `curves[split]["error" | "loss"]`, `bn`."""
     if not path_results:
         raise ValueError("plot_path needs at least one path")
@@ -89,51 +92,69 @@ def plot_path(path_results: Mapping[str, Any], out: Path, title: str) -> Path:
 
 
 def plot_instability(
-    rows: Sequence[Mapping[str, Any]],
-    out: Path,
-    title: str,
-    *,
-    center: str = "mean",
-    bn: str | None = None,
-    threshold: float = STABLE,
+    rows: Sequence, out: Path, title: str, *, bn: str, threshold: float, center: str = "mean"
 ) -> Path:
     """Figure 3: error barrier vs rewind step k, one line per split, ±std band, the 2% line.
-
-    rows: {"k": int, "split": str, "mean": float, "std": float, "median": float, "n": int}; use
-    center="median" for Figure 9.
-    """
+    rows: SweepRow-like (k, split, barrier: Stats); center="median" for Figure 9's statistic."""
     fig, axes = _figure()
     ax = axes[0][0]
-    _lines(ax, rows, "split", "k", center, label=lambda split: f"{split} ({center})")
+    series = [(r.split, r.k, r.barrier) for r in rows]
+    _lines(ax, series, label=lambda split: f"{split} ({center})", center=center)
     ax.axhline(threshold, color="gray", linestyle="--", label=f"stable below {threshold:.0%}")
-    _rewind_axis(ax, rows)
+    _rewind_axis(ax, [r.k for r in rows])
     ax.set_ylabel("error barrier (sup - endpoint mean)")
     ax.legend(fontsize="small")
-    policy = f"BatchNorm: {bn}; " if bn else ""
-    ax.set_title(f"{title}\n{policy}{center} ± std over {_samples(rows)}", fontsize="medium")
+    ax.set_title(
+        f"{title}\nBatchNorm: {bn}; {center} ± std over {_samples(series)}", fontsize="medium"
+    )
+    return _save(fig, out)
+
+
+def plot_wk_error(errors: Mapping[int, Stats], out: Path, title: str) -> Path:
+    """Figure 11: the test error of Wk itself (before any further training) vs k."""
+    fig, axes = _figure()
+    ax = axes[0][0]
+    series = [("Wk", k, s) for k, s in errors.items()]
+    _lines(ax, series, label=lambda _: "test error of Wk")
+    _rewind_axis(ax, list(errors))
+    ax.set_ylabel("test error")
+    ax.legend(fontsize="small")
+    ax.set_title(f"{title}\nmean ± std over {_samples(series)} (inits)", fontsize="medium")
     return _save(fig, out)
 
 
 def plot_imp_rewind(
-    rows: Sequence[Mapping[str, Any]],
-    out: Path,
-    title: str,
-    *,
-    metric: str = "test error",
-    dense: float | None = None,
+    series: Series, out: Path, title: str, *, metric: str, reference: float | None = None
 ) -> Path:
-    """Figures 6/7: `metric` (e.g. test error, or instability) of IMP subnetworks vs rewind step,
-    one line per density. rows: {"density": float, "k": int, "mean": float, "std": float, "n"}.
-    `dense`: the dense network's value, drawn as a reference line."""
+    """Figures 6/7: `metric` of IMP subnetworks vs rewind step, one line per density.
+    series: (density, k, Stats); `reference`: a horizontal line (the stability threshold, or the
+    dense network's value)."""
     fig, axes = _figure()
     ax = axes[0][0]
-    _lines(ax, rows, "density", "k", "mean", label=lambda d: f"{d:.1%} of weights")
-    if dense is not None:
-        ax.axhline(dense, color="black", linestyle=":", label="dense network")
-    _rewind_axis(ax, rows)
+    _lines(ax, series, label=lambda d: f"{d:.1%} of weights")
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle=":", label="reference")
+    _rewind_axis(ax, [k for _, k, _ in series])
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
-    ax.set_title(f"{title}\nIMP subnetworks; mean ± std over {_samples(rows)}", fontsize="medium")
+    ax.set_title(f"{title}\nIMP subnetworks; mean ± std over {_samples(series)}", fontsize="medium")
+    return _save(fig, out)
+
+
+def plot_earliest(earliest: Sequence, out: Path, title: str) -> Path:
+    """Figure 9: per density, the median over samples of the earliest stable / matching k."""
+    fig, axes = _figure()
+    ax = axes[0][0]
+    for name, label in (("stable_from_k", "stable from k"), ("matching_from_k", "matching from k")):
+        points = [(e.density, getattr(e, name)) for e in earliest if getattr(e, name) is not None]
+        ax.plot([d for d, _ in points], [k for _, k in points], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_xlabel("fraction of weights remaining (log axis)")
+    ax.set_ylabel("rewind step k (median over samples)")
+    ax.legend(fontsize="small")
+    ax.set_title(f"{title}\n{schema.DEFINITIONS['earliest_k']}", fontsize="small", wrap=True)
     return _save(fig, out)
 
 
@@ -142,19 +163,24 @@ def plot_imp_density(
     out: Path,
     title: str,
     *,
-    metric: str = "test error",
+    metric: str = "test accuracy",
     dense: float | None = None,
+    dense_std: float = 0.0,
 ) -> Path:
     """Figures 5/8: `metric` vs fraction of weights remaining, one line per method (IMP, random
-    pruning, random reinitialisation). rows: {"method": str, "density": float, "mean", "std", "n"}.
+    pruning, random reinitialisation). rows: {"method", "density", "mean", "std", "n"}.
     The x axis runs from dense (left) to sparse (right), on a log scale, as in the paper."""
-    fig, axes = _figure()
-    ax = axes[0][0]
-    _lines(ax, rows, "method", "density", "mean", label=str)
-    if dense is not None:
-        ax.axhline(dense, color="black", linestyle=":", label="dense network")
     from matplotlib.ticker import NullFormatter
 
+    fig, axes = _figure()
+    ax = axes[0][0]
+    series = [
+        (r["method"], r["density"], Stats(r["mean"], r["std"], r["mean"], r["n"])) for r in rows
+    ]
+    _lines(ax, series, label=str)
+    if dense is not None:
+        ax.axhline(dense, color="black", linestyle=":", label="dense network (mean)")
+        ax.axhspan(dense - dense_std, dense + dense_std, color="black", alpha=0.08, linewidth=0)
     densities = sorted({r["density"] for r in rows})
     ax.set_xscale("log")
     ax.set_xticks(densities, [f"{d:.3g}" for d in densities])
@@ -163,7 +189,7 @@ def plot_imp_density(
     ax.set_xlabel("fraction of weights remaining (log axis)")
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
-    ax.set_title(f"{title}\nmean ± std over {_samples(rows)}", fontsize="medium")
+    ax.set_title(f"{title}\nmean ± std over {_samples(series)}", fontsize="medium")
     return _save(fig, out)
 
 

@@ -1,39 +1,178 @@
-"""The random baselines as stand-alone registered states (the IMP workflow trains them too)."""
+"""The paper's two baselines for an IMP subnetwork (Wk, m), trained like it from step k:
+
+- random pruning: m shuffled within each layer (same per-layer sparsity) on Wk;
+- random reinitialization: m on a fresh initialization (Figure 22 and the reference
+  implementation start it at k; `imp.reinit_start: zero` starts it at 0, recorded in its tags).
+
+Each baseline of each replicate and level draws its own shuffle, init and SGD noise.
+"""
 
 from __future__ import annotations
 
-from lmctrack.workflows.common import PARAMS_ARTIFACT, Context
-from lmctrack.workflows.imp import random_pruned, reinitialized, sparsity_tags
+from lmctrack import schema
+from lmctrack.config import config_hash
+from lmctrack.results import Trained
+from lmctrack.state import State
+from lmctrack.train import Noise
+from lmctrack.workflows import jobs
+from lmctrack.workflows.common import Context
+from lmctrack.workflows.imp_chain import sparsity_tags
 
 
-def _register(ctx: Context, source: str, state, kind: str, role: str, step: int, seed: int) -> str:
-    info = ctx.store.describe(source)
-    level = int(info.tags.get("level", 0))
-    with ctx.store.run(
-        ctx.model_name,
-        kind.replace("_", " "),
-        params={"source": source, "seed": seed},
-        tags={"kind": kind},
-    ) as run:
-        run.log_json(ctx.params.model_dump(mode="json"), PARAMS_ARTIFACT)
-        return run.save_state(
-            state,
-            model_name=ctx.model_name,
-            role=role,
-            step=step,
-            tags={**sparsity_tags(level, state.mask), "baseline": kind, "seed": str(seed)},
-            parents=[source],
+def random_pruned(sub: State, seed: int, strategy: str = "layerwise") -> State:
+    """The random-pruning baseline of a subnetwork: the same per-layer sparsity, shuffled."""
+    from lmctrack.prune import random_prune
+
+    return State(sub.weights, random_prune(sub.mask, seed, strategy))
+
+
+def reinitialized(ctx: Context, sub: State, init_seed: int) -> State:
+    """The random-reinitialization baseline: the subnetwork's mask on a fresh initialization."""
+    from lmctrack.models import build_model
+
+    ds = ctx.dataset
+    fresh = build_model(ctx.params.model, ds.num_classes, ds.input_shape, init_seed).state_dict()
+    return State({k: v.detach().clone() for k, v in fresh.items()}, sub.mask)
+
+
+def baselines(
+    ctx: Context, parent, chain_key: str, wk_uri: str, wk: State, imp: list[Trained]
+) -> list[Trained]:
+    """Train both baselines for every sparse IMP training (all at once); reuse finished ones."""
+    chosen = ctx.params.imp.baseline_levels
+    plans = []
+    for t in (t for t in imp if t.level > 0 and (chosen is None or t.level in chosen)):
+        mask = ctx.store.load_state(t.start).mask
+        for method in (schema.RANDOM_PRUNE, schema.RANDOM_REINIT):
+            key = config_hash(chain_key, t.replicate, t.level, method)
+            parts = (ctx.params.seeds.init, t.replicate, t.level, method)
+            if method == schema.RANDOM_PRUNE:
+                start, step = (
+                    random_pruned(State(wk.weights, mask), jobs.noise_seed(*parts)),
+                    t.start_step,
+                )
+            else:
+                start = reinitialized(ctx, State(wk.weights, mask), jobs.noise_seed(*parts, "init"))
+                step = t.start_step if ctx.params.imp.reinit_start == "rewind" else 0
+            seed = jobs.noise_seed(ctx.params.seeds.data_order, t.replicate, t.level, method)
+            plans.append((t, method, key, start, step, seed))
+    todo = [
+        jobs.training(
+            ctx,
+            key,
+            f"{method} r{t.replicate} level {t.level}",
+            start,
+            start=step,
+            noise=Noise(seed, seed),
         )
+        for t, method, key, start, step, seed in plans
+        if jobs.finished(ctx, key) is None
+    ]
+    results = jobs.train_all(ctx, todo)
+    return [
+        _register(ctx, parent, wk_uri, *plan, results[plan[2]])
+        if plan[2] in results
+        else _adopt(ctx, plan[0], plan[1], jobs.finished(ctx, plan[2]))
+        for plan in plans
+    ]
+
+
+def _register(
+    ctx: Context,
+    parent,
+    wk_uri: str,
+    t: Trained,
+    method: str,
+    key: str,
+    start: State,
+    step: int,
+    seed: int,
+    result,
+) -> Trained:
+    tags = {
+        **sparsity_tags(t.level, start.mask),
+        schema.REPLICATE: str(t.replicate),
+        schema.METHOD: method,
+        schema.START_STEP: str(step),
+        schema.DATA_ORDER_SEED: str(seed),
+        schema.AUGMENT_SEED: str(seed),
+    }
+    with jobs.recorded(
+        ctx, f"{method} r{t.replicate} level {t.level}", key=key, kind=method, parent=parent
+    ) as run:
+        start_uri = jobs.register(
+            ctx,
+            run,
+            start,
+            role=schema.MASK if method == schema.RANDOM_PRUNE else schema.REINIT,
+            step=step,
+            tags=tags,
+            parents=[t.start] + ([wk_uri] if method == schema.RANDOM_PRUNE else []),
+            key=f"{key}:start",
+            trained_here=False,
+        )
+        trained = State(result.weights, start.mask)
+        uri = jobs.register(
+            ctx,
+            run,
+            trained,
+            role=schema.TRAINED,
+            step=ctx.total_steps,
+            tags={**tags, schema.STATE: "W_T"},
+            parents=[start_uri],
+            key=f"{key}:W_T",
+        )
+        error = ctx.error(trained)
+        run.log_metrics({"test_error": error})
+    return Trained(method, t.replicate, t.level, t.density, start_uri, uri, seed, step, error)
+
+
+def _adopt(ctx: Context, t: Trained, method: str, run_id: str) -> Trained:
+    start, trained = ctx.store.run_states(run_id)
+    tags = trained.tags
+    return Trained(
+        method,
+        t.replicate,
+        t.level,
+        t.density,
+        start.uri,
+        trained.uri,
+        int(tags[schema.DATA_ORDER_SEED]),
+        int(tags[schema.START_STEP]),
+        float(ctx.store.run_metrics(run_id)["test_error"]),
+    )
 
 
 def register_random_prune(ctx: Context, source: str, seed: int, strategy: str = "layerwise") -> str:
-    step = int(ctx.store.describe(source).tags.get("step", 0))
-    return _register(
-        ctx, source, random_pruned(ctx, source, seed, strategy), "random_prune", "mask", step, seed
+    """`lmctrack prune --random --from MASK`: register the shuffled subnetwork on its own."""
+    sub = ctx.store.load_state(source)
+    return _register_start(
+        ctx, source, random_pruned(sub, seed, strategy), schema.RANDOM_PRUNE, seed
     )
 
 
 def register_reinit(ctx: Context, source: str, seed: int) -> str:
-    return _register(
-        ctx, source, reinitialized(ctx, source, seed), "random_reinit", "reinit", 0, seed
-    )
+    """`lmctrack reinit --from MASK`: register the mask on a fresh initialization."""
+    sub = ctx.store.load_state(source)
+    return _register_start(ctx, source, reinitialized(ctx, sub, seed), schema.RANDOM_REINIT, seed)
+
+
+def _register_start(ctx: Context, source: str, state: State, method: str, seed: int) -> str:
+    info = ctx.store.describe(source)
+    level = int(info.tags.get(schema.LEVEL, 0))
+    step = int(info.tags.get(schema.STEP, 0))
+    key = config_hash(source, method, seed)
+    with jobs.recorded(
+        ctx, method.replace("_", " "), key=key, kind=method, params={"source": source, "seed": seed}
+    ) as run:
+        return jobs.register(
+            ctx,
+            run,
+            state,
+            role=schema.MASK if method == schema.RANDOM_PRUNE else schema.REINIT,
+            step=step,
+            tags={**sparsity_tags(level, state.mask), schema.METHOD: method, "seed": str(seed)},
+            parents=[source],
+            key=f"{key}:start",
+            trained_here=False,
+        )

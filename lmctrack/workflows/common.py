@@ -57,13 +57,9 @@ class Context:
         """Registered-model name and experiment of every state of this network on this data."""
         return f"{self.params.model.name}_{self.params.data.name}"
 
-    @property
-    def iterations_per_epoch(self) -> int:
-        return -(-self.dataset.num_examples("train") // self.params.train.batch_size)
-
     def steps(self, step) -> int:
         """A config Step as an iteration count for this dataset and batch size."""
-        return step.iterations(self.iterations_per_epoch)
+        return step.iterations(self.dataset.iterations_per_epoch(self.params.train.batch_size))
 
     @property
     def total_steps(self) -> int:
@@ -75,6 +71,14 @@ class Context:
         p = self.params
         train = p.train.model_dump(mode="json", exclude={"device", "rewind_steps"})
         return config_hash(p.data, p.model, train, *extra)
+
+    def error(self, state, split: str = "test") -> float:
+        """The error of a state on a split (the mask applied; BatchNorm in eval mode)."""
+        from lmctrack.evaluate import evaluate, load_into
+
+        model = load_into(self.template(), state)
+        limit = self.params.instability.eval_limit if split == "train" else None
+        return evaluate(model, self.dataset, split, device=self.device, limit=limit).error
 
     def write_output(self, name: str, obj) -> Path | None:
         """Write a JSON file for DVC (metrics, URIs) when an output folder was given."""
@@ -120,14 +124,3 @@ def params_of_run(store, run_id: str) -> Params:
         raise LmcError(
             f"run {run_id} has no readable {PARAMS_ARTIFACT}: it was not made by lmctrack train"
         ) from None
-
-
-def pairs(n: int) -> list[tuple[int, int]]:
-    return [(i, j) for i in range(n) for j in range(i + 1, n)]
-
-
-def discard_checkpoints(ctx: Context, key: str) -> None:
-    """A training's result is registered: its resume files are no longer needed."""
-    import shutil
-
-    shutil.rmtree(ctx.store.checkpoint_dir(key), ignore_errors=True)

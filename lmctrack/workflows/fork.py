@@ -1,29 +1,54 @@
-"""Algorithm 1: the instability of a state Wk to SGD noise.
+"""Algorithm 1: the instability of a state Wk (or a subnetwork (Wk, m)) to SGD noise.
 
-Train copies of Wk to step T, each under its own SGD noise (data order and augmentation), register
-every W_T copy with Wk as its parent, then interpolate every pair of copies and report the error
-barrier. With `reset_schedule` the copies train for all T steps with the learning-rate schedule
-restarted at 0 (Figure 4); with `track_every` the copies are also interpolated during training
-(Appendix C).
+With `reset_schedule` the copies train for all T steps with the learning-rate schedule restarted
+at 0 (Figure 4); with `track_every` the copies are also interpolated during training (Appendix C).
 """
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
+from itertools import combinations
 
-from lmctrack.runner import JobResult, TrainJob, run_jobs
+from lmctrack import schema
+from lmctrack.results import Fork, Pair, to_dict
+from lmctrack.runner import JobResult
+from lmctrack.schema import Stats
 from lmctrack.state import State
 from lmctrack.train import Noise
-from lmctrack.workflows.common import PARAMS_ARTIFACT, Context, discard_checkpoints, pairs
-from lmctrack.workflows.interpolate import DEFINITIONS, interpolate_states, log_pair
+from lmctrack.workflows import jobs
+from lmctrack.workflows.common import Context
+from lmctrack.workflows.interpolate import interpolate_states, log_pair
 
 FORK_ARTIFACT = "fork.json"
 
 
+def forks(ctx: Context, plans: list[Plan]) -> list[Fork]:
+    """Algorithm 1 for each planned state Wk; a sweep's copies all train in one pool."""
+    done = {plan.key: reused(ctx, plan) for plan in plans}
+    todo = [plan for plan in plans if done[plan.key] is None]
+    # Lines 3-4: train copies of Wk to T, copy i under its own SGD noise u_i.
+    trained = jobs.train_all(ctx, [job for plan in todo for job in copy_trainings(ctx, plan)])
+    for plan in todo:
+        with jobs.recorded(ctx, plan.label, key=plan.key, kind=schema.KIND_FORK) as run:
+            run.log_input_states(plan.parents)
+            copies = [register_copy(ctx, run, plan, i, trained) for i in range(len(plan.seeds))]
+            # Lines 5-6: the error along the path between every pair of copies, and its barrier.
+            pairs = [
+                log_pair(ctx, run, f"pair {i}-{j} k={plan.k}", interpolate(ctx, plan, copies, i, j))
+                for i, j in combinations(range(len(copies)), 2)
+            ]
+            done[plan.key] = record(ctx, run, plan, copies, pairs, trained)
+    return [done[plan.key] for plan in plans]
+
+
+def fork(ctx: Context, source: str, **options) -> Fork:
+    """`lmctrack fork`: Algorithm 1 from one state; a finished identical fork is reused."""
+    return forks(ctx, [plan(ctx, source, **options)])[0]
+
+
 @dataclass
-class Fork:
-    """A planned fork: the source state Wk (with its mask, if any) and the copies' noise seeds."""
+class Plan:
+    """A fork to do: the state Wk (with its mask, if any) and the copies' noise seeds."""
 
     source: str
     mask: str | None
@@ -39,8 +64,16 @@ class Fork:
     def start(self) -> int:
         return 0 if self.reset_schedule else self.k
 
+    @property
+    def parents(self) -> list[str]:
+        return [self.source] + ([self.mask] if self.mask else [])
 
-def plan_fork(
+    @property
+    def label(self) -> str:
+        return f"fork k={self.k}" + (" reset schedule" if self.reset_schedule else "")
+
+
+def plan(
     ctx: Context,
     source: str,
     *,
@@ -48,251 +81,166 @@ def plan_fork(
     mask: str | None = None,
     reset_schedule: bool = False,
     track_every: int | None = None,
-) -> Fork:
+) -> Plan:
+    """Load Wk (and apply a mask), and name the work: the fork's and each copy's key."""
     from lmctrack.prune import check_mask
 
-    info = ctx.store.describe(source)
     state = ctx.store.load_state(source)
     if mask is not None:
-        mask_state = ctx.store.load_state(mask)
-        check_mask(mask_state.mask, state.weights)
-        state = State(state.weights, mask_state.mask)
-    k = int(info.tags.get("step", 0))
-    total = ctx.total_steps
+        state = State(state.weights, ctx.store.load_state(mask).mask)
+        check_mask(state.mask, state.weights)
+    k = int(ctx.store.describe(source).tags.get(schema.STEP, 0))
     start = 0 if reset_schedule else k
-    track = list(range(start + track_every, total, track_every)) if track_every else []
+    track = list(range(start + track_every, ctx.total_steps, track_every)) if track_every else []
     inst = ctx.params.instability
     common = (source, mask, reset_schedule, track)
     key = ctx.training_hash(*common, seeds, inst.alphas, inst.splits, inst.bn, "fork")
-    fork = Fork(source, mask, k, state, seeds, reset_schedule, track, key)
-    fork.copy_keys = [ctx.training_hash(*common, seed, "copy") for seed in seeds]
-    return fork
+    copy_keys = [ctx.training_hash(*common, seed, "copy") for seed in seeds]
+    return Plan(source, mask, k, state, seeds, reset_schedule, track, key, copy_keys)
 
 
-def copy_jobs(ctx: Context, fork: Fork) -> list[TrainJob]:
-    """The trainings still to do: copies that no earlier fork of the same state finished."""
-    jobs = []
-    for seed, key in zip(fork.seeds, fork.copy_keys):
-        if not fork.track and ctx.store.find_run(ctx.model_name, key) is not None:
-            continue
-        jobs.append(
-            TrainJob(
-                key=key,
-                label=f"copy k={fork.k} seed={seed}",
-                model=ctx.params.model,
-                train=ctx.params.train,
-                noise=Noise(data_order=seed, augment=seed),
-                start=fork.start,
-                stop=ctx.total_steps,
-                weights=fork.state.weights,
-                mask=fork.state.mask,
-                snapshot_steps=fork.track,
-                checkpoint=ctx.store.checkpoint_dir(key) / "train.safetensors",
-                # reset schedule: the copies see steps 0..T of the schedule from Wk
-            )
+def reused(ctx: Context, plan: Plan) -> Fork | None:
+    """A finished identical fork, read back from its run."""
+    import json
+
+    run_id = jobs.finished(ctx, plan.key)
+    if run_id is None:
+        return None
+    data = json.loads(ctx.store.run_artifact(run_id, FORK_ARTIFACT).read_text())
+    return Fork.from_dict({**data, "reused": True})
+
+
+def copy_trainings(ctx: Context, plan: Plan) -> list:
+    """The copies still to train: those that no earlier fork of the same state finished (copies
+    tracked during training are always retrained: their snapshots are not stored)."""
+    schedule = ctx.total_steps if plan.reset_schedule else None
+    return [
+        jobs.training(
+            ctx,
+            key,
+            f"copy k={plan.k} seed={seed}",
+            plan.state,
+            start=plan.start,
+            noise=Noise(seed, seed),
+            snapshot_steps=plan.track,
+            schedule_total=schedule,
         )
-    return jobs
+        for seed, key in zip(plan.seeds, plan.copy_keys, strict=True)
+        if plan.track or jobs.finished(ctx, key) is None
+    ]
 
 
-def sample_stats(values: list[float]) -> dict[str, float]:
-    """Mean and std (the paper's plotted lines) and median (Figure 9) of a set of samples."""
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-        "median": statistics.median(values),
+def register_copy(
+    ctx: Context, parent, plan: Plan, i: int, trained: dict[str, JobResult]
+) -> tuple[str, State]:
+    """Copy i's W_T: registered with Wk (and the mask) as parents, or the one registered before."""
+    key, seed = plan.copy_keys[i], plan.seeds[i]
+    if key not in trained:
+        run_id = jobs.finished(ctx, key)
+        uri = ctx.store.run_states(run_id)[-1].uri
+        return uri, ctx.store.load_state(uri)
+    state = State(trained[key].weights, plan.state.mask)
+    tags = {
+        schema.STATE: "W_T",
+        schema.COPY: str(i),
+        schema.DATA_ORDER_SEED: str(seed),
+        schema.AUGMENT_SEED: str(seed),
+        schema.REWIND_STEP: str(plan.k),
+        schema.RESET_SCHEDULE: str(plan.reset_schedule),
     }
-
-
-def summarize(pair_summaries: list[dict[str, float]]) -> dict[str, float]:
-    """Mean, std and median of every pair metric (the paper plots mean and std; Figure 9 medians)."""
-    out = {}
-    for name in pair_summaries[0]:
-        for stat, value in sample_stats([p[name] for p in pair_summaries]).items():
-            out[f"{name}.{stat}"] = value
-    return out
-
-
-def finish_fork(ctx: Context, fork: Fork, results: dict[str, JobResult]) -> dict:
-    """Register the copies, interpolate every pair, and log it all under one parent run."""
-    from lmctrack.compare import l2_distance, parameter_names
-
-    inst = ctx.params.instability
-    total = ctx.total_steps
-    label = f"fork k={fork.k}" + (" reset" if fork.reset_schedule else "")
-    with ctx.store.run(
-        ctx.model_name,
-        label,
-        params={
-            "source": fork.source,
-            "mask": fork.mask or "",
-            "k": fork.k,
-            "seeds": ",".join(map(str, fork.seeds)),
-            "reset_schedule": fork.reset_schedule,
-            "bn": inst.bn,
-            "alphas": inst.alphas,
-        },
-        tags={"config_hash": fork.key, "kind": "fork"},
-    ) as run:
-        run.log_input_states([fork.source] + ([fork.mask] if fork.mask else []))
-        run.log_json(ctx.params.model_dump(mode="json"), PARAMS_ARTIFACT)
-        copies = [
-            _register_copy(ctx, run, fork, i, seed, key, results.get(key))
-            for i, (seed, key) in enumerate(zip(fork.seeds, fork.copy_keys))
-        ]
-        states = [  # copies trained just now are in memory; reused ones come from the store
-            State(results[key].weights, fork.state.mask)
-            if key in results
-            else ctx.store.load_state(uri)
-            for key, uri in zip(fork.copy_keys, copies)
-        ]
-        pair_results = []
-        for i, j in pairs(len(copies)):
-            path, distances = interpolate_states(ctx, states[i], states[j])
-            pair_results.append(
-                log_pair(
-                    ctx,
-                    run,
-                    f"pair {i}-{j} k={fork.k}",
-                    copies[i],
-                    copies[j],
-                    path,
-                    distances,
-                    extra={"copies": [i, j], "seeds": [fork.seeds[i], fork.seeds[j]]},
-                )
-            )
-        names = parameter_names(ctx.template())
-        wk = fork.state.masked_weights()
-        distances = {"Wk_to_W_T": [l2_distance(wk, s.masked_weights(), names) for s in states]}
-        w0 = _ancestor_w0(ctx, fork.source)
-        if w0 is not None:
-            w0_weights = State(ctx.store.load_state(w0).weights, fork.state.mask).masked_weights()
-            distances["W0_to_Wk"] = [l2_distance(w0_weights, wk, names)]
-        summary = summarize([p["summary"] for p in pair_results])
-        summary.update({f"distance.{k}.mean": statistics.fmean(v) for k, v in distances.items()})
-        run.log_metrics(summary)
-        tracked = _track(ctx, run, fork, results) if fork.track else {}
-        result = {
-            "run_id": run.id,
-            "source": fork.source,
-            "mask": fork.mask,
-            "k": fork.k,
-            "total": total,
-            "seeds": fork.seeds,
-            "reset_schedule": fork.reset_schedule,
-            "bn": inst.bn,
-            "alphas": inst.alphas,
-            "copies": copies,
-            "pairs": [
-                {"copies": p["copies"], "run_id": p["run_id"], "summary": p["summary"]}
-                for p in pair_results
-            ],
-            "summary": summary,
-            "distances": distances,
-            "tracked": tracked,
-            "definitions": DEFINITIONS,
-        }
-        run.log_json(result, FORK_ARTIFACT)
-    return result
-
-
-def _register_copy(ctx: Context, run, fork: Fork, i: int, seed: int, key: str, result) -> str:
-    if result is None:  # trained by an earlier fork of the same state with the same noise
-        done = ctx.store.find_run(ctx.model_name, key)
-        return ctx.store.run_states(done)[-1].uri
-    parents = [fork.source] + ([fork.mask] if fork.mask else [])
-    with ctx.store.run(
-        ctx.model_name,
+    with jobs.recorded(
+        ctx,
         f"copy {i} seed={seed}",
-        parent=run,
-        params={"seed": seed, "source": fork.source, "reset_schedule": fork.reset_schedule},
-        tags={"config_hash": key, "kind": "copy"},
-    ) as child:
-        child.log_json(ctx.params.model_dump(mode="json"), PARAMS_ARTIFACT)
-        tags = {
-            "state": "W_T",
-            "copy": str(i),
-            "data_order_seed": str(seed),
-            "augment_seed": str(seed),
-            "rewind_step": str(fork.k),
-            "reset_schedule": str(fork.reset_schedule),
-        }
-        density = fork.state.density()
-        if density is not None:
-            tags["density"] = f"{density:.6f}"
-        uri = child.save_state(
-            State(result.weights, fork.state.mask),
-            model_name=ctx.model_name,
-            role="trained",
+        key=key,
+        kind=schema.KIND_COPY,
+        parent=parent,
+        params={"seed": seed, "source": plan.source, "reset_schedule": plan.reset_schedule},
+    ) as run:
+        uri = jobs.register(
+            ctx,
+            run,
+            state,
+            role=schema.TRAINED,
             step=ctx.total_steps,
             tags=tags,
-            parents=parents,
-            dataset=(ctx.params.data.name, ctx.dataset_fingerprint),
+            parents=plan.parents,
+            key=f"{key}:W_T",
         )
-        child.log_metrics({"steps_per_second": result.steps / max(result.seconds, 1e-9)})
-    discard_checkpoints(ctx, key)
-    return uri
+        result = trained[key]
+        run.log_metrics({"steps_per_second": result.steps / max(result.seconds, 1e-9)})
+    return uri, state
+
+
+def interpolate(ctx: Context, plan: Plan, copies: list, i: int, j: int) -> Pair:
+    (a_uri, a), (b_uri, b) = copies[i], copies[j]
+    pair = interpolate_states(ctx, a, b, a_uri=a_uri, b_uri=b_uri)
+    pair.seeds = [plan.seeds[i], plan.seeds[j]]
+    return pair
+
+
+def record(
+    ctx: Context, run, plan: Plan, copies: list, pairs: list[Pair], trained: dict[str, JobResult]
+) -> Fork:
+    """Summarise the fork on its run: barrier statistics, distances (Appendix B), and the
+    barriers during training (Appendix C) when tracked."""
+    from lmctrack.compare import l2_distance, parameter_names
+
+    names = parameter_names(ctx.template())
+    wk = plan.state.masked_weights()
+    distances = {"Wk_to_W_T": [l2_distance(wk, s.masked_weights(), names) for _, s in copies]}
+    w0 = _ancestor_w0(ctx, plan.source)
+    if w0 is not None and plan.k > 0:
+        w0_weights = State(ctx.store.load_state(w0).weights, plan.state.mask).masked_weights()
+        distances["W0_to_Wk"] = [l2_distance(w0_weights, wk, names)]
+    result = Fork(
+        run_id=run.id,
+        source=plan.source,
+        mask=plan.mask,
+        k=plan.k,
+        total=ctx.total_steps,
+        seeds=plan.seeds,
+        reset_schedule=plan.reset_schedule,
+        bn=ctx.params.instability.bn,
+        copies=[uri for uri, _ in copies],
+        pairs=pairs,
+        distances=distances,
+        tracked=_track(ctx, run, plan, trained) if plan.track else {},
+        copy_errors=[ctx.error(state) for _, state in copies],
+    )
+    summary = {}
+    for split in pairs[0].curves:
+        stats = result.barrier(split)
+        for stat in ("mean", "std", "median"):
+            summary[f"{schema.metric(split, schema.ERROR_BARRIER)}.{stat}"] = getattr(stats, stat)
+    summary.update({f"distance.{k}.mean": sum(v) / len(v) for k, v in distances.items()})
+    run.log_metrics(summary)
+    run.log_json(to_dict(result), FORK_ARTIFACT)
+    return result
 
 
 def _ancestor_w0(ctx: Context, uri: str) -> str | None:
     """The W0 that `uri` descends from, found through the lineage tags."""
     node = ctx.store.lineage(uri)
     while node is not None:
-        if node.info.tags.get("role") == "init":
+        if node.info.tags.get(schema.ROLE) == schema.INIT:
             return node.info.uri
         node = node.parents[0] if node.parents else None
     return None
 
 
-def _track(ctx: Context, run, fork: Fork, results: dict[str, JobResult]) -> dict[str, dict]:
-    """Appendix C: the error barrier between the copies at every tracked step of their training."""
-    tracked: dict[str, dict] = {}
-    snaps = [results[key].snapshots for key in fork.copy_keys]
-    for step in fork.track:
-        summaries = []
-        for i, j in pairs(len(snaps)):
-            a, b = State(snaps[i][step], fork.state.mask), State(snaps[j][step], fork.state.mask)
-            path, distances = interpolate_states(ctx, a, b)
-            summaries.append(
-                {**path.summary(), **{f"distance.{k}": float(v) for k, v in distances.items()}}
+def _track(ctx: Context, run, plan: Plan, trained: dict[str, JobResult]) -> dict[int, dict]:
+    """Appendix C: the barrier between the copies at every tracked step of their training."""
+    snaps = [trained[key].snapshots for key in plan.copy_keys]
+    tracked: dict[int, dict[str, Stats]] = {}
+    for step in plan.track:
+        pairs = [
+            interpolate_states(
+                ctx, State(snaps[i][step], plan.state.mask), State(snaps[j][step], plan.state.mask)
             )
-        stats = summarize(summaries)
-        run.log_metrics({f"tracked.{k}": v for k, v in stats.items()}, step=step)
-        tracked[str(step)] = stats
+            for i, j in combinations(range(len(snaps)), 2)
+        ]
+        tracked[step] = {
+            name: Stats.of([p.metrics()[name] for p in pairs]) for name in pairs[0].metrics()
+        }
+        run.log_metrics({f"tracked.{n}.mean": s.mean for n, s in tracked[step].items()}, step=step)
     return tracked
-
-
-def fork(
-    ctx: Context,
-    source: str,
-    *,
-    seeds: list[int],
-    mask: str | None = None,
-    reset_schedule: bool = False,
-    track_every: int | None = None,
-) -> dict:
-    """`lmctrack fork`: Algorithm 1 from one state; a finished identical fork is reused."""
-    plan = plan_fork(
-        ctx, source, seeds=seeds, mask=mask, reset_schedule=reset_schedule, track_every=track_every
-    )
-    return run_forks(ctx, [plan])[0]
-
-
-def run_forks(ctx: Context, forks: list[Fork]) -> list[dict]:
-    """Train the copies of several forks in one pool (a sweep), then finish each fork."""
-    import json
-    from pathlib import Path
-
-    done: dict[int, dict] = {}
-    jobs = []
-    for n, plan in enumerate(forks):
-        finished = ctx.store.find_run(ctx.model_name, plan.key)
-        if finished is not None:
-            done[n] = json.loads(Path(ctx.store.run_artifact(finished, FORK_ARTIFACT)).read_text())
-            done[n]["reused"] = True
-        else:
-            jobs.extend(copy_jobs(ctx, plan))
-    results = dict(zip([j.key for j in jobs], run_jobs(jobs, ctx.dataset, ctx.device, ctx.board)))
-    return [
-        done.get(n) or {**finish_fork(ctx, plan, results), "reused": False}
-        for n, plan in enumerate(forks)
-    ]

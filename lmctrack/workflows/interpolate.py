@@ -1,22 +1,18 @@
-"""Linear interpolation between two states: barriers, curves and distances, logged to a run."""
+"""Linear interpolation between two states: the path, its barriers and distances, logged to a run."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from lmctrack import schema
+from lmctrack.results import Pair, to_dict
+from lmctrack.state import State
 from lmctrack.workflows.common import Context
-
-DEFINITIONS = {
-    "error_barrier": "sup_a E(a) - mean(E(0), E(1)) over the path (Frankle et al. 2020, the paper's instability)",
-    "loss_barrier_linear": "max_a L(a) - ((1-a) L(0) + a L(1)) (Entezari et al. 2022)",
-    "path": "W(a) = (1 - a) W_A + a W_B, a evenly spaced in [0, 1] including both ends",
-}
 
 
 def interpolate_states(
-    ctx: Context, a, b, *, mask_mode: str = "same", progress_key: str | None = None
-):
-    """The linear path between two States and their distances (Appendices B and G)."""
+    ctx: Context, a: State, b: State, *, a_uri: str = "", b_uri: str = "", mask_mode: str = "same"
+) -> Pair:
+    """The linear path between two States (error and loss per split) and their distances
+    (Appendices B and G: weight space, and function space on every split of the path)."""
     from lmctrack.compare import compare_pair, parameter_names
     from lmctrack.interpolate import check_compatible, linear_path
 
@@ -33,94 +29,79 @@ def interpolate_states(
         bn=inst.bn,
         mask_mode=mask_mode,
         device=ctx.device,
+        eval_limit=inst.eval_limit,
+        bn_limit=inst.bn_limit,
     )
     distances = compare_pair(
-        model, a, b, ctx.dataset, split="test", device=ctx.device, names=parameter_names(model)
+        model,
+        a,
+        b,
+        ctx.dataset,
+        splits=inst.splits,
+        device=ctx.device,
+        names=parameter_names(model),
+        limit=inst.eval_limit,
     )
-    return path, distances
+    return Pair(a_uri, b_uri, path.bn, path.mask_mode, path.alphas, path.curves, distances)
 
 
-def log_pair(
-    ctx: Context,
-    run,
-    label: str,
-    a_uri: str,
-    b_uri: str,
-    path,
-    distances: dict,
-    extra: dict | None = None,
-) -> dict:
-    """Log one pair's curves (step = alpha index, so the UI overlays runs), table, figure, numbers."""
+def log_pair(ctx: Context, parent, label: str, pair: Pair) -> Pair:
+    """Log one pair as a child run: curves against alpha (step = alpha index, so the UI overlays
+    the runs' curves), the table, the figure and the barriers. Returns the pair with its run id."""
     from lmctrack.plots import plot_path
 
-    summary = {**path.summary(), **{f"distance.{k}": float(v) for k, v in distances.items()}}
-    result = {
-        "a": a_uri,
-        "b": b_uri,
-        "bn": path.bn,
-        "mask_mode": path.mask_mode,
-        "alphas": path.alphas,
-        "curves": path.curves,
-        "summary": summary,
-        "definitions": DEFINITIONS,
-        **(extra or {}),
-    }
     with ctx.store.run(
         ctx.model_name,
         label,
-        parent=run,
+        parent=parent,
         params={
-            "a": a_uri,
-            "b": b_uri,
-            "bn": path.bn,
-            "alphas": len(path.alphas),
-            "splits": ",".join(path.curves),
+            "a": pair.a,
+            "b": pair.b,
+            "bn": pair.bn,
+            "alphas": len(pair.alphas),
+            "splits": ",".join(pair.curves),
         },
-        tags={"kind": "pair"},
-    ) as child:
-        child.log_input_states([a_uri, b_uri])
-        for split, curve in path.curves.items():
-            for metric, values in curve.items():
-                child.log_curve(f"{split}_{metric}", values)
-        child.log_metrics(summary)
-        child.log_table(
+        tags={schema.KIND: schema.KIND_PAIR},
+    ) as run:
+        run.log_input_states([uri for uri in (pair.a, pair.b) if uri])
+        for split, curve in pair.curves.items():
+            for quantity, values in curve.items():
+                run.log_curve(f"{split}_{quantity}", values)
+        run.log_metrics(pair.metrics())
+        run.log_table(
             [
-                {
-                    "alpha": alpha,
-                    "split": split,
-                    "error": curve["error"][i],
-                    "loss": curve["loss"][i],
-                }
-                for split, curve in path.curves.items()
-                for i, alpha in enumerate(path.alphas)
+                {"alpha": alpha, "split": split, "error": c["error"][i], "loss": c["loss"][i]}
+                for split, c in pair.curves.items()
+                for i, alpha in enumerate(pair.alphas)
             ],
             "interpolation.json",
         )
-        child.log_json(result, "pair.json")
-        figure = ctx.scratch() / f"{child.id}_path.png"
-        plot_path({label: path}, figure, f"{label} (bn={path.bn})")
-        child.log_file(figure, "plots")
-        result["run_id"] = child.id
-    return result
+        pair.run_id = run.id
+        run.log_json({**to_dict(pair), "definitions": schema.DEFINITIONS}, "pair.json")
+        figure = ctx.scratch() / f"{run.id}_path.png"
+        plot_path({label: pair}, figure, f"{label} (bn={pair.bn})")
+        run.log_file(figure, "plots")
+    return pair
 
 
-def interpolate(ctx: Context, a_uri: str, b_uri: str, *, mask_mode: str = "same") -> dict:
+def interpolate(ctx: Context, a_uri: str, b_uri: str, *, mask_mode: str = "same") -> Pair:
     """`lmctrack interpolate A B`: one logged run with the path between two registered states."""
     a, b = ctx.store.load_state(a_uri), ctx.store.load_state(b_uri)
-    path, distances = interpolate_states(ctx, a, b, mask_mode=mask_mode)
-    with ctx.store.run(ctx.model_name, "interpolate", tags={"kind": "interpolate"}) as run:
-        result = log_pair(ctx, run, "pair", a_uri, b_uri, path, distances)
-        run.log_metrics(result["summary"])
-    result["parent_run_id"] = run.id
+    pair = interpolate_states(ctx, a, b, a_uri=a_uri, b_uri=b_uri, mask_mode=mask_mode)
+    with ctx.store.run(
+        ctx.model_name, "interpolate", tags={schema.KIND: schema.KIND_INTERPOLATE}
+    ) as run:
+        log_pair(ctx, run, "pair", pair)
+        run.log_metrics(pair.metrics())
     if ctx.out is not None:
-        _write_csv(ctx.out / "interpolation.csv", path)
-    return result
+        _write_csv(ctx, pair)
+    return pair
 
 
-def _write_csv(out: Path, path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
+def _write_csv(ctx: Context, pair: Pair) -> None:
     lines = ["alpha,split,error,loss"]
-    for split, curve in path.curves.items():
-        for i, alpha in enumerate(path.alphas):
+    for split, curve in pair.curves.items():
+        for i, alpha in enumerate(pair.alphas):
             lines.append(f"{alpha:.6f},{split},{curve['error'][i]:.6f},{curve['loss'][i]:.6f}")
-    out.write_text("\n".join(lines) + "\n")
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    (ctx.out / "interpolation.csv").write_text("\n".join(lines) + "\n")

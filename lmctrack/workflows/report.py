@@ -1,146 +1,239 @@
-"""Collect the pipeline's results into one human-readable report and one metrics file for DVC."""
+"""The tables the CLI prints and the report writes, from typed results; and the pipeline's report:
+one human-readable page (report.md) and one metrics file for DVC (summary.json)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from lmctrack import schema
+from lmctrack.results import (
+    Fork,
+    Imp,
+    SparseSweep,
+    Sweep,
+    sparse_from_dict,
+    sweep_from_dict,
+)
+
+Table = tuple[list[str], list[list]]
+
+
+def _yes(flag: bool | None) -> str:
+    return "-" if flag is None else "yes" if flag else "no"
+
+
+def _pm(stats) -> str:
+    return f"{stats.mean:.4f} ± {stats.std:.4f}"
+
+
+def fork_table(fork: Fork, threshold: float) -> Table:
+    """Algorithm 1's pairs: the error barrier per split and the verdict per pair."""
+    splits = list(fork.pairs[0].curves) if fork.pairs else []
+    columns = ["pair (seeds)", *[f"{s} error barrier" for s in splits], "stable (test)"]
+    rows = [
+        [
+            f"{p.seeds[0]}-{p.seeds[1]}" if p.seeds else "-",
+            *[p.error_barrier(s) for s in splits],
+            _yes(schema.stable(p.error_barrier("test"), threshold) if "test" in splits else None),
+        ]
+        for p in fork.pairs
+    ]
+    return columns, rows
+
+
+def sweep_table(sweep: Sweep) -> Table:
+    """Figure 3 as a table: the error barrier per rewind step and split, and the verdict."""
+    columns = ["k", "split", "n", "mean", "std", "median", "endpoint error", "stable", "Wk error"]
+    rows = [
+        [
+            f"{r.k}it",
+            r.split,
+            r.barrier.n,
+            r.barrier.mean,
+            r.barrier.std,
+            r.barrier.median,
+            r.endpoint_error,
+            _yes(r.stable),
+            sweep.wk_errors[r.k].mean if r.k in sweep.wk_errors else "-",
+        ]
+        for r in sweep.rows
+    ]
+    return columns, rows
+
+
+def imp_table(imp: Imp) -> Table:
+    """Table 2: test accuracy (mean ± std over replicates) of IMP and the baselines at each
+    density, the drop vs dense, and the matching verdicts."""
+    columns = [
+        "level",
+        "density",
+        "dense",
+        *[schema.METHOD_LABELS[m] for m in schema.METHODS],
+        "IMP drop",
+        "IMP matching",
+        "within 1 std",
+        "baselines matching",
+    ]
+    rows = [
+        [
+            r.level,
+            r.density,
+            _pm(r.dense),
+            *[_pm(r.accuracy[m]) if m in r.accuracy else "-" for m in schema.METHODS],
+            r.drop,
+            _yes(r.matching),
+            _yes(r.within_one_std),
+            ", ".join(
+                f"{schema.METHOD_LABELS[m]}: {_yes(v)}" for m, v in r.baselines_matching.items()
+            )
+            or "-",
+        ]
+        for r in imp.rows
+    ]
+    return columns, rows
+
+
+def basin_table(imp: Imp) -> Table:
+    """Consecutive IMP levels interpolated: the test error barrier and their distance."""
+    rows = [
+        [f"{i}->{i + 1}", p.error_barrier("test") if "test" in p.curves else "-", p.distances["l2"]]
+        for i, p in enumerate(imp.same_basin)
+    ]
+    return ["levels", "test error barrier", "l2 distance"], rows
+
+
+def sparse_table(sweep: SparseSweep) -> Table:
+    """Figures 6 and 7 as a table: per density and k, the barrier and the error of the copies."""
+    columns = [
+        "density",
+        "k",
+        "split",
+        "n",
+        "barrier mean",
+        "std",
+        "stable",
+        "test error",
+        "drop",
+        "matching",
+    ]
+    rows = [
+        [
+            r.density,
+            f"{r.k}it",
+            r.split,
+            r.barrier.n,
+            r.barrier.mean,
+            r.barrier.std,
+            _yes(r.stable),
+            _pm(r.test_error),
+            r.drop,
+            _yes(r.matching),
+        ]
+        for r in sweep.rows
+    ]
+    return columns, rows
+
+
+def earliest_table(sweep: SparseSweep) -> Table:
+    """Figure 9: the median over samples of the earliest stable / matching rewind step."""
+    rows = [
+        [e.density, e.samples, _k(e.stable_from_k), _k(e.matching_from_k)] for e in sweep.earliest
+    ]
+    return ["density", "samples", "stable from k", "matching from k"], rows
+
+
+def _k(k: float | None) -> str:
+    return "never" if k is None else f"{k:g}it"
+
+
+def _md_table(columns: list[str], rows: list[list]) -> list[str]:
+    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(row) + " |" for row in cells]
+
 
 def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _md_table(columns: list[str], rows: list[list]) -> list[str]:
-    fmt = [f"{v:.4f}" if isinstance(v, float) else str(v) for row in rows for v in row]
-    cells = [fmt[i : i + len(columns)] for i in range(0, len(fmt), len(columns))]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return lines + ["| " + " | ".join(row) + " |" for row in cells]
-
-
-Table = tuple[list[str], list[list]]
-
-
-def instability_table(rows: list[dict]) -> Table:
-    """Figure 3 as a table: the error barrier per rewind step and split, with the verdict."""
-    columns = ["k", "split", "n", "mean", "std", "median", "endpoint error", "stable"]
-    cells = [
-        [
-            f"{r['k']}it",
-            r["split"],
-            r["n"],
-            r["mean"],
-            r["std"],
-            r["median"],
-            r["endpoint_error"],
-            "yes" if r["stable"] else "no",
-        ]
-        for r in rows
-    ]
-    return columns, cells
-
-
-def imp_table(result: dict) -> Table:
-    """Table 2: full, IMP, random prune, random reinit test accuracy, delta, matching."""
-    columns = [
-        "level",
-        "density",
-        "full",
-        "IMP",
-        "random prune",
-        "random reinit",
-        "delta",
-        "matching",
-    ]
-    keys = ("level", "density", "full", "imp", "random_prune", "random_reinit", "delta")
-    return columns, [[r[k] for k in keys] + ["Y" if r["matching"] else "N"] for r in result["rows"]]
-
-
-def basin_table(result: dict) -> Table:
-    """Consecutive IMP levels interpolated: the test error barrier and their distance."""
-    columns = ["levels", "error barrier", "l2 distance"]
-    cells = [
-        [
-            f"{b['levels'][0]}->{b['levels'][1]}",
-            b["summary"]["test.error_barrier"],
-            b["summary"]["distance.l2"],
-        ]
-        for b in result["same_basin"]
-    ]
-    return columns, cells
-
-
-def first_stable(rows: list[dict], split: str = "test") -> int | None:
-    """The earliest rewind step from which every later k is stable (mean barrier < threshold)."""
-    ks = sorted((r["k"], r["stable"]) for r in rows if r["split"] == split)
-    for i, (k, _) in enumerate(ks):
-        if all(stable for _, stable in ks[i:]):
-            return k
-    return None
-
-
 def report(outputs: Path, out: Path) -> dict:
     """Write report.md and summary.json from the JSON files the pipeline stages wrote."""
     lines = ["# lmctrack report", ""]
-    summary: dict[str, float | int | None] = {}
+    summary: dict[str, float | int | bool | str | None] = {}
+    sparse = _read(outputs / "sparse" / "sparse.json")
+    if sparse:
+        s = sparse_from_dict(sparse)
+        summary["claim_holds"] = s.claim_holds
+        lines += [
+            "## The paper's claim",
+            "",
+            f"**{s.claim}**",
+            "",
+            f"({schema.DEFINITIONS['stable']}; {schema.DEFINITIONS['matching']}.)",
+            "",
+        ]
     train = _read(outputs / "train" / "train.json")
     if train:
-        # registered in training order, so version order is step order
-        states = sorted(train["states"].items(), key=lambda item: int(item[1].rsplit("/", 1)[1]))
-        lines += ["## Trained states", ""] + [f"- {name}: `{uri}`" for name, uri in states] + [""]
-    forks = sorted(
-        (f for f in (_read(p) for p in outputs.glob("fork/*/fork.json")) if f), key=lambda f: f["k"]
-    )
-    if forks:
-        lines += [
-            "## Forks (Algorithm 1): error barrier between copies",
-            "",
-            f"Barrier: {forks[0]['definitions']['error_barrier']}; BatchNorm policy: {forks[0]['bn']}.",
-            "",
-        ]
-        lines += _md_table(
-            ["k", "copies", "test barrier mean", "test barrier std"],
-            [
-                [
-                    f["k"],
-                    len(f["copies"]),
-                    f["summary"]["test.error_barrier.mean"],
-                    f["summary"]["test.error_barrier.std"],
-                ]
-                for f in forks
-            ],
-        ) + [""]
+        lines += ["## Trained states", ""]
+        lines += [f"- {name}: `{uri}`" for name, uri in train["states"].items()] + [""]
     sweep = _read(outputs / "instability" / "instability.json")
     if sweep:
-        k = first_stable(sweep["rows"])
-        summary["first_stable_k_test"] = k
+        w = sweep_from_dict(sweep)
+        k = w.earliest_stable()
+        summary["dense.stable_from_k"] = k
         lines += [
-            "## Instability sweep (Figure 3)",
+            "## Dense instability vs rewind step (Figure 3) and the error of Wk (Figure 11)",
             "",
-            f"{len(sweep['inits'])} inits x {len(sweep['copy_seeds'])} copies per state; {sweep['barrier']}; "
-            f"bn={sweep['bn']}; stable when the mean barrier < {sweep['threshold']:.0%}. "
-            f"Stable on test from k = {k}.",
+            f"{len(w.inits)} inits x {len(w.copy_seeds)} copies (every pair a sample); "
+            f"{schema.DEFINITIONS[schema.ERROR_BARRIER]}; BatchNorm: {w.bn}; stable when the mean "
+            f"barrier < {w.threshold:.0%}. Stable on test from k = {k}.",
             "",
-            "![instability](../instability/instability.png)",
+            "![instability](../instability/instability.png) ![Wk error](../instability/wk_error.png)",
+            "",
+            *_md_table(*sweep_table(w)),
             "",
         ]
-        lines += _md_table(*instability_table(sweep["rows"])) + [""]
-        for r in sweep["rows"]:
-            summary[f"instability.k{r['k']}.{r['split']}.mean"] = r["mean"]
+        for r in w.rows:
+            summary[f"dense.k{r.k}.{r.split}.barrier_mean"] = r.barrier.mean
     imp = _read(outputs / "imp" / "imp.json")
     if imp:
+        i = Imp.from_dict(imp)
+        matching = [r.density for r in i.rows if r.matching]
+        summary["imp.sparsest_matching_density"] = min(matching) if matching else None
         lines += [
-            f"## IMP rewinding to k = {imp['k']} (Table 2 style; test accuracy; {imp['matching_rule']})",
+            f"## IMP rewinding to k = {i.k} vs random pruning and random reinitialization (Table 2, Figure 5)",
+            "",
+            f"Test accuracy, mean ± std over n = {i.replicates} replicates (each with its own "
+            f"SGD noise per level). Matching: {i.matching_rule}.",
             "",
             "![imp](../imp/imp.png)",
             "",
+            *_md_table(*imp_table(i)),
+            "",
         ]
-        lines += _md_table(*imp_table(imp)) + [""]
-        lines += ["Same basin? Consecutive levels interpolated (test error barrier):", ""]
-        lines += _md_table(*basin_table(imp)) + [""]
-        matching = [r["density"] for r in imp["rows"] if r["matching"]]
-        summary["imp.sparsest_matching_density"] = min(matching) if matching else None
-        for r in imp["rows"]:
-            summary[f"imp.level{r['level']}.accuracy"] = r["imp"]
+        if i.same_basin:
+            lines += ["Same basin? Consecutive levels of replicate 0 interpolated:", ""]
+            lines += _md_table(*basin_table(i)) + [""]
+        for r in i.rows:
+            summary[f"imp.level{r.level}.drop"] = r.drop
+    if sparse:
+        lines += [
+            "## IMP subnetworks vs rewind step (Figures 6, 7 and 9)",
+            "",
+            f"Dense test error (mean over inits): {s.dense_error.mean:.4f}; BatchNorm: {s.bn}.",
+            "",
+            "![barrier](../sparse/sparse_instability.png) ![error](../sparse/sparse_error.png) "
+            "![earliest](../sparse/earliest.png)",
+            "",
+            *_md_table(*sparse_table(s)),
+            "",
+            *_md_table(*earliest_table(s)),
+            "",
+        ]
+        for e in s.earliest:
+            summary[f"sparse.level{e.level}.stable_from_k"] = e.stable_from_k
+            summary[f"sparse.level{e.level}.matching_from_k"] = e.matching_from_k
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -1,159 +1,206 @@
-"""Figures 6, 7 and 9: instability and accuracy of IMP subnetworks as a function of rewind step.
+"""Figures 6, 7 and 9, and the paper's claim: IMP subnetworks are matching exactly at the rewind
+steps k where they are stable.
 
-For each init and each rewind step k: IMP rewinding to k finds one mask per level; every
-subnetwork (Wk, m) is forked into copies trained under different SGD noise and interpolated.
-Per density and k this gives the error barrier (Figure 6) and the copies' test error (Figure 7);
-per density, the earliest k at which the subnetworks are stable and at which they are matching,
-from medians over inits x copies (Figure 9).
+For each init and each rewind step k: IMP rewinding to k (Algorithm 2, one replicate) finds the
+masks; the subnetworks (Wk, m) at the chosen levels are forked (Algorithm 1). Per density and k:
+the error barrier between copies (Figure 6) and the copies' test error (Figure 7); per density,
+the earliest stable and the earliest matching k, found per sample and then the median taken
+(Figure 9). The dense reference of an init is the mean accuracy of its dense networks trained from
+every Wk (IMP's level 0).
 """
 
 from __future__ import annotations
 
-import statistics
+import dataclasses
+from itertools import combinations
 
+from lmctrack import schema
+from lmctrack.results import Earliest, Fork, SparseRow, SparseSweep, Trained, to_dict
+from lmctrack.schema import Stats
+from lmctrack.workflows import fork as algorithm1
 from lmctrack.workflows.common import Context
-from lmctrack.workflows.fork import plan_fork, run_forks, sample_stats
-from lmctrack.workflows.imp import run_imp
-from lmctrack.workflows.instability import copy_seeds, sweep_seeds
+from lmctrack.workflows.imp import imp
+from lmctrack.workflows.imp_chain import MaskSearch
+from lmctrack.workflows.instability import copy_seeds, rewind_ks, sweep_seeds
 from lmctrack.workflows.train import train_runs
 
 
-def sparse_rows(
-    samples: list[dict], splits: list[str], stable: float, matching: float
-) -> list[dict]:
-    """One row per (density level, k, split) from the per-fork samples."""
-    rows = []
-    for level, k in sorted({(s["level"], s["k"]) for s in samples}):
-        group = [s for s in samples if (s["level"], s["k"]) == (level, k)]
-        drops = [d for s in group for d in s["accuracy_drops"]]
-        errors = [e for s in group for e in s["errors"]]
-        for split in splits:
-            values = [b for s in group for b in s["barriers"][split]]
-            barrier = {**sample_stats(values), "n": len(values)}
-            rows.append(
-                {
-                    "level": level,
-                    "density": group[0]["density"],
-                    "k": k,
-                    "split": split,
-                    **barrier,
-                    "stable": barrier["median"] < stable,
-                    "test_error": statistics.fmean(errors),
-                    "test_error_std": statistics.pstdev(errors) if len(errors) > 1 else 0.0,
-                    "accuracy_drop_median": statistics.median(drops),
-                    "matching": statistics.median(drops) < matching,
-                }
-            )
-    return rows
-
-
-def earliest(rows: list[dict]) -> list[dict]:
-    """Figure 9: per density, the first rewind step at which the subnetworks are stable / matching."""
-    out = []
-    for level in sorted({r["level"] for r in rows}):
-        test = sorted(
-            (r for r in rows if r["level"] == level and r["split"] == "test"), key=lambda r: r["k"]
-        )
-        out.append(
-            {
-                "level": level,
-                "density": test[0]["density"] if test else None,
-                "stable_from_k": next((r["k"] for r in test if r["stable"]), None),
-                "matching_from_k": next((r["k"] for r in test if r["matching"]), None),
-            }
-        )
-    return out
-
-
-def sparse_instability(ctx: Context, search: Context | None = None) -> dict:
-    """`lmctrack instability --imp`: IMP at every k for every init, then fork every subnetwork.
-
-    `search`: another dataset (imp.prune_data) that drives the mask search.
-    """
-    from lmctrack.evaluate import evaluate, load_into
-    from lmctrack.plots import plot_imp_rewind
-
-    inst, cfg = ctx.params.instability, ctx.params.imp
-    runs = train_runs(ctx, sweep_seeds(ctx), extra_steps=inst.rewind_steps)
-    ks = sorted({ctx.steps(s) for s in inst.rewind_steps})
-    plans, meta = [], []
-    for run in runs:
-        dense = evaluate(
-            load_into(ctx.template(), ctx.store.load_state(run.final)),
-            ctx.dataset,
-            "test",
-            device=ctx.device,
-        )
-        for k in ks:
-            imp = run_imp(ctx, run, k, search, with_baselines=False)
-            for level in imp["levels"]:
-                plans.append(plan_fork(ctx, level["mask_uri"], seeds=copy_seeds(ctx)))
-                meta.append(
-                    {
-                        "level": level["level"],
-                        "density": level["density"],
-                        "k": k,
-                        "dense_error": dense.error,
-                    }
-                )
-    forks = run_forks(ctx, plans)
-    samples = []
-    for m, f in zip(meta, forks):
-        errors = sorted(
-            {p["summary"][f"test.error_alpha{end}"] for p in f["pairs"] for end in (0, 1)}
-        )
-        samples.append(
-            {
-                **m,
-                "barriers": {
-                    s: [p["summary"][f"{s}.error_barrier"] for p in f["pairs"]] for s in inst.splits
-                },
-                "errors": errors,
-                "accuracy_drops": [e - m["dense_error"] for e in errors],
-            }
-        )
-    rows = sparse_rows(samples, list(inst.splits), inst.stable_threshold, cfg.matching_threshold)
-    summary = earliest(rows)
-    test_rows = [r for r in rows if r["split"] == "test"]
-    figures = {
-        "imp_instability.png": (test_rows, "test error barrier (sup - endpoint mean)", None),
-        "imp_error.png": (
-            [{**r, "mean": r["test_error"], "std": r["test_error_std"]} for r in test_rows],
-            "test error of the trained subnetworks",
-            statistics.fmean(m["dense_error"] for m in meta),
-        ),
+def sparse_instability(ctx: Context, search: MaskSearch | None = None) -> SparseSweep:
+    """`lmctrack instability --imp`: IMP at every k for every init, then fork the subnetworks."""
+    sp = ctx.params.sparse
+    one = dataclasses.replace(
+        ctx, params=ctx.params.model_copy(update={"imp": _one_replicate(ctx)})
+    )
+    runs = train_runs(ctx, sweep_seeds(ctx, sp.inits), extra_steps=sp.rewind_steps or ())
+    found = {
+        (i, k): imp(one, run.at(k), search, with_baselines=False)
+        for i, run in enumerate(runs)
+        for k in rewind_ks(ctx, sp.rewind_steps)
+    }
+    levels = sp.levels or [one.params.imp.levels]
+    chosen = {
+        key: [t for t in result.levels() if t.level in levels] for key, result in found.items()
+    }
+    plans = [
+        algorithm1.plan(ctx, t.start, seeds=copy_seeds(ctx, sp.copies))
+        for subnets in chosen.values()
+        for t in subnets
+    ]
+    forks = iter(algorithm1.forks(ctx, plans))
+    samples = [(i, k, t, next(forks)) for (i, k), subnets in chosen.items() for t in subnets]
+    dense = {
+        i: Stats.of(1 - r.levels()[0].test_error for (j, _), r in found.items() if j == i)
+        for i in range(len(runs))
     }
     with ctx.store.run(
-        ctx.model_name,
-        "sparse instability sweep",
-        params={
-            "ks": ",".join(map(str, ks)),
-            "inits": inst.inits,
-            "copies": inst.copies,
-            "levels": cfg.levels,
-            "bn": inst.bn,
-        },
-        tags={"kind": "sparse-instability"},
+        ctx.model_name, "sparse instability sweep", tags={schema.KIND: schema.KIND_SPARSE}
     ) as run:
-        run.log_table(rows, "sparse_instability.json")
-        run.log_table(summary, "earliest.json")
-        for name, (points, metric, dense) in figures.items():
-            title = f"{ctx.model_name}: IMP subnetworks vs rewind step (bn={inst.bn})"
-            run.log_file(
-                plot_imp_rewind(points, ctx.scratch() / name, title, metric=metric, dense=dense),
-                "plots",
-            )
-            if ctx.out is not None:
-                plot_imp_rewind(points, ctx.out / name, title, metric=metric, dense=dense)
-        result = {
-            "run_id": run.id,
-            "model": ctx.model_name,
-            "barrier": "error_barrier: sup_a E(a) - mean(E(0), E(1)); stable when the median < threshold",
-            "matching": f"median test accuracy drop vs the init's dense network < {cfg.matching_threshold:.2%}",
-            "bn": inst.bn,
-            "rows": rows,
-            "earliest": summary,
-        }
-        run.log_json(result, "sparse_instability_result.json")
-    ctx.write_output("sparse_instability.json", result)
+        result = summarize(ctx, run.id, samples, dense)
+        run.log_json(to_dict(result), "sparse_instability.json")
+        for figure in write_figures(ctx, result):
+            run.log_file(figure, "plots")
     return result
+
+
+def _one_replicate(ctx: Context):
+    return ctx.params.imp.model_copy(update={"replicates": 1})
+
+
+def summarize(
+    ctx: Context,
+    run_id: str,
+    samples: list[tuple[int, int, Trained, Fork]],
+    dense: dict[int, Stats],
+) -> SparseSweep:
+    """Rows per (level, k, split), Figure 9 per level, and the claim decided from them."""
+    inst, threshold = ctx.params.instability, ctx.params.imp.matching_threshold
+    rows = []
+    for level, k in sorted({(t.level, k) for _, k, t, _ in samples}):
+        group = [(i, f) for i, kk, t, f in samples if (t.level, kk) == (level, k)]
+        accuracies = [(i, 1 - e) for i, f in group for e in f.copy_errors]
+        drop = _mean(dense[i].mean - a for i, a in accuracies)
+        errors = Stats.of(1 - a for _, a in accuracies)
+        density = next(t.density for _, _, t, _ in samples if t.level == level)
+        for split in inst.splits:
+            barrier = Stats.of(b for _, f in group for b in f.barriers(split))
+            rows.append(
+                SparseRow(
+                    level,
+                    density,
+                    k,
+                    split,
+                    barrier,
+                    schema.stable(barrier.mean, inst.stable_threshold),
+                    errors,
+                    drop,
+                    schema.matching(drop, threshold),
+                )
+            )
+    earliest = [_earliest(ctx, samples, dense, level) for level in sorted({r.level for r in rows})]
+    holds, claim = _claim(rows, earliest)
+    return SparseSweep(
+        run_id=run_id,
+        model=ctx.model_name,
+        bn=inst.bn,
+        rows=rows,
+        earliest=earliest,
+        dense_error=Stats.of(1 - d.mean for d in dense.values()),
+        claim=claim,
+        claim_holds=holds,
+    )
+
+
+def _mean(values) -> float:
+    v = list(values)
+    return sum(v) / len(v)
+
+
+def _earliest(ctx: Context, samples, dense: dict[int, Stats], level: int) -> Earliest:
+    """Figure 9: per sample (a pair of copies for stability, a copy for matching), the earliest
+    k from which the verdict holds; then the median over samples."""
+    inst, threshold = ctx.params.instability, ctx.params.imp.matching_threshold
+    at_level = [(i, k, t, f) for i, k, t, f in samples if t.level == level]
+    stable, matching = {}, {}
+    for i, k, _, f in at_level:
+        for (a, b), pair in zip(combinations(range(len(f.copies)), 2), f.pairs, strict=True):
+            barrier = pair.error_barrier("test" if "test" in inst.splits else inst.splits[0])
+            stable.setdefault((i, a, b), []).append(
+                (k, schema.stable(barrier, inst.stable_threshold))
+            )
+        for c, error in enumerate(f.copy_errors):
+            drop = dense[i].mean - (1 - error)
+            matching.setdefault((i, c), []).append((k, schema.matching(drop, threshold)))
+    return Earliest(
+        level=level,
+        density=at_level[0][2].density,
+        stable_from_k=schema.median_or_none([schema.earliest(v) for v in stable.values()]),
+        matching_from_k=schema.median_or_none([schema.earliest(v) for v in matching.values()]),
+        samples=len(stable),
+    )
+
+
+def _claim(rows: list[SparseRow], earliest: list[Earliest]) -> tuple[bool | None, str]:
+    """The paper's claim, decided per density from the test-split rows: the subnetworks are
+    matching at exactly the rewind steps at which they are stable."""
+    test = [r for r in rows if r.split == "test"] or rows
+    verdicts, reasons = [], []
+    for e in earliest:
+        at = sorted((r for r in test if r.level == e.level), key=lambda r: r.k)
+        stable_ks = [r.k for r in at if r.stable]
+        matching_ks = [r.k for r in at if r.matching]
+        agree = stable_ks == matching_ks
+        verdicts.append(agree)
+        reasons.append(
+            f"at {e.density:.1%} density the subnetworks are stable at k = {_ks(stable_ks)} "
+            f"and matching at k = {_ks(matching_ks)}"
+        )
+    if not verdicts:
+        return None, "no subnetworks were forked"
+    holds = all(verdicts)
+    return holds, (
+        f"IMP subnetworks are matching exactly at the k where they are stable: "
+        f"{'yes' if holds else 'no'}, because " + "; ".join(reasons) + "."
+    )
+
+
+def _ks(ks: list[int]) -> str:
+    return "{" + ", ".join(f"{k}it" for k in ks) + "}" if ks else "none"
+
+
+def write_figures(ctx: Context, result: SparseSweep) -> list:
+    """Figures 6 and 7 (barrier and test error vs k, one line per density) and Figure 9."""
+    from lmctrack.plots import plot_earliest, plot_imp_rewind
+
+    folder = ctx.out or ctx.scratch()
+    test = [r for r in result.rows if r.split == "test"] or result.rows
+    title = f"{ctx.model_name}: IMP subnetworks vs rewind step (bn={result.bn})"
+    figures = [
+        plot_imp_rewind(
+            [(r.density, r.k, r.barrier) for r in test],
+            folder / "sparse_instability.png",
+            title,
+            metric=f"{test[0].split} error barrier",
+            reference=ctx.params.instability.stable_threshold,
+        ),
+        plot_imp_rewind(
+            [(r.density, r.k, r.test_error) for r in test],
+            folder / "sparse_error.png",
+            title,
+            metric="test error of the subnetworks' copies",
+            reference=result.dense_error.mean,
+        ),
+        plot_earliest(result.earliest, folder / "earliest.png", f"{ctx.model_name}: Figure 9"),
+    ]
+    if ctx.out is not None:
+        ctx.write_output(
+            "sparse_metrics.json",
+            {
+                "claim_holds": result.claim_holds,
+                **{
+                    f"level{e.level}.{name}": getattr(e, name)
+                    for e in result.earliest
+                    for name in ("stable_from_k", "matching_from_k")
+                },
+            },
+        )
+    return figures

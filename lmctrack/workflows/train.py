@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lmctrack import schema
 from lmctrack.config import SeedConfig, Step
 from lmctrack.errors import LmcError
-from lmctrack.runner import TrainJob, run_jobs
 from lmctrack.state import State
 from lmctrack.train import Noise
-from lmctrack.workflows.common import PARAMS_ARTIFACT, Context, discard_checkpoints
-
-TRAIN_RUN_TAG = "train_run"  # on a run that added rewind states: the training run it extends
+from lmctrack.workflows import jobs
+from lmctrack.workflows.common import Context
 
 
 @dataclass
@@ -49,7 +48,7 @@ def state_name(step: int, total: int) -> str:
 
 
 def _role(step: int, total: int) -> str:
-    return "init" if step == 0 else "trained" if step == total else "rewind"
+    return schema.INIT if step == 0 else schema.TRAINED if step == total else schema.REWIND
 
 
 def rewind_steps(ctx: Context, extra: Sequence[Step] = ()) -> list[int]:
@@ -69,7 +68,7 @@ def train_runs(
     total = ctx.total_steps
     snapshots = sorted({0, total, *rewind_steps(ctx, extra_steps)})
     eval_every = ctx.params.train.eval_every
-    plans, jobs = [], []
+    plans, todo = [], []
     for seed in seeds:
         key = ctx.training_hash(seed, "train")
         done = ctx.store.find_run(ctx.model_name, key)
@@ -78,22 +77,21 @@ def train_runs(
         plans.append((seed, key, trained, bool(missing)))
         if not missing:
             continue
-        jobs.append(
-            TrainJob(
-                key=key,
-                label=f"train init={seed.init}" + (" (more rewind steps)" if trained else ""),
-                model=ctx.params.model,
-                train=ctx.params.train,
-                noise=Noise(seed.data_order, seed.augment),
-                start=0,
-                stop=total if trained is None else max(missing),
-                init_seed=seed.init,
-                snapshot_steps=missing,
-                eval_every=ctx.steps(eval_every) if eval_every and trained is None else None,
-                checkpoint=None if trained else ctx.store.checkpoint_dir(key) / "train.safetensors",
-            )
+        job = jobs.training(
+            ctx,
+            key,
+            f"train init={seed.init}" + (" (more rewind steps)" if trained else ""),
+            None,
+            start=0,
+            noise=Noise(seed.data_order, seed.augment),
+            init_seed=seed.init,
+            snapshot_steps=missing,
+            eval_every=ctx.steps(eval_every) if eval_every and trained is None else None,
+            stop=None if trained is None else max(missing),
+            resumable=trained is None,
         )
-    results = dict(zip([j.key for j in jobs], run_jobs(jobs, ctx.dataset, ctx.device, ctx.board)))
+        todo.append(job)
+    results = jobs.train_all(ctx, todo)
     runs = []
     for seed, key, trained, missing in plans:
         if trained is None:
@@ -113,8 +111,10 @@ def registered_run(store, run_id: str, total: int) -> TrainedRun:
     """A finished training run with every state registered for it, its extensions' included.
 
     `run_id` may also be an extension's run (the producer of a state it added)."""
-    run_id = store.run_tags(run_id).get(TRAIN_RUN_TAG, run_id)
-    more = [c for c in store.child_runs(run_id) if store.run_tags(c).get(TRAIN_RUN_TAG) == run_id]
+    run_id = store.run_tags(run_id).get(schema.TRAIN_RUN, run_id)
+    more = [
+        c for c in store.child_runs(run_id) if store.run_tags(c).get(schema.TRAIN_RUN) == run_id
+    ]
     infos = [i for r in [run_id, *more] for i in store.run_states(r)]
     states = {int(info.tags["step"]): info.uri for info in infos}
     return TrainedRun(run_id=run_id, states=states, total=total, reused=True)
@@ -126,22 +126,23 @@ def _save_states(
     """Register each snapshot as a state whose parent is the registered state just before it."""
     total = ctx.total_steps
     seed_tags = {
-        "init_seed": str(seed.init),
-        "data_order_seed": str(seed.data_order),
-        "augment_seed": str(seed.augment),
-        "config_hash": key,
+        schema.INIT_SEED: str(seed.init),
+        schema.DATA_ORDER_SEED: str(seed.data_order),
+        schema.AUGMENT_SEED: str(seed.augment),
+        schema.CONFIG_HASH: key,
     }
     states = dict(known)
     for step in sorted(snapshots):
         before = [s for s in states if s < step]
-        states[step] = run.save_state(
+        states[step] = jobs.register(
+            ctx,
+            run,
             State(snapshots[step]),
-            model_name=ctx.model_name,
             role=_role(step, total),
             step=step,
-            tags={**seed_tags, "state": state_name(step, total)},
+            tags={**seed_tags, schema.STATE: state_name(step, total)},
             parents=[states[max(before)]] if before else [],
-            dataset=(ctx.params.data.name, ctx.dataset_fingerprint),
+            key=f"{key}:step{step}",
         )
     return states
 
@@ -150,42 +151,38 @@ def _register_more(
     ctx: Context, seed: SeedConfig, key: str, trained: TrainedRun, result
 ) -> TrainedRun:
     """Register the rewind states a finished run lacked, in a run nested under it."""
-    params = ctx.params.model_copy(update={"seeds": seed})
-    with ctx.store.run(
-        ctx.model_name,
+    with jobs.recorded(
+        ctx,
         f"train init={seed.init} more rewind steps",
+        key=f"{key}:more",
+        kind=schema.KIND_TRAIN_MORE,
         parent=trained.run_id,
         params={"steps": ",".join(map(str, sorted(result.snapshots)))},
-        tags={"kind": "train-more", TRAIN_RUN_TAG: trained.run_id},
+        tags={schema.TRAIN_RUN: trained.run_id},
+        made_with=ctx.params.model_copy(update={"seeds": seed}),
     ) as run:
-        run.log_json(params.model_dump(mode="json"), PARAMS_ARTIFACT)
         states = _save_states(ctx, run, seed, key, result.snapshots, trained.states)
     return TrainedRun(trained.run_id, states, trained.total, reused=True)
 
 
 def _register(ctx: Context, seed: SeedConfig, key: str, result, total: int) -> TrainedRun:
     """Log the finished training and register its states, each the child of the one before."""
-    from lmctrack.evaluate import evaluate, load_into
-    from lmctrack.models import build_model
-
     params = ctx.params.model_copy(update={"seeds": seed})
-    with ctx.store.run(
-        ctx.model_name,
+    with jobs.recorded(
+        ctx,
         f"train init={seed.init}",
+        key=key,
+        kind=schema.KIND_TRAIN,
         params=params.model_dump(mode="json"),
-        tags={"config_hash": key, "kind": "train"},
+        made_with=params,
     ) as run:
-        run.log_json(params.model_dump(mode="json"), PARAMS_ARTIFACT)
         for row in result.evaluations:
             step = int(row["step"])
             run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
         states = _save_states(ctx, run, seed, key, result.snapshots, {})
-        model = build_model(ctx.params.model, ctx.dataset.num_classes, ctx.dataset.input_shape, 0)
-        load_into(model.to(ctx.device), State(result.weights))
-        final = {}
-        for split in ("test", "train"):
-            ev = evaluate(model, ctx.dataset, split, device=ctx.device)
-            final.update({f"final_{split}_error": ev.error, f"final_{split}_loss": ev.loss})
+        final = {
+            f"final_{split}_error": ctx.error(State(result.weights), split)
+            for split in ("test", "train")
+        }
         run.log_metrics({**final, "steps_per_second": result.steps / max(result.seconds, 1e-9)})
-    discard_checkpoints(ctx, key)
     return TrainedRun(run_id=run.id, states=states, total=total, reused=False)

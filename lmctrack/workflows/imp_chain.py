@@ -1,0 +1,263 @@
+"""The steps of Algorithm 2 for a set of replicates: train a level, search the next mask, prune.
+
+A Chain is one replicate of IMP. Each level's training is its own unit of work (a key, a
+checkpoint, a run), so an interrupted IMP resumes after its last finished level. The mask search
+is an object: `SameData` prunes each level's own W_T (the paper); `OtherData` trains the
+subnetwork on another dataset (e.g. distilled data) and prunes that, while the subnetworks are
+still trained and evaluated on the real data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from lmctrack import schema
+from lmctrack.config import ImpConfig, config_hash
+from lmctrack.results import Trained
+from lmctrack.state import Mask, State
+from lmctrack.train import Noise
+from lmctrack.workflows import jobs
+from lmctrack.workflows.common import Context
+
+Weights = dict[str, torch.Tensor]
+
+
+@dataclass
+class Chain:
+    """One replicate of IMP: its mask, the weights the next mask is pruned from, its trainings."""
+
+    replicate: int
+    mask: Mask
+    last: State | None = None  # the W_T of its latest level
+    pruned_from: Weights | None = None
+    pruned_from_uri: str | None = None
+    trained: list[Trained] = field(default_factory=list)
+
+    @classmethod
+    def dense(cls, ctx: Context, wk: State, replicate: int) -> Chain:
+        from lmctrack.models import prunable_names
+        from lmctrack.prune import full_mask
+
+        return cls(replicate, full_mask(wk.weights, prunable_names(ctx.template())))
+
+
+def prune(cfg: ImpConfig, weights: Weights, mask: Mask) -> Mask:
+    """Line 6: remove `fraction` of the remaining weights with the smallest |W_T| (or, one-shot,
+    keep `density` of them at once)."""
+    from lmctrack.prune import magnitude_prune, prune_to_density
+
+    if cfg.one_shot:
+        return prune_to_density(weights, mask, cfg.density, cfg.strategy)
+    return magnitude_prune(weights, mask, cfg.fraction, cfg.strategy)
+
+
+def sparsity_tags(level: int, mask: Mask | None) -> dict[str, str]:
+    from lmctrack.prune import density, layer_densities
+
+    if mask is None:
+        return {schema.LEVEL: str(level), schema.DENSITY: "1.0"}
+    return {
+        schema.LEVEL: str(level),
+        schema.DENSITY: f"{density(mask):.6f}",
+        schema.LAYER_DENSITIES: json.dumps(
+            {k: round(v, 6) for k, v in layer_densities(mask).items()}
+        ),
+    }
+
+
+def train_level(
+    ctx: Context, parent, chain_key: str, wk_uri: str, wk: State, chains: list[Chain], level: int
+) -> None:
+    """Line 5 for every replicate at once: train m ⊙ Wk from k to T, each replicate under its own
+    noise u', and register the subnetwork (Wk, m) and its W_T (level 0: the dense W_T)."""
+    k = int(ctx.store.describe(wk_uri).tags.get(schema.STEP, 0))
+    keys = [config_hash(chain_key, c.replicate, level) for c in chains]
+    seeds = [
+        jobs.noise_seed(ctx.params.seeds.data_order, c.replicate, level, schema.IMP) for c in chains
+    ]
+    subnets = [State(wk.weights, c.mask if level else None) for c in chains]
+    todo = [
+        jobs.training(
+            ctx, key, f"IMP r{c.replicate} level {level}", sub, start=k, noise=Noise(s, s)
+        )
+        for c, key, s, sub in zip(chains, keys, seeds, subnets, strict=True)
+        if jobs.finished(ctx, key) is None
+    ]
+    results = jobs.train_all(ctx, todo)
+    for chain, key, seed, sub in zip(chains, keys, seeds, subnets, strict=True):
+        if key in results:
+            trained = State(results[key].weights, sub.mask)
+            record = _register_level(ctx, parent, key, wk_uri, chain, level, k, sub, trained, seed)
+        else:
+            record, trained = _adopt_level(ctx, jobs.finished(ctx, key))
+        chain.trained.append(record)
+        chain.last = trained
+
+
+def _register_level(
+    ctx: Context,
+    parent,
+    key: str,
+    wk_uri: str,
+    chain: Chain,
+    level: int,
+    k: int,
+    sub: State,
+    trained: State,
+    seed: int,
+) -> Trained:
+    tags = {
+        **sparsity_tags(level, sub.mask),
+        schema.REPLICATE: str(chain.replicate),
+        schema.METHOD: schema.IMP,
+        schema.REWIND_STEP: str(k),
+        schema.DATA_ORDER_SEED: str(seed),
+        schema.AUGMENT_SEED: str(seed),
+    }
+    with jobs.recorded(
+        ctx,
+        f"IMP r{chain.replicate} level {level}",
+        key=key,
+        kind=schema.KIND_IMP_TRAINING,
+        parent=parent,
+        tags={schema.LEVEL: str(level), schema.REPLICATE: str(chain.replicate)},
+    ) as run:
+        start = wk_uri
+        if sub.mask is not None:
+            start = jobs.register(
+                ctx,
+                run,
+                sub,
+                role=schema.MASK,
+                step=k,
+                tags={**tags, schema.STATE: f"(W{k}, m{level})"},
+                parents=[wk_uri] + ([chain.pruned_from_uri] if chain.pruned_from_uri else []),
+                key=f"{key}:mask",
+                trained_here=False,
+            )
+        uri = jobs.register(
+            ctx,
+            run,
+            trained,
+            role=schema.SPARSE if sub.mask is not None else schema.TRAINED,
+            step=ctx.total_steps,
+            tags={**tags, schema.STATE: "W_T"},
+            parents=[start],
+            key=f"{key}:W_T",
+        )
+        error = ctx.error(trained)
+        run.log_metrics({"test_error": error, "density": float(tags[schema.DENSITY])})
+    density = float(tags[schema.DENSITY])
+    return Trained(schema.IMP, chain.replicate, level, density, start, uri, seed, k, error)
+
+
+def _adopt_level(ctx: Context, run_id: str) -> tuple[Trained, State]:
+    """A level that an earlier (maybe interrupted) IMP finished: read it back."""
+    infos = {info.tags[schema.ROLE]: info for info in ctx.store.run_states(run_id)}
+    trained_info = infos.get(schema.SPARSE) or infos[schema.TRAINED]
+    start = infos[schema.MASK].uri if schema.MASK in infos else trained_info.parents[0]
+    t = trained_info.tags
+    record = Trained(
+        method=schema.IMP,
+        replicate=int(t[schema.REPLICATE]),
+        level=int(t[schema.LEVEL]),
+        density=float(t[schema.DENSITY]),
+        start=start,
+        trained=trained_info.uri,
+        noise_seed=int(t[schema.DATA_ORDER_SEED]),
+        start_step=int(t[schema.REWIND_STEP]),
+        test_error=float(ctx.store.run_metrics(run_id)["test_error"]),
+    )
+    return record, ctx.store.load_state(trained_info.uri)
+
+
+class MaskSearch(Protocol):
+    """What the next mask is pruned from; its fingerprint names the data it searches with."""
+
+    def fingerprint(self, ctx: Context) -> str: ...
+
+    def search(
+        self, ctx: Context, parent, chain_key: str, wk: State, chains: list[Chain], level: int
+    ) -> None: ...
+
+
+class SameData:
+    """The paper's IMP: prune each level's own W_T."""
+
+    def fingerprint(self, ctx: Context) -> str:
+        return ctx.dataset_fingerprint
+
+    def search(
+        self, ctx: Context, parent, chain_key: str, wk: State, chains: list[Chain], level: int
+    ) -> None:
+        for chain in chains:
+            chain.pruned_from = chain.last.weights
+            chain.pruned_from_uri = chain.trained[-1].trained
+
+
+@dataclass
+class OtherData:
+    """IMP driven by another dataset (the 2023 follow-up: distilled data): each level's
+    subnetwork (Wk, m) is trained on that data, registered (role `search`), and pruned."""
+
+    data: Context
+
+    def fingerprint(self, ctx: Context) -> str:
+        return self.data.dataset_fingerprint
+
+    def search(
+        self, ctx: Context, parent, chain_key: str, wk: State, chains: list[Chain], level: int
+    ) -> None:
+        k = chains[0].trained[-1].start_step
+        keys = [config_hash(chain_key, c.replicate, level, "search") for c in chains]
+        seeds = [
+            jobs.noise_seed(ctx.params.seeds.data_order, c.replicate, level, schema.SEARCH)
+            for c in chains
+        ]
+        todo = [
+            jobs.training(
+                self.data,
+                key,
+                f"search r{c.replicate} level {level}",
+                State(wk.weights, c.mask if level else None),
+                start=k,
+                noise=Noise(s, s),
+            )
+            for c, key, s in zip(chains, keys, seeds, strict=True)
+            if jobs.finished(ctx, key) is None
+        ]
+        results = jobs.train_all(self.data, todo)
+        for chain, key, seed in zip(chains, keys, seeds, strict=True):
+            if key not in results:
+                uri = ctx.store.run_states(jobs.finished(ctx, key))[-1].uri
+                chain.pruned_from, chain.pruned_from_uri = ctx.store.load_state(uri).weights, uri
+                continue
+            mask = chain.mask if level else None
+            with jobs.recorded(
+                ctx,
+                f"search r{chain.replicate} level {level}",
+                key=key,
+                kind=schema.SEARCH,
+                parent=parent,
+            ) as run:
+                chain.pruned_from_uri = jobs.register(
+                    ctx,
+                    run,
+                    State(results[key].weights, mask),
+                    role=schema.SEARCH,
+                    step=ctx.total_steps,
+                    tags={
+                        **sparsity_tags(level, mask),
+                        schema.REPLICATE: str(chain.replicate),
+                        schema.STATE: "W_T (prune data)",
+                        schema.DATA_ORDER_SEED: str(seed),
+                    },
+                    parents=[chain.trained[-1].start],
+                    key=f"{key}:W_T",
+                    data=self.data,
+                )
+            chain.pruned_from = results[key].weights

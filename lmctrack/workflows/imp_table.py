@@ -1,0 +1,96 @@
+"""What IMP's trainings say: Table 2 with the matching verdict over replicates, the same-basin
+check of consecutive levels, and Figures 5/8 (accuracy vs density for IMP and both baselines)."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+from lmctrack import schema
+from lmctrack.results import Imp, ImpRow, Pair, Trained
+from lmctrack.schema import Stats
+from lmctrack.workflows.common import Context
+from lmctrack.workflows.imp_chain import Chain
+from lmctrack.workflows.interpolate import interpolate_states, log_pair
+
+
+def accuracy(trainings: list[Trained], method: str, level: int) -> Stats | None:
+    values = [1 - t.test_error for t in trainings if t.method == method and t.level == level]
+    return Stats.of(values) if values else None
+
+
+def table(ctx: Context, trainings: list[Trained]) -> list[ImpRow]:
+    """Table 2, one row per sparse level: each method's test accuracy over replicates, the drop
+    of the mean vs the dense networks' mean (level 0), and the verdicts."""
+    threshold = ctx.params.imp.matching_threshold
+    dense = accuracy(trainings, schema.IMP, 0)
+    rows = []
+    for level in sorted({t.level for t in trainings if t.level > 0}):
+        acc = {m: s for m in schema.METHODS if (s := accuracy(trainings, m, level)) is not None}
+        density = next(t.density for t in trainings if t.level == level)
+        rows.append(
+            ImpRow(
+                level=level,
+                density=density,
+                accuracy=acc,
+                dense=dense,
+                drop=dense.mean - acc[schema.IMP].mean,
+                matching=schema.matching(dense.mean - acc[schema.IMP].mean, threshold),
+                within_one_std=schema.within_one_std(acc[schema.IMP], dense),
+                baselines_matching={
+                    m: schema.matching(dense.mean - s.mean, threshold)
+                    for m, s in acc.items()
+                    if m != schema.IMP
+                },
+            )
+        )
+    return rows
+
+
+def same_basin(ctx: Context, parent, chain: Chain) -> list[Pair]:
+    """Do consecutive IMP levels retrain into the same basin? Interpolate level n's W_T with
+    level n+1's, each endpoint keeping its own mask (one replicate)."""
+    if not ctx.params.imp.same_basin:
+        return []
+    pairs = []
+    for a, b in pairwise(chain.trained):
+        pair = interpolate_states(
+            ctx,
+            ctx.store.load_state(a.trained),
+            ctx.store.load_state(b.trained),
+            a_uri=a.trained,
+            b_uri=b.trained,
+            mask_mode="each",
+        )
+        pairs.append(log_pair(ctx, parent, f"same basin levels {a.level}-{b.level}", pair))
+        parent.log_metrics({f"basin.{k}": v for k, v in pair.metrics().items()}, step=a.level)
+    return pairs
+
+
+def write_plots(ctx: Context, run, result: Imp) -> None:
+    """Figures 5/8: test accuracy vs density for IMP and both baselines, mean ± std over the
+    replicates, with the dense networks' mean; logged to the run and written for DVC."""
+    from lmctrack.plots import plot_imp_density
+
+    points = [
+        {
+            "method": schema.METHOD_LABELS[method],
+            "density": row.density,
+            "mean": s.mean,
+            "std": s.std,
+            "n": s.n,
+        }
+        for row in result.rows
+        for method, s in row.accuracy.items()
+    ]
+    for row in result.rows:
+        for method, s in row.accuracy.items():
+            run.log_metrics({f"{method}.test_accuracy.mean": s.mean}, step=row.level)
+        run.log_metrics({"imp.accuracy_drop": row.drop}, step=row.level)
+    if not points:
+        return
+    title = f"{ctx.model_name}: IMP rewinding to {result.k}it vs random baselines"
+    dense = result.rows[0].dense
+    kwargs = {"metric": "test accuracy", "dense": dense.mean, "dense_std": dense.std}
+    run.log_file(plot_imp_density(points, ctx.scratch() / "imp.png", title, **kwargs), "plots")
+    if ctx.out is not None:
+        plot_imp_density(points, ctx.out / "imp.png", title, **kwargs)

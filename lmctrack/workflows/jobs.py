@@ -1,0 +1,143 @@
+"""The bookkeeping every workflow shares, written once: build a training, reuse finished work by
+its config hash, resume interrupted work from its checkpoint, record a run, register a state.
+
+A training is identified by a key (the hash of everything that decides its outcome). A finished
+run tagged with that key is reused instead of training again; an interrupted one resumes from the
+checkpoint folder named by the key; the states it registers carry the key, so a re-run after a
+crash adopts what was registered instead of registering it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from lmctrack import schema
+from lmctrack.config import Params
+from lmctrack.runner import JobResult, TrainJob, run_jobs
+from lmctrack.state import State
+from lmctrack.train import Noise
+from lmctrack.workflows.common import PARAMS_ARTIFACT, Context
+
+
+def noise_seed(*parts: int | str) -> int:
+    """A sample u' ~ U of SGD noise for one training, derived from what distinguishes it (e.g. the
+    base seed, replicate, level and method), so no two trainings of a workflow share batches."""
+    from lmctrack.config import config_hash
+
+    return int(config_hash(*map(str, parts)), 16) & (2**31 - 1)
+
+
+def training(
+    ctx: Context,
+    key: str,
+    label: str,
+    state: State | None,
+    *,
+    start: int,
+    noise: Noise,
+    stop: int | None = None,
+    init_seed: int = 0,
+    snapshot_steps: Sequence[int] = (),
+    eval_every: int | None = None,
+    schedule_total: int | None = None,
+    resumable: bool = True,
+) -> TrainJob:
+    """One training of this context's network from `state` (None: a fresh W0) at `start` to T."""
+    return TrainJob(
+        key=key,
+        label=label,
+        model=ctx.params.model,
+        train=ctx.params.train,
+        noise=noise,
+        start=start,
+        stop=ctx.total_steps if stop is None else stop,
+        init_seed=init_seed,
+        weights=None if state is None else state.weights,
+        mask=None if state is None else state.mask,
+        snapshot_steps=snapshot_steps,
+        eval_every=eval_every,
+        checkpoint=ctx.store.checkpoint_dir(key) / "train.safetensors" if resumable else None,
+        schedule_total=schedule_total,
+    )
+
+
+def train_all(ctx: Context, jobs: Sequence[TrainJob]) -> dict[str, JobResult]:
+    """Run independent trainings at once (process pool or batched copies); results by key."""
+    if not jobs:
+        return {}
+    results = run_jobs(
+        jobs, ctx.dataset, ctx.device, ctx.board, batch_copies=ctx.params.runner.batch_copies
+    )
+    return {job.key: result for job, result in zip(jobs, results, strict=True)}
+
+
+def finished(ctx: Context, key: str) -> str | None:
+    """The id of a finished run that did this work already, if any."""
+    return ctx.store.find_run(ctx.model_name, key)
+
+
+@contextmanager
+def recorded(
+    ctx: Context,
+    label: str,
+    *,
+    key: str,
+    kind: str,
+    parent=None,
+    params: dict | None = None,
+    tags: dict[str, str] | None = None,
+    made_with: Params | None = None,
+) -> Iterator:
+    """A run tagged with the work's key and kind, holding the params it was made with
+    (`made_with`, default the context's); once it finishes, the work's resume checkpoint is no
+    longer needed."""
+    with ctx.store.run(
+        ctx.model_name,
+        label,
+        parent=parent,
+        params=params,
+        tags={schema.CONFIG_HASH: key, schema.KIND: kind, **(tags or {})},
+    ) as run:
+        run.log_json((made_with or ctx.params).model_dump(mode="json"), PARAMS_ARTIFACT)
+        yield run
+    discard_checkpoints(ctx, key)
+
+
+def register(
+    ctx: Context,
+    run,
+    state: State,
+    *,
+    role: str,
+    step: int,
+    tags: dict[str, str],
+    parents: Sequence[str],
+    key: str,
+    trained_here: bool = True,
+    data: Context | None = None,
+) -> str:
+    """Register `state` as a model version of this network, made by `run` from `parents`.
+
+    `key` identifies the state (work key + its part), so registering it again adopts the version
+    a crashed run already registered. `trained_here`: the run trained it, on this context's
+    dataset or on `data`'s."""
+    data = data or ctx
+    dataset = (data.params.data.name, data.dataset_fingerprint) if trained_here else None
+    return run.save_state(
+        state,
+        model_name=ctx.model_name,
+        role=role,
+        step=step,
+        tags=tags,
+        parents=list(parents),
+        dataset=dataset,
+        key=key,
+    )
+
+
+def discard_checkpoints(ctx: Context, key: str) -> None:
+    """A training's result is registered: its resume files are no longer needed."""
+    import shutil
+
+    shutil.rmtree(ctx.store.checkpoint_dir(key), ignore_errors=True)
