@@ -1,0 +1,8 @@
+"""The lmctrack command line: thin commands that parse, call one workflow, and print URIs
+(stdout) and tables (stderr)."""
+
+# isort: off  (the import order is the order of the commands in --help)
+from lmctrack.cli import commands, store, analyses  # noqa: F401, I001
+from lmctrack.cli.options import app
+
+__all__ = ["app"]

@@ -1,0 +1,118 @@
+"""The follow-up analyses of registered states: the Hessian diagonal and loss-landscape planes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from lmctrack.cli.options import (
+    BnOpt,
+    DeviceOpt,
+    JsonOpt,
+    OutOpt,
+    ParamsOpt,
+    SetOpt,
+    SplitOpt,
+    app,
+    emit,
+    guarded,
+    table,
+    workspace,
+)
+
+
+@app.command()
+@guarded
+def hessian(
+    uri: Annotated[str, typer.Argument(help="a state URI; for a sparse state, kept weights only")],
+    samples: Annotated[int, typer.Option("--samples", help="Hutchinson's random vectors")] = 100,
+    limit: Annotated[
+        int, typer.Option("--limit", help="loss on the first N train examples")
+    ] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the random vectors")] = 0,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Hessian diagonal of the train loss at a state (Hutchinson), logged with its histogram."""
+    from lmctrack.workflows.analyses import hessian as estimate
+
+    with workspace(params, set_, device=device, out=out, state=uri) as ctx:
+        result = estimate(ctx, uri, samples=samples, limit=limit, seed=seed)
+    s = result["summary"]
+    layers = sorted(k for k in s if k.startswith("layer_mean/"))
+    table(
+        f"Hessian diagonal of {uri} ({samples} samples, {result['examples']} train examples)",
+        ["statistic", "value"],
+        [[k, f"{s[k]:.4g}"] for k in ("mean", "max", "min", "trace", *layers)],
+    )
+    emit(result, as_json, [("run_id", result["run_id"])])
+
+
+def _plane_table(title: str, result: dict) -> None:
+    s = result["summary"]
+    table(
+        f"{title} ({result['split']} split, bn={result['bn']}; "
+        f"grid error {s['error_min']:.4f} .. {s['error_max']:.4f})",
+        ["point", "state", "x", "y", "error", "loss"],
+        [
+            [role, p["uri"], p["x"], p["y"], p.get("error", "off grid"), p.get("loss", "off grid")]
+            for role, p in result["points"].items()
+        ],
+    )
+
+
+def _bn(sets: list[str] | None, bn: str | None) -> list[str]:
+    return [*(sets or []), *([f"instability.bn={bn}"] if bn else [])]
+
+
+@app.command()
+@guarded
+def plane(
+    origin: Annotated[str, typer.Argument(help="the plane's origin, e.g. Wk")],
+    uri_a: Annotated[str, typer.Argument(help="a state on the x axis, e.g. W_T of copy 1")],
+    uri_b: Annotated[str, typer.Argument(help="a third state, e.g. W_T of copy 2")],
+    grid: Annotated[int, typer.Option("--grid", help="grid nodes per axis")] = 11,
+    margin: Annotated[float, typer.Option("--margin", help="extent beyond the states")] = 0.2,
+    split: SplitOpt = "test",
+    bn: BnOpt = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Error and loss on the plane through three states (e.g. Wk, W_T copy 1, W_T copy 2)."""
+    from lmctrack.workflows.analyses import plane as through
+
+    with workspace(params, _bn(set_, bn), device=device, out=out, state=origin) as ctx:
+        result = through(ctx, origin, uri_a, uri_b, grid=grid, margin=margin, split=split)
+    _plane_table(f"plane through {origin}, {uri_a}, {uri_b}", result)
+    emit(result, as_json, [("run_id", result["run_id"])])
+
+
+@app.command("plane-random")
+@guarded
+def plane_random(
+    uri: Annotated[str, typer.Argument(help="the state at the centre")],
+    grid: Annotated[int, typer.Option("--grid", help="grid nodes per axis (odd: centred)")] = 11,
+    span: Annotated[float, typer.Option("--span", help="half-width, in filter norms")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the two directions")] = 0,
+    split: SplitOpt = "test",
+    bn: BnOpt = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Error and loss along two filter-normalised random directions around one state."""
+    from lmctrack.workflows.analyses import random_plane
+
+    with workspace(params, _bn(set_, bn), device=device, out=out, state=uri) as ctx:
+        result = random_plane(ctx, uri, grid=grid, span=span, seed=seed, split=split)
+    _plane_table(f"random directions around {uri} (seed {seed}, span {span})", result)
+    emit(result, as_json, [("run_id", result["run_id"])])

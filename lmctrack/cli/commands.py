@@ -1,0 +1,341 @@
+"""The paper's commands: train, fork (Algorithm 1), interpolate, imp (Algorithm 2), the
+baselines, the instability sweeps and the report. Each parses, calls one workflow, prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmctrack.cli.options import (
+    BnOpt,
+    DeviceOpt,
+    JsonOpt,
+    OutOpt,
+    ParamsOpt,
+    QuietOpt,
+    RunIdOpt,
+    SetOpt,
+    app,
+    emit,
+    guarded,
+    run_id_of,
+    step_of,
+    table,
+    workspace,
+    write,
+)
+from lmctrack.errors import LmcError
+
+
+@app.command()
+@guarded
+def train(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train W0 to W_T; register W0, every rewind state Wk, and W_T as model versions."""
+    from lmctrack.workflows.train import state_name, train_run
+
+    with workspace(params, set_, device=device, out=out, quiet=quiet) as ctx:
+        run = train_run(ctx)
+    states = {state_name(s, run.total): uri for s, uri in sorted(run.states.items())}
+    result = {"run_id": run.run_id, "reused": run.reused, "states": states}
+    write(ctx, "train.json", result)
+    emit(result, as_json, [("run_id", run.run_id), *states.items()])
+
+
+@app.command()
+@guarded
+def fork(
+    run_id: RunIdOpt = None,
+    step: Annotated[str | None, typer.Option("--step", help="rewind step k of that run")] = None,
+    source: Annotated[str | None, typer.Option("--from", help="any state URI instead")] = None,
+    mask: Annotated[str | None, typer.Option("--mask", help="URI of a mask to apply")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="number of copies (noise seeds 1..N)")] = 2,
+    reset_schedule: Annotated[
+        bool, typer.Option("--reset-schedule", help="copies train all T steps (Figure 4)")
+    ] = False,
+    track_every: Annotated[
+        str | None, typer.Option("--track-every", help="also interpolate every N steps (App. C)")
+    ] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Algorithm 1: train copies of Wk under different SGD noise and interpolate every pair."""
+    from lmctrack.workflows.fork import fork as algorithm1
+    from lmctrack.workflows.report import fork_table
+    from lmctrack.workflows.train import registered_run
+
+    if seeds < 2:
+        raise LmcError("--seeds must be at least 2: instability compares copies pairwise")
+    run_id = run_id_of(run_id)
+    if (run_id is None) == (source is None):
+        raise LmcError("give either --run-id RUN --step STEP or --from URI (not both)")
+    if run_id is not None and step is None:
+        raise LmcError(
+            "--run-id needs --step, e.g. --step 500it (a rewind step the run registered)"
+        )
+    with workspace(
+        params, set_, device=device, out=out, quiet=quiet, state=source, run_id=run_id
+    ) as ctx:
+        if source is None:
+            total = ctx.total_steps
+            source = registered_run(ctx.store, run_id, total).at(ctx.steps(step_of(step)))
+        track = _positive_steps(ctx, track_every, "--track-every")
+        result = algorithm1(
+            ctx,
+            source,
+            seeds=list(range(1, seeds + 1)),
+            mask=mask,
+            reset_schedule=reset_schedule,
+            track_every=track,
+        )
+        threshold = ctx.params.instability.stable_threshold
+    write(ctx, "fork.json", result)
+    table(f"fork of {source} (k={result.k}, bn={result.bn})", *fork_table(result, threshold))
+    emit(result, as_json, [("run_id", result.run_id), *[("W_T", c) for c in result.copies]])
+
+
+def _positive_steps(ctx, text: str | None, option: str) -> int | None:
+    if text is None:
+        return None
+    steps = ctx.steps(step_of(text))
+    if steps <= 0:
+        raise LmcError(f"{option} {text} is not a positive number of steps; use e.g. 100it")
+    return steps
+
+
+@app.command()
+@guarded
+def interpolate(
+    uri_a: Annotated[str, typer.Argument(help="first state (alpha = 0)")],
+    uri_b: Annotated[str, typer.Argument(help="second state (alpha = 1)")],
+    alphas: Annotated[
+        int | None, typer.Option("--alphas", help="points, both ends included")
+    ] = None,
+    split: Annotated[list[str] | None, typer.Option("--split", help="test and/or train")] = None,
+    bn: BnOpt = None,
+    each_mask: Annotated[
+        bool, typer.Option("--each-mask", help="endpoints keep their own (different) masks")
+    ] = False,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = True,
+) -> None:
+    """Evaluate the linear path between two states; report the error and loss barriers."""
+    from lmctrack.workflows.interpolate import interpolate as linear
+
+    sets = list(set_ or [])
+    sets += [f"instability.alphas={alphas}"] if alphas is not None else []
+    sets += [f"instability.splits=[{','.join(split)}]"] if split else []
+    sets += [f"instability.bn={bn}"] if bn is not None else []
+    with workspace(params, sets, device=device, out=out, state=uri_a) as ctx:
+        pair = linear(ctx, uri_a, uri_b, mask_mode="each" if each_mask else "same")
+    write(ctx, "interpolate.json", pair)
+    table(
+        f"{uri_a} -> {uri_b} (bn={pair.bn})",
+        ["split", "error barrier (paper)", "loss barrier (Entezari)"],
+        [[s, pair.error_barrier(s), pair.loss_barrier(s)] for s in pair.curves],
+    )
+    emit(pair, as_json, [("run_id", pair.run_id)])
+
+
+@app.command()
+@guarded
+def instability(
+    mask: Annotated[str | None, typer.Option("--mask", help="a mask applied to every Wk")] = None,
+    imp: Annotated[
+        bool, typer.Option("--imp", help="IMP subnetworks at every k (Figures 6, 7, 9)")
+    ] = False,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The Figure-3 sweep (inits x copies per rewind step); with --imp, the sparse sweep."""
+    from lmctrack.workflows import report
+
+    if imp and mask:
+        raise LmcError("--imp finds its own masks at every rewind step; drop --mask")
+    with workspace(params, set_, device=device, out=out, quiet=quiet) as ctx:
+        if imp:
+            from lmctrack.workflows.sparse import sparse_instability
+
+            result = sparse_instability(ctx, _mask_search(ctx))
+        else:
+            from lmctrack.workflows.instability import instability as sweep
+
+            result = sweep(ctx, mask=mask)
+    if imp:
+        write(ctx, "sparse.json", result)
+        table("IMP subnetworks vs rewind step (Figures 6, 7)", *report.sparse_table(result))
+        table("Figure 9: earliest stable / matching k (median)", *report.earliest_table(result))
+        typer.echo(result.claim, err=True)
+    else:
+        write(ctx, "instability.json", result)
+        table(f"instability of {result.model} (bn={result.bn})", *report.sweep_table(result))
+    emit(result, as_json, [("run_id", result.run_id)])
+
+
+def _mask_search(ctx):
+    """IMP's mask search: on the real data, or on imp.prune_data (e.g. distilled data), whose
+    inputs and classes must be the network's."""
+    from lmctrack.workflows.imp_chain import OtherData, SameData
+
+    cfg = ctx.params
+    if cfg.imp.prune_data is None:
+        return SameData()
+    from lmctrack.workflows.common import make_context
+
+    search = make_context(
+        cfg.model_copy(update={"data": cfg.imp.prune_data}), board=ctx.board, store=ctx.store
+    )
+    got, want = search.dataset, ctx.dataset
+    if (got.input_shape, got.num_classes) != (want.input_shape, want.num_classes):
+        shape = ", ".join(map(str, want.input_shape))
+        raise LmcError(
+            f"the prune data has inputs {got.input_shape} and {got.num_classes} classes but the "
+            f"network takes {want.input_shape} with {want.num_classes} classes; give x_train of "
+            f"shape (N, {shape}) and labels 0..{want.num_classes - 1}"
+        )
+    return OtherData(search)
+
+
+@app.command()
+@guarded
+def imp(
+    run_id: RunIdOpt = None,
+    source: Annotated[str | None, typer.Option("--from", help="URI of Wk instead")] = None,
+    rewind: Annotated[
+        str | None, typer.Option("--rewind", help="rewind step k, e.g. 500it")
+    ] = None,
+    levels: Annotated[int | None, typer.Option("--levels", help="levels (density 0.8^L)")] = None,
+    replicates: Annotated[
+        int | None, typer.Option("--replicates", help="IMP runs, each with its own noise")
+    ] = None,
+    one_shot: Annotated[
+        bool, typer.Option("--one-shot", help="prune to --density at once")
+    ] = False,
+    density: Annotated[float | None, typer.Option("--density", help="one-shot: kept")] = None,
+    prune_data: Annotated[
+        Path | None,
+        typer.Option("--prune-data", help="safetensors (x_train, y_train) for the search"),
+    ] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Algorithm 2: IMP with rewinding, replicated, with the random baselines and Table 2."""
+    from lmctrack.workflows import report
+    from lmctrack.workflows.imp import imp as algorithm2
+    from lmctrack.workflows.train import registered_run
+
+    sets = list(set_ or [])
+    for key, value in (
+        ("levels", levels),
+        ("replicates", replicates),
+        ("density", density),
+        ("rewind", rewind),
+    ):
+        sets += [f"imp.{key}={value}"] if value is not None else []
+    sets += ["imp.one_shot=true"] if one_shot else []
+    if prune_data is not None:
+        if not prune_data.is_file():
+            raise LmcError(
+                f"--prune-data {prune_data} not found; pass a safetensors file with x_train, y_train"
+            )
+        sets += ["imp.prune_data.name=tensors", f"imp.prune_data.path={prune_data}"]
+    run_id = run_id_of(run_id)
+    if (source is None) == (run_id is None):
+        raise LmcError(
+            "give either --run-id RUN (with --rewind STEP) or --from URI of Wk (not both)"
+        )
+    with workspace(
+        params, sets, device=device, out=out, quiet=quiet, state=source, run_id=run_id
+    ) as ctx:
+        if source is None:
+            k = ctx.steps(ctx.params.imp.rewind)
+            source = registered_run(ctx.store, run_id, ctx.total_steps).at(k)
+        result = algorithm2(ctx, source, _mask_search(ctx))
+    write(ctx, "imp.json", result)
+    table(f"IMP rewinding to {result.k}it (n = {result.replicates})", *report.imp_table(result))
+    if result.same_basin:
+        table("same basin? consecutive levels interpolated", *report.basin_table(result))
+    masks = [t for t in result.levels() if t.level > 0]
+    emit(
+        result,
+        as_json,
+        [("run_id", result.run_id)]
+        + [(f"mask level {t.level} density {t.density:.4f}", t.start) for t in masks],
+    )
+
+
+@app.command()
+@guarded
+def prune(
+    source: Annotated[str, typer.Option("--from", help="a mask (subnetwork) URI")],
+    random: Annotated[bool, typer.Option("--random", help="shuffle the mask (baseline)")] = True,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the shuffle")] = 0,
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="layerwise (each layer's density) | global")
+    ] = "layerwise",
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Register the random-pruning baseline of a subnetwork (same sparsity, random positions)."""
+    from lmctrack.workflows.baselines import register_random_prune
+
+    if not random:
+        raise LmcError("magnitude pruning is done level by level by `lmctrack imp`; use --random")
+    with workspace(params, set_, state=source) as ctx:
+        typer.echo(register_random_prune(ctx, source, seed, strategy))
+
+
+@app.command()
+@guarded
+def reinit(
+    source: Annotated[str, typer.Option("--from", help="a mask (subnetwork) URI")],
+    seed: Annotated[int, typer.Option("--seed", help="init seed of the fresh network")] = 1,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Register the random-reinitialization baseline: the mask on a fresh initialization."""
+    from lmctrack.workflows.baselines import register_reinit
+
+    with workspace(params, set_, state=source) as ctx:
+        typer.echo(register_reinit(ctx, source, seed))
+
+
+@app.command()
+@guarded
+def report(
+    outputs: Annotated[Path, typer.Option("--outputs", help="the stages' --out folders")] = Path(
+        "outputs"
+    ),
+    out: Annotated[Path, typer.Option("--out", help="where report.md goes")] = Path(
+        "outputs/report"
+    ),
+) -> None:
+    """Collect the pipeline's results into report.md and summary.json (DVC metrics)."""
+    from lmctrack.workflows.report import report as write_report
+
+    summary = write_report(outputs, out)
+    typer.echo(str(out / "report.md"))
+    table("summary", ["metric", "value"], [[k, v] for k, v in summary.items()])

@@ -1,0 +1,207 @@
+"""What every command shares: the Typer apps, the option types, the one way to open a workspace
+(params, store, dataset, progress display), and how results are printed.
+
+Heavy libraries (torch, mlflow, pydantic models) are imported inside functions so that
+`lmctrack --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from lmctrack.errors import LmcError
+
+if TYPE_CHECKING:
+    from lmctrack.config import Params
+    from lmctrack.workflows.common import Context
+
+app = typer.Typer(
+    help="Linear mode connectivity and the lottery ticket hypothesis, tracked in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Place datasets under data/ (DVC-tracked).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ParamsOpt = Annotated[
+    Path | None,
+    typer.Option("--params", "-p", help="params.yaml (default: ./params.yaml if present)"),
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="override: section.key=value (repeatable)")
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", help="folder for DVC outputs: URIs, metrics JSON, plots, CSV"),
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the full result as JSON on stdout")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+RunIdOpt = Annotated[
+    str | None, typer.Option("--run-id", help="a run of `lmctrack train`, or its train.json")
+]
+BnOpt = Annotated[
+    str | None, typer.Option("--bn", help="interpolate | reset: BatchNorm statistics policy")
+]
+SplitOpt = Annotated[str, typer.Option("--split", help="test | train")]
+
+# Settings that decide a state's training: a command that continues a registered run takes them
+# from that run, never from the user's params.
+RUN_SECTIONS = ("data", "model", "train", "seeds")
+
+
+def guarded(fn: Callable) -> Callable:
+    """Turn user-fixable failures into one clear line and a non-zero exit, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LmcError as e:
+            fail(str(e))
+        except KeyboardInterrupt:
+            fail("interrupted; run the same command again to resume from the last checkpoint", 130)
+
+    return wrapper
+
+
+def fail(message: str, code: int = 1) -> None:
+    from lmctrack.progress import console
+
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def load(path: Path | None, sets: list[str] | None, device: str | None = None) -> Params:
+    """params.yaml (or ./params.yaml when present) with the `--set` overrides applied."""
+    from lmctrack.config import load_params
+
+    if path is None and Path("params.yaml").is_file():
+        path = Path("params.yaml")
+    sets = list(sets or []) + ([f"train.device={device}"] if device else [])
+    return load_params(path, sets)
+
+
+def run_id_of(value: str | None) -> str | None:
+    """A run id, or a JSON file written by `--out` (e.g. outputs/train/train.json) naming one."""
+    if value is None or not value.endswith(".json"):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise LmcError(
+            f"{path} not found; run the stage that writes it first (`lmctrack train --out`)"
+        )
+    try:
+        data = json.loads(path.read_text())
+        run_id = data["run_id"] if isinstance(data, dict) else None
+    except ValueError:
+        run_id = None
+    if not isinstance(run_id, str):
+        raise LmcError(
+            f"{path} names no run_id; pass a run id or a JSON written by `lmctrack train --out`"
+        )
+    return run_id
+
+
+def _from_run(user: Params, made: Params, sets: list[str]) -> Params:
+    """Continue a run: its data, model, training and seeds; the user's other sections. An explicit
+    override of a setting the run decided, to another value, is refused rather than ignored."""
+    for item in sets:
+        key = item.split("=", 1)[0].strip()
+        section, _, field = key.partition(".")
+        if section in RUN_SECTIONS and key != "train.device":
+            mine = getattr(getattr(user, section), field, None)
+            theirs = getattr(getattr(made, section), field, None)
+            if mine != theirs:
+                raise LmcError(
+                    f"--set {key}: the source run was made with {section}.{field}={theirs}; "
+                    f"these settings come from the run, so drop the override or train a new run"
+                )
+    train = made.train.model_copy(update={"device": user.train.device})
+    keep = {
+        name: getattr(user, name) for name in type(user).model_fields if name not in RUN_SECTIONS
+    }
+    return made.model_copy(update={**keep, "train": train})
+
+
+@contextmanager
+def workspace(
+    params: Path | None,
+    sets: list[str] | None,
+    *,
+    device: str | None = None,
+    out: Path | None = None,
+    quiet: bool = True,
+    state: str | None = None,
+    run_id: str | None = None,
+) -> Iterator[Context]:
+    """The context a command works in: the params (those of the run that produced `state` or
+    `run_id`, when given), the store, the dataset and the progress display; always closed."""
+    from lmctrack.progress import board
+    from lmctrack.workflows.common import make_context, open_store, params_of_run
+
+    if out is not None and out.exists() and not out.is_dir():
+        raise LmcError(f"--out {out} is a file; give a folder (it is created when missing)")
+    cfg = load(params, sets, device)
+    store = open_store(cfg)
+    producer = store.describe(state).run_id if state else run_id
+    if producer:
+        cfg = _from_run(cfg, params_of_run(store, producer), list(sets or []))
+    with board(enabled=not quiet and sys.stderr.isatty()) as progress:
+        ctx = make_context(cfg, board=progress, store=store, out=out)
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+
+
+def step_of(text: str):
+    from lmctrack.config import Step
+
+    try:
+        return Step.parse(text)
+    except ValueError as e:
+        raise LmcError(str(e)) from None
+
+
+def emit(result: Any, as_json: bool, lines: list[tuple[str, str]]) -> None:
+    """URIs (or the whole result as JSON) on stdout, for shells and DVC stages."""
+    from dataclasses import asdict, is_dataclass
+
+    if as_json:
+        typer.echo(
+            json.dumps(asdict(result) if is_dataclass(result) else result, indent=2, default=str)
+        )
+    else:
+        for name, value in lines:
+            typer.echo(f"{name}\t{value}")
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """A rich table on stderr."""
+    from rich.table import Table
+
+    from lmctrack.progress import console
+
+    t = Table(title=title)
+    for column in columns:
+        t.add_column(column)
+    for row in rows:
+        t.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(t)
+
+
+def write(ctx: Context, name: str, result: Any) -> None:
+    """The command's result as JSON in --out (a DVC stage's output)."""
+    from dataclasses import asdict, is_dataclass
+
+    ctx.write_output(name, asdict(result) if is_dataclass(result) else result)

@@ -1,0 +1,115 @@
+"""Commands on the store and the data folder: lineage, the MLflow UI, datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmctrack.cli.options import ParamsOpt, SetOpt, app, data_app, guarded, load
+
+
+def _store(params: Path | None, sets: list[str] | None):
+    from lmctrack.workflows.common import open_store
+
+    return open_store(load(params, sets))
+
+
+@app.command()
+@guarded
+def lineage(
+    uri: Annotated[str, typer.Argument(help="a state URI, e.g. models:/name/3")],
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print the ancestry tree of a state (W_T -> Wk -> W0)."""
+    from rich.tree import Tree
+
+    from lmctrack import schema
+    from lmctrack.progress import console
+
+    def label(node) -> str:
+        t = node.info.tags
+        bits = [f"[bold]{t.get(schema.STATE, t.get(schema.ROLE, '?'))}[/]", node.info.uri]
+        bits += [
+            f"{k}={t[k]}"
+            for k in (
+                schema.ROLE,
+                schema.STEP,
+                schema.INIT_SEED,
+                schema.DATA_ORDER_SEED,
+                schema.REPLICATE,
+                schema.DENSITY,
+                schema.LEVEL,
+            )
+            if k in t
+        ]
+        return "  ".join([*bits, f"run={node.info.run_id}"])
+
+    def grow(tree: Tree, node) -> None:
+        for parent in node.parents:
+            grow(tree.add(label(parent)), parent)
+
+    root = _store(params, set_).lineage(uri)
+    tree = Tree(label(root))
+    grow(tree, root)
+    console.print(tree)
+
+
+@app.command()
+@guarded
+def ui(
+    port: Annotated[int, typer.Option("--port", help="port on 127.0.0.1")] = 5000,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 for this project's store."""
+    import signal
+    import subprocess
+
+    from lmctrack.errors import LmcError
+
+    if not 0 < port < 65536:
+        raise LmcError(f"--port {port} is not a TCP port; use 1..65535, e.g. 5000")
+    store = _store(params, set_)
+    typer.echo(f"MLflow UI for {store.tracking_uri} at http://127.0.0.1:{port}", err=True)
+    server = subprocess.Popen(store.ui_command(port))
+    # `kill` of lmctrack alone must not leave the server running: MLflow stops its workers itself.
+    signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the server too: let it shut down, not an error
+        code = server.wait()
+        raise typer.Exit(0) from None
+    if code != 0:
+        raise LmcError(
+            f"the MLflow UI server stopped with exit code {code} (is port {port} taken?); pick another --port"
+        )
+
+
+@data_app.command("mnist1d")
+@guarded
+def data_mnist1d(
+    root: Annotated[Path, typer.Option("--root", help="data folder")] = Path("data"),
+    samples: Annotated[int, typer.Option("--samples", help="examples (train + test)")] = 20000,
+) -> None:
+    """Generate MNIST-1D locally into ROOT/mnist1d/ (deterministic)."""
+    from lmctrack.workflows.datasets import write_mnist1d
+
+    typer.echo(str(write_mnist1d(root, samples)))
+
+
+@data_app.command("import")
+@guarded
+def data_import(
+    name: Annotated[
+        str, typer.Argument(help="mnist | fashion_mnist | cifar10 | cifar100 | imagenet")
+    ],
+    source: Annotated[Path, typer.Argument(help="local folder or archive holding the dataset")],
+    root: Annotated[Path, typer.Option("--root", help="data folder")] = Path("data"),
+) -> None:
+    """Copy a local dataset into ROOT in torchvision's layout and `dvc add` it."""
+    from lmctrack.workflows.datasets import import_dataset
+
+    typer.echo(str(import_dataset(name, source, root)))
