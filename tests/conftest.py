@@ -47,7 +47,7 @@ def tiny_params(data_root: Path) -> dict:
             "alphas": 5,
             "splits": ["test"],
         },
-        "imp": {"rewind": "20it", "levels": 2},
+        "imp": {"rewind": "20it", "levels": 2, "replicates": 2},
     }
 
 

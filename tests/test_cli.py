@@ -115,9 +115,11 @@ def test_interpolate_prints_labelled_barriers_and_endpoint_errors(project, train
     w0, wt = trained["states"]["W0"], trained["states"]["W_T"]
     result = ok("interpolate", w0, wt)
     assert result["bn"] == "reset" and len(result["alphas"]) == 5
-    assert "Frankle" in result["definitions"]["error_barrier"]
-    assert "Entezari" in result["definitions"]["loss_barrier_linear"]
-    assert {"test.error_barrier", "test.loss_barrier_linear"} <= set(result["summary"])
+    assert result["a"] == w0 and result["b"] == wt and result["run_id"]
+    errors = result["curves"]["test"]["error"]
+    shown = invoke("interpolate", w0, wt).output
+    assert "error barrier (paper)" in shown and "loss barrier (Entezari)" in shown
+    assert f"{max(errors) - (errors[0] + errors[-1]) / 2:.4f}" in shown
     ctx = project.context()
     for uri, end in ((w0, 0), (wt, -1)):
         network = load_into(ctx.template(), ctx.store.load_state(uri))
@@ -132,7 +134,7 @@ def test_interpolate_prints_labelled_barriers_and_endpoint_errors(project, train
 def test_instability_writes_its_outputs(project, trained):
     result = ok("instability", "-s", "instability.inits=1", "--out", "outputs/sweep")
     assert result["train_runs"] == [trained["run_id"]]
-    assert [(r["k"], r["n"]) for r in result["rows"]] == [(0, 1), (20, 1)]
+    assert [(r["k"], r["barrier"]["n"]) for r in result["rows"]] == [(0, 1), (20, 1)]
     out = project.folder / "outputs/sweep"
     assert {"instability.png", "instability.csv", "instability_metrics.json"} <= {
         p.name for p in out.iterdir()

@@ -98,3 +98,14 @@ def test_config_hash_is_canonical():
 def test_shipped_params_files_validate(path: Path):
     params = load_params(path)
     assert params.train.steps.iterations(100) > 0
+
+
+def test_imagenet_presets_give_three_samples_and_bound_the_path_passes():
+    """1.28M training images per alpha would make a path unaffordable: the presets bound the
+    train-split evaluation and the BatchNorm reset, and give n >= 3 barrier samples per k."""
+    for name in ("resnet50_imagenet", "inception_v3_imagenet"):
+        params = load_params(Path("configs") / f"{name}.yaml")
+        inst = params.instability
+        assert inst.inits * (inst.copies * (inst.copies - 1) // 2) >= 3
+        assert inst.eval_limit and inst.bn_limit and inst.bn_limit <= 50_000
+        assert params.imp.replicates >= 2

@@ -16,7 +16,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from datafiles import make_mnist_files
@@ -33,9 +32,8 @@ from lmctrack.runner import TrainJob, run_job
 from lmctrack.train import Noise, train
 from lmctrack.workflows.fork import FORK_ARTIFACT
 from lmctrack.workflows.fork import fork as run_fork
-from lmctrack.workflows.imp import run_imp
-from lmctrack.workflows.sparse import earliest, sparse_rows
-from lmctrack.workflows.train import registered_run, train_run
+from lmctrack.workflows.imp import imp
+from lmctrack.workflows.train import train_run
 
 SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {
     "NO_COLOR": "1",
@@ -58,18 +56,11 @@ def trained(project) -> dict:
     return ok("train", "-q")
 
 
-def wk_run(project, trained):
-    """The train run as the workflows see it (W0, W20, W_T)."""
-    return registered_run(project.store, trained["run_id"], 100)
-
-
-def direct(project, weights, mask, dataset=None) -> dict[str, torch.Tensor]:
-    """W20 (with `mask`) trained to T with the run's noise by the engine alone."""
+def direct(project, weights, mask, noise: Noise, dataset=None) -> dict[str, torch.Tensor]:
+    """W20 (with `mask`) trained to T under `noise` by the engine alone."""
     ctx = project.context()
     p = ctx.params
-    job = TrainJob(
-        "direct", "direct", p.model, p.train, Noise(0, 0), 20, 100, weights=weights, mask=mask
-    )
+    job = TrainJob("direct", "direct", p.model, p.train, noise, 20, 100, weights=weights, mask=mask)
     return run_job(job, dataset or ctx.dataset, ctx.device, None).weights
 
 
@@ -83,117 +74,60 @@ def kept(mask: dict[str, torch.Tensor]) -> int:
 @pytest.fixture(scope="module")
 def sparse(project, trained) -> dict:
     before = set(project.versions())
-    result = ok("instability", "--imp", "-q", "--out", "outputs/sparse")
+    result = ok("instability", "--imp", "-q", "--out", "outputs/sparse", "-s", "sparse.copies=2")
     return {"result": result, "new": sorted(set(project.versions()) - before)}
 
 
-def test_sparse_sweep_rows_per_density_k_and_split(project, sparse):
+def test_sparse_sweep_rows_per_k_and_split_at_the_last_level(project, sparse):
     result = sparse["result"]
     rows = result["rows"]
-    assert [(r["level"], r["k"], r["split"], r["n"]) for r in rows] == [
-        (1, 0, "test", 1),
-        (1, 20, "test", 1),
+    assert [(r["level"], r["k"], r["split"], r["barrier"]["n"]) for r in rows] == [
         (2, 0, "test", 1),
         (2, 20, "test", 1),
     ]
     for row in rows:
-        assert row["density"] == pytest.approx(0.8 ** row["level"], abs=1e-3)
-        assert row["stable"] == (row["median"] < 0.02)
-        assert 0 < row["test_error"] < 1
-    assert [(e["level"], e["density"]) for e in result["earliest"]] == [
-        (1, rows[0]["density"]),
-        (2, rows[2]["density"]),
-    ]
+        assert row["density"] == pytest.approx(0.8**2, abs=1e-3)
+        assert row["stable"] == (row["barrier"]["mean"] < 0.02)
+        assert row["test_error"]["n"] == 2 and 0 < row["test_error"]["mean"] < 1
+        assert row["matching"] == (row["drop"] < 0.002)
+    assert [(e["level"], e["samples"]) for e in result["earliest"]] == [(2, 1)]
+    assert result["claim_holds"] in (True, False) and "because" in result["claim"]
     out = project.folder / "outputs/sparse"
-    for name in ("imp_instability.png", "imp_error.png"):
+    for name in ("sparse_instability.png", "sparse_error.png", "earliest.png"):
         assert (out / name).read_bytes().startswith(PNG)
         assert project.store.run_artifact(result["run_id"], f"plots/{name}").is_file()
-    assert json.loads((out / "sparse_instability.json").read_text())["rows"] == rows
+    assert json.loads((out / "sparse.json").read_text())["rows"] == rows
+    metrics = json.loads((out / "sparse_metrics.json").read_text())
+    assert metrics["claim_holds"] == result["claim_holds"]
     assert project.store.run_tags(result["run_id"])["kind"] == "sparse-instability"
 
 
-def test_sparse_sweep_forks_every_subnetwork_and_rerun_reuses_it(project, sparse):
+def test_sparse_sweep_forks_the_subnetworks_and_rerun_reuses_it(project, sparse):
     store = project.store
     roles = {}
     for uri in sparse["new"]:
         roles.setdefault(store.describe(uri).tags["role"], []).append(uri)
-    # IMP at k=0 and k=20, 2 levels each, no baselines: 4 masks, 4 sparse W_T, 2 copies per mask
+    # IMP at k=0 and k=20 (one replicate, 2 levels, no baselines): per k the dense W_T, 2 masks,
+    # 2 sparse W_T; the last level's subnetwork forked into 2 copies per k
     assert sorted((r, len(u)) for r, u in roles.items()) == [
         ("mask", 4),
         ("sparse", 4),
-        ("trained", 8),
+        ("trained", 2 + 4),
     ]
-    per_mask = {}
-    for uri in roles["trained"]:
-        parents = store.describe(uri).parents
-        assert len(parents) == 1 and parents[0] in roles["mask"]
-        per_mask.setdefault(parents[0], []).append(uri)
-        mask = store.load_state(parents[0]).mask
+    copies = [u for u in roles["trained"] if store.describe(u).tags.get("copy") is not None]
+    assert len(copies) == 4
+    for uri in copies:
+        (parent,) = store.describe(uri).parents
+        assert parent in roles["mask"] and store.describe(parent).tags["level"] == "2"
+        mask = store.load_state(parent).mask
         copy = store.load_state(uri)
         assert same(copy.mask, mask) and all((copy.weights[n][~mask[n]] == 0).all() for n in mask)
-    assert sorted(map(len, per_mask.values())) == [2] * 4
-    densities = sorted(round(float(store.describe(u).tags["density"]), 2) for u in roles["mask"])
-    assert densities == [0.64, 0.64, 0.8, 0.8]
 
     before = project.versions()
-    again = ok("instability", "--imp", "-q")
+    again = ok("instability", "--imp", "-q", "-s", "sparse.copies=2")
     assert project.versions() == before
-    assert (
-        again["rows"] == sparse["result"]["rows"] and again["run_id"] != sparse["result"]["run_id"]
-    )
-
-
-def sample(level: int, k: int, barriers: list[float], drops: list[float], train=None) -> dict:
-    """One fork of a hand-made sweep: dense error 0.1, so each copy's error is 0.1 + drop."""
-    return {
-        "level": level,
-        "density": 0.8**level,
-        "k": k,
-        "barriers": {"test": barriers, "train": train if train is not None else barriers},
-        "errors": [0.1 + d for d in drops],
-        "accuracy_drops": drops,
-    }
-
-
-def test_sparse_rows_pool_inits_and_judge_by_medians():
-    samples = [
-        sample(1, 0, [0.01, 0.011], [0.001, 0.004], train=[0.5, 0.5]),
-        sample(1, 0, [0.3], [0.001]),  # a second init: pooled with the first
-        sample(1, 20, [0.03], [0.01]),
-    ]
-    rows = sparse_rows(samples, ["test", "train"], stable=0.02, matching=0.002)
-    assert [(r["level"], r["k"], r["split"], r["n"]) for r in rows] == [
-        (1, 0, "test", 3),
-        (1, 0, "train", 3),
-        (1, 20, "test", 1),
-        (1, 20, "train", 1),
-    ]
-    test0 = rows[0]
-    assert test0["median"] == pytest.approx(0.011) and test0["mean"] == pytest.approx(0.107)
-    assert test0["stable"]  # the median decides (the mean 0.107 is far above 2%)
-    assert not rows[1]["stable"]  # train barriers [0.5, 0.5, 0.3]
-    assert test0["accuracy_drop_median"] == pytest.approx(0.001) and test0["matching"]
-    assert test0["test_error"] == pytest.approx(0.102)
-    assert test0["test_error_std"] == pytest.approx(np.std([0.101, 0.104, 0.101]))
-    assert test0["density"] == pytest.approx(0.8)
-    assert not rows[2]["stable"] and not rows[2]["matching"]
-
-
-def test_earliest_is_the_first_stable_and_first_matching_k_on_the_test_split():
-    samples = [
-        sample(1, 0, [0.05], [0.01], train=[0.0]),  # stable on train only: does not count
-        sample(1, 10, [0.01], [0.01]),
-        sample(1, 20, [0.05], [0.0]),
-        sample(1, 30, [0.0], [0.0]),
-        sample(2, 0, [0.05], [0.001]),
-        sample(2, 10, [0.05], [0.01]),
-    ]
-    rows = sparse_rows(samples, ["test", "train"], stable=0.02, matching=0.002)
-    assert earliest(rows) == [
-        {"level": 1, "density": 0.8, "stable_from_k": 10, "matching_from_k": 20},
-        {"level": 2, "density": pytest.approx(0.64), "stable_from_k": None, "matching_from_k": 0},
-    ]
-    assert earliest([]) == []
+    assert again["rows"] == sparse["result"]["rows"]
+    assert again["run_id"] != sparse["result"]["run_id"]
 
 
 # ---- one-shot IMP: `lmctrack imp --one-shot --density 0.3` ---------------------------------------
@@ -202,15 +136,24 @@ def test_earliest_is_the_first_stable_and_first_matching_k_on_the_test_split():
 @pytest.fixture(scope="module")
 def one_shot(project, trained) -> dict:
     return ok("imp", "--run-id", trained["run_id"], "--rewind", "20it", "--one-shot",
-              "--density", 0.3, "-q")  # fmt: skip
+              "--density", 0.3, "-q", "--replicates", 1)  # fmt: skip
 
 
-def test_one_shot_prunes_w_t_to_the_density_in_one_level(project, trained, one_shot):
+def levels_of(result: dict, replicate: int = 0) -> list[dict]:
+    return sorted(
+        (t for t in result["trainings"] if t["method"] == "imp" and t["replicate"] == replicate),
+        key=lambda t: t["level"],
+    )
+
+
+def test_one_shot_prunes_the_dense_w_t_from_wk_to_the_density_in_one_level(
+    project, trained, one_shot
+):
     store, states = project.store, trained["states"]
-    assert [lv["level"] for lv in one_shot["levels"]] == [1] and len(one_shot["rows"]) == 1
-    level = one_shot["levels"][0]
-    mask = store.load_state(level["mask_uri"]).mask
-    w_t = store.load_state(states["W_T"]).weights
+    dense, level = levels_of(one_shot)
+    assert (dense["level"], level["level"]) == (0, 1) and len(one_shot["rows"]) == 1
+    mask = store.load_state(level["start"]).mask
+    w_t = store.load_state(dense["trained"]).weights  # level 0: W20 trained to T, fresh noise
     prunable = prunable_names(project.context().template())
     assert sorted(mask) == sorted(prunable)
     total = sum(w_t[n].numel() for n in prunable)
@@ -221,11 +164,9 @@ def test_one_shot_prunes_w_t_to_the_density_in_one_level(project, trained, one_s
     smallest_kept = min(float(magnitudes[n][mask[n]].min()) for n in prunable)
     largest_pruned = max(float(magnitudes[n][~mask[n]].max()) for n in prunable)
     assert smallest_kept >= largest_pruned
-    assert same(
-        store.load_state(level["mask_uri"]).weights, store.load_state(states["W20"]).weights
-    )
-    assert {states["W_T"], states["W20"], states["W0"]} <= ancestors(store, level["mask_uri"])
-    assert level["mask_uri"] in ancestors(store, level["trained_uri"])
+    assert same(store.load_state(level["start"]).weights, store.load_state(states["W20"]).weights)
+    assert {dense["trained"], states["W20"], states["W0"]} <= ancestors(store, level["start"])
+    assert level["start"] in ancestors(store, level["trained"])
 
 
 # ---- IMP driven by another dataset: `lmctrack imp --prune-data FILE` -----------------------------
@@ -245,45 +186,45 @@ def test_prune_data_drives_the_mask_search_and_the_subnetwork_trains_on_the_real
     project, trained, sparse, prune_data
 ):
     store, states = project.store, trained["states"]
-    result = ok("imp", "--run-id", trained["run_id"], "--rewind", "20it", "--levels", 1,
-                "--prune-data", prune_data.name, "-q")  # fmt: skip
-    level = result["levels"][0]
-    mask = store.load_state(level["mask_uri"]).mask
-    by_role = {
-        info.tags["role"]: info
-        for info in store.run_states(store.describe(level["mask_uri"]).run_id)
-    }
-    assert sorted(by_role) == ["mask", "search", "sparse"]
-    search = by_role["search"]
-    assert search.parents == [level["mask_uri"]] and by_role["sparse"].uri == level["trained_uri"]
+    args = ["imp", "--run-id", trained["run_id"], "--rewind", "20it", "--levels", 1, "-q"]
+    result = ok(*args, "--replicates", 1, "--prune-data", prune_data.name)
+    dense, level = levels_of(result)
+    mask = store.load_state(level["start"]).mask
+    (search_uri,) = [p for p in store.describe(level["start"]).parents if p != states["W20"]]
+    search = store.describe(search_uri)
+    assert search.tags["role"] == "search" and search.parents == [states["W20"]]
 
     # the mask is the magnitude pruning of W20 trained on the prune data, not of the dense W_T
     search_ds = load_dataset(DataConfig(name="tensors", path=str(prune_data)))
     w20 = store.load_state(states["W20"]).weights
-    searched_dense = direct(project, w20, None, search_ds)
+    seed = int(search.tags["data_order_seed"])
+    searched = direct(project, w20, None, Noise(seed, seed), search_ds)
+    assert same(store.load_state(search_uri).weights, searched)
     prunable = prunable_names(project.context().template())
-    assert same(mask, magnitude_prune(searched_dense, full_mask(w20, prunable), 0.2, "global"))
-    real = run_imp(project.context(), wk_run(project, trained), 20, with_baselines=False)
-    assert real["reused"]  # found by the sparse sweep
-    real_mask = store.load_state(real["levels"][0]["mask_uri"]).mask
+    assert same(mask, magnitude_prune(searched, full_mask(w20, prunable), 0.2, "global"))
+    real = imp(project.context("imp.replicates=1", "imp.levels=1"), states["W20"])
+    real_mask = store.load_state(real.levels()[1].start).mask
     assert kept(mask) == kept(real_mask) and not same(mask, real_mask)
 
-    # the search W_T trained on the prune data; the sparse W_T on the real data
-    assert same(store.load_state(search.uri).weights, direct(project, w20, mask, search_ds))
-    assert same(store.load_state(level["trained_uri"]).weights, direct(project, w20, mask))
-    inputs = store.client.get_run(by_role["sparse"].run_id).inputs.dataset_inputs
-    digests = {d.dataset.name: d.dataset.digest for d in inputs}
+    # the sparse W_T trained on the real data from (W20, m)
+    seed = level["noise_seed"]
+    assert same(
+        store.load_state(level["trained"]).weights, direct(project, w20, mask, Noise(seed, seed))
+    )
+    digests = {
+        d.dataset.name: d.dataset.digest
+        for run in (search.run_id, store.describe(level["trained"]).run_id)
+        for d in store.client.get_run(run).inputs.dataset_inputs
+    }
     assert digests == {
-        "mnist1d": project.context().dataset_fingerprint,
-        "tensors": search_ds.fingerprint(),
+        "mnist1d": project.context().dataset_fingerprint[:36],
+        "tensors": search_ds.fingerprint()[:36],
     }
 
-    # the IMP run records its prune data; params.yaml's imp.prune_data names the same work
-    logged = store.client.get_run(result["run_id"]).data.params
-    assert (logged["prune_data.name"], logged["prune_data.path"]) == ("tensors", prune_data.name)
+    # params.yaml's imp.prune_data names the same work
     before = project.versions()
-    again = ok("imp", "--run-id", trained["run_id"], "--rewind", "20it", "--levels", 1, "-q",
-               "-s", "imp.prune_data.name=tensors", "-s", f"imp.prune_data.path={prune_data}")  # fmt: skip
+    again = ok(*args, "--replicates", 1, "-s", "imp.prune_data.name=tensors",
+               "-s", f"imp.prune_data.path={prune_data}")  # fmt: skip
     assert again["reused"] and again["run_id"] == result["run_id"]
     assert project.versions() == before
 
@@ -311,10 +252,10 @@ def test_bad_prune_data_is_one_clear_line(project, trained):
 
 
 def test_instability_with_a_mask_prunes_every_wk_and_its_copies(project, one_shot):
-    mask_uri = one_shot["levels"][0]["mask_uri"]
+    mask_uri = levels_of(one_shot)[1]["start"]
     mask = project.store.load_state(mask_uri).mask
     result = ok("instability", "--mask", mask_uri, "-q", "--out", "outputs/masked")
-    assert [(r["k"], r["split"], r["n"]) for r in result["rows"]] == [
+    assert [(r["k"], r["split"], r["barrier"]["n"]) for r in result["rows"]] == [
         (0, "test", 1),
         (20, "test", 1),
     ]
@@ -426,11 +367,11 @@ def test_an_interrupted_fork_resumes_to_the_copies_of_an_uninterrupted_one(new_p
     assert not list(checkpoints.glob("*/train.safetensors"))  # registered, then discarded
     ref_run = train_run(reference.context())
     expected = run_fork(reference.context(), ref_run.at(20), seeds=[1, 2])
-    for got, want in zip(resumed["copies"], expected["copies"], strict=True):
+    for got, want in zip(resumed.copies, expected.copies, strict=True):
         assert same(
             interrupted.store.load_state(got).weights, reference.store.load_state(want).weights
         )
-    assert resumed["summary"] == expected["summary"]
+    assert resumed.barriers("test") == expected.barriers("test")
 
 
 # ---- `lmctrack ui` ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
 
 
 def _run(cwd: Path, *args: str) -> str:
@@ -45,6 +46,7 @@ def test_repro_produces_every_output(project: Path):
         "fork@50it",
         "imp",
         "instability",
+        "sparse",
         "report",
     }
     train = json.loads((project / "outputs/train/train.json").read_text())
@@ -56,16 +58,22 @@ def test_repro_produces_every_output(project: Path):
         (50, "test"),
         (50, "train"),
     }
-    assert all(r["n"] == 2 for r in sweep["rows"])  # 2 inits x 1 pair of copies each
+    assert all(r["barrier"]["n"] == 2 for r in sweep["rows"])  # 2 inits x 1 pair of copies
     # the sweep reused the forks of the train stage's run (init 0) instead of training them again
     assert sweep["reused_forks"] == 2
     imp = json.loads((project / "outputs/imp/imp.json").read_text())
-    assert [round(lv["density"], 6) for lv in imp["levels"]] == [0.8, 0.64]
-    for png in ("instability/instability.png", "imp/imp.png"):
+    assert [round(r["density"], 6) for r in imp["rows"]] == [0.8, 0.64]
+    assert all(r["dense"]["n"] == 2 for r in imp["rows"])  # 2 replicates
+    sparse = json.loads((project / "outputs/sparse/sparse.json").read_text())
+    assert {(r["k"], r["level"]) for r in sparse["rows"]} == {(0, 2), (50, 2)}
+    assert isinstance(sparse["claim_holds"], bool)
+    for png in ("instability/instability.png", "imp/imp.png", "sparse/earliest.png"):
         assert (project / "outputs" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "k,split,mean" in (project / "outputs/instability/instability.csv").read_text()
     summary = json.loads((project / "outputs/report/summary.json").read_text())
-    assert "instability.k0.test.mean" in summary
+    assert "dense.k0.test.barrier_mean" in summary and "claim_holds" in summary
+    report = (project / "outputs/report/report.md").read_text()
+    assert "IMP subnetworks are matching exactly at the k where they are stable" in report
     assert (project / ".lmctrack" / "mlflow.db").is_file()  # the store at the project root
 
 
@@ -74,7 +82,7 @@ def test_second_repro_does_nothing_and_one_param_reruns_its_dependents(project: 
     assert _ran(log) == set()
     params = project / "params.yaml"
     params.write_text(params.read_text().replace("  levels: 2\n", "  levels: 1\n"))
-    assert _ran(_run(project, sys.executable, "-m", "dvc", "repro")) == {"imp", "report"}
+    assert _ran(_run(project, sys.executable, "-m", "dvc", "repro")) == {"imp", "sparse", "report"}
 
 
 def test_metrics_show_reads_the_metrics(project: Path):
