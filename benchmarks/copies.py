@@ -87,6 +87,11 @@ def sequential(jobs: list[TrainJob], data: TensorDataset) -> Sample:
     return measure(lambda: run_jobs(jobs, data, CPU, Board(None), workers=1))
 
 
+def stacked(jobs: list[TrainJob], data: TensorDataset) -> Sample:
+    """The copies as one vmapped network in this process (runner.batch_copies = on)."""
+    return measure(lambda: run_jobs(jobs, data, CPU, Board(None), batch_copies="on"))
+
+
 def identical(a: list[JobResult], b: list[JobResult]) -> bool:
     return all(
         torch.equal(x.weights[name], y.weights[name])
@@ -114,7 +119,7 @@ def main() -> None:
     repeats = args.repeats or 3
     importlib.import_module("torch._dynamo")  # every optimizer imports it: warm both modes alike
 
-    samples: dict[str, list[Sample]] = {"concurrent": [], "sequential": []}
+    samples: dict[str, list[Sample]] = {"concurrent": [], "sequential": [], "stacked": []}
 
     def timed_mode(mode: Callable[[list[TrainJob], TensorDataset], Sample]) -> Callable[[], float]:
         def once() -> float:
@@ -136,6 +141,18 @@ def main() -> None:
         f"cores the concurrent runs got: {used:.2f} of {usable_cores()} (CPU time / wall time; "
         "below the core count, other work held the rest)"
     )
+    batched, alone = interleaved(timed_mode(stacked), timed_mode(sequential), repeats)
+    print(
+        f"stacked/sequential wall time: {median_ratio(batched, alone):.2f} "
+        f"(stacked {statistics.median(batched):.1f} s in one process, sequential "
+        f"{statistics.median(alone):.1f} s; medians of {repeats} interleaved pairs)"
+    )
+    worst = max(
+        float((x.weights[k] - y.weights[k]).abs().max())
+        for x, y in zip(samples["stacked"][0].results, samples["sequential"][0].results)
+        for k in x.weights
+    )
+    print(f"stacked vs sequential weights: largest difference {worst:.1e} (float tolerance)")
     runs = [s.results for s in samples["concurrent"] + samples["sequential"]]
     same = all(identical(runs[0], other) for other in runs[1:])
     print(f"copies bit-identical across modes and repeats: {'yes' if same else 'NO'}")
