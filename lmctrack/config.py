@@ -124,7 +124,7 @@ class InstabilityConfig(Section):
     copies: int = Field(3, ge=2, description="copies per state; every pair is interpolated")
     alphas: int = Field(30, ge=2)
     splits: list[Literal["test", "train"]] = Field(default_factory=lambda: ["test", "train"])
-    bn: Literal["interpolate", "reset"] = "reset"
+    bn: Literal["interpolate", "reset", "repair"] = "reset"
     reset_schedule: bool = False
     track_every: StepField | None = None
     stable_threshold: float = Field(0.02, gt=0, description="barrier below this is stable")
@@ -132,7 +132,10 @@ class InstabilityConfig(Section):
         None, gt=0, description="examples per split evaluated on the path (None: all)"
     )
     bn_limit: int | None = Field(
-        None, gt=0, description="train examples used to recompute BatchNorm statistics (None: all)"
+        None,
+        gt=0,
+        description="train examples to recompute BatchNorm statistics or measure REPAIR's "
+        "(None: all)",
     )
 
 
@@ -186,6 +189,21 @@ class StoreConfig(Section):
     tracking_uri: str | None = Field(None, description="None: sqlite store in the project folder")
 
 
+class AlignConfig(Section):
+    """Networks from different inits compared modulo a permutation of their hidden units (Git
+    Re-Basin), and the `lmctrack connect` sweeps."""
+
+    method: Literal["weight", "activation"] = "weight"
+    seed: int = Field(0, description="weight matching: seed of the order of its layer updates")
+    inits: int = Field(2, ge=2, description="connect: networks from init seeds base, base+1, ...")
+    widths: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=list, description="connect: model.width of each network of the width sweep"
+    )
+    data_limit: int | None = Field(
+        5000, gt=0, description="train examples activation matching reads (None: all)"
+    )
+
+
 class Params(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -194,6 +212,7 @@ class Params(Section):
     instability: InstabilityConfig = Field(default_factory=InstabilityConfig)
     imp: ImpConfig = Field(default_factory=ImpConfig)
     sparse: SparseConfig = Field(default_factory=SparseConfig)
+    align: AlignConfig = Field(default_factory=AlignConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
 

@@ -11,7 +11,9 @@ Two barrier definitions are reported, each under its own name:
 BatchNorm policy `bn`: "interpolate" treats running_mean / running_var like weights;
 "reset" recomputes them at every alpha with a pass over the training data
 (torch.optim.swa_utils.update_bn), since naively interpolated statistics can create barriers that
-the weights do not have.
+the weights do not have. "repair" (Jordan et al. 2022, lmctrack.repair) interpolates everything,
+then rescales every hidden channel of W_alpha so that its mean and std on training data are the
+interpolation of the endpoints'; it needs the endpoints, so it exists for paths only.
 
 Evaluation: the points of a path are stacked and evaluated in batched passes (lmctrack.batched,
 vmap over the stacked W_alpha, as many points per pass as fit a memory budget), the BatchNorm
@@ -32,9 +34,11 @@ from lmctrack.batched import evaluate_stacked, networks_per_pass, recompute_bn_s
 from lmctrack.data import Dataset
 from lmctrack.errors import LmcError
 from lmctrack.evaluate import check_fits, evaluate, first_mismatch
+from lmctrack.repair import Repair
 from lmctrack.state import State
 
-BN_POLICIES = ("interpolate", "reset")
+BN_POLICIES = ("interpolate", "reset")  # for any point of weight space (paths, planes)
+PATH_POLICIES = (*BN_POLICIES, "repair")  # repair needs both endpoints of a path
 BATCHED_POLICIES = ("interpolate", "reset")  # the others run the per-alpha loop
 MASK_MODES = ("same", "each")
 _RESET_VALUES = {"running_mean": 0.0, "running_var": 1.0, "num_batches_tracked": 0}
@@ -201,8 +205,9 @@ def linear_path(
     `model` is a template of the right architecture; its weights are overwritten. `bn_limit`
     caps the training examples used to recompute BatchNorm statistics under bn="reset".
     batched=False evaluates one alpha at a time (the reference the batched passes are tested on).
+    bn="repair" measures the endpoints' channel statistics on the same training examples.
     """
-    _check_choice("bn", bn, BN_POLICIES)
+    _check_choice("bn", bn, PATH_POLICIES)
     if alphas < 2:
         raise LmcError(f"alphas={alphas}: a path needs at least 2 points (the endpoints)")
     if not splits:
@@ -228,8 +233,13 @@ def _path_per_alpha(
 ) -> Curves:
     """Load each W_alpha into the template, apply the BatchNorm policy, evaluate."""
     curves: Curves = {split: {"error": [], "loss": []} for split in splits}
+    fix = None
+    if bn == "repair":  # the endpoints' statistics, measured once for the whole path
+        batches = dataset.eval_batches("train", batch_size=1000, device=device, limit=bn_limit)
+        fix = Repair(model, wa, wb, batches)
     for i, alpha in enumerate(points):
-        model.load_state_dict(_lerp(wa, wb, alpha, bn), strict=True)
+        weights = _lerp(wa, wb, alpha, bn)
+        model.load_state_dict(weights if fix is None else fix(weights, alpha), strict=True)
         if bn == "reset":
             recompute_bn(model, dataset, device=device, limit=bn_limit)
         for split in splits:
