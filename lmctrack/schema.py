@@ -139,3 +139,29 @@ def median_or_none(values: Sequence[int | None]) -> float | None:
         return float(ranked[mid])
     low, high = ranked[mid - 1], ranked[mid]
     return None if high is None else (low + high) / 2
+
+
+# --- alignment (Git Re-Basin, Ainsworth et al. 2022; REPAIR, Jordan et al. 2022) -------------
+KIND_ALIGN = "align"
+KIND_TRANSPORT = "transport"
+KIND_CONNECT = "connect"
+ALIGN_METHOD = "align_method"  # weight | activation
+ALIGN_SEED = "align_seed"
+MAX_LOGIT_DIFF = "max_logit_diff"  # the function check of a permuted state
+PERMUTATION = "permutation"  # the permutation's artifact file on the run that registered it
+MASK_SOURCE = "mask_source"  # a transported mask: the subnetwork it was found in
+WIDTH = "width"
+# The three paths between networks from different inits: as trained, B permuted to match A,
+# and permuted with REPAIR on the path.
+NAIVE = "naive"
+PERMUTED = "aligned"
+PERMUTED_REPAIR = "aligned+repair"
+PAIR_KINDS = (NAIVE, PERMUTED, PERMUTED_REPAIR)
+DEFINITIONS.update(
+    {
+        PERMUTED: "the error barrier between A and B with B's hidden units permuted to match A's "
+        "(Git Re-Basin); the permuted B computes B's function (checked)",
+        PERMUTED_REPAIR: "the aligned path with every hidden channel of W(a) rescaled to the "
+        "interpolation of the endpoints' mean and std on training data (REPAIR)",
+    }
+)
