@@ -281,6 +281,7 @@ def test_cifar_reader_refuses_pickles_that_run_code(tmp_path):
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
 
 
+@pytest.mark.slow
 def test_imagenet_streamed_from_image_folders(tmp_path):
     make_image_folder(tmp_path / "imagenet", classes=3, per_class=4)
     ds = load_dataset(DataConfig(name="imagenet", root=str(tmp_path)))
@@ -349,6 +350,7 @@ def test_import_rejects_wrong_layouts_and_rolls_back_unreadable_data(tmp_path):
     assert not (tmp_path / "data" / "mnist").exists()
 
 
+@pytest.mark.slow
 def test_import_inside_a_dvc_repo_tracks_the_folder(tmp_path):
     repo = tmp_path / "project"
     repo.mkdir()

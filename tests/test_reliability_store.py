@@ -168,8 +168,8 @@ def _weights_file(store: Store, uri: str) -> Path:
 
 
 def test_bit_rot_is_detected_marked_and_recreated_by_a_rerun(store: Store) -> None:
-    with store.run("rot", "train", tags={"config_hash": "r1"}) as run:
-        uri = run.save_state(_state(2), model_name=MODEL, role="init", step=0, tags={}, key="r1.0")
+    with store.run("rot", "fork", tags={"config_hash": "r1"}) as run, run.child("copy") as copy:
+        uri = copy.save_state(_state(2), model_name=MODEL, role="init", step=0, tags={}, key="r1.0")
     path = _weights_file(store, uri)
     data = bytearray(path.read_bytes())
     data[-16:] = torch.full((4,), float("nan")).numpy().tobytes()  # weights past the header

@@ -43,7 +43,7 @@ def _copy_db(source: Path, target: Path) -> None:
 @pytest.fixture(scope="module")
 def raced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[list[str]]]:
     """3 processes open a NEW store at once (the schema creation races too) and each registers
-    3 versions of the same model; also the template database of the other tests."""
+    3 versions of the same model."""
     db = tmp_path_factory.mktemp("raced") / "mlflow.db"
     workers = 3
     # Fresh interpreters (no inherited connections), forked from one server that imported
@@ -53,12 +53,6 @@ def raced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[list[str
     with ctx.Pool(workers) as pool:
         results = pool.starmap(_register_in_child, [(f"sqlite:///{db}", w) for w in range(workers)])
     return db, results
-
-
-@pytest.fixture(scope="module")
-def template_db(raced: tuple[Path, list]) -> Path:
-    """A store with the full schema: MLflow's migrations of a new database take seconds."""
-    return raced[0]
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +284,7 @@ def _register_in_child(uri: str, worker: int) -> list[str]:
     return uris
 
 
+@pytest.mark.slow
 def test_concurrent_writers_on_a_new_store_all_succeed(raced: tuple[Path, list]) -> None:
     db, results = raced
     uris = [u for worker in results for u in worker]

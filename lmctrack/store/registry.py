@@ -300,8 +300,9 @@ class Registry:
         self._verified.add(info.uri)
 
     def _corrupt(self, info: StateInfo | None, uri: str, problem: str) -> LmcError:
-        """Mark the state and its producing run corrupt (when the store is writable), so that
-        re-running the producing command re-creates it; the error to raise."""
+        """Mark the state, its producing run and the runs that one is nested in corrupt (when the
+        store is writable), so that re-running the producing command re-creates it (find_run
+        passes over them); the error to raise."""
         if info is None:
             return LmcError(f"{uri}: corrupted state files ({problem}); export them again")
         with suppress(MlflowException, OSError, LmcError):
@@ -310,8 +311,12 @@ class Registry:
                     info.name, str(info.version), TAG_PREFIX + CORRUPT, "true"
                 )
             )
-            if info.run_id:
-                retry_busy(lambda: self.client.set_tag(info.run_id, TAG_PREFIX + CORRUPT, "true"))
+            run_id = info.run_id
+            while run_id:  # the producing run and the runs it is nested in
+                retry_busy(
+                    lambda run_id=run_id: self.client.set_tag(run_id, TAG_PREFIX + CORRUPT, "true")
+                )
+                run_id = self.client.get_run(run_id).data.tags.get("mlflow.parentRunId")
         self._versions.pop(info.uri, None)
         run = f" (run {info.run_id})" if info.run_id else ""
         return LmcError(
