@@ -1,7 +1,8 @@
 """The paper's figures as PNG files (matplotlib, Agg canvas; no pyplot global state).
 
 Every plot says what its numbers are: the split, the barrier definition, the BatchNorm policy
-and how many samples a mean is taken over. Each function returns the Path it wrote.
+and how many samples a mean is taken over. Each function returns a Figure (shown as is in a
+notebook); `save` writes one as PNG.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from matplotlib.figure import Figure
 
 from lmctrack import schema
 from lmctrack.interpolate import error_barrier
@@ -20,7 +23,6 @@ ERROR_BARRIER = "error barrier = sup_a E(a) - mean(E(0), E(1))"
 def _figure(cols: int = 1, rows: int = 1, size: tuple[float, float] = (5.5, 4.0)):
     """A standalone figure (no pyplot): safe in threads and under any interactive backend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(size[0] * cols, size[1] * rows), layout="constrained")
     FigureCanvasAgg(fig)
@@ -28,7 +30,8 @@ def _figure(cols: int = 1, rows: int = 1, size: tuple[float, float] = (5.5, 4.0)
     return fig, axes
 
 
-def _save(fig, out: Path) -> Path:
+def save(fig: Figure, out: Path) -> Path:
+    """Write a figure as PNG (the folder is created); returns the path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=120)
@@ -63,7 +66,7 @@ def _rewind_axis(ax, ks: Sequence[int]) -> None:
     ax.set_xlabel("rewind step k (iterations; symlog axis)")
 
 
-def plot_path(path_results: Mapping[str, Any], out: Path, title: str) -> Path:
+def plot_path(path_results: Mapping[str, Any], title: str) -> Figure:
     """Error (top) and loss (bottom) along the linear paths, one column per split, one line per
     pair. `path_results` maps a pair's name to a Pair or PathResult: `alphas`,
     `curves[split]["error" | "loss"]`, `bn`."""
@@ -88,12 +91,12 @@ def plot_path(path_results: Mapping[str, Any], out: Path, title: str) -> Path:
         f"{title}\n{len(path_results)} pair(s); BatchNorm: {', '.join(policies)}; {ERROR_BARRIER}",
         fontsize="medium",
     )
-    return _save(fig, out)
+    return fig
 
 
 def plot_instability(
-    rows: Sequence, out: Path, title: str, *, bn: str, threshold: float, center: str = "mean"
-) -> Path:
+    rows: Sequence, title: str, *, bn: str, threshold: float, center: str = "mean"
+) -> Figure:
     """Figure 3: error barrier vs rewind step k, one line per split, ±std band, the 2% line.
     rows: SweepRow-like (k, split, barrier: Stats); center="median" for Figure 9's statistic."""
     fig, axes = _figure()
@@ -107,10 +110,10 @@ def plot_instability(
     ax.set_title(
         f"{title}\nBatchNorm: {bn}; {center} ± std over {_samples(series)}", fontsize="medium"
     )
-    return _save(fig, out)
+    return fig
 
 
-def plot_wk_error(errors: Mapping[int, Stats], out: Path, title: str) -> Path:
+def plot_wk_error(errors: Mapping[int, Stats], title: str) -> Figure:
     """Figure 11: the test error of Wk itself (before any further training) vs k."""
     fig, axes = _figure()
     ax = axes[0][0]
@@ -120,12 +123,12 @@ def plot_wk_error(errors: Mapping[int, Stats], out: Path, title: str) -> Path:
     ax.set_ylabel("test error")
     ax.legend(fontsize="small")
     ax.set_title(f"{title}\nmean ± std over {_samples(series)} (inits)", fontsize="medium")
-    return _save(fig, out)
+    return fig
 
 
 def plot_imp_rewind(
-    series: Series, out: Path, title: str, *, metric: str, reference: float | None = None
-) -> Path:
+    series: Series, title: str, *, metric: str, reference: float | None = None
+) -> Figure:
     """Figures 6/7: `metric` of IMP subnetworks vs rewind step, one line per density.
     series: (density, k, Stats); `reference`: a horizontal line (the stability threshold, or the
     dense network's value)."""
@@ -138,10 +141,10 @@ def plot_imp_rewind(
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
     ax.set_title(f"{title}\nIMP subnetworks; mean ± std over {_samples(series)}", fontsize="medium")
-    return _save(fig, out)
+    return fig
 
 
-def plot_earliest(earliest: Sequence, out: Path, title: str) -> Path:
+def plot_earliest(earliest: Sequence, title: str) -> Figure:
     """Figure 9: per density, the median over samples of the earliest stable / matching k."""
     fig, axes = _figure()
     ax = axes[0][0]
@@ -155,18 +158,17 @@ def plot_earliest(earliest: Sequence, out: Path, title: str) -> Path:
     ax.set_ylabel("rewind step k (median over samples)")
     ax.legend(fontsize="small")
     ax.set_title(f"{title}\n{schema.DEFINITIONS['earliest_k']}", fontsize="small", wrap=True)
-    return _save(fig, out)
+    return fig
 
 
 def plot_imp_density(
     rows: Sequence[Mapping[str, Any]],
-    out: Path,
     title: str,
     *,
     metric: str = "test accuracy",
     dense: float | None = None,
     dense_std: float = 0.0,
-) -> Path:
+) -> Figure:
     """Figures 5/8: `metric` vs fraction of weights remaining, one line per method (IMP, random
     pruning, random reinitialisation). rows: {"method", "density", "mean", "std", "n"}.
     The x axis runs from dense (left) to sparse (right), on a log scale, as in the paper."""
@@ -190,10 +192,10 @@ def plot_imp_density(
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
     ax.set_title(f"{title}\nmean ± std over {_samples(series)}", fontsize="medium")
-    return _save(fig, out)
+    return fig
 
 
-def plot_plane(plane, out: Path, title: str, *, metric: str = "error") -> Path:
+def plot_plane(plane, title: str, *, metric: str = "error") -> Figure:
     """Filled contours of the plane's `metric` ("error" or "loss") with its points marked."""
     values = getattr(plane, metric)
     fig, axes = _figure(size=(6.0, 5.0))
@@ -207,4 +209,4 @@ def plot_plane(plane, out: Path, title: str, *, metric: str = "error") -> Path:
     ax.set_ylabel(plane.labels[1])
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(f"{title}\n{plane.split} {metric}; BatchNorm: {plane.bn}", fontsize="medium")
-    return _save(fig, out)
+    return fig

@@ -63,6 +63,24 @@ class Pair:
         out.update({f"distance.{k}": float(v) for k, v in self.distances.items()})
         return out
 
+    def plot(self, title: str = "pair"):
+        """Error and loss along the path, per split (a matplotlib Figure)."""
+        from lmctrack.plots import plot_path
+
+        return plot_path({title: self}, f"{title} (bn={self.bn})")
+
+    def to_frame(self):
+        """One row per (split, alpha): error and loss (a pandas DataFrame)."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            [
+                {"split": split, "alpha": a, "error": c["error"][i], "loss": c["loss"][i]}
+                for split, c in self.curves.items()
+                for i, a in enumerate(self.alphas)
+            ]
+        )
+
     @classmethod
     def from_dict(cls, data: dict) -> Pair:
         return cls(**data)
@@ -95,6 +113,19 @@ class Fork:
 
     def stable(self, split: str, threshold: float) -> bool:
         return schema.stable(self.barrier(split).mean, threshold)
+
+    def plot(self):
+        """Every pair's path (a matplotlib Figure)."""
+        from lmctrack.plots import plot_path
+
+        paths = {f"seeds {p.seeds[0]}-{p.seeds[1]}" if p.seeds else p.b: p for p in self.pairs}
+        return plot_path(paths, f"fork of {self.source} at k={self.k}")
+
+    def to_frame(self):
+        """One row per pair: its seeds, barriers per split and distances."""
+        import pandas as pd
+
+        return pd.DataFrame([{"k": self.k, "seeds": p.seeds, **p.metrics()} for p in self.pairs])
 
     @classmethod
     def from_dict(cls, data: dict) -> Fork:
@@ -149,6 +180,35 @@ class Imp:
     same_basin: list[Pair]
     matching_rule: str
     reused: bool = False
+
+    def plot(self, title: str | None = None):
+        """Figures 5/8: test accuracy vs density per method, mean ± std over replicates."""
+        from lmctrack.plots import plot_imp_density
+
+        points = [
+            {
+                "method": schema.METHOD_LABELS[m],
+                "density": r.density,
+                "mean": s.mean,
+                "std": s.std,
+                "n": s.n,
+            }
+            for r in self.rows
+            for m, s in r.accuracy.items()
+        ]
+        dense = self.rows[0].dense if self.rows else None
+        return plot_imp_density(
+            points,
+            title or f"IMP rewinding to {self.k}it vs random baselines",
+            dense=dense.mean if dense else None,
+            dense_std=dense.std if dense else 0.0,
+        )
+
+    def to_frame(self):
+        """One row per training: method, replicate, level, density, noise seed, test error."""
+        import pandas as pd
+
+        return pd.DataFrame([dataclasses.asdict(t) for t in self.trainings])
 
     def levels(self, replicate: int = 0, method: str = schema.IMP) -> list[Trained]:
         return sorted(
@@ -205,6 +265,35 @@ class Sweep:
     def earliest_stable(self, split: str = "test") -> int | None:
         return schema.earliest([(r.k, r.stable) for r in self.rows if r.split == split])
 
+    def plot(self, kind: str = "barrier"):
+        """Figure 3 (`barrier`) or Figure 11 (`wk_error`)."""
+        from lmctrack.plots import plot_instability, plot_wk_error
+
+        if kind == "wk_error":
+            return plot_wk_error(self.wk_errors, f"{self.model}: error of Wk (Figure 11)")
+        title = (
+            f"{self.model}: instability vs rewind step\n"
+            f"{len(self.inits)} inits x {len(self.copy_seeds)} copies"
+        )
+        return plot_instability(self.rows, title, bn=self.bn, threshold=self.threshold)
+
+    def to_frame(self):
+        """One row per (k, split): barrier statistics, endpoint error, verdict."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            [
+                {
+                    "k": r.k,
+                    "split": r.split,
+                    **dataclasses.asdict(r.barrier),
+                    "endpoint_error": r.endpoint_error,
+                    "stable": r.stable,
+                }
+                for r in self.rows
+            ]
+        )
+
 
 @dataclass
 class SparseRow:
@@ -244,7 +333,47 @@ class SparseSweep:
     dense_error: Stats
     claim: str
     claim_holds: bool | None
+    threshold: float = 0.02
     definitions: dict[str, str] = field(default_factory=lambda: dict(schema.DEFINITIONS))
+
+    def plot(self, kind: str = "barrier", split: str = "test"):
+        """Figure 6 (`barrier`), Figure 7 (`error`) or Figure 9 (`earliest`)."""
+        from lmctrack.plots import plot_earliest, plot_imp_rewind
+
+        if kind == "earliest":
+            return plot_earliest(self.earliest, f"{self.model}: Figure 9")
+        rows = [r for r in self.rows if r.split == split]
+        title = f"{self.model}: IMP subnetworks vs rewind step (bn={self.bn})"
+        if kind == "error":
+            series = [(r.density, r.k, r.test_error) for r in rows]
+            metric, reference = "test error of the subnetworks' copies", self.dense_error.mean
+        else:
+            series = [(r.density, r.k, r.barrier) for r in rows]
+            metric, reference = f"{split} error barrier", self.threshold
+        return plot_imp_rewind(series, title, metric=metric, reference=reference)
+
+    def to_frame(self):
+        """One row per (density, k, split): barrier, error, drop and the verdicts."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            [
+                {
+                    "level": r.level,
+                    "density": r.density,
+                    "k": r.k,
+                    "split": r.split,
+                    "barrier_mean": r.barrier.mean,
+                    "barrier_std": r.barrier.std,
+                    "n": r.barrier.n,
+                    "stable": r.stable,
+                    "test_error": r.test_error.mean,
+                    "drop": r.drop,
+                    "matching": r.matching,
+                }
+                for r in self.rows
+            ]
+        )
 
 
 def sweep_from_dict(data: dict) -> Sweep:

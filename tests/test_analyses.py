@@ -29,8 +29,11 @@ from lmctrack.plots import (
     plot_instability,
     plot_path,
     plot_plane,
+    save,
 )
 from lmctrack.prune import full_mask, prune_to_density
+from lmctrack.results import SweepRow
+from lmctrack.schema import Stats
 from lmctrack.state import State
 
 torch.set_num_threads(1)
@@ -272,32 +275,34 @@ def is_png(path) -> bool:
     return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG
 
 
-def test_plots_write_png_files(tmp_path):
+def test_plots_are_figures_saved_as_png_files(tmp_path):
     alphas = [i / 4 for i in range(5)]
     curve = {"error": [0.1, 0.2, 0.3, 0.2, 0.1], "loss": [0.3, 0.5, 0.8, 0.5, 0.3]}
     path = PathResult(alphas, {"test": curve, "train": curve}, bn="reset", mask_mode="same")
-    assert is_png(plot_path({"seed 1 vs 2": path}, tmp_path / "path.png", "LeNet k=0"))
+    figure = plot_path({"seed 1 vs 2": path}, "LeNet k=0")
+    assert "barrier 20.00%" in figure.axes[0].get_legend().get_texts()[0].get_text()
+    assert is_png(save(figure, tmp_path / "path.png"))
 
     rows = [
-        {"k": k, "split": split, "mean": m, "std": 0.01, "median": m, "n": 9}
+        SweepRow(k, split, Stats(m, 0.01, m, 9), 0.1, m < 0.02)
         for k, m in [(0, 0.1), (100, 0.03), (1000, 0.005)]
         for split in ("train", "test")
     ]
-    assert is_png(plot_instability(rows, tmp_path / "instability.png", "Figure 3", bn="reset"))
+    figure = plot_instability(rows, "Figure 3", bn="reset", threshold=0.02)
+    assert "n = 9 samples" in figure.axes[0].get_title()
+    assert is_png(save(figure, tmp_path / "instability.png"))
 
-    rewind = [
-        {"density": d, "k": k, "mean": 0.1 - d / 10, "std": 0.01, "n": 3}
-        for d in (0.8, 0.2)
-        for k in (0, 100)
-    ]
-    assert is_png(plot_imp_rewind(rewind, tmp_path / "imp_rewind.png", "Figure 7", dense=0.05))
+    rewind = [(d, k, Stats(0.1 - d / 10, 0.01, 0.1, 3)) for d in (0.8, 0.2) for k in (0, 100)]
+    figure = plot_imp_rewind(rewind, "Figure 7", metric="test error", reference=0.05)
+    assert len(figure.axes[0].get_lines()) == 3  # two densities and the reference
+    assert is_png(save(figure, tmp_path / "imp_rewind.png"))
 
     methods = [
         {"method": m, "density": d, "mean": 0.1 + i * (1 - d), "std": 0.0, "n": 3}
         for i, m in enumerate(("imp", "random_prune", "random_reinit"))
         for d in (1.0, 0.5, 0.1)
     ]
-    assert is_png(plot_imp_density(methods, tmp_path / "nested" / "density.png", "Figure 8"))
+    assert is_png(save(plot_imp_density(methods, "Figure 8"), tmp_path / "nested" / "density.png"))
 
     grid = [[float(i + j) for j in range(4)] for i in range(3)]
     surface = Plane(
@@ -307,4 +312,4 @@ def test_plots_write_png_files(tmp_path):
         grid,
         {"Wk": (0.0, 0.0), "W_T1": (2.0, 0.0), "W_T2": (1.0, 1.5)},
     )
-    assert is_png(plot_plane(surface, tmp_path / "plane.png", "plane", metric="loss"))
+    assert is_png(save(plot_plane(surface, "plane", metric="loss"), tmp_path / "plane.png"))

@@ -21,7 +21,7 @@ from lmctrack.evaluate import first_mismatch, load_into
 from lmctrack.hessian import hessian_diagonal, summary
 from lmctrack.landscape import Plane, random_directions_plane
 from lmctrack.landscape import plane as plane_through
-from lmctrack.plots import _figure, _save, plot_plane
+from lmctrack.plots import _figure, plot_plane, save
 from lmctrack.state import Mask, State
 from lmctrack.workflows.common import Context
 
@@ -47,7 +47,7 @@ def _kept(diag: dict[str, torch.Tensor], mask: Mask | None) -> torch.Tensor:
     )
 
 
-def plot_hessian(diag: dict[str, torch.Tensor], mask: Mask | None, out: Path, title: str) -> Path:
+def plot_hessian(diag: dict[str, torch.Tensor], mask: Mask | None, title: str):
     """Histogram of log10 |diag(H)| over the kept entries, positive and negative estimates apart
     (the estimate of a non-convex loss can be negative); exact zeros are counted in the title."""
     kept = _kept(diag, mask)
@@ -70,7 +70,7 @@ def plot_hessian(diag: dict[str, torch.Tensor], mask: Mask | None, out: Path, ti
     ax.legend(fontsize="small")
     zeros = kept.numel() - nonzero.numel()
     ax.set_title(f"{title}\n{kept.numel()} kept entries, {zeros} exactly 0", fontsize="medium")
-    return _save(fig, out)
+    return fig
 
 
 def _write_outputs(ctx: Context, stem: str, result: dict, figures: list[Path]) -> None:
@@ -126,7 +126,7 @@ def hessian(
         save_file(diag, str(folder / DIAGONAL_FILE))
         run.log_file(folder / DIAGONAL_FILE)
         title = f"Hessian diagonal of {_label(ctx, uri)} ({samples} samples, {result['examples']} train examples)"
-        figure = plot_hessian(diag, state.mask, folder / "hessian.png", title)
+        figure = save(plot_hessian(diag, state.mask, title), folder / "hessian.png")
         run.log_file(figure, "plots")
         result["run_id"] = run.id
         run.log_json(result, "hessian.json")
@@ -207,7 +207,7 @@ def _log_plane(
         )
         folder = ctx.scratch() / run.id
         figures = [
-            plot_plane(p, folder / f"{stem}{suffix}.png", title, metric=metric)
+            save(plot_plane(p, title, metric=metric), folder / f"{stem}{suffix}.png")
             for metric, suffix in (("error", ""), ("loss", "_loss"))
         ]
         for figure in figures:

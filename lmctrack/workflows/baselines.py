@@ -56,25 +56,26 @@ def baselines(
                 step = t.start_step if ctx.params.imp.reinit_start == "rewind" else 0
             seed = jobs.noise_seed(ctx.params.seeds.data_order, t.replicate, t.level, method)
             plans.append((t, method, key, start, step, seed))
-    todo = [
-        jobs.training(
-            ctx,
-            key,
-            f"{method} r{t.replicate} level {t.level}",
-            start,
-            start=step,
-            noise=Noise(seed, seed),
-        )
-        for t, method, key, start, step, seed in plans
-        if jobs.finished(ctx, key) is None
-    ]
-    results = jobs.train_all(ctx, todo)
-    return [
-        _register(ctx, parent, wk_uri, *plan, results[plan[2]])
-        if plan[2] in results
-        else _adopt(ctx, plan[0], plan[1], jobs.finished(ctx, plan[2]))
-        for plan in plans
-    ]
+    with jobs.claimed(ctx, [plan[2] for plan in plans]):
+        todo = [
+            jobs.training(
+                ctx,
+                key,
+                f"{method} r{t.replicate} level {t.level}",
+                start,
+                start=step,
+                noise=Noise(seed, seed),
+            )
+            for t, method, key, start, step, seed in plans
+            if jobs.finished(ctx, key) is None
+        ]
+        results = jobs.train_all(ctx, todo)
+        return [
+            _register(ctx, parent, wk_uri, *plan, results[plan[2]])
+            if plan[2] in results
+            else _adopt(ctx, plan[0], plan[1], jobs.finished(ctx, plan[2]))
+            for plan in plans
+        ]
 
 
 def _register(

@@ -24,20 +24,23 @@ FORK_ARTIFACT = "fork.json"
 
 def forks(ctx: Context, plans: list[Plan]) -> list[Fork]:
     """Algorithm 1 for each planned state Wk; a sweep's copies all train in one pool."""
-    done = {plan.key: reused(ctx, plan) for plan in plans}
-    todo = [plan for plan in plans if done[plan.key] is None]
-    # Lines 3-4: train copies of Wk to T, copy i under its own SGD noise u_i.
-    trained = jobs.train_all(ctx, [job for plan in todo for job in copy_trainings(ctx, plan)])
-    for plan in todo:
-        with jobs.recorded(ctx, plan.label, key=plan.key, kind=schema.KIND_FORK) as run:
-            run.log_input_states(plan.parents)
-            copies = [register_copy(ctx, run, plan, i, trained) for i in range(len(plan.seeds))]
-            # Lines 5-6: the error along the path between every pair of copies, and its barrier.
-            pairs = [
-                log_pair(ctx, run, f"pair {i}-{j} k={plan.k}", interpolate(ctx, plan, copies, i, j))
-                for i, j in combinations(range(len(copies)), 2)
-            ]
-            done[plan.key] = record(ctx, run, plan, copies, pairs, trained)
+    with jobs.claimed(ctx, [key for plan in plans for key in (plan.key, *plan.copy_keys)]):
+        done = {plan.key: reused(ctx, plan) for plan in plans}
+        todo = [plan for plan in plans if done[plan.key] is None]
+        # Lines 3-4: train copies of Wk to T, copy i under its own SGD noise u_i.
+        trained = jobs.train_all(ctx, [job for plan in todo for job in copy_trainings(ctx, plan)])
+        for plan in todo:
+            with jobs.recorded(ctx, plan.label, key=plan.key, kind=schema.KIND_FORK) as run:
+                run.log_input_states(plan.parents)
+                copies = [register_copy(ctx, run, plan, i, trained) for i in range(len(plan.seeds))]
+                # Lines 5-6: the error along the path between every pair of copies, its barrier.
+                pairs = [
+                    log_pair(
+                        ctx, run, f"pair {i}-{j} k={plan.k}", interpolate(ctx, plan, copies, i, j)
+                    )
+                    for i, j in combinations(range(len(copies)), 2)
+                ]
+                done[plan.key] = record(ctx, run, plan, copies, pairs, trained)
     return [done[plan.key] for plan in plans]
 
 

@@ -31,34 +31,35 @@ def imp(
     IMP is reused, an interrupted one resumes after its last finished level."""
     cfg, search = ctx.params.imp, search or SameData()
     work = Work.of(ctx, wk_uri, search, with_baselines)
-    if (done := reused(ctx, work)) is not None:
-        return done
-    wk = ctx.store.load_state(wk_uri)  # lines 1-3: W0 trained to Wk, registered by `train`
-    chains = [Chain.dense(ctx, wk, replicate) for replicate in range(cfg.replicates)]  # m = 1
-    with jobs.recorded(ctx, work.label, key=work.key, kind=schema.KIND_IMP) as run:
-        run.log_input_states([wk_uri])
-        for level in range(work.levels + 1):  # line 4: level 0 is the dense network
-            train_level(ctx, run, work.chain, wk_uri, wk, chains, level)  # line 5: m ⊙ Wk to T
-            if level < work.levels:  # line 6: prune the lowest-magnitude remaining weights
-                search.search(ctx, run, work.chain, wk, chains, level)
-                for chain in chains:
-                    chain.mask = prune(cfg, chain.pruned_from, chain.mask)
-        trainings = [t for chain in chains for t in chain.trained]
-        if with_baselines:
-            trainings += baselines(ctx, run, work.chain, wk_uri, wk, trainings)
-        result = Imp(
-            run_id=run.id,
-            source=wk_uri,
-            k=work.k,
-            replicates=cfg.replicates,
-            trainings=trainings,
-            rows=table(ctx, trainings),
-            same_basin=same_basin(ctx, run, chains[0]) if with_baselines else [],
-            matching_rule=schema.DEFINITIONS["matching"] + f" ({cfg.matching_threshold:.1%})",
-        )
-        write_plots(ctx, run, result)
-        run.log_json(to_dict(result), IMP_ARTIFACT)
-    return result
+    with jobs.claimed(ctx, [work.key]):  # an identical request running now: wait, reuse
+        if (done := reused(ctx, work)) is not None:
+            return done
+        wk = ctx.store.load_state(wk_uri)  # lines 1-3: W0 trained to Wk, registered by `train`
+        chains = [Chain.dense(ctx, wk, replicate) for replicate in range(cfg.replicates)]  # m = 1
+        with jobs.recorded(ctx, work.label, key=work.key, kind=schema.KIND_IMP) as run:
+            run.log_input_states([wk_uri])
+            for level in range(work.levels + 1):  # line 4: level 0 is the dense network
+                train_level(ctx, run, work.chain, wk_uri, wk, chains, level)  # line 5: m ⊙ Wk to T
+                if level < work.levels:  # line 6: prune the lowest-magnitude remaining weights
+                    search.search(ctx, run, work.chain, wk, chains, level)
+                    for chain in chains:
+                        chain.mask = prune(cfg, chain.pruned_from, chain.mask)
+            trainings = [t for chain in chains for t in chain.trained]
+            if with_baselines:
+                trainings += baselines(ctx, run, work.chain, wk_uri, wk, trainings)
+            result = Imp(
+                run_id=run.id,
+                source=wk_uri,
+                k=work.k,
+                replicates=cfg.replicates,
+                trainings=trainings,
+                rows=table(ctx, trainings),
+                same_basin=same_basin(ctx, run, chains[0]) if with_baselines else [],
+                matching_rule=schema.DEFINITIONS["matching"] + f" ({cfg.matching_threshold:.1%})",
+            )
+            write_plots(ctx, run, result)
+            run.log_json(to_dict(result), IMP_ARTIFACT)
+        return result
 
 
 @dataclass

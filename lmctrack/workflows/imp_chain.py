@@ -80,22 +80,25 @@ def train_level(
         jobs.noise_seed(ctx.params.seeds.data_order, c.replicate, level, schema.IMP) for c in chains
     ]
     subnets = [State(wk.weights, c.mask if level else None) for c in chains]
-    todo = [
-        jobs.training(
-            ctx, key, f"IMP r{c.replicate} level {level}", sub, start=k, noise=Noise(s, s)
-        )
-        for c, key, s, sub in zip(chains, keys, seeds, subnets, strict=True)
-        if jobs.finished(ctx, key) is None
-    ]
-    results = jobs.train_all(ctx, todo)
-    for chain, key, seed, sub in zip(chains, keys, seeds, subnets, strict=True):
-        if key in results:
-            trained = State(results[key].weights, sub.mask)
-            record = _register_level(ctx, parent, key, wk_uri, chain, level, k, sub, trained, seed)
-        else:
-            record, trained = _adopt_level(ctx, jobs.finished(ctx, key))
-        chain.trained.append(record)
-        chain.last = trained
+    with jobs.claimed(ctx, keys):
+        todo = [
+            jobs.training(
+                ctx, key, f"IMP r{c.replicate} level {level}", sub, start=k, noise=Noise(s, s)
+            )
+            for c, key, s, sub in zip(chains, keys, seeds, subnets, strict=True)
+            if jobs.finished(ctx, key) is None
+        ]
+        results = jobs.train_all(ctx, todo)
+        for chain, key, seed, sub in zip(chains, keys, seeds, subnets, strict=True):
+            if key in results:
+                trained = State(results[key].weights, sub.mask)
+                record = _register_level(
+                    ctx, parent, key, wk_uri, chain, level, k, sub, trained, seed
+                )
+            else:
+                record, trained = _adopt_level(ctx, jobs.finished(ctx, key))
+            chain.trained.append(record)
+            chain.last = trained
 
 
 def _register_level(
@@ -218,46 +221,50 @@ class OtherData:
             jobs.noise_seed(ctx.params.seeds.data_order, c.replicate, level, schema.SEARCH)
             for c in chains
         ]
-        todo = [
-            jobs.training(
-                self.data,
-                key,
-                f"search r{c.replicate} level {level}",
-                State(wk.weights, c.mask if level else None),
-                start=k,
-                noise=Noise(s, s),
-            )
-            for c, key, s in zip(chains, keys, seeds, strict=True)
-            if jobs.finished(ctx, key) is None
-        ]
-        results = jobs.train_all(self.data, todo)
-        for chain, key, seed in zip(chains, keys, seeds, strict=True):
-            if key not in results:
-                uri = ctx.store.run_states(jobs.finished(ctx, key))[-1].uri
-                chain.pruned_from, chain.pruned_from_uri = ctx.store.load_state(uri).weights, uri
-                continue
-            mask = chain.mask if level else None
-            with jobs.recorded(
-                ctx,
-                f"search r{chain.replicate} level {level}",
-                key=key,
-                kind=schema.SEARCH,
-                parent=parent,
-            ) as run:
-                chain.pruned_from_uri = jobs.register(
-                    ctx,
-                    run,
-                    State(results[key].weights, mask),
-                    role=schema.SEARCH,
-                    step=ctx.total_steps,
-                    tags={
-                        **sparsity_tags(level, mask),
-                        schema.REPLICATE: str(chain.replicate),
-                        schema.STATE: "W_T (prune data)",
-                        schema.DATA_ORDER_SEED: str(seed),
-                    },
-                    parents=[chain.trained[-1].start],
-                    key=f"{key}:W_T",
-                    data=self.data,
+        with jobs.claimed(ctx, keys):
+            todo = [
+                jobs.training(
+                    self.data,
+                    key,
+                    f"search r{c.replicate} level {level}",
+                    State(wk.weights, c.mask if level else None),
+                    start=k,
+                    noise=Noise(s, s),
                 )
-            chain.pruned_from = results[key].weights
+                for c, key, s in zip(chains, keys, seeds, strict=True)
+                if jobs.finished(ctx, key) is None
+            ]
+            results = jobs.train_all(self.data, todo)
+            for chain, key, seed in zip(chains, keys, seeds, strict=True):
+                if key not in results:
+                    uri = ctx.store.run_states(jobs.finished(ctx, key))[-1].uri
+                    chain.pruned_from, chain.pruned_from_uri = (
+                        ctx.store.load_state(uri).weights,
+                        uri,
+                    )
+                    continue
+                mask = chain.mask if level else None
+                with jobs.recorded(
+                    ctx,
+                    f"search r{chain.replicate} level {level}",
+                    key=key,
+                    kind=schema.SEARCH,
+                    parent=parent,
+                ) as run:
+                    chain.pruned_from_uri = jobs.register(
+                        ctx,
+                        run,
+                        State(results[key].weights, mask),
+                        role=schema.SEARCH,
+                        step=ctx.total_steps,
+                        tags={
+                            **sparsity_tags(level, mask),
+                            schema.REPLICATE: str(chain.replicate),
+                            schema.STATE: "W_T (prune data)",
+                            schema.DATA_ORDER_SEED: str(seed),
+                        },
+                        parents=[chain.trained[-1].start],
+                        key=f"{key}:W_T",
+                        data=self.data,
+                    )
+                chain.pruned_from = results[key].weights

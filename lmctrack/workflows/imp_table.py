@@ -69,28 +69,15 @@ def same_basin(ctx: Context, parent, chain: Chain) -> list[Pair]:
 def write_plots(ctx: Context, run, result: Imp) -> None:
     """Figures 5/8: test accuracy vs density for IMP and both baselines, mean ± std over the
     replicates, with the dense networks' mean; logged to the run and written for DVC."""
-    from lmctrack.plots import plot_imp_density
+    from lmctrack.plots import save
 
-    points = [
-        {
-            "method": schema.METHOD_LABELS[method],
-            "density": row.density,
-            "mean": s.mean,
-            "std": s.std,
-            "n": s.n,
-        }
-        for row in result.rows
-        for method, s in row.accuracy.items()
-    ]
     for row in result.rows:
         for method, s in row.accuracy.items():
             run.log_metrics({f"{method}.test_accuracy.mean": s.mean}, step=row.level)
         run.log_metrics({"imp.accuracy_drop": row.drop}, step=row.level)
-    if not points:
+    if not result.rows:
         return
-    title = f"{ctx.model_name}: IMP rewinding to {result.k}it vs random baselines"
-    dense = result.rows[0].dense
-    kwargs = {"metric": "test accuracy", "dense": dense.mean, "dense_std": dense.std}
-    run.log_file(plot_imp_density(points, ctx.scratch() / "imp.png", title, **kwargs), "plots")
+    figure = result.plot(f"{ctx.model_name}: IMP rewinding to {result.k}it vs random baselines")
+    run.log_file(save(figure, ctx.scratch() / "imp.png"), "plots")
     if ctx.out is not None:
-        plot_imp_density(points, ctx.out / "imp.png", title, **kwargs)
+        save(figure, ctx.out / "imp.png")

@@ -114,19 +114,12 @@ def rows(forks: list[Fork], splits: list[str], threshold: float) -> list[SweepRo
 
 def write_figures(ctx: Context, result: Sweep) -> list:
     """Figure 3 (and Figure 11) as PNG, and the CSV and metrics JSON that DVC declares."""
-    from lmctrack.plots import plot_instability, plot_wk_error
+    from lmctrack.plots import save
 
-    inst = ctx.params.instability
-    title = (
-        f"{ctx.model_name}: instability vs rewind step\n"
-        f"{len(result.inits)} inits x {len(result.copy_seeds)} copies"
-    )
     folder = ctx.out or ctx.scratch()
     figures = [
-        plot_instability(
-            result.rows, folder / "instability.png", title, bn=inst.bn, threshold=result.threshold
-        ),
-        plot_wk_error(result.wk_errors, folder / "wk_error.png", f"{ctx.model_name}: Figure 11"),
+        save(result.plot(), folder / "instability.png"),
+        save(result.plot("wk_error"), folder / "wk_error.png"),
     ]
     if ctx.out is not None:
         lines = ["k,split,mean,std,median,n,endpoint_error,stable"]

@@ -48,7 +48,7 @@ def interpolate_states(
 def log_pair(ctx: Context, parent, label: str, pair: Pair) -> Pair:
     """Log one pair as a child run: curves against alpha (step = alpha index, so the UI overlays
     the runs' curves), the table, the figure and the barriers. Returns the pair with its run id."""
-    from lmctrack.plots import plot_path
+    from lmctrack.plots import plot_path, save
 
     with ctx.store.run(
         ctx.model_name,
@@ -79,7 +79,7 @@ def log_pair(ctx: Context, parent, label: str, pair: Pair) -> Pair:
         pair.run_id = run.id
         run.log_json({**to_dict(pair), "definitions": schema.DEFINITIONS}, "pair.json")
         figure = ctx.scratch() / f"{run.id}_path.png"
-        plot_path({label: pair}, figure, f"{label} (bn={pair.bn})")
+        save(plot_path({label: pair}, f"{label} (bn={pair.bn})"), figure)
         run.log_file(figure, "plots")
     return pair
 

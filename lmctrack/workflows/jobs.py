@@ -9,8 +9,8 @@ crash adopts what was registered instead of registering it twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 from lmctrack import schema
 from lmctrack.config import Params
@@ -70,6 +70,18 @@ def train_all(ctx: Context, jobs: Sequence[TrainJob]) -> dict[str, JobResult]:
         jobs, ctx.dataset, ctx.device, ctx.board, batch_copies=ctx.params.runner.batch_copies
     )
     return {job.key: result for job, result in zip(jobs, results, strict=True)}
+
+
+@contextmanager
+def claimed(ctx: Context, keys: Iterable[str]) -> Iterator[None]:
+    """Hold the store's claim on every key while checking, training and registering that work:
+    an identical request made at the same time waits, then finds the work finished and reuses
+    it, so no work is done twice and no two trainings share a checkpoint folder. Claims are
+    taken in sorted order, so two requests with overlapping keys cannot deadlock."""
+    with ExitStack() as stack:
+        for key in sorted(set(keys)):
+            stack.enter_context(ctx.store.claim(key))
+        yield
 
 
 def finished(ctx: Context, key: str) -> str | None:

@@ -107,6 +107,7 @@ def summarize(
         dense_error=Stats.of(1 - d.mean for d in dense.values()),
         claim=claim,
         claim_holds=holds,
+        threshold=inst.stable_threshold,
     )
 
 
@@ -169,27 +170,17 @@ def _ks(ks: list[int]) -> str:
 
 def write_figures(ctx: Context, result: SparseSweep) -> list:
     """Figures 6 and 7 (barrier and test error vs k, one line per density) and Figure 9."""
-    from lmctrack.plots import plot_earliest, plot_imp_rewind
+    from lmctrack.plots import save
 
     folder = ctx.out or ctx.scratch()
     test = [r for r in result.rows if r.split == "test"] or result.rows
-    title = f"{ctx.model_name}: IMP subnetworks vs rewind step (bn={result.bn})"
     figures = [
-        plot_imp_rewind(
-            [(r.density, r.k, r.barrier) for r in test],
-            folder / "sparse_instability.png",
-            title,
-            metric=f"{test[0].split} error barrier",
-            reference=ctx.params.instability.stable_threshold,
-        ),
-        plot_imp_rewind(
-            [(r.density, r.k, r.test_error) for r in test],
-            folder / "sparse_error.png",
-            title,
-            metric="test error of the subnetworks' copies",
-            reference=result.dense_error.mean,
-        ),
-        plot_earliest(result.earliest, folder / "earliest.png", f"{ctx.model_name}: Figure 9"),
+        save(figure, folder / name)
+        for name, figure in (
+            ("sparse_instability.png", result.plot("barrier", test[0].split)),
+            ("sparse_error.png", result.plot("error", test[0].split)),
+            ("earliest.png", result.plot("earliest")),
+        )
     ]
     if ctx.out is not None:
         ctx.write_output(

@@ -65,12 +65,18 @@ def train_runs(
     again up to the last missing step (the same trajectory: same seeds) and only the missing Wk
     are registered, so the run's W0, Wk and W_T keep their URIs and every fork of them is reused.
     """
-    total = ctx.total_steps
-    snapshots = sorted({0, total, *rewind_steps(ctx, extra_steps)})
-    eval_every = ctx.params.train.eval_every
+    snapshots = sorted({0, ctx.total_steps, *rewind_steps(ctx, extra_steps)})
+    keys = [ctx.training_hash(seed, "train") for seed in seeds]
+    with jobs.claimed(ctx, keys):  # an identical training running now: wait for it, reuse it
+        return _train_or_reuse(ctx, seeds, keys, snapshots)
+
+
+def _train_or_reuse(
+    ctx: Context, seeds: Sequence[SeedConfig], keys: list[str], snapshots: list[int]
+) -> list[TrainedRun]:
+    total, eval_every = ctx.total_steps, ctx.params.train.eval_every
     plans, todo = [], []
-    for seed in seeds:
-        key = ctx.training_hash(seed, "train")
+    for seed, key in zip(seeds, keys, strict=True):
         done = ctx.store.find_run(ctx.model_name, key)
         trained = None if done is None else registered_run(ctx.store, done, total)
         missing = [s for s in snapshots if trained is None or s not in trained.states]

@@ -1,0 +1,144 @@
+"""Permutation alignment as tracked states (Git Re-Basin, Ainsworth et al. 2022).
+
+`align`: B's hidden units permuted to match A's, checked to compute B's function, registered as a
+state (role aligned, parents B and A) whose producing run keeps the permutation as a safetensors
+artifact. `transport`: a subnetwork's mask found on init A carried through such a permutation onto
+init B, to ask whether a ticket's mask works on another init once the units correspond.
+Both are identified by their inputs' URIs and settings, so asking twice registers nothing new.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lmctrack import schema
+from lmctrack.align import Permutation, apply_permutation, invert_permutation
+from lmctrack.config import config_hash
+from lmctrack.errors import LmcError
+from lmctrack.state import State
+from lmctrack.workflows import jobs
+from lmctrack.workflows.common import Context
+
+PERMUTATION_FILE = "permutation.safetensors"
+CHECK_EXAMPLES = 256  # training examples the permuted network's function is checked on
+
+
+@dataclass
+class Aligned:
+    """B permuted to match A, registered as `uri` by run `run_id`."""
+
+    uri: str
+    a: str
+    b: str
+    method: str
+    seed: int
+    max_logit_diff: float
+    run_id: str
+    reused: bool = False
+
+
+@dataclass
+class Transported:
+    """A's mask in B's unit order on B's weights, registered as `uri`."""
+
+    uri: str
+    mask: str  # the subnetwork the mask was found in
+    target: str
+    alignment: str  # the aligned state whose permutation carried the mask
+    density: float
+    run_id: str
+    reused: bool = False
+
+
+def same_architecture(a: State, b: State, names: tuple[str, str] = ("A", "B")) -> None:
+    """Raise LmcError unless both states have the same tensors with the same shapes."""
+    from lmctrack.evaluate import first_mismatch
+
+    problem = first_mismatch(a.weights, b.weights, names)
+    if problem is not None:
+        raise LmcError(
+            f"{names[0]} and {names[1]} are different architectures: {problem}; "
+            "align states of the same model"
+        )
+
+
+def align(ctx: Context, a_uri: str, b_uri: str, *, method: str | None = None, seed=None) -> Aligned:
+    """`lmctrack align A B`: register B permuted to match A (align.method and align.seed unless
+    given); an identical alignment registered before is returned instead."""
+    cfg = ctx.params.align
+    method = cfg.method if method is None else method
+    seed = cfg.seed if seed is None else seed
+    limit = cfg.data_limit if method == "activation" else None
+    key = config_hash(a_uri, b_uri, method, seed, limit, "align")
+    with jobs.claimed(ctx, [key]):
+        done = jobs.finished(ctx, key)
+        if done is not None:
+            return _adopt(ctx, done, a_uri, b_uri, method, seed)
+        return _align(ctx, key, a_uri, b_uri, method, seed)
+
+
+def _align(ctx: Context, key: str, a_uri: str, b_uri: str, method: str, seed: int) -> Aligned:
+    from lmctrack.align import align_states
+
+    a, b = ctx.store.load_state(a_uri), ctx.store.load_state(b_uri)
+    same_architecture(a, b)
+    ds, limit = ctx.dataset, ctx.params.align.data_limit
+    check = next(ds.eval_batches("train", batch_size=CHECK_EXAMPLES, device=ctx.device))[0]
+    batches = ds.eval_batches("train", device=ctx.device, limit=limit)
+    result = align_states(
+        ctx.template(), ds.input_shape, a, b, check, method=method, batches=batches, seed=seed
+    )
+    tags = {
+        schema.ALIGN_METHOD: method,
+        schema.ALIGN_SEED: str(seed),
+        schema.MAX_LOGIT_DIFF: f"{result.max_logit_diff:.3g}",
+        schema.PERMUTATION: PERMUTATION_FILE,
+    }
+    with jobs.recorded(
+        ctx,
+        f"align {method}",
+        key=key,
+        kind=schema.KIND_ALIGN,
+        params={"a": a_uri, "b": b_uri, "method": method, "seed": seed},
+        tags=tags,
+    ) as run:
+        run.log_input_states([a_uri, b_uri])
+        path = ctx.scratch() / f"{key}-{PERMUTATION_FILE}"
+        save_permutation(result.perm, path, PERMUTATION_FILE)
+        run.log_file(path)
+        run.log_metrics({schema.MAX_LOGIT_DIFF: result.max_logit_diff})
+        step = ctx.store.describe(b_uri).tags.get(schema.STEP)
+        uri = jobs.register(
+            ctx,
+            run,
+            result.state,
+            role=schema.ALIGNED,
+            step=None if step is None else int(step),
+            tags={**tags, schema.STATE: "aligned B"},
+            parents=[b_uri, a_uri],
+            key=f"{key}:aligned",
+            trained_here=False,
+        )
+    return Aligned(uri, a_uri, b_uri, method, seed, result.max_logit_diff, run.id)
+
+
+def _adopt(ctx: Context, run_id: str, a_uri: str, b_uri: str, method: str, seed: int) -> Aligned:
+    info = ctx.store.run_states(run_id)[-1]
+    diff = float(info.tags[schema.MAX_LOGIT_DIFF])
+    return Aligned(info.uri, a_uri, b_uri, method, seed, diff, run_id, reused=True)
+
+
+def save_permutation(perm: Permutation, path, name: str = PERMUTATION_FILE):
+    """Write a permutation (group -> unit indices) as a safetensors file; returns its path.
+
+    The file is written under `name` in path's folder's private subfolder so that the artifact
+    keeps the plain name whatever the scratch path is."""
+    from safetensors.torch import save_file
+
+    folder = path.parent / path.stem
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({g: p.detach().cpu().to(torch.int64).contiguous() for g, p in perm.items()},
+              str(folder / name))
+    return folder / name
