@@ -109,6 +109,14 @@ class TrainConfig(Section):
     eval_every: StepField | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    @model_validator(mode="after")
+    def _trains(self) -> TrainConfig:
+        if self.steps == Step():
+            raise ValueError("train.steps is 0: a training needs at least one step, e.g. 3000it")
+        if self.eval_every is not None and self.eval_every == Step():
+            raise ValueError("train.eval_every is 0: give a positive step such as 500it, or null")
+        return self
+
 
 class SeedConfig(Section):
     """Init decides W0; data order and augmentation are the SGD noise, each its own seed."""
@@ -138,6 +146,12 @@ class InstabilityConfig(Section):
         "(None: all)",
     )
 
+    @model_validator(mode="after")
+    def _tracks(self) -> InstabilityConfig:
+        if self.track_every is not None and self.track_every == Step():
+            raise ValueError("instability.track_every is 0: give a positive step, or null")
+        return self
+
 
 class ImpConfig(Section):
     rewind: StepField = Field(default_factory=Step)
@@ -163,9 +177,7 @@ class ImpConfig(Section):
 class SparseConfig(Section):
     """The sparse sweep (Figures 6, 7, 9): IMP at every rewind step, its subnetworks forked."""
 
-    rewind_steps: list[StepField] | None = Field(
-        None, description="None: instability.rewind_steps"
-    )
+    rewind_steps: list[StepField] | None = Field(None, description="None: instability.rewind_steps")
     inits: int = Field(1, gt=0, description="initializations; samples are inits x pairs")
     copies: int = Field(3, ge=2, description="copies per subnetwork; every pair is interpolated")
     levels: list[int] = Field(
@@ -243,7 +255,13 @@ def _set_path(tree: dict, dotted: str, raw: str) -> None:
         if not isinstance(child, dict):
             raise LmcError(f"--set {dotted}: '{key}' is not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+    try:
+        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        raise LmcError(
+            f"--set {dotted}={raw}: the value is not valid YAML; quote it or fix the brackets, "
+            f"e.g. --set {dotted}=[0it,100it]"
+        ) from None
 
 
 def load_params(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Params:

@@ -33,6 +33,11 @@ class TrainedRun:
 
     def at(self, step: int) -> str:
         """The URI of Wk; a step the run did not register is a clear error."""
+        if not self.states:
+            raise LmcError(
+                f"run {self.run_id} registered no trained states: it is not a run of "
+                "`lmctrack train`; pass the run_id that `lmctrack train` printed (or its train.json)"
+            )
         if step not in self.states:
             known = ", ".join(f"{s}it" for s in sorted(self.states))
             raise LmcError(
