@@ -264,10 +264,13 @@ def _set_path(tree: dict, dotted: str, raw: str) -> None:
         ) from None
 
 
-def load_params(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Read params.yaml (or defaults when path is None) and apply `section.key=value` overrides."""
-    tree: dict[str, Any] = {}
-    source = "defaults"
+def load_params(
+    path: Path | None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
+) -> Params:
+    """Read params.yaml (or `base`, or the defaults, when path is None) and apply
+    `section.key=value` overrides."""
+    tree: dict[str, Any] = json.loads(json.dumps(base)) if base else {}
+    source = "defaults" if base is None else "params"
     if path is not None:
         source = str(path)
         if not path.is_file():

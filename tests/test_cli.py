@@ -200,7 +200,10 @@ def bad(project, trained) -> dict[str, str]:
     (project.folder / "malformed.yaml").write_text("train: {steps: [100it\n")
     (project.folder / "unknown.yaml").write_text("train:\n  stepz: 100it\n")
     (project.folder / "empty").mkdir()
+    (project.folder / "list.json").write_text("[1, 2]")
+    fork_run = ok("fork", "--run-id", trained["run_id"], "--step", "20it", "-q")["run_id"]
     return {
+        "FORK": fork_run,
         "R": trained["run_id"],
         "W0": trained["states"]["W0"],
         "OTHER": other,
@@ -231,6 +234,25 @@ BAD_INPUTS = {
     "one seed": (["fork", "--run-id", "R", "--step", "20it", "--seeds", 1], "at least 2"),
     "step not registered": (["fork", "--run-id", "R", "--step", "30it"], "no state at step 30it"),
     "bad step": (["fork", "--run-id", "R", "--step", "soon"], "not a step"),
+    "bad YAML in --set": (["train", "-s", "train.rewind_steps=[0it,100it"], "not valid YAML"),
+    "zero steps": (["train", "-s", "train.steps=0it"], "train.steps is 0"),
+    "zero tracking": (
+        ["fork", "--run-id", "R", "--step", "20it", "--track-every", "0it"],
+        "--track-every 0it is not a positive number of steps",
+    ),
+    "a fork run is not a training run": (
+        ["fork", "--run-id", "FORK", "--step", "20it"],
+        "is not a run of `lmctrack train`",
+    ),
+    "run JSON of the wrong shape": (
+        ["fork", "--run-id", "list.json", "--step", "20it"],
+        "names no run_id",
+    ),
+    "--out is a file": (["train", "-q", "--out", "params.yaml"], "--out params.yaml is a file"),
+    "override of a setting the run decided": (
+        ["fork", "--run-id", "R", "--step", "20it", "-s", "train.lr=0.05"],
+        "the source run was made with train.lr=0.1",
+    ),
 }
 
 
@@ -245,3 +267,15 @@ def test_bad_input_is_one_clear_line_and_loses_nothing(project, bad, case):
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
     assert message in lines[0]
     assert project.versions() == before
+
+
+def test_ui_fails_with_one_line_when_its_port_is_taken(project):
+    """A taken port is a failure the caller (a script, DVC) must see: non-zero, one line."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = invoke("ui", "--port", taken.getsockname()[1])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "error: the MLflow UI server stopped" in result.output

@@ -54,10 +54,6 @@ BnOpt = Annotated[
 ]
 SplitOpt = Annotated[str, typer.Option("--split", help="test | train")]
 
-# Settings that decide a state's training: a command that continues a registered run takes them
-# from that run, never from the user's params.
-RUN_SECTIONS = ("data", "model", "train", "seeds")
-
 
 def guarded(fn: Callable) -> Callable:
     """Turn user-fixable failures into one clear line and a non-zero exit, never a traceback."""
@@ -83,12 +79,9 @@ def fail(message: str, code: int = 1) -> None:
 
 def load(path: Path | None, sets: list[str] | None, device: str | None = None) -> Params:
     """params.yaml (or ./params.yaml when present) with the `--set` overrides applied."""
-    from lmctrack.config import load_params
+    from lmctrack.workflows.session import resolve
 
-    if path is None and Path("params.yaml").is_file():
-        path = Path("params.yaml")
-    sets = list(sets or []) + ([f"train.device={device}"] if device else [])
-    return load_params(path, sets)
+    return resolve(path, list(sets or []) + ([f"train.device={device}"] if device else []))
 
 
 def run_id_of(value: str | None) -> str | None:
@@ -112,27 +105,6 @@ def run_id_of(value: str | None) -> str | None:
     return run_id
 
 
-def _from_run(user: Params, made: Params, sets: list[str]) -> Params:
-    """Continue a run: its data, model, training and seeds; the user's other sections. An explicit
-    override of a setting the run decided, to another value, is refused rather than ignored."""
-    for item in sets:
-        key = item.split("=", 1)[0].strip()
-        section, _, field = key.partition(".")
-        if section in RUN_SECTIONS and key != "train.device":
-            mine = getattr(getattr(user, section), field, None)
-            theirs = getattr(getattr(made, section), field, None)
-            if mine != theirs:
-                raise LmcError(
-                    f"--set {key}: the source run was made with {section}.{field}={theirs}; "
-                    f"these settings come from the run, so drop the override or train a new run"
-                )
-    train = made.train.model_copy(update={"device": user.train.device})
-    keep = {
-        name: getattr(user, name) for name in type(user).model_fields if name not in RUN_SECTIONS
-    }
-    return made.model_copy(update={**keep, "train": train})
-
-
 @contextmanager
 def workspace(
     params: Path | None,
@@ -144,24 +116,17 @@ def workspace(
     state: str | None = None,
     run_id: str | None = None,
 ) -> Iterator[Context]:
-    """The context a command works in: the params (those of the run that produced `state` or
-    `run_id`, when given), the store, the dataset and the progress display; always closed."""
+    """The session a command works in (workflows.session), with a live progress display on a
+    terminal unless --quiet."""
     from lmctrack.progress import board
-    from lmctrack.workflows.common import make_context, open_store, params_of_run
+    from lmctrack.workflows.session import session
 
-    if out is not None and out.exists() and not out.is_dir():
-        raise LmcError(f"--out {out} is a file; give a folder (it is created when missing)")
-    cfg = load(params, sets, device)
-    store = open_store(cfg)
-    producer = store.describe(state).run_id if state else run_id
-    if producer:
-        cfg = _from_run(cfg, params_of_run(store, producer), list(sets or []))
-    with board(enabled=not quiet and sys.stderr.isatty()) as progress:
-        ctx = make_context(cfg, board=progress, store=store, out=out)
-        try:
-            yield ctx
-        finally:
-            ctx.close()
+    sets = list(sets or []) + ([f"train.device={device}"] if device else [])
+    with (
+        board(enabled=not quiet and sys.stderr.isatty()) as progress,
+        session(params, sets, board=progress, out=out, state=state, run_id=run_id) as ctx,
+    ):
+        yield ctx
 
 
 def step_of(text: str):

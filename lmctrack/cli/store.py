@@ -75,16 +75,24 @@ def ui(
     store = _store(params, set_)
     typer.echo(f"MLflow UI for {store.tracking_uri} at http://127.0.0.1:{port}", err=True)
     server = subprocess.Popen(store.ui_command(port))
-    # `kill` of lmctrack alone must not leave the server running: MLflow stops its workers itself.
-    signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+    stopped = []
+
+    def stop(*_) -> None:  # `kill` of lmctrack alone must not leave the server running
+        stopped.append(True)
+        server.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         code = server.wait()
     except KeyboardInterrupt:  # Ctrl-C reached the server too: let it shut down, not an error
-        code = server.wait()
+        server.wait()
         raise typer.Exit(0) from None
+    if stopped:
+        raise typer.Exit(128 + signal.SIGTERM)
     if code != 0:
         raise LmcError(
-            f"the MLflow UI server stopped with exit code {code} (is port {port} taken?); pick another --port"
+            f"the MLflow UI server stopped with exit code {code} (is port {port} in use?); "
+            "pick another --port"
         )
 
 

@@ -1,0 +1,135 @@
+"""The Python API for notebooks: the functions the CLI calls, returning typed results.
+
+    import lmctrack as lmc
+    run = lmc.train()                                   # W0, Wk, W_T of params.yaml
+    fork = lmc.fork(run.at(100), seeds=3)               # Algorithm 1
+    fork.plot(); fork.to_frame()
+    net, info = lmc.load(fork.copies[0])                # an nn.Module (mask applied) + its tags
+
+Every function takes `params` (a params.yaml path, a Params object, or None for ./params.yaml)
+and `sets` overrides as keyword arguments, e.g. `lmc.train(sets={"train.lr": 0.05})`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from lmctrack.config import Params
+from lmctrack.results import Fork, Imp, Pair, SparseSweep, Sweep
+from lmctrack.workflows.session import session
+from lmctrack.workflows.train import TrainedRun
+
+ParamsLike = Path | str | Params | None
+
+
+def _sets(sets: Mapping[str, object] | None) -> list[str]:
+    import json
+
+    return [
+        f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (sets or {}).items()
+    ]
+
+
+def train(params: ParamsLike = None, *, sets: Mapping[str, object] | None = None) -> TrainedRun:
+    """Train W0 to W_T, registering W0, every rewind state Wk and W_T (reused when done)."""
+    from lmctrack.workflows.train import train_run
+
+    with session(params, _sets(sets)) as ctx:
+        return train_run(ctx)
+
+
+def fork(
+    source: str,
+    seeds: int = 2,
+    *,
+    mask: str | None = None,
+    reset_schedule: bool = False,
+    track_every: int | None = None,
+    params: ParamsLike = None,
+    sets: Mapping[str, object] | None = None,
+) -> Fork:
+    """Algorithm 1 from a state URI: `seeds` copies, every pair interpolated."""
+    from lmctrack.workflows.fork import fork as algorithm1
+
+    with session(params, _sets(sets), state=source) as ctx:
+        return algorithm1(
+            ctx,
+            source,
+            seeds=list(range(1, seeds + 1)),
+            mask=mask,
+            reset_schedule=reset_schedule,
+            track_every=track_every,
+        )
+
+
+def interpolate(
+    a: str,
+    b: str,
+    *,
+    each_mask: bool = False,
+    params: ParamsLike = None,
+    sets: Mapping[str, object] | None = None,
+) -> Pair:
+    """The linear path between two registered states, logged as a run."""
+    from lmctrack.workflows.interpolate import interpolate as linear
+
+    with session(params, _sets(sets), state=a) as ctx:
+        return linear(ctx, a, b, mask_mode="each" if each_mask else "same")
+
+
+def imp(source: str, *, params: ParamsLike = None, sets: Mapping[str, object] | None = None) -> Imp:
+    """Algorithm 2 from the registered state Wk (`imp` section of the params), with baselines."""
+    from lmctrack.workflows.imp import imp as algorithm2
+
+    with session(params, _sets(sets), state=source) as ctx:
+        return algorithm2(ctx, source)
+
+
+def instability(
+    *,
+    sparse: bool = False,
+    mask: str | None = None,
+    params: ParamsLike = None,
+    sets: Mapping[str, object] | None = None,
+) -> Sweep | SparseSweep:
+    """The Figure 3 sweep; with `sparse=True` the sparse sweep (Figures 6, 7, 9 and the claim)."""
+    from lmctrack.workflows.instability import instability as sweep
+    from lmctrack.workflows.sparse import sparse_instability
+
+    with session(params, _sets(sets)) as ctx:
+        return sparse_instability(ctx) if sparse else sweep(ctx, mask=mask)
+
+
+def load(uri: str, *, params: ParamsLike = None):
+    """A registered state as a network (weights loaded, mask applied, eval mode) and its
+    StateInfo (role, step, seeds and the other tags; parents)."""
+    from lmctrack.evaluate import load_into
+
+    with session(params, state=uri) as ctx:
+        network = load_into(ctx.template().cpu(), ctx.store.load_state(uri)).eval()
+        return network, ctx.store.describe(uri)
+
+
+def states(*, model: str | None = None, params: ParamsLike = None, **tags: object) -> list:
+    """Registered states whose tags match, newest first: e.g. `states(role="trained", step=3000)`."""
+    from lmctrack.workflows.common import open_store
+
+    store = open_store(_store_params(params))
+    return store.search_states(model=model, **{k: str(v) for k, v in tags.items()})
+
+
+def lineage(uri: str, *, params: ParamsLike = None):
+    """The ancestry tree of a state: a LineageNode with `.info` and `.parents`."""
+    from lmctrack.workflows.common import open_store
+
+    return open_store(_store_params(params)).lineage(uri)
+
+
+def _store_params(params: ParamsLike) -> Params:
+    from lmctrack.workflows.session import resolve
+
+    return resolve(params)
+
+
+__all__ = ["fork", "imp", "instability", "interpolate", "lineage", "load", "states", "train"]

@@ -1,0 +1,74 @@
+"""Opening the context a piece of work runs in, for the CLI and the Python API alike: the params
+(params.yaml with `section.key=value` overrides, or those of the run that produced a given
+state), the store, the dataset and the progress board."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lmctrack.config import Params, load_params
+from lmctrack.errors import LmcError
+from lmctrack.progress import Board
+from lmctrack.workflows.common import Context, make_context, open_store, params_of_run
+
+# Settings that decide a state's training: work that continues a registered run takes them from
+# that run, never from the caller's params.
+RUN_SECTIONS = ("data", "model", "train", "seeds")
+
+
+def resolve(params: Path | str | Params | None, sets: list[str] | None = None) -> Params:
+    """Params from a file (default ./params.yaml when present) or an object, with overrides."""
+    sets = list(sets or [])
+    if isinstance(params, Params):
+        return load_params(None, sets, base=params.model_dump(mode="json")) if sets else params
+    path = Path(params) if params is not None else None
+    if path is None and Path("params.yaml").is_file():
+        path = Path("params.yaml")
+    return load_params(path, sets)
+
+
+def from_run(user: Params, made: Params, sets: list[str]) -> Params:
+    """Continue a run: its data, model, training and seeds; the caller's other sections. An
+    explicit override of a setting the run decided, to another value, is refused, not ignored."""
+    for item in sets:
+        key = item.split("=", 1)[0].strip()
+        section, _, field = key.partition(".")
+        if section in RUN_SECTIONS and key != "train.device":
+            mine = getattr(getattr(user, section), field, None)
+            theirs = getattr(getattr(made, section), field, None)
+            if mine != theirs:
+                raise LmcError(
+                    f"--set {key}: the source run was made with {section}.{field}={theirs}; "
+                    f"these settings come from the run, so drop the override or train a new run"
+                )
+    train = made.train.model_copy(update={"device": user.train.device})
+    keep = {n: getattr(user, n) for n in type(user).model_fields if n not in RUN_SECTIONS}
+    return made.model_copy(update={**keep, "train": train})
+
+
+@contextmanager
+def session(
+    params: Path | str | Params | None = None,
+    sets: list[str] | None = None,
+    *,
+    board: Board | None = None,
+    out: Path | None = None,
+    state: str | None = None,
+    run_id: str | None = None,
+) -> Iterator[Context]:
+    """The context work runs in: the params (those of the run that produced `state` or `run_id`,
+    when given), the store, the dataset; always closed."""
+    if out is not None and out.exists() and not out.is_dir():
+        raise LmcError(f"--out {out} is a file; give a folder (it is created when missing)")
+    cfg = resolve(params, sets)
+    store = open_store(cfg)
+    producer = store.describe(state).run_id if state else run_id
+    if producer:
+        cfg = from_run(cfg, params_of_run(store, producer), list(sets or []))
+    ctx = make_context(cfg, board=board or Board(None), store=store, out=out)
+    try:
+        yield ctx
+    finally:
+        ctx.close()
