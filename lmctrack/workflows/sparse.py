@@ -11,7 +11,6 @@ every Wk (IMP's level 0).
 
 from __future__ import annotations
 
-import dataclasses
 from itertools import combinations
 
 from lmctrack import schema
@@ -28,16 +27,14 @@ from lmctrack.workflows.train import train_runs
 def sparse_instability(ctx: Context, search: MaskSearch | None = None) -> SparseSweep:
     """`lmctrack instability --imp`: IMP at every k for every init, then fork the subnetworks."""
     sp = ctx.params.sparse
-    one = dataclasses.replace(
-        ctx, params=ctx.params.model_copy(update={"imp": _one_replicate(ctx)})
-    )
-    runs = train_runs(ctx, sweep_seeds(ctx, sp.inits), extra_steps=sp.rewind_steps or ())
+    steps = sp.rewind_steps or ctx.params.instability.rewind_steps
+    runs = train_runs(ctx, sweep_seeds(ctx, sp.inits), extra_steps=steps)
     found = {
-        (i, k): imp(one, run.at(k), search, with_baselines=False)
+        (i, k): imp(ctx, run.at(k), search, with_baselines=False, replicates=1)
         for i, run in enumerate(runs)
-        for k in rewind_ks(ctx, sp.rewind_steps)
+        for k in rewind_ks(ctx, steps)
     }
-    levels = sp.levels or [one.params.imp.levels]
+    levels = sp.levels or [ctx.params.imp.levels]
     chosen = {
         key: [t for t in result.levels() if t.level in levels] for key, result in found.items()
     }
@@ -60,10 +57,6 @@ def sparse_instability(ctx: Context, search: MaskSearch | None = None) -> Sparse
         for figure in write_figures(ctx, result):
             run.log_file(figure, "plots")
     return result
-
-
-def _one_replicate(ctx: Context):
-    return ctx.params.imp.model_copy(update={"replicates": 1})
 
 
 def summarize(
