@@ -155,7 +155,7 @@ WIDTH = "width"
 # and permuted with REPAIR on the path.
 NAIVE = "naive"
 PERMUTED = "aligned"
-PERMUTED_REPAIR = "aligned+repair"
+PERMUTED_REPAIR = "aligned_repair"  # a metric name part: no "+"
 PAIR_KINDS = (NAIVE, PERMUTED, PERMUTED_REPAIR)
 DEFINITIONS.update(
     {

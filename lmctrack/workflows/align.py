@@ -10,6 +10,7 @@ Both are identified by their inputs' URIs and settings, so asking twice register
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -64,7 +65,9 @@ def same_architecture(a: State, b: State, names: tuple[str, str] = ("A", "B")) -
         )
 
 
-def align(ctx: Context, a_uri: str, b_uri: str, *, method: str | None = None, seed=None) -> Aligned:
+def align(
+    ctx: Context, a_uri: str, b_uri: str, *, method: str | None = None, seed: int | None = None
+) -> Aligned:
     """`lmctrack align A B`: register B permuted to match A (align.method and align.seed unless
     given); an identical alignment registered before is returned instead."""
     cfg = ctx.params.align
@@ -93,7 +96,7 @@ def _align(ctx: Context, key: str, a_uri: str, b_uri: str, method: str, seed: in
     tags = {
         schema.ALIGN_METHOD: method,
         schema.ALIGN_SEED: str(seed),
-        schema.MAX_LOGIT_DIFF: f"{result.max_logit_diff:.3g}",
+        schema.MAX_LOGIT_DIFF: str(result.max_logit_diff),
         schema.PERMUTATION: PERMUTATION_FILE,
     }
     with jobs.recorded(
@@ -105,9 +108,10 @@ def _align(ctx: Context, key: str, a_uri: str, b_uri: str, method: str, seed: in
         tags=tags,
     ) as run:
         run.log_input_states([a_uri, b_uri])
-        path = ctx.scratch() / f"{key}-{PERMUTATION_FILE}"
-        save_permutation(result.perm, path, PERMUTATION_FILE)
-        run.log_file(path)
+        folder = ctx.scratch() / key
+        folder.mkdir()
+        save_permutation(result.perm, folder / PERMUTATION_FILE)
+        run.log_file(folder / PERMUTATION_FILE)
         run.log_metrics({schema.MAX_LOGIT_DIFF: result.max_logit_diff})
         step = ctx.store.describe(b_uri).tags.get(schema.STEP)
         uri = jobs.register(
@@ -130,15 +134,92 @@ def _adopt(ctx: Context, run_id: str, a_uri: str, b_uri: str, method: str, seed:
     return Aligned(info.uri, a_uri, b_uri, method, seed, diff, run_id, reused=True)
 
 
-def save_permutation(perm: Permutation, path, name: str = PERMUTATION_FILE):
-    """Write a permutation (group -> unit indices) as a safetensors file; returns its path.
-
-    The file is written under `name` in path's folder's private subfolder so that the artifact
-    keeps the plain name whatever the scratch path is."""
+def save_permutation(perm: Permutation, path: Path) -> None:
+    """A permutation (group -> unit indices) as a safetensors file: loading it runs no code."""
     from safetensors.torch import save_file
 
-    folder = path.parent / path.stem
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({g: p.detach().cpu().to(torch.int64).contiguous() for g, p in perm.items()},
-              str(folder / name))
-    return folder / name
+    save_file({g: p.detach().cpu().to(torch.int64).contiguous() for g, p in perm.items()}, path)
+
+
+def load_permutation(store, uri: str) -> Permutation:
+    """The permutation that produced an aligned state, read from its run's artifact."""
+    from safetensors.torch import load_file
+
+    info = store.describe(uri)
+    name = info.tags.get(schema.PERMUTATION)
+    if name is None:
+        raise LmcError(
+            f"{uri} is not an aligned state (it has no permutation); "
+            "pass a state registered by `lmctrack align`"
+        )
+    return load_file(str(store.run_artifact(info.run_id, name)))
+
+
+def transport(
+    ctx: Context,
+    mask_uri: str,
+    target_uri: str,
+    *,
+    by: str | None = None,
+    method: str | None = None,
+    seed: int | None = None,
+) -> Transported:
+    """`lmctrack transport`: the mask of subnetwork `mask_uri` (found on init A) on the target
+    state of init B, in B's unit order: through the permutation of the aligned state `by`, or of
+    the target aligned to the mask's own state (`align`). Registered with parents [B, mask,
+    alignment]: B first, since the weights are B's (its W0 is the transported state's ancestor)."""
+    sub, target = ctx.store.load_state(mask_uri), ctx.store.load_state(target_uri)
+    if sub.mask is None:
+        raise LmcError(
+            f"{mask_uri} has no mask; pass a subnetwork (a mask level of `lmctrack imp`) to --from"
+        )
+    same_architecture(sub, target, ("the subnetwork", "the target"))
+    alignment = by or align(ctx, mask_uri, target_uri, method=method, seed=seed).uri
+    key = config_hash(mask_uri, target_uri, alignment, "transport")
+    with jobs.claimed(ctx, [key]):
+        done = jobs.finished(ctx, key)
+        if done is not None:
+            info = ctx.store.run_states(done)[-1]
+            density = float(info.tags[schema.DENSITY])
+            return Transported(info.uri, mask_uri, target_uri, alignment, density, done, True)
+        return _transport(ctx, key, mask_uri, sub, target_uri, target, alignment)
+
+
+def _transport(
+    ctx: Context, key: str, mask_uri: str, sub: State, target_uri: str, target: State, by: str
+) -> Transported:
+    from lmctrack.align import permutation_spec
+    from lmctrack.workflows.imp_chain import sparsity_tags
+
+    spec = permutation_spec(ctx.template(), ctx.dataset.input_shape)
+    # Unit i of the aligned B is B's unit perm[i] and matches A's unit i: A's mask in B's order
+    # is A's mask permuted by the inverse.
+    inverse = invert_permutation(load_permutation(ctx.store, by))
+    _, mask = apply_permutation(spec, inverse, sub.weights, sub.mask)
+    state = State(target.weights, mask)
+    level = int(ctx.store.describe(mask_uri).tags.get(schema.LEVEL, 0))
+    step = ctx.store.describe(target_uri).tags.get(schema.STEP)
+    with jobs.recorded(
+        ctx,
+        "transport mask",
+        key=key,
+        kind=schema.KIND_TRANSPORT,
+        params={"mask": mask_uri, "target": target_uri, "alignment": by},
+    ) as run:
+        run.log_input_states([mask_uri, target_uri, by])
+        uri = jobs.register(
+            ctx,
+            run,
+            state,
+            role=schema.MASK,
+            step=None if step is None else int(step),
+            tags={
+                **sparsity_tags(level, mask),
+                schema.MASK_SOURCE: mask_uri,
+                schema.STATE: "(W_B, m_A)",
+            },
+            parents=[target_uri, mask_uri, by],
+            key=f"{key}:transported",
+            trained_here=False,
+        )
+    return Transported(uri, mask_uri, target_uri, by, state.density(), run.id)
