@@ -6,24 +6,12 @@ from typing import Annotated
 
 import typer
 
-from lmctrack.cli.options import (
-    BnOpt,
-    DeviceOpt,
-    JsonOpt,
-    OutOpt,
-    ParamsOpt,
-    SetOpt,
-    SplitOpt,
-    app,
-    emit,
-    guarded,
-    table,
-    workspace,
-)
+from lmctrack.cli.options import BnOpt, Common, SplitOpt, command, table
+
+OPTIONS = ("params", "set_", "device", "out", "as_json")
 
 
-@app.command()
-@guarded
+@command(options=OPTIONS)
 def hessian(
     uri: Annotated[str, typer.Argument(help="a state URI; for a sparse state, kept weights only")],
     samples: Annotated[int, typer.Option("--samples", help="Hutchinson's random vectors")] = 100,
@@ -31,16 +19,13 @@ def hessian(
         int, typer.Option("--limit", help="loss on the first N train examples")
     ] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="seed of the random vectors")] = 0,
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    *,
+    opts: Common,
 ) -> None:
     """Hessian diagonal of the train loss at a state (Hutchinson), logged with its histogram."""
     from lmctrack.workflows.analyses import hessian as estimate
 
-    with workspace(params, set_, device=device, out=out, state=uri) as ctx:
+    with opts.workspace(state=uri) as ctx:
         result = estimate(ctx, uri, samples=samples, limit=limit, seed=seed)
     s = result["summary"]
     layers = sorted(k for k in s if k.startswith("layer_mean/"))
@@ -49,7 +34,7 @@ def hessian(
         ["statistic", "value"],
         [[k, f"{s[k]:.4g}"] for k in ("mean", "max", "min", "trace", *layers)],
     )
-    emit(result, as_json, [("run_id", result["run_id"])])
+    opts.finish(ctx, "", result, [("run_id", result["run_id"])])
 
 
 def _plane_table(title: str, result: dict) -> None:
@@ -65,12 +50,11 @@ def _plane_table(title: str, result: dict) -> None:
     )
 
 
-def _bn(sets: list[str] | None, bn: str | None) -> list[str]:
-    return [*(sets or []), *([f"instability.bn={bn}"] if bn else [])]
+def _bn(bn: str | None) -> list[str]:
+    return [f"instability.bn={bn}"] if bn else []
 
 
-@app.command()
-@guarded
+@command(options=OPTIONS)
 def plane(
     origin: Annotated[str, typer.Argument(help="the plane's origin, e.g. Wk")],
     uri_a: Annotated[str, typer.Argument(help="a state on the x axis, e.g. W_T of copy 1")],
@@ -79,23 +63,19 @@ def plane(
     margin: Annotated[float, typer.Option("--margin", help="extent beyond the states")] = 0.2,
     split: SplitOpt = "test",
     bn: BnOpt = None,
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    *,
+    opts: Common,
 ) -> None:
     """Error and loss on the plane through three states (e.g. Wk, W_T copy 1, W_T copy 2)."""
     from lmctrack.workflows.analyses import plane as through
 
-    with workspace(params, _bn(set_, bn), device=device, out=out, state=origin) as ctx:
+    with opts.workspace(more=_bn(bn), state=origin) as ctx:
         result = through(ctx, origin, uri_a, uri_b, grid=grid, margin=margin, split=split)
     _plane_table(f"plane through {origin}, {uri_a}, {uri_b}", result)
-    emit(result, as_json, [("run_id", result["run_id"])])
+    opts.finish(ctx, "", result, [("run_id", result["run_id"])])
 
 
-@app.command("plane-random")
-@guarded
+@command("plane-random", options=OPTIONS)
 def plane_random(
     uri: Annotated[str, typer.Argument(help="the state at the centre")],
     grid: Annotated[int, typer.Option("--grid", help="grid nodes per axis (odd: centred)")] = 11,
@@ -103,16 +83,13 @@ def plane_random(
     seed: Annotated[int, typer.Option("--seed", help="seed of the two directions")] = 0,
     split: SplitOpt = "test",
     bn: BnOpt = None,
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    *,
+    opts: Common,
 ) -> None:
     """Error and loss along two filter-normalised random directions around one state."""
     from lmctrack.workflows.analyses import random_plane
 
-    with workspace(params, _bn(set_, bn), device=device, out=out, state=uri) as ctx:
+    with opts.workspace(more=_bn(bn), state=uri) as ctx:
         result = random_plane(ctx, uri, grid=grid, span=span, seed=seed, split=split)
     _plane_table(f"random directions around {uri} (seed {seed}, span {span})", result)
-    emit(result, as_json, [("run_id", result["run_id"])])
+    opts.finish(ctx, "", result, [("run_id", result["run_id"])])

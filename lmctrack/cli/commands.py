@@ -10,48 +10,31 @@ import typer
 
 from lmctrack.cli.options import (
     BnOpt,
-    DeviceOpt,
-    JsonOpt,
-    OutOpt,
-    ParamsOpt,
-    QuietOpt,
+    Common,
     RunIdOpt,
-    SetOpt,
     app,
-    emit,
+    command,
     guarded,
     run_id_of,
     step_of,
     table,
-    workspace,
-    write,
 )
 from lmctrack.errors import LmcError
 
 
-@app.command()
-@guarded
-def train(
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
+@command()
+def train(opts: Common) -> None:
     """Train W0 to W_T; register W0, every rewind state Wk, and W_T as model versions."""
     from lmctrack.workflows.train import state_name, train_run
 
-    with workspace(params, set_, device=device, out=out, quiet=quiet) as ctx:
+    with opts.workspace() as ctx:
         run = train_run(ctx)
     states = {state_name(s, run.total): uri for s, uri in sorted(run.states.items())}
     result = {"run_id": run.run_id, "reused": run.reused, "states": states}
-    write(ctx, "train.json", result)
-    emit(result, as_json, [("run_id", run.run_id), *states.items()])
+    opts.finish(ctx, "train.json", result, [("run_id", run.run_id), *states.items()])
 
 
-@app.command()
-@guarded
+@command()
 def fork(
     run_id: RunIdOpt = None,
     step: Annotated[str | None, typer.Option("--step", help="rewind step k of that run")] = None,
@@ -64,12 +47,8 @@ def fork(
     track_every: Annotated[
         str | None, typer.Option("--track-every", help="also interpolate every N steps (App. C)")
     ] = None,
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    opts: Common,
 ) -> None:
     """Algorithm 1: train copies of Wk under different SGD noise and interpolate every pair."""
     from lmctrack.workflows.fork import fork as algorithm1
@@ -85,9 +64,7 @@ def fork(
         raise LmcError(
             "--run-id needs --step, e.g. --step 500it (a rewind step the run registered)"
         )
-    with workspace(
-        params, set_, device=device, out=out, quiet=quiet, state=source, run_id=run_id
-    ) as ctx:
+    with opts.workspace(state=source, run_id=run_id) as ctx:
         if source is None:
             total = ctx.total_steps
             source = registered_run(ctx.store, run_id, total).at(ctx.steps(step_of(step)))
@@ -101,9 +78,10 @@ def fork(
             track_every=track,
         )
         threshold = ctx.params.instability.stable_threshold
-    write(ctx, "fork.json", result)
     table(f"fork of {source} (k={result.k}, bn={result.bn})", *fork_table(result, threshold))
-    emit(result, as_json, [("run_id", result.run_id), *[("W_T", c) for c in result.copies]])
+    opts.finish(
+        ctx, "fork.json", result, [("run_id", result.run_id), *[("W_T", c) for c in result.copies]]
+    )
 
 
 def _positive_steps(ctx, text: str | None, option: str) -> int | None:
@@ -115,8 +93,7 @@ def _positive_steps(ctx, text: str | None, option: str) -> int | None:
     return steps
 
 
-@app.command()
-@guarded
+@command(as_json=True)
 def interpolate(
     uri_a: Annotated[str, typer.Argument(help="first state (alpha = 0)")],
     uri_b: Annotated[str, typer.Argument(help="second state (alpha = 1)")],
@@ -128,50 +105,40 @@ def interpolate(
     each_mask: Annotated[
         bool, typer.Option("--each-mask", help="endpoints keep their own (different) masks")
     ] = False,
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = True,
+    *,
+    opts: Common,
 ) -> None:
     """Evaluate the linear path between two states; report the error and loss barriers."""
     from lmctrack.workflows.interpolate import interpolate as linear
 
-    sets = list(set_ or [])
-    sets += [f"instability.alphas={alphas}"] if alphas is not None else []
+    sets = [f"instability.alphas={alphas}"] if alphas is not None else []
     sets += [f"instability.splits=[{','.join(split)}]"] if split else []
     sets += [f"instability.bn={bn}"] if bn is not None else []
-    with workspace(params, sets, device=device, out=out, state=uri_a) as ctx:
+    with opts.workspace(more=sets, state=uri_a) as ctx:
         pair = linear(ctx, uri_a, uri_b, mask_mode="each" if each_mask else "same")
-    write(ctx, "interpolate.json", pair)
     table(
         f"{uri_a} -> {uri_b} (bn={pair.bn})",
         ["split", "error barrier (paper)", "loss barrier (Entezari)"],
         [[s, pair.error_barrier(s), pair.loss_barrier(s)] for s in pair.curves],
     )
-    emit(pair, as_json, [("run_id", pair.run_id)])
+    opts.finish(ctx, "interpolate.json", pair, [("run_id", pair.run_id)])
 
 
-@app.command()
-@guarded
+@command()
 def instability(
     mask: Annotated[str | None, typer.Option("--mask", help="a mask applied to every Wk")] = None,
     imp: Annotated[
         bool, typer.Option("--imp", help="IMP subnetworks at every k (Figures 6, 7, 9)")
     ] = False,
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    opts: Common,
 ) -> None:
     """The Figure-3 sweep (inits x copies per rewind step); with --imp, the sparse sweep."""
     from lmctrack.workflows import report
 
     if imp and mask:
         raise LmcError("--imp finds its own masks at every rewind step; drop --mask")
-    with workspace(params, set_, device=device, out=out, quiet=quiet) as ctx:
+    with opts.workspace() as ctx:
         if imp:
             from lmctrack.workflows.sparse import sparse_instability
 
@@ -181,14 +148,13 @@ def instability(
 
             result = sweep(ctx, mask=mask)
     if imp:
-        write(ctx, "sparse.json", result)
         table("IMP subnetworks vs rewind step (Figures 6, 7)", *report.sparse_table(result))
         table("Figure 9: earliest stable / matching k (median)", *report.earliest_table(result))
         typer.echo(result.claim, err=True)
     else:
-        write(ctx, "instability.json", result)
         table(f"instability of {result.model} (bn={result.bn})", *report.sweep_table(result))
-    emit(result, as_json, [("run_id", result.run_id)])
+    name = "sparse.json" if imp else "instability.json"
+    opts.finish(ctx, name, result, [("run_id", result.run_id)])
 
 
 def _mask_search(ctx):
@@ -215,8 +181,7 @@ def _mask_search(ctx):
     return OtherData(search)
 
 
-@app.command()
-@guarded
+@command()
 def imp(
     run_id: RunIdOpt = None,
     source: Annotated[str | None, typer.Option("--from", help="URI of Wk instead")] = None,
@@ -235,19 +200,15 @@ def imp(
         Path | None,
         typer.Option("--prune-data", help="safetensors (x_train, y_train) for the search"),
     ] = None,
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    opts: Common,
 ) -> None:
     """Algorithm 2: IMP with rewinding, replicated, with the random baselines and Table 2."""
     from lmctrack.workflows import report
     from lmctrack.workflows.imp import imp as algorithm2
     from lmctrack.workflows.train import registered_run
 
-    sets = list(set_ or [])
+    sets = []
     for key, value in (
         ("levels", levels),
         ("replicates", replicates),
@@ -267,28 +228,25 @@ def imp(
         raise LmcError(
             "give either --run-id RUN (with --rewind STEP) or --from URI of Wk (not both)"
         )
-    with workspace(
-        params, sets, device=device, out=out, quiet=quiet, state=source, run_id=run_id
-    ) as ctx:
+    with opts.workspace(more=sets, state=source, run_id=run_id) as ctx:
         if source is None:
             k = ctx.steps(ctx.params.imp.rewind)
             source = registered_run(ctx.store, run_id, ctx.total_steps).at(k)
         result = algorithm2(ctx, source, _mask_search(ctx))
-    write(ctx, "imp.json", result)
     table(f"IMP rewinding to {result.k}it (n = {result.replicates})", *report.imp_table(result))
     if result.same_basin:
         table("same basin? consecutive levels interpolated", *report.basin_table(result))
     masks = [t for t in result.levels() if t.level > 0]
-    emit(
+    opts.finish(
+        ctx,
+        "imp.json",
         result,
-        as_json,
         [("run_id", result.run_id)]
         + [(f"mask level {t.level} density {t.density:.4f}", t.start) for t in masks],
     )
 
 
-@app.command()
-@guarded
+@command(options=("params", "set_"))
 def prune(
     source: Annotated[str, typer.Option("--from", help="a mask (subnetwork) URI")],
     random: Annotated[bool, typer.Option("--random", help="shuffle the mask (baseline)")] = True,
@@ -296,30 +254,29 @@ def prune(
     strategy: Annotated[
         str, typer.Option("--strategy", help="layerwise (each layer's density) | global")
     ] = "layerwise",
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Register the random-pruning baseline of a subnetwork (same sparsity, random positions)."""
     from lmctrack.workflows.baselines import register_random_prune
 
     if not random:
         raise LmcError("magnitude pruning is done level by level by `lmctrack imp`; use --random")
-    with workspace(params, set_, state=source) as ctx:
+    with opts.workspace(state=source) as ctx:
         typer.echo(register_random_prune(ctx, source, seed, strategy))
 
 
-@app.command()
-@guarded
+@command(options=("params", "set_"))
 def reinit(
     source: Annotated[str, typer.Option("--from", help="a mask (subnetwork) URI")],
     seed: Annotated[int, typer.Option("--seed", help="init seed of the fresh network")] = 1,
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
+    *,
+    opts: Common,
 ) -> None:
     """Register the random-reinitialization baseline: the mask on a fresh initialization."""
     from lmctrack.workflows.baselines import register_reinit
 
-    with workspace(params, set_, state=source) as ctx:
+    with opts.workspace(state=source) as ctx:
         typer.echo(register_reinit(ctx, source, seed))
 
 

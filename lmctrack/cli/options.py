@@ -8,10 +8,12 @@ Heavy libraries (torch, mlflow, pydantic models) are imported inside functions s
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -170,3 +172,87 @@ def write(ctx: Context, name: str, result: Any) -> None:
     from dataclasses import asdict, is_dataclass
 
     ctx.write_output(name, asdict(result) if is_dataclass(result) else result)
+
+
+# The options of every command that works in a workspace, declared once (see `command`).
+COMMON_OPTIONS = {
+    "params": (ParamsOpt, None),
+    "set_": (SetOpt, None),
+    "device": (DeviceOpt, None),
+    "out": (OutOpt, None),
+    "as_json": (JsonOpt, False),
+    "quiet": (QuietOpt, False),
+}
+
+
+@dataclass
+class Common:
+    """The shared options as one value: opens the workspace and prints the result."""
+
+    params: Path | None = None
+    sets: list[str] = field(default_factory=list)
+    device: str | None = None
+    out: Path | None = None
+    as_json: bool = False
+    quiet: bool = True
+
+    def workspace(self, *, more: list[str] = (), state: str | None = None, run_id=None):
+        return workspace(
+            self.params,
+            [*self.sets, *more],
+            device=self.device,
+            out=self.out,
+            quiet=self.quiet,
+            state=state,
+            run_id=run_id,
+        )
+
+    def finish(self, ctx: Context, name: str, result: Any, lines: list[tuple[str, str]]) -> None:
+        """Write the result for DVC (--out; `name` empty: the workflow wrote its own files) and
+        print its URIs (or all of it, --json)."""
+        if name:
+            write(ctx, name, result)
+        emit(result, self.as_json, lines)
+
+
+def command(
+    name: str | None = None,
+    *,
+    options: tuple[str, ...] = tuple(COMMON_OPTIONS),
+    as_json: bool = False,
+    on: typer.Typer = app,
+) -> Callable:
+    """Register `fn(..., opts: Common)` as a command taking its own options plus the shared
+    `options`, guarded so that user-fixable failures print one line."""
+
+    def register(fn: Callable) -> Callable:
+        signature = inspect.signature(fn, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "opts"]
+        shared = [
+            inspect.Parameter(
+                key,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=COMMON_OPTIONS[key][0],
+                default=as_json if key == "as_json" else COMMON_OPTIONS[key][1],
+            )
+            for key in options
+        ]
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            given = {key: kwargs.pop(key) for key in options}
+            opts = Common(
+                params=given.get("params"),
+                sets=list(given.get("set_") or []),
+                device=given.get("device"),
+                out=given.get("out"),
+                as_json=given.get("as_json", as_json),
+                quiet=given.get("quiet", True),
+            )
+            return fn(**kwargs, opts=opts)
+
+        wrapper.__signature__ = signature.replace(parameters=[*own, *shared])
+        on.command(name)(guarded(wrapper))
+        return fn
+
+    return register
