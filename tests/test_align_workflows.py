@@ -208,3 +208,18 @@ def test_connect_sweeps_inits_and_widths_and_reuses_the_sweep(project, tmp_path)
     assert kinds == [schema.KIND_PAIR] * 6
     again = connect(project.context("align.widths=[8,16]", "instability.splits=[test]"))
     assert again.reused and again.run_id == result.run_id
+
+
+def test_cli_connect_two_states_and_transport(project, ctx, runs, aligned, tmp_path):
+    out = invoke(project, "connect", runs[0].final, runs[1].final, "--out", tmp_path, "--json")
+    assert out.exit_code == 0, out.output
+    printed = json.loads(out.stdout)
+    assert printed["aligned"] == aligned.uri and list(printed["paths"]) == list(schema.PAIR_KINDS)
+    assert json.loads((tmp_path / "connect.json").read_text())["aligned"] == aligned.uri
+    ticket = _ticket(ctx, runs)
+    moved = invoke(project, "transport", "--from", ticket, "--to", runs[1].at(20), "--json")
+    assert moved.exit_code == 0, moved.output
+    uri = json.loads(moved.stdout)["uri"]
+    assert ctx.store.describe(uri).parents[:2] == [runs[1].at(20), ticket]
+    dense = invoke(project, "transport", "--from", runs[0].final, "--to", runs[1].final)
+    assert dense.exit_code != 0 and "has no mask" in dense.output
