@@ -95,34 +95,17 @@ def _register(
         schema.REPLICATE: str(t.replicate),
         schema.METHOD: method,
         schema.START_STEP: str(step),
-        schema.DATA_ORDER_SEED: str(seed),
-        schema.AUGMENT_SEED: str(seed),
+        **jobs.noise_tags(seed),
     }
     with jobs.recorded(
         ctx, f"{method} r{t.replicate} level {t.level}", key=key, kind=method, parent=parent
     ) as run:
-        start_uri = jobs.register(
-            ctx,
-            run,
-            start,
-            role=schema.MASK if method == schema.RANDOM_PRUNE else schema.REINIT,
-            step=step,
-            tags=tags,
-            parents=[t.start] + ([wk_uri] if method == schema.RANDOM_PRUNE else []),
-            key=f"{key}:start",
-            trained_here=False,
-        )
+        role = schema.MASK if method == schema.RANDOM_PRUNE else schema.REINIT
+        parents = [t.start] + ([wk_uri] if method == schema.RANDOM_PRUNE else [])
+        start_uri = jobs.register_start(ctx, run, start, role, step, tags, parents, f"{key}:start")
         trained = State(result.weights, start.mask)
-        uri = jobs.register(
-            ctx,
-            run,
-            trained,
-            role=schema.TRAINED,
-            step=ctx.total_steps,
-            tags={**tags, schema.STATE: "W_T"},
-            parents=[start_uri],
-            key=f"{key}:W_T",
-        )
+        named = {**tags, schema.STATE: "W_T"}
+        uri = jobs.register_trained(ctx, run, trained, named, [start_uri], f"{key}:W_T")
         error = ctx.error(trained)
         run.log_metrics({"test_error": error})
     return Trained(method, t.replicate, t.level, t.density, start_uri, uri, seed, step, error)
@@ -166,14 +149,6 @@ def _register_start(ctx: Context, source: str, state: State, method: str, seed: 
     with jobs.recorded(
         ctx, method.replace("_", " "), key=key, kind=method, params={"source": source, "seed": seed}
     ) as run:
-        return jobs.register(
-            ctx,
-            run,
-            state,
-            role=schema.MASK if method == schema.RANDOM_PRUNE else schema.REINIT,
-            step=step,
-            tags={**sparsity_tags(level, state.mask), schema.METHOD: method, "seed": str(seed)},
-            parents=[source],
-            key=f"{key}:start",
-            trained_here=False,
-        )
+        role = schema.MASK if method == schema.RANDOM_PRUNE else schema.REINIT
+        tags = {**sparsity_tags(level, state.mask), schema.METHOD: method, "seed": str(seed)}
+        return jobs.register_start(ctx, run, state, role, step, tags, [source], f"{key}:start")

@@ -146,29 +146,16 @@ def register_copy(
     tags = {
         schema.STATE: "W_T",
         schema.COPY: str(i),
-        schema.DATA_ORDER_SEED: str(seed),
-        schema.AUGMENT_SEED: str(seed),
+        **jobs.noise_tags(seed),
         schema.REWIND_STEP: str(plan.k),
         schema.RESET_SCHEDULE: str(plan.reset_schedule),
     }
+    params = {"seed": seed, "source": plan.source, "reset_schedule": plan.reset_schedule}
+    label = f"copy {i} seed={seed}"
     with jobs.recorded(
-        ctx,
-        f"copy {i} seed={seed}",
-        key=key,
-        kind=schema.KIND_COPY,
-        parent=parent,
-        params={"seed": seed, "source": plan.source, "reset_schedule": plan.reset_schedule},
+        ctx, label, key=key, kind=schema.KIND_COPY, parent=parent, params=params
     ) as run:
-        uri = jobs.register(
-            ctx,
-            run,
-            state,
-            role=schema.TRAINED,
-            step=ctx.total_steps,
-            tags=tags,
-            parents=plan.parents,
-            key=f"{key}:W_T",
-        )
+        uri = jobs.register_trained(ctx, run, state, tags, plan.parents, f"{key}:W_T")
         result = trained[key]
         run.log_metrics({"steps_per_second": result.steps / max(result.seconds, 1e-9)})
     return uri, state

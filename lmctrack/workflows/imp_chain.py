@@ -118,8 +118,7 @@ def _register_level(
         schema.REPLICATE: str(chain.replicate),
         schema.METHOD: schema.IMP,
         schema.REWIND_STEP: str(k),
-        schema.DATA_ORDER_SEED: str(seed),
-        schema.AUGMENT_SEED: str(seed),
+        **jobs.noise_tags(seed),
     }
     with jobs.recorded(
         ctx,
@@ -131,27 +130,14 @@ def _register_level(
     ) as run:
         start = wk_uri
         if sub.mask is not None:
-            start = jobs.register(
-                ctx,
-                run,
-                sub,
-                role=schema.MASK,
-                step=k,
-                tags={**tags, schema.STATE: f"(W{k}, m{level})"},
-                parents=[wk_uri] + ([chain.pruned_from_uri] if chain.pruned_from_uri else []),
-                key=f"{key}:mask",
-                trained_here=False,
+            parents = [wk_uri] + ([chain.pruned_from_uri] if chain.pruned_from_uri else [])
+            named = {**tags, schema.STATE: f"(W{k}, m{level})"}
+            start = jobs.register_start(
+                ctx, run, sub, schema.MASK, k, named, parents, f"{key}:mask"
             )
-        uri = jobs.register(
-            ctx,
-            run,
-            trained,
-            role=schema.SPARSE if sub.mask is not None else schema.TRAINED,
-            step=ctx.total_steps,
-            tags={**tags, schema.STATE: "W_T"},
-            parents=[start],
-            key=f"{key}:W_T",
-        )
+        role = schema.SPARSE if sub.mask is not None else schema.TRAINED
+        named = {**tags, schema.STATE: "W_T"}
+        uri = jobs.register_trained(ctx, run, trained, named, [start], f"{key}:W_T", role)
         error = ctx.error(trained)
         run.log_metrics({"test_error": error, "density": float(tags[schema.DENSITY])})
     density = float(tags[schema.DENSITY])
@@ -236,35 +222,25 @@ class OtherData:
             ]
             results = jobs.train_all(self.data, todo)
             for chain, key, seed in zip(chains, keys, seeds, strict=True):
-                if key not in results:
+                if key in results:
+                    uri = self._register(ctx, parent, chain, level, key, seed, results[key])
+                else:
                     uri = ctx.store.run_states(jobs.finished(ctx, key))[-1].uri
-                    chain.pruned_from, chain.pruned_from_uri = (
-                        ctx.store.load_state(uri).weights,
-                        uri,
-                    )
-                    continue
-                mask = chain.mask if level else None
-                with jobs.recorded(
-                    ctx,
-                    f"search r{chain.replicate} level {level}",
-                    key=key,
-                    kind=schema.SEARCH,
-                    parent=parent,
-                ) as run:
-                    chain.pruned_from_uri = jobs.register(
-                        ctx,
-                        run,
-                        State(results[key].weights, mask),
-                        role=schema.SEARCH,
-                        step=ctx.total_steps,
-                        tags={
-                            **sparsity_tags(level, mask),
-                            schema.REPLICATE: str(chain.replicate),
-                            schema.STATE: "W_T (prune data)",
-                            schema.DATA_ORDER_SEED: str(seed),
-                        },
-                        parents=[chain.trained[-1].start],
-                        key=f"{key}:W_T",
-                        data=self.data,
-                    )
-                chain.pruned_from = results[key].weights
+                chain.pruned_from_uri = uri
+                chain.pruned_from = ctx.store.load_state(uri).weights
+
+    def _register(self, ctx: Context, parent, chain: Chain, level: int, key, seed, result) -> str:
+        """The subnetwork trained on the search data: role `search`, child of its (Wk, m)."""
+        mask = chain.mask if level else None
+        tags = {
+            **sparsity_tags(level, mask),
+            schema.REPLICATE: str(chain.replicate),
+            schema.STATE: "W_T (prune data)",
+            schema.DATA_ORDER_SEED: str(seed),
+        }
+        label = f"search r{chain.replicate} level {level}"
+        with jobs.recorded(ctx, label, key=key, kind=schema.SEARCH, parent=parent) as run:
+            state, parents = State(result.weights, mask), [chain.trained[-1].start]
+            return jobs.register_trained(
+                ctx, run, state, tags, parents, f"{key}:W_T", schema.SEARCH, self.data
+            )

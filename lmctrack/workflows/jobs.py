@@ -28,6 +28,12 @@ def noise_seed(*parts: int | str) -> int:
     return int(config_hash(*map(str, parts)), 16) & (2**31 - 1)
 
 
+def noise_tags(seed: int) -> dict[str, str]:
+    """The version tags of a training's noise sample (one seed drives data order and
+    augmentation, each from its own stream)."""
+    return {schema.DATA_ORDER_SEED: str(seed), schema.AUGMENT_SEED: str(seed)}
+
+
 def training(
     ctx: Context,
     key: str,
@@ -145,6 +151,40 @@ def register(
         parents=list(parents),
         dataset=dataset,
         key=key,
+    )
+
+
+def register_trained(
+    ctx: Context,
+    run,
+    state: State,
+    tags: dict[str, str],
+    parents: Sequence[str],
+    key: str,
+    role: str = schema.TRAINED,
+    data: Context | None = None,
+) -> str:
+    """Register a W_T: `state` trained to T by `run` (on this context's data, or `data`'s)."""
+    step = ctx.total_steps
+    return register(
+        ctx, run, state, role=role, step=step, tags=tags, parents=parents, key=key, data=data
+    )
+
+
+def register_start(
+    ctx: Context, run, state: State, role: str, step: int, tags: dict[str, str], parents, key: str
+) -> str:
+    """Register a state a training starts from (a subnetwork (Wk, m), a reinitialization)."""
+    return register(
+        ctx,
+        run,
+        state,
+        role=role,
+        step=step,
+        tags=tags,
+        parents=parents,
+        key=key,
+        trained_here=False,
     )
 
 
