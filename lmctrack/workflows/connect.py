@@ -312,6 +312,7 @@ def plot_width(result: Connect):
         ]
         _lines(ax, series, label=str)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(result.widths, [str(w) for w in result.widths])
         ax.set_xlabel("width (model.width)")
         ax.set_ylabel(f"{split} error barrier")
         ax.set_title(f"{split}; mean ± std over {_samples(series)}", fontsize="medium")
