@@ -10,7 +10,8 @@ and URIs.
 Modules: backend (connection, sqlite retries, error translation), files (artifact folders,
 confinement, permissions), owners (which live process owns a run), runs (Run: logging),
 registry (states, URIs, lineage, integrity), claims (one worker per identical request),
-core (Store).
+core (Store), location (paths and names, without MLflow), pyfunc (the MLmodel that lets
+plain MLflow load a state), cost (what a run cost).
 """
 
 import os
@@ -30,16 +31,73 @@ for _var, _value in {
 }.items():
     os.environ.setdefault(_var, _value)
 
-from lmctrack.store.backend import (  # noqa: E402
+import threading  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+from lmctrack.store.location import (  # noqa: E402
     DB_FILE,
     STORE_DIR,
     TAG_PREFIX,
     default_tracking_uri,
     project_root,
 )
-from lmctrack.store.core import Store  # noqa: E402
-from lmctrack.store.registry import LineageNode, StateInfo  # noqa: E402
-from lmctrack.store.runs import Run  # noqa: E402
+
+if TYPE_CHECKING:
+    from lmctrack.store.core import Store
+    from lmctrack.store.registry import LineageNode, StateInfo
+    from lmctrack.store.runs import Run
+
+# Importing MLflow takes seconds: `import lmctrack.store` does not, the names below import it on
+# first use, and preload() starts that import in a background thread meanwhile.
+_HEAVY = {
+    "Store": "lmctrack.store.core",
+    "Run": "lmctrack.store.runs",
+    "StateInfo": "lmctrack.store.registry",
+    "LineageNode": "lmctrack.store.registry",
+}
+# What opening a store imports: MLflow, its client, and its SQL tracking and registry stores.
+_PRELOAD = (
+    "mlflow",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+)
+_preloading: list[threading.Thread] = []
+
+
+def preload() -> None:
+    """Start importing MLflow in a background thread (idempotent), so that the import overlaps
+    with the caller's work (importing torch, loading data); opening a Store then finds it done.
+
+    Call it after the caller's own imports of shared libraries (pydantic, yaml) are done: the
+    thread imports only third-party modules, never lmctrack's.
+    """
+    if _preloading:
+        return
+
+    def load() -> None:
+        import importlib
+
+        for module in _PRELOAD:
+            try:
+                importlib.import_module(module)
+            except ImportError:  # an MLflow without the SQL extras: opening a store will say so
+                return
+
+    thread = threading.Thread(target=load, name="lmctrack-preload-mlflow", daemon=True)
+    _preloading.append(thread)
+    thread.start()
+
+
+def __getattr__(name: str):
+    if name not in _HEAVY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    for thread in _preloading:
+        thread.join()
+    value = globals()[name] = getattr(importlib.import_module(_HEAVY[name]), name)
+    return value
+
 
 __all__ = [
     "DB_FILE",
@@ -50,5 +108,6 @@ __all__ = [
     "StateInfo",
     "Store",
     "default_tracking_uri",
+    "preload",
     "project_root",
 ]

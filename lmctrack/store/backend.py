@@ -1,5 +1,4 @@
-"""Where the store is and how to talk to it: location rules, the MLflow client, sqlite retries,
-and the translation of storage failures (busy, full, read-only, unreachable) into LmcErrors."""
+"""How to talk to the store: the MLflow client, sqlite retries, and the translation of storage failures (busy, full, read-only, unreachable) into LmcErrors."""
 
 from __future__ import annotations
 
@@ -23,17 +22,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.file_utils import ExclusiveFileLock
 
 from lmctrack.errors import LmcError
+from lmctrack.store.location import DB_FILE, TAG_PREFIX
 
 for _name in ("mlflow", "alembic", "sqlalchemy"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 # It logs a traceback for every busy sqlite error before raising; retry_busy handles those.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
-TAG_PREFIX = "lmctrack."
-STORE_DIR = ".lmctrack"
-DB_FILE = "mlflow.db"
-_ROOT_MARKERS = ("dvc.yaml", "params.yaml", ".git", "pyproject.toml")
-_DVC_TMP = "/.dvc/tmp/"
 _BUSY_RETRIES = 8
 _PROBE_SECONDS = 5.0
 # sqlite and OS failures that no retry fixes: the user must free space or grant write access.
@@ -41,38 +36,6 @@ _FULL_OR_READ_ONLY = ("database or disk is full", "readonly database", "disk i/o
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 T = TypeVar("T")
-
-
-def project_root(cwd: Path | None = None) -> Path:
-    """The user's project folder: where dvc.yaml / params.yaml / .git / pyproject.toml live.
-
-    Inside a DVC experiment temp workspace (`<project>/.dvc/tmp/...`) it is the folder above
-    that `.dvc`, so queued experiments still log to the user's store.
-    """
-    here = (cwd or Path.cwd()).resolve()
-    posix = here.as_posix() + "/"
-    if _DVC_TMP in posix:
-        return Path(posix.split(_DVC_TMP, 1)[0] or "/")
-    for folder in (here, *here.parents):
-        if any((folder / marker).exists() for marker in _ROOT_MARKERS):
-            return folder
-    return here
-
-
-def default_tracking_uri(cwd: Path | None = None) -> str:
-    return sqlite_uri(project_root(cwd) / STORE_DIR / DB_FILE)
-
-
-def sqlite_uri(path: Path) -> str:
-    return f"sqlite:///{path.resolve().as_posix()}"
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite URI (relative paths made absolute), else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
-    return Path(path).resolve()
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:

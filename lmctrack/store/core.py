@@ -14,27 +14,33 @@ from mlflow.exceptions import MlflowException
 
 from lmctrack.errors import LmcError
 from lmctrack.store.backend import (
-    STORE_DIR,
-    TAG_PREFIX,
     connect,
-    default_tracking_uri,
     exists_already,
     not_found,
     prefixed,
-    project_root,
     retry_busy,
-    sqlite_path,
-    sqlite_uri,
     unprefixed,
     write_errors,
 )
 from lmctrack.store.claims import file_claim, run_claim
 from lmctrack.store.files import confined, is_local, local_path, safe_name
+from lmctrack.store.location import (
+    STORE_DIR,
+    TAG_PREFIX,
+    default_tracking_uri,
+    project_root,
+    sqlite_path,
+    sqlite_uri,
+)
 from lmctrack.store.owners import owner_is_dead, owner_tags
 from lmctrack.store.registry import CORRUPT, KEY, Registry, StateInfo
 from lmctrack.store.runs import Run
 
 _RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
+# The UI opens an experiment of this kind on its training runs (MLflow 3 otherwise may open the
+# GenAI overview: traces, token usage).
+KIND_TAG = "mlflow.experimentKind"
+KIND = "custom_model_development"
 
 
 class Store(Registry):
@@ -104,7 +110,8 @@ class Store(Registry):
         return run
 
     def _experiment_id(self, name: str) -> str:
-        """The experiment's id, created with an absolute artifact folder next to the database."""
+        """The experiment's id, created with an absolute artifact folder next to the database and
+        the model-training kind (given to experiments created before, when missing)."""
         if name in self._experiments:
             return self._experiments[name]
         experiment = self.client.get_experiment_by_name(name)
@@ -115,7 +122,9 @@ class Store(Registry):
             try:
                 with write_errors(self.tracking_uri):
                     experiment_id = retry_busy(
-                        lambda: self.client.create_experiment(name, artifact_location=location)
+                        lambda: self.client.create_experiment(
+                            name, artifact_location=location, tags={KIND_TAG: KIND}
+                        )
                     )
             except MlflowException as e:
                 if not exists_already(e):
@@ -125,6 +134,11 @@ class Store(Registry):
             experiment_id = experiment.experiment_id
             if experiment.lifecycle_stage == "deleted":
                 retry_busy(lambda: self.client.restore_experiment(experiment_id))
+            if KIND_TAG not in experiment.tags:
+                with suppress(MlflowException, OSError):  # a read-only store stays as it is
+                    retry_busy(
+                        lambda: self.client.set_experiment_tag(experiment_id, KIND_TAG, KIND)
+                    )
         self._experiments[name] = experiment_id
         return experiment_id
 

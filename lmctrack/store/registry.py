@@ -23,7 +23,6 @@ from lmctrack import state as state_files
 from lmctrack.errors import LmcError
 from lmctrack.state import State
 from lmctrack.store.backend import (
-    TAG_PREFIX,
     exists_already,
     first_line,
     not_found,
@@ -31,11 +30,17 @@ from lmctrack.store.backend import (
     unprefixed,
 )
 from lmctrack.store.files import confined, is_local, local_folder, local_path, sha256
+from lmctrack.store.location import TAG_PREFIX
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-_NOT_TAGS = ("parents", "model_id", "sha256")  # version tags that StateInfo carries as fields
+_NOT_TAGS = (
+    "parents",
+    "model_id",
+    "sha256",
+    "architecture",
+)  # version tags that StateInfo carries as fields
 _URI_HELP = "write models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>"
 _NAME = r"(?P<name>(?!\.+[/@])[^/@:'\"]+)"  # a model name, never '.' or '..'
 _VERSION_URI = re.compile(rf"^models:/{_NAME}/(?P<version>\d+)$")
@@ -43,6 +48,13 @@ _ALIAS_URI = re.compile(rf"^models:/{_NAME}@(?P<alias>[\w-]+)$")
 RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+?)/?$")
 KEY = re.compile(r"^[\w.:-]+$")
 CORRUPT = "corrupt"
+
+
+def _quoted(value: str, what: str) -> str:
+    """A value for a search filter: MLflow's filter strings cannot escape quotes."""
+    if "'" in value or "\\" in value:
+        raise LmcError(f"the {what} to search for, {value!r}, holds a quote or backslash; drop it")
+    return value
 
 
 @dataclass
@@ -58,6 +70,9 @@ class StateInfo:
     model_id: str = ""  # the MLflow logged model that holds the files
     source: str = field(default="", repr=False)  # artifact location of the files
     sha256: dict[str, str] = field(default_factory=dict, repr=False)  # file name -> hash
+    # what lmctrack.models.build_model needs (name, width, num_classes, input_shape); empty for
+    # states registered without it
+    architecture: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -126,6 +141,7 @@ class Registry:
             model_id=tags.get("model_id", ""),
             source=mv.source or "",
             sha256=json.loads(tags.get("sha256", "{}")),
+            architecture=json.loads(tags.get("architecture", "{}")),
         )
         self._versions[info.uri] = info
         return info
@@ -148,6 +164,20 @@ class Registry:
                 continue
             return info.uri
         return None
+
+    def search_states(self, model: str | None = None, **tags: object) -> list[StateInfo]:
+        """The states whose lmctrack version tags equal the given values (e.g. role='trained',
+        step=3000, network='mnist1d_cnn'), of the registered model `model` when given, newest
+        first; states marked corrupt are left out."""
+        terms = [] if model is None else [f"name = '{_quoted(model, 'model')}'"]
+        for key, value in tags.items():
+            if not KEY.match(key):
+                raise LmcError(f"'{key}' is not a state tag; use letters, digits, '.', '_', '-'")
+            terms.append(f"tags.`{TAG_PREFIX}{key}` = '{_quoted(str(value), key)}'")
+        versions = self._search_versions(" AND ".join(terms))
+        versions.sort(key=lambda mv: (mv.creation_timestamp, int(mv.version)), reverse=True)
+        found = [self._remember(mv) for mv in versions]
+        return [info for info in found if info.tags.get(CORRUPT) != "true"]
 
     def describe(self, uri: str) -> StateInfo:
         """The registry's record of a state; aliases and runs:/ URIs resolve to the version."""

@@ -24,15 +24,17 @@ from mlflow.entities import (
 
 from lmctrack import state as state_files
 from lmctrack.errors import LmcError
+from lmctrack.mlflow_model import DESCRIPTION_FILE
 from lmctrack.state import State
+from lmctrack.store import pyfunc
 from lmctrack.store.backend import flatten, prefixed, retry_busy, unprefixed, write_errors
+from lmctrack.store.cost import Meter
 from lmctrack.store.files import is_local, local_path, safe_name, sha256, share, writable_folder
 from lmctrack.store.registry import StateInfo
 
 if TYPE_CHECKING:
     from lmctrack.store.core import Store
 
-DESCRIPTION_FILE = "lmctrack.json"
 _FLUSH_SIZE = 1000  # buffered metrics sent at once (MLflow's batch limit)
 _FLUSH_SECONDS = 10.0  # ... or after this long, so the UI follows a long training
 
@@ -50,7 +52,8 @@ class Run:
 
     Use it as a context manager: normal exit marks it FINISHED, an exception FAILED
     (KeyboardInterrupt: KILLED) and re-raises. A run whose process dies before that is marked
-    KILLED when lmctrack next meets it (Store.reap).
+    KILLED when lmctrack next meets it (Store.reap). A run that ends records what it cost
+    (store.cost: wall and CPU seconds, device, GPU peak memory).
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Run:
         self._state_names: set[str] = set()
         self._pending: list[Metric] = []
         self._flushed = time.monotonic()
+        self._meter = Meter()
         store._open[run_id] = self
 
     def __enter__(self) -> Run:
@@ -74,6 +78,9 @@ class Run:
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         try:
             with write_errors(self.store.tracking_uri):
+                metrics, tags = self._meter.finish()
+                self.set_tags(tags)
+                self.log_metrics(metrics)
                 self.flush()
         except Exception:
             exc_type = exc_type or Exception
@@ -161,8 +168,13 @@ class Run:
         parents: Sequence[str] = (),
         dataset: tuple[str, str] | None = None,
         key: str | None = None,
+        architecture: dict[str, Any] | None = None,
     ) -> str:
         """Register `state` as a new version of `model_name`; returns models:/<name>/<version>.
+
+        With its `architecture` (network name, width, num_classes, input_shape: what
+        lmctrack.models.build_model takes), plain MLflow can load the version as a pyfunc model
+        (store.pyfunc) and the UI shows its input and output schema.
 
         With a key (a unique identity of the state: config hash, role, step, copy), a version
         registered earlier under that key whose files verify is returned instead: a re-run
@@ -174,11 +186,13 @@ class Run:
                 f"the {role} state has non-finite values in {bad}: training diverged; lower "
                 "train.lr or add warmup and re-run (nothing was registered)"
             )
+        arch = None if architecture is None else pyfunc.architecture(architecture)
         parent_infos = [self.store.describe(p) for p in parents]
         with self.store._state_lock(key), write_errors(self.store.tracking_uri):
             found = self.store.find_state(key) if key is not None else None
             if found is None:
-                info = self._register(state, model_name, role, step, tags, parent_infos, key)
+                meta = self._version_tags(state, role, step, tags, parent_infos, key, arch)
+                info = self._register(state, model_name, role, step, meta, arch)
             else:
                 info = self.store.describe(found)
             self._log_inputs(parent_infos, dataset)
@@ -187,16 +201,17 @@ class Run:
                 retry_busy(lambda: self._client.log_outputs(self.id, outputs))
         return info.uri
 
-    def _register(
-        self,
+    @staticmethod
+    def _version_tags(
         state: State,
-        model_name: str,
         role: str,
         step: int | None,
         tags: dict[str, str],
         parents: list[StateInfo],
         key: str | None,
-    ) -> StateInfo:
+        arch: dict[str, Any] | None,
+    ) -> dict[str, str]:
+        """What the version's lmctrack tags say about the state (without the prefix)."""
         meta: dict[str, str] = {"role": role}
         if step is not None:
             meta["step"] = str(step)
@@ -207,8 +222,23 @@ class Run:
         meta["parents"] = json.dumps([p.uri for p in parents])
         if key is not None:
             meta["state_key"] = key
+        if arch is not None:
+            meta["network"] = arch["name"]
+            meta["architecture"] = json.dumps(arch)
+        return meta
+
+    def _register(
+        self,
+        state: State,
+        model_name: str,
+        role: str,
+        step: int | None,
+        meta: dict[str, str],
+        arch: dict[str, Any] | None,
+    ) -> StateInfo:
         version_tags = prefixed(meta)
-        model, digests = self._log_model(state, self._state_name(role, step), version_tags)
+        name = self._state_name(role, step)
+        model, digests = self._log_model(state, name, version_tags, arch)
         version_tags = {**version_tags, **prefixed({"sha256": json.dumps(digests)})}
         info = self.store._register(model_name, model, self.id, version_tags)
         registered = {
@@ -216,6 +246,10 @@ class Run:
         }
         retry_busy(lambda: self._client.set_logged_model_tags(model.model_id, registered))
         return info
+
+    def log_dataset(self, name: str, fingerprint: str) -> None:
+        """Record a dataset this run read (once per run), for runs that register no state."""
+        self._log_inputs([], (name, fingerprint))
 
     def log_input_states(self, uris: Sequence[str]) -> None:
         """Record states this run read (e.g. the endpoints it interpolated) as model inputs."""
@@ -241,10 +275,11 @@ class Run:
         return name
 
     def _log_model(
-        self, state: State, name: str, tags: dict[str, str]
+        self, state: State, name: str, tags: dict[str, str], arch: dict[str, Any] | None
     ) -> tuple[LoggedModel, dict[str, str]]:
-        """Write the safetensors files (and a JSON description with their sha256) into a new
-        logged model; returns it and the files' hashes."""
+        """Write the safetensors files (and a JSON description with their sha256 and the
+        architecture, plus the pyfunc MLmodel when the architecture is known) into a new logged
+        model; returns it and the files' hashes."""
         model = retry_busy(
             lambda: self._client.create_logged_model(
                 self.experiment_id,
@@ -264,6 +299,11 @@ class Run:
                     "sha256": digests,
                     "tags": unprefixed(tags),
                 }
+                if arch is not None:
+                    description["architecture"] = arch
+                    pyfunc.write_mlmodel(
+                        folder, arch, name=name, run_id=self.id, model_id=model.model_id
+                    )
                 (folder / DESCRIPTION_FILE).write_text(json.dumps(description, indent=1))
         except BaseException:
             with suppress(Exception):  # a full disk may refuse this too; the write error wins

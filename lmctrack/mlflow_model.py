@@ -1,0 +1,60 @@
+"""What plain MLflow runs to load a registered lmctrack state, without unpickling anything.
+
+A state's MLmodel names this module as its loader (`loader_module: lmctrack.mlflow_model`), so
+with lmctrack installed, `mlflow.pyfunc.load_model("models:/<name>/<version>").predict(x)` calls
+_load_pyfunc on the state's folder: the network is rebuilt from the architecture recorded with
+the state (lmctrack.json), the safetensors files are checked against their recorded sha256 and
+loaded with the mask applied, and predict returns the logits (BatchNorm in eval mode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmctrack.config import ModelConfig
+from lmctrack.errors import LmcError
+from lmctrack.models import build_model
+from lmctrack.state import load_state
+
+DESCRIPTION_FILE = "lmctrack.json"
+
+
+class StateModel:
+    """The network of one state as a pyfunc model: float inputs in, logits out."""
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network.eval()
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        x = torch.as_tensor(model_input, dtype=torch.float32)
+        with torch.no_grad():
+            return self.network(x).numpy()
+
+
+def load_network(folder: Path) -> nn.Module:
+    """The network of the state stored in folder, its masked weights loaded, in eval mode."""
+    description = json.loads((folder / DESCRIPTION_FILE).read_text())
+    arch = description.get("architecture")
+    if arch is None:
+        raise LmcError(
+            f"the state in {folder} was registered without its architecture; load it with "
+            "lmctrack (lmctrack.load) or re-register it with a current lmctrack"
+        )
+    for name, expected in description.get("sha256", {}).items():
+        if hashlib.sha256((folder / name).read_bytes()).hexdigest() != expected:
+            raise LmcError(f"{folder / name} does not match its recorded sha256; re-create it")
+    cfg = ModelConfig(name=arch["name"], width=arch["width"])
+    network = build_model(cfg, arch["num_classes"], tuple(arch["input_shape"]), init_seed=0)
+    network.load_state_dict(load_state(folder).masked_weights(), strict=True)
+    return network.eval()
+
+
+def _load_pyfunc(data_path: str) -> StateModel:
+    """MLflow's loader-module entry point: data_path is the state's folder."""
+    return StateModel(load_network(Path(data_path)))
