@@ -6,6 +6,10 @@ network trained from scratch only on the distilled set vs on a random real subse
 mean ± std over 3 seeds, one evaluation recipe for all.
 
     python benchmarks/distill.py [--quick] [--method mtt|dm|both]
+
+Measured (2 shared cores, load average 11 to 14): experts 3 x 11 epochs 43.7 s (18%), MTT
+matching 200 iterations 194.8 s (82%), DM 500 iterations 48.8 s; test accuracy over 3 seeds:
+MTT 31.4 ± 2.8%, DM 31.9 ± 0.8%, random real subset of 100 examples 22.7 ± 0.9%.
 """
 
 from __future__ import annotations
