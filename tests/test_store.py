@@ -352,3 +352,35 @@ def test_a_run_that_reads_states_lists_them_as_model_inputs(store: Store, chain:
     assert {m.model_id for m in inputs} == expected
     with pytest.raises(LmcError), store.run("readers", "bad") as bad:
         bad.log_input_states(["models:/nope/1"])
+
+
+def test_search_states_filters_on_tags_and_model_newest_first(store: Store, chain: dict) -> None:
+    found = store.search_states(model=MODEL, config_hash="h1")
+    assert [s.uri for s in found] == [chain["wt"], chain["wk"], chain["w0"]]
+    assert [s.uri for s in store.search_states(role="rewind", step=100)] == [chain["wk"]]
+    assert store.search_states(model="no_such_model", role="rewind") == []
+    with store.run("search", "two") as run:
+        for step in (1, 2):
+            run.save_state(_state(20 + step), model_name="searched", role="init", step=0, tags={})
+    store.client.set_model_version_tag("searched", "2", "lmctrack.corrupt", "true")
+    fresh = Store(store.tracking_uri)
+    assert [s.uri for s in fresh.search_states(model="searched")] == ["models:/searched/1"]
+    for bad in ({"role": "it's"}, {"bad key": "x"}):
+        with pytest.raises(LmcError, match="search|tag"):
+            store.search_states(**bad)
+
+
+def test_experiments_get_the_training_kind_and_runs_their_cost(store: Store) -> None:
+    kind = ("mlflow.experimentKind", "custom_model_development")
+    store.client.create_experiment("made_before")
+    with store.run("made_before", "reader") as run:
+        run.log_dataset("mnist1d", "e" * 64)
+        run.log_dataset("mnist1d", "e" * 64)
+    for name in ("made_before", "exp"):
+        tags = store.client.get_experiment_by_name(name).tags
+        assert tags.get(kind[0]) == kind[1], name
+    recorded = store.client.get_run(run.id)
+    assert [d.dataset.name for d in recorded.inputs.dataset_inputs] == ["mnist1d"]
+    assert recorded.data.metrics["cost.wall_seconds"] > 0
+    assert recorded.data.metrics["cost.cpu_seconds"] >= 0
+    assert recorded.data.tags["lmctrack.cost.device"] == "cpu"
