@@ -36,6 +36,7 @@ from lmctrack.state import Mask
 from lmctrack.train import (
     Noise,
     Progress,
+    Running,
     TrainLog,
     deterministic,
     learning_rate,
@@ -309,9 +310,7 @@ def train_copies(
         for c in copies
     ]
     wanted = {t for t in at_steps if step <= t <= stop}
-    running_loss = torch.zeros(n, device=device)
-    running_correct = torch.zeros(n, device=device)
-    running_seen = 0
+    running = Running(n, device)
     report = any(c.progress is not None for c in copies)
     first, began = step, time.perf_counter()
 
@@ -356,23 +355,8 @@ def train_copies(
             step += 1
             if not report:
                 continue
-            running_loss.add_(losses.detach(), alpha=y.shape[1])
-            running_correct.add_((out.detach().argmax(2) == y).sum(1))
-            running_seen += y.shape[1]
-            if step % 25 == 0 or step == stop:
-                for i, c in enumerate(copies):
-                    if c.progress is not None:
-                        c.progress(
-                            step,
-                            {
-                                "loss": float(running_loss[i]) / running_seen,
-                                "accuracy": float(running_correct[i]) / running_seen,
-                                "lr": lr,
-                            },
-                        )
-                running_loss.zero_()
-                running_correct.zero_()
-                running_seen = 0
+            running.add(losses, out, y)
+            running.report(step, stop, lr, [c.progress for c in copies])
     finally:
         if guard is not None:
             guard.remove()

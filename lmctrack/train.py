@@ -179,6 +179,37 @@ class TrainLog:
 
 StepCallback = Callable[[int, nn.Module], None]
 Progress = Callable[[int, dict[str, float]], None]
+REPORT_EVERY = 25
+
+
+class Running:
+    """Training loss and accuracy of one or several stacked networks, summed on the device and
+    read every REPORT_EVERY steps (no per-step synchronisation), for the progress display."""
+
+    def __init__(self, networks: int | None, device: torch.device) -> None:
+        shape = () if networks is None else (networks,)
+        self.loss = torch.zeros(shape, device=device)
+        self.correct = torch.zeros(shape, device=device)
+        self.seen = 0
+
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        """`loss` is the mean over the batch (per network); the batch is the last dim of y."""
+        self.loss.add_(loss.detach(), alpha=y.shape[-1])
+        self.correct.add_((out.detach().argmax(-1) == y).sum(-1))
+        self.seen += y.shape[-1]
+
+    def report(self, step: int, stop: int, lr: float, progress: list[Progress | None]) -> None:
+        """Send each network's averages to its progress callback every REPORT_EVERY steps."""
+        if step % REPORT_EVERY and step != stop:
+            return
+        losses, correct = self.loss.reshape(-1).tolist(), self.correct.reshape(-1).tolist()
+        for callback, loss, right in zip(progress, losses, correct, strict=True):
+            if callback is not None:
+                metrics = {"loss": loss / self.seen, "accuracy": right / self.seen, "lr": lr}
+                callback(step, metrics)
+        self.loss.zero_()
+        self.correct.zero_()
+        self.seen = 0
 
 
 def train(
@@ -229,10 +260,7 @@ def train(
     batches = dataset.train_batches(
         cfg.batch_size, noise.data_order, noise.augment, start_step=step, device=device
     )
-    running_loss = torch.zeros((), device=device)
-    running_correct = torch.zeros((), device=device)
-    running_seen = 0
-    report_every = 25
+    running = Running(None, device)
     began = time.perf_counter()
     first = step
     try:
@@ -262,22 +290,8 @@ def train(
             step += 1
             if progress is None:
                 continue
-            # Summed on the device and read every `report_every` steps: no per-step sync.
-            running_loss.add_(loss.detach(), alpha=y.shape[0])
-            running_correct.add_((out.detach().argmax(1) == y).sum())
-            running_seen += y.shape[0]
-            if step % report_every == 0 or step == stop:
-                progress(
-                    step,
-                    {
-                        "loss": float(running_loss) / running_seen,
-                        "accuracy": float(running_correct) / running_seen,
-                        "lr": lr,
-                    },
-                )
-                running_loss.zero_()
-                running_correct.zero_()
-                running_seen = 0
+            running.add(loss, out, y)
+            running.report(step, stop, lr, [progress])
     finally:
         if guard is not None:
             guard.remove()
