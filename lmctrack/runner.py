@@ -17,6 +17,9 @@ Two ways, chosen by `runner.batch_copies`:
 
 Same seeds give bit-identical weights in the process mode whatever the number of workers; the
 stacked mode is bit-identical with itself and equal to the process mode to float tolerance.
+
+`runner.backend: ray` sends each training to a Ray cluster instead (lmctrack.cluster); the same
+run_job runs there, so the weights are those of the process mode. `run_configured` chooses.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from lmctrack.config import ModelConfig, TrainConfig
+from lmctrack.config import ModelConfig, RunnerConfig, TrainConfig
 from lmctrack.errors import LmcError
 from lmctrack.progress import Board
 from lmctrack.state import Mask
@@ -390,6 +393,24 @@ def run_jobs(
     separate = _run_separately([jobs[i] for i in rest], dataset, device, board, workers)
     results.update(zip(rest, separate, strict=True))
     return [results[i] for i in range(len(jobs))]
+
+
+def run_configured(
+    jobs: Sequence[TrainJob],
+    dataset,
+    device: torch.device,
+    board: Board,
+    runner: RunnerConfig,
+    checkpoints: Path | None = None,
+) -> list[JobResult]:
+    """Train all jobs where params' `runner` section says: local processes (or stacked copies)
+    on this machine, or Ray tasks (checkpoints moved into `checkpoints`, a folder every node
+    reaches, when given). Results in the jobs' order."""
+    if runner.backend == "ray":
+        from lmctrack.cluster import run_on_ray
+
+        return run_on_ray(jobs, dataset, board, runner, checkpoints)
+    return run_jobs(jobs, dataset, device, board, batch_copies=runner.batch_copies)
 
 
 def _run_separately(

@@ -1,0 +1,189 @@
+"""The cluster's services on one machine's loopback: PostgreSQL, an MLflow tracking server on it
+with proxied artifacts, and a Ray head. For the integration tests, the benchmark, and a try-out
+(`python deploy/services.py FOLDER` starts all three and prints what to put in params.yaml).
+
+Each is a context manager that stops exactly the processes it started (by their id) and binds
+to 127.0.0.1 only. A lab's real deployment is compose.yaml or the commands in deploy/README.md.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+HOST = "127.0.0.1"
+# Ray on one machine: every process binds to and advertises the loopback address, not the
+# machine's public one (Ray's single-machine mode, the one it uses on macOS and Windows).
+RAY_LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+class Unavailable(RuntimeError):
+    """A service's software is not installed here (the tests skip with this one-line reason)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _wait(ready, what: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{what} did not start within {timeout:g} s:\n{tail}")
+        time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM to the process group this harness started (its own session), then SIGKILL."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# ---- PostgreSQL --------------------------------------------------------------------------------
+
+
+def postgres_bin() -> Path:
+    """The folder of initdb / pg_ctl of the newest installed PostgreSQL (Debian's layout)."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: p.split("/")[4])
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    if initdb is None:
+        raise Unavailable("PostgreSQL is not installed (apt-get install postgresql)")
+    return Path(initdb).parent
+
+
+@contextmanager
+def postgres(database: str = "mlflow") -> Iterator[str]:
+    """A PostgreSQL server on a temp data folder, as the postgres user when run as root; yields
+    the database URI (trust authentication: loopback only, throwaway data)."""
+    bin_dir = postgres_bin()
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="lmcpg-", dir="/tmp"))  # short: socket path limit
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            raise Unavailable("running as root without runuser to start PostgreSQL as postgres")
+        try:
+            shutil.chown(folder, "postgres", "postgres")
+        except (LookupError, OSError):
+            raise Unavailable(
+                "no postgres user to run PostgreSQL as (apt-get install postgresql)"
+            ) from None
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = folder / "data", free_port()
+
+    def pg(tool: str, *args: str) -> None:
+        subprocess.run([*as_user, str(bin_dir / tool), *args], check=True, capture_output=True)
+
+    pg("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    options = f"-p {port} -k {folder} -c listen_addresses={HOST}"
+    pg("pg_ctl", "start", "-w", "-D", str(data), "-l", str(folder / "log"), "-o", options)
+    try:
+        pg("createdb", "-h", HOST, "-p", str(port), "-U", "postgres", database)
+        yield f"postgresql://postgres@{HOST}:{port}/{database}"
+    finally:
+        pg("pg_ctl", "stop", "-w", "-D", str(data), "-m", "fast")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---- MLflow tracking server --------------------------------------------------------------------
+
+
+@contextmanager
+def mlflow_server(backend_uri: str, artifacts: Path, workers: int = 1) -> Iterator[str]:
+    """`mlflow server` on the database with proxied artifacts in `artifacts`; yields its URL.
+
+    Several workers are supervised by uvicorn, which replaces one that misses a 5 s health check;
+    on a loaded machine a worker still importing MLflow misses it, hence the longer limit."""
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    log = artifacts.parent / f"mlflow-server-{port}.log"
+    argv = [
+        *(sys.executable, "-m", "mlflow", "server"),
+        *("--backend-store-uri", backend_uri),
+        *("--artifacts-destination", str(artifacts)),
+        *("--host", HOST, "--port", str(port), "--workers", str(workers)),
+        *("--uvicorn-opts", "--timeout-worker-healthcheck 120"),
+    ]
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait(lambda: _healthy(url) or proc.poll() is not None, "mlflow server", log, 120)
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited: {log.read_text()[-2000:]}")
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+# ---- Ray ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def ray_head(cpus: int = 2) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A Ray head offering `cpus` worker CPUs; yields its address and the `ray start` process
+    (whose descendants are the workers)."""
+    ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    if not Path(ray).exists():
+        raise Unavailable('Ray is not installed (pip install -e ".[cluster]")')
+    folder = Path(tempfile.mkdtemp(prefix="lmcray-", dir="/tmp"))
+    port = free_port()
+    address = f"{HOST}:{port}"
+    argv = [
+        *(ray, "start", "--head", "--block", "--disable-usage-stats"),
+        *("--node-ip-address", HOST, "--port", str(port), "--num-cpus", str(cpus)),
+        *("--include-dashboard", "false", "--temp-dir", str(folder)),
+    ]
+    env = {**os.environ, **RAY_LOOPBACK}
+    log = folder / "ray-start.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        _wait(lambda: "Ray runtime started" in log.read_text() or proc.poll() is not None,
+              "ray head", log, 180)  # fmt: skip
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited: {log.read_text()[-2000:]}")
+        yield address, proc
+    finally:
+        _stop(proc, timeout=90)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    base = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="lmcsvc-"))
+    (base / "artifacts").mkdir(parents=True, exist_ok=True)
+    with postgres() as db, mlflow_server(db, base / "artifacts") as url, ray_head() as (addr, _):
+        print(f"store.tracking_uri: {url}\nrunner.backend: ray\nrunner.address: {addr}")
+        print(f"export {' '.join(f'{k}={v}' for k, v in RAY_LOOPBACK.items())}  # for the driver")
+        print("Ctrl-C stops all three.", flush=True)
+        with suppress(KeyboardInterrupt):
+            signal.pause()
