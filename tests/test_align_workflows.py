@@ -148,6 +148,7 @@ def test_transport_needs_a_mask(ctx, runs):
         transport(ctx, runs[0].final, runs[1].final)
 
 
+@pytest.mark.slow
 def test_connect_two_states_logs_naive_aligned_and_repair_side_by_side(ctx, runs, aligned):
     result = connect_two(ctx, runs[0].final, runs[1].final)
     assert list(result.paths) == list(schema.PAIR_KINDS) and result.aligned == aligned.uri
@@ -175,6 +176,7 @@ def test_bn_repair_is_a_path_policy_recorded_with_the_path(ctx, runs, aligned):
     assert path.curves["test"]["error"][2] != plain.curves["test"]["error"][2]
 
 
+@pytest.mark.slow
 def test_cli_align_interpolate_repair_and_bad_input(project, runs, aligned):
     out = invoke(project, "align", runs[0].final, runs[1].final, "--method", "weight", "--json")
     assert out.exit_code == 0, out.output
@@ -188,6 +190,7 @@ def test_cli_align_interpolate_repair_and_bad_input(project, runs, aligned):
     assert half.exit_code != 0 and "give two states" in half.output
 
 
+@pytest.mark.slow
 def test_connect_sweeps_inits_and_widths_and_reuses_the_sweep(project, tmp_path):
     sweep = project.context("align.widths=[8,16]", "instability.splits=[test]")
     sweep.out = tmp_path
@@ -210,6 +213,7 @@ def test_connect_sweeps_inits_and_widths_and_reuses_the_sweep(project, tmp_path)
     assert again.reused and again.run_id == result.run_id
 
 
+@pytest.mark.slow
 def test_cli_connect_two_states_and_transport(project, ctx, runs, aligned, tmp_path):
     out = invoke(project, "connect", runs[0].final, runs[1].final, "--out", tmp_path, "--json")
     assert out.exit_code == 0, out.output
