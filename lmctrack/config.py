@@ -216,6 +216,53 @@ class AlignConfig(Section):
     )
 
 
+class ExpertConfig(Section):
+    """How MTT's experts train on the real data: plain SGD, as in the reference (the student
+    imitates it); they are ordinary trainings registered at every epoch."""
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    batch_size: int = Field(256, gt=0)
+
+
+class DistillConfig(Section):
+    """`lmctrack distill`: a few synthetic examples per class (MTT or DM; lmctrack.distill) and
+    their quality: test accuracy of a network trained only on them vs on a random real subset."""
+
+    method: Literal["mtt", "dm"] = "mtt"
+    images_per_class: int = Field(10, ge=1)
+    init: Literal["real", "noise"] = "real"
+    seed: int = 0
+    iterations: int | None = Field(None, gt=0, description="None: 200 for mtt, 500 for dm")
+    lr_img: float | None = Field(None, gt=0, description="None: 10 for mtt, 1 for dm")
+    syn_steps: int = Field(20, gt=0, description="mtt: student steps per iteration")
+    expert_epochs: int = Field(2, gt=0, description="mtt: M, the epochs the student retraces")
+    max_start_epoch: int = Field(10, gt=0, description="mtt: start epoch t < this")
+    lr_lr: float = Field(1e-7, ge=0, description="mtt: learning rate of the student's lr")
+    lr_init: float | None = Field(None, gt=0, description="mtt: None: the experts' lr")
+    batch_syn: int | None = Field(None, gt=0, description="mtt: None: the whole synthetic set")
+    experts: int = Field(3, gt=0, description="mtt: expert trajectories (init seeds 0, 1, ...)")
+    expert: ExpertConfig = Field(default_factory=ExpertConfig)
+    batch_real: int = Field(256, gt=0, description="dm: real examples per class and iteration")
+    eval_steps: StepField = Field(default_factory=lambda: Step(ep=300))
+    eval_lr: float = Field(0.01, gt=0)
+    eval_seeds: int = Field(3, gt=0, description="quality: networks per training set")
+
+
+class FollowupConfig(Section):
+    """`lmctrack followup`: real-data vs distilled-data IMP from the same Wk (2023 follow-up),
+    kept small by default: few levels, one replicate, two copies, a small Hessian sample."""
+
+    levels: int = Field(2, ge=1, description="IMP levels of both searches (density 0.8^L)")
+    replicates: int = Field(1, ge=1)
+    level: int | None = Field(None, ge=1, description="level forked on the real data (None: last)")
+    copies: int = Field(2, ge=2, description="copies per subnetwork; every pair is interpolated")
+    hessian_samples: int = Field(20, gt=0)
+    hessian_limit: int = Field(500, gt=0, description="train examples of the Hessian's loss")
+    plane_grid: int = Field(7, ge=3)
+
+
 class Params(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -225,6 +272,8 @@ class Params(Section):
     imp: ImpConfig = Field(default_factory=ImpConfig)
     sparse: SparseConfig = Field(default_factory=SparseConfig)
     align: AlignConfig = Field(default_factory=AlignConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    followup: FollowupConfig = Field(default_factory=FollowupConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
 
