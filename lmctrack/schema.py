@@ -165,3 +165,23 @@ DEFINITIONS.update(
         "interpolation of the endpoints' mean and std on training data (REPAIR)",
     }
 )
+
+
+# --- distillation (MTT, Cazenavette et al. 2022; DM, Zhao & Bilen 2023) and the 2023 follow-up --
+KIND_DISTILL = "distill"
+KIND_FOLLOWUP = "followup"
+DISTILLED_FILE = "distilled.safetensors"  # the distilled set: its artifact and default file name
+DISTILLED_SHA256 = "distilled_sha256"  # run tag: sha256 of the written file
+DISTILLED_FINGERPRINT = "distilled_fingerprint"  # run tag: the dataset digest IMP's search logs
+REAL_DATA = "real"  # the follow-up's two mask searches
+DISTILLED_DATA = "distilled"
+DEFINITIONS.update(
+    {
+        "distill_quality": "test accuracy of the network trained from scratch only on the "
+        "distilled set vs on a random class-balanced real subset of the same size, same init "
+        "and recipe; mean ± population std over seeds",
+        "more_stable": "the distilled-data subnetwork's mean test error barrier between copies "
+        "trained on the real data is below the real-data one's by more than the larger std of "
+        "the two (the same density, the same Wk)",
+    }
+)
