@@ -347,10 +347,10 @@ def test_an_interrupted_fork_resumes_to_the_copies_of_an_uninterrupted_one(new_p
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240
         while not list(checkpoints.glob("*/train.safetensors")):
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no checkpoint within 60 s"
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
@@ -395,14 +395,14 @@ def test_ui_serves_mlflow_on_localhost_and_stops_with_lmctrack(project, trained,
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline, page = time.monotonic() + 60, None
+        deadline, page = time.monotonic() + 240, None
         while page is None:
             if proc.poll() is not None:
                 pytest.fail(
                     f"lmctrack ui exited ({proc.returncode}): {(tmp_path / 'ui.log').read_text()}"
                 )
             if time.monotonic() > deadline:
-                pytest.fail(f"no answer in 60 s: {(tmp_path / 'ui.log').read_text()}")
+                pytest.fail(f"no answer in 240 s: {(tmp_path / 'ui.log').read_text()}")
             try:
                 page = fetch(f"http://127.0.0.1:{port}/")
             except (urllib.error.URLError, ConnectionError):

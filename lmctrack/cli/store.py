@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lmctrack.cli.options import ParamsOpt, SetOpt, app, data_app, guarded, load
+from lmctrack.errors import LmcError
 
 
 def _store(params: Path | None, sets: list[str] | None):
@@ -68,10 +69,9 @@ def ui(
     import signal
     import subprocess
 
-    from lmctrack.errors import LmcError
-
     if not 0 < port < 65536:
         raise LmcError(f"--port {port} is not a TCP port; use 1..65535, e.g. 5000")
+    _check_free(port)
     store = _store(params, set_)
     typer.echo(f"MLflow UI for {store.tracking_uri} at http://127.0.0.1:{port}", err=True)
     server = subprocess.Popen(store.ui_command(port))
@@ -89,11 +89,21 @@ def ui(
         raise typer.Exit(0) from None
     if stopped:
         raise typer.Exit(128 + signal.SIGTERM)
-    if code != 0:
-        raise LmcError(
-            f"the MLflow UI server stopped with exit code {code} (is port {port} in use?); "
-            "pick another --port"
-        )
+    # The server runs until stopped: ending on its own (MLflow exits 0 on some failures) is one.
+    raise LmcError(
+        f"the MLflow UI server stopped by itself (exit code {code}); see its log above, "
+        f"and check that port {port} is free or pick another --port"
+    )
+
+
+def _check_free(port: int) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise LmcError(f"port {port} on 127.0.0.1 is in use; pick another --port") from None
 
 
 @data_app.command("mnist1d")
