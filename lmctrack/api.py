@@ -101,6 +101,23 @@ def instability(
         return sparse_instability(ctx) if sparse else sweep(ctx, mask=mask)
 
 
+def align(
+    a: str,
+    b: str,
+    *,
+    method: str | None = None,
+    seed: int | None = None,
+    params: ParamsLike = None,
+    sets: Mapping[str, object] | None = None,
+):
+    """B with its hidden units permuted to match A (Git Re-Basin), registered with parents B, A;
+    the function is checked before registering. Returns the typed `Aligned` result."""
+    from lmctrack.workflows.align import align as permute
+
+    with session(params, _sets(sets), state=a) as ctx:
+        return permute(ctx, a, b, method=method, seed=seed)
+
+
 def load(uri: str, *, params: ParamsLike = None):
     """A registered state as a network (weights loaded, mask applied, eval mode) and its
     StateInfo (role, step, seeds and the other tags; parents)."""
@@ -132,4 +149,14 @@ def _store_params(params: ParamsLike) -> Params:
     return resolve(params)
 
 
-__all__ = ["fork", "imp", "instability", "interpolate", "lineage", "load", "states", "train"]
+__all__ = [
+    "align",
+    "fork",
+    "imp",
+    "instability",
+    "interpolate",
+    "lineage",
+    "load",
+    "states",
+    "train",
+]

@@ -7,21 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lmctrack.cli.options import (
-    BnOpt,
-    DeviceOpt,
-    JsonOpt,
-    OutOpt,
-    ParamsOpt,
-    QuietOpt,
-    SetOpt,
-    app,
-    emit,
-    guarded,
-    table,
-    workspace,
-    write,
-)
+from lmctrack.cli.options import BnOpt, Common, command, table
 from lmctrack.errors import LmcError
 
 MethodOpt = Annotated[
@@ -32,9 +18,8 @@ SeedOpt = Annotated[
 ]
 
 
-def _align_sets(sets: list[str] | None, method: str | None, seed: int | None) -> list[str]:
-    sets = list(sets or [])
-    sets += [f"align.method={method}"] if method is not None else []
+def _align_sets(method: str | None, seed: int | None) -> list[str]:
+    sets = [f"align.method={method}"] if method is not None else []
     return sets + ([f"align.seed={seed}"] if seed is not None else [])
 
 
@@ -49,38 +34,31 @@ def connection_table(title: str, connection) -> None:
     )
 
 
-@app.command()
-@guarded
+@command(options=("params", "set_", "device", "out", "as_json"))
 def align(
     uri_a: Annotated[str, typer.Argument(help="the state to match")],
     uri_b: Annotated[str, typer.Argument(help="the state whose hidden units are permuted")],
     method: MethodOpt = None,
     seed: SeedOpt = None,
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    *,
+    opts: Common,
 ) -> None:
     """Permute B's hidden units to match A and register it (parents B, A; function checked).
 
     The permutation is a safetensors artifact of the registering run; asking again reuses it."""
     from lmctrack.workflows.align import align as permute
 
-    sets = _align_sets(set_, method, seed)
-    with workspace(params, sets, device=device, out=out, state=uri_a) as ctx:
+    with opts.workspace(more=_align_sets(method, seed), state=uri_a) as ctx:
         result = permute(ctx, uri_a, uri_b)
-    write(ctx, "align.json", result)
     table(
         f"{uri_b} aligned to {uri_a}",
         ["method", "seed", "max logit diff", "reused"],
         [[result.method, result.seed, f"{result.max_logit_diff:.3g}", result.reused]],
     )
-    emit(result, as_json, [("run_id", result.run_id), ("aligned", result.uri)])
+    opts.finish(ctx, "align.json", result, [("run_id", result.run_id), ("aligned", result.uri)])
 
 
-@app.command()
-@guarded
+@command()
 def connect(
     uri_a: Annotated[str | None, typer.Argument(help="a state (omit both for the sweep)")] = None,
     uri_b: Annotated[str | None, typer.Argument(help="a state from another init")] = None,
@@ -91,12 +69,8 @@ def connect(
         str | None, typer.Option("--widths", help="width sweep: model.width values, e.g. 16,64")
     ] = None,
     bn: BnOpt = None,
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    opts: Common,
 ) -> None:
     """Naive, aligned and aligned+REPAIR barriers between A and B, or over inits and widths.
 
@@ -107,28 +81,26 @@ def connect(
 
     if (uri_a is None) != (uri_b is None):
         raise LmcError("give two states A B, or none for the sweep over inits")
-    sets = _align_sets(set_, method, seed) + ([f"instability.bn={bn}"] if bn else [])
+    sets = _align_sets(method, seed) + ([f"instability.bn={bn}"] if bn else [])
     sets += [f"align.inits={inits}"] if inits is not None else []
     sets += [f"align.widths=[{widths}]"] if widths is not None else []
     if uri_a is not None and (inits is not None or widths is not None):
         raise LmcError("--inits and --widths set up the sweep; drop them, or drop A and B")
-    with workspace(params, sets, device=device, out=out, quiet=quiet, state=uri_a) as ctx:
+    with opts.workspace(more=sets, state=uri_a) as ctx:
         result = sweep(ctx) if uri_a is None else connect_two(ctx, uri_a, uri_b)
     if uri_a is not None:
-        write(ctx, "connect.json", result)
         connection_table(f"{uri_a} -> {uri_b}", result)
-        emit(result, as_json, [("aligned", result.aligned)])
+        opts.finish(ctx, "connect.json", result, [("aligned", result.aligned)])
         return
     table(
         f"{result.model}: {len(result.inits)} inits, {result.method} matching (bn={result.bn})",
         ["width", "path", "split", "barrier mean", "std", "pairs"],
         result.rows(),
     )
-    emit(result, as_json, [("run_id", result.run_id)])
+    opts.finish(ctx, "", result, [("run_id", result.run_id)])
 
 
-@app.command()
-@guarded
+@command(options=("params", "set_", "device", "as_json"))
 def transport(
     source: Annotated[str, typer.Option("--from", help="a subnetwork (mask) found on init A")],
     target: Annotated[str, typer.Option("--to", help="a state of init B, e.g. its W0 or Wk")],
@@ -138,10 +110,8 @@ def transport(
     ] = None,
     method: MethodOpt = None,
     seed: SeedOpt = None,
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    as_json: JsonOpt = False,
+    *,
+    opts: Common,
 ) -> None:
     """Carry a subnetwork's mask from init A to init B through the permutation aligning them.
 
@@ -149,12 +119,11 @@ def transport(
     in B's unit order on B's weights, is registered with parents B, the mask and the alignment."""
     from lmctrack.workflows.align import transport as carry
 
-    sets = _align_sets(set_, method, seed)
-    with workspace(params, sets, device=device, state=target) as ctx:
+    with opts.workspace(more=_align_sets(method, seed), state=target) as ctx:
         result = carry(ctx, source, target, by=by)
     table(
         f"mask of {source} on {target}",
         ["density", "alignment", "reused"],
         [[result.density, result.alignment, result.reused]],
     )
-    emit(result, as_json, [("run_id", result.run_id), ("mask", result.uri)])
+    opts.finish(ctx, "", result, [("run_id", result.run_id), ("mask", result.uri)])

@@ -105,6 +105,9 @@ def interpolate(
     each_mask: Annotated[
         bool, typer.Option("--each-mask", help="endpoints keep their own (different) masks")
     ] = False,
+    align: Annotated[
+        str | None, typer.Option("--align", help="weight | activation: also B aligned to A")
+    ] = None,
     *,
     opts: Common,
 ) -> None:
@@ -114,8 +117,21 @@ def interpolate(
     sets = [f"instability.alphas={alphas}"] if alphas is not None else []
     sets += [f"instability.splits=[{','.join(split)}]"] if split else []
     sets += [f"instability.bn={bn}"] if bn is not None else []
+    sets += [f"align.method={align}"] if align else []
     with opts.workspace(more=sets, state=uri_a) as ctx:
-        pair = linear(ctx, uri_a, uri_b, mask_mode="each" if each_mask else "same")
+        if align:  # naive and aligned paths side by side (Git Re-Basin)
+            from lmctrack import schema
+            from lmctrack.workflows.connect import connect_two
+
+            both = connect_two(ctx, uri_a, uri_b, kinds=(schema.NAIVE, schema.PERMUTED))
+        else:
+            pair = linear(ctx, uri_a, uri_b, mask_mode="each" if each_mask else "same")
+    if align:
+        from lmctrack.cli.align import connection_table
+
+        connection_table(f"{uri_a} -> {uri_b}", both)
+        opts.finish(ctx, "interpolate.json", both, [("aligned", both.aligned)])
+        return
     table(
         f"{uri_a} -> {uri_b} (bn={pair.bn})",
         ["split", "error barrier (paper)", "loss barrier (Entezari)"],

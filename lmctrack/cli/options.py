@@ -52,7 +52,8 @@ RunIdOpt = Annotated[
     str | None, typer.Option("--run-id", help="a run of `lmctrack train`, or its train.json")
 ]
 BnOpt = Annotated[
-    str | None, typer.Option("--bn", help="interpolate | reset: BatchNorm statistics policy")
+    str | None,
+    typer.Option("--bn", help="interpolate | reset | repair: BatchNorm statistics on the path"),
 ]
 SplitOpt = Annotated[str, typer.Option("--split", help="test | train")]
 
