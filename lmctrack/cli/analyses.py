@@ -37,7 +37,10 @@ def hessian(
     opts.finish(ctx, "", result, [("run_id", result["run_id"])])
 
 
-def _plane_table(title: str, result: dict) -> None:
+def _plane(opts: Common, bn: str | None, state: str, title: str, evaluate) -> None:
+    """Evaluate a plane in the workspace of `state` and print its points."""
+    with opts.workspace(more=[f"instability.bn={bn}"] if bn else [], state=state) as ctx:
+        result = evaluate(ctx)
     s = result["summary"]
     table(
         f"{title} ({result['split']} split, bn={result['bn']}; "
@@ -48,10 +51,7 @@ def _plane_table(title: str, result: dict) -> None:
             for role, p in result["points"].items()
         ],
     )
-
-
-def _bn(bn: str | None) -> list[str]:
-    return [f"instability.bn={bn}"] if bn else []
+    opts.finish(ctx, "", result, [("run_id", result["run_id"])])
 
 
 @command(options=OPTIONS)
@@ -69,10 +69,10 @@ def plane(
     """Error and loss on the plane through three states (e.g. Wk, W_T copy 1, W_T copy 2)."""
     from lmctrack.workflows.analyses import plane as through
 
-    with opts.workspace(more=_bn(bn), state=origin) as ctx:
-        result = through(ctx, origin, uri_a, uri_b, grid=grid, margin=margin, split=split)
-    _plane_table(f"plane through {origin}, {uri_a}, {uri_b}", result)
-    opts.finish(ctx, "", result, [("run_id", result["run_id"])])
+    def evaluate(ctx):
+        return through(ctx, origin, uri_a, uri_b, grid=grid, margin=margin, split=split)
+
+    _plane(opts, bn, origin, f"plane through {origin}, {uri_a}, {uri_b}", evaluate)
 
 
 @command("plane-random", options=OPTIONS)
@@ -89,7 +89,7 @@ def plane_random(
     """Error and loss along two filter-normalised random directions around one state."""
     from lmctrack.workflows.analyses import random_plane
 
-    with opts.workspace(more=_bn(bn), state=uri) as ctx:
-        result = random_plane(ctx, uri, grid=grid, span=span, seed=seed, split=split)
-    _plane_table(f"random directions around {uri} (seed {seed}, span {span})", result)
-    opts.finish(ctx, "", result, [("run_id", result["run_id"])])
+    def evaluate(ctx):
+        return random_plane(ctx, uri, grid=grid, span=span, seed=seed, split=split)
+
+    _plane(opts, bn, uri, f"random directions around {uri} (seed {seed}, span {span})", evaluate)
