@@ -33,6 +33,8 @@ from lmctrack.align.trace import (
     ELEMENTWISE,
     LAYERS,
     NORMS,
+    REDUCTION_FUNCTIONS,
+    REDUCTION_METHODS,
     RESHAPE_FUNCTIONS,
     RESHAPE_METHODS,
     SHAPE_METHODS,
@@ -219,6 +221,10 @@ class _Derivation:
             or (node.op == "call_method" and target in RESHAPE_METHODS)
         ):
             return self._reshape(node, shape)
+        if (node.op == "call_function" and target in REDUCTION_FUNCTIONS) or (
+            node.op == "call_method" and target in REDUCTION_METHODS
+        ):
+            return self._spatial_reduction(node, shape)
         if node.op == "call_function" and target in ELEMENTWISE:
             return self._elementwise(node, shape)
         if node.op == "call_function" and target is torch.cat:
@@ -230,6 +236,21 @@ class _Derivation:
         inputs = self._inputs(node)
         source = inputs[0] if len(inputs) == 1 else None
         if source is None or len(shape) < 2 or _shape(source)[1] != shape[1]:
+            self._pin_inputs(node)
+            return _fixed(shape)
+        return self.layouts[source]
+
+    def _spatial_reduction(self, node: fx.Node, shape: tuple[int, ...]) -> Layout | None:
+        """A reduction over dims >= 2 (global pooling) keeps the channels; any other pins."""
+        source = node.all_input_nodes[0]
+        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        dims = (dims,) if isinstance(dims, int) else dims
+        before = _shape(source)
+        if dims is None or before is None or len(before) < 3:
+            self._pin_inputs(node)
+            return _fixed(shape)
+        reduced = {d % len(before) for d in dims}
+        if 0 in reduced or 1 in reduced or len(shape) < 2 or shape[1] != before[1]:
             self._pin_inputs(node)
             return _fixed(shape)
         return self.layouts[source]

@@ -65,6 +65,10 @@ CHANNELWISE_FUNCTIONS = NONLINEAR_FUNCTIONS | {
     F.adaptive_max_pool2d,
 }
 CHANNELWISE_METHODS = NONLINEAR_METHODS | {"contiguous", "clone"}
+# Reductions over spatial dims (e.g. global average pooling as x.mean((2, 3))) keep each
+# channel's units where they are, as long as dim 1 (the channels) is not reduced.
+REDUCTION_METHODS = frozenset({"mean", "sum", "amax", "amin"})
+REDUCTION_FUNCTIONS = frozenset({torch.mean, torch.sum, torch.amax, torch.amin})
 ELEMENTWISE = frozenset(
     {
         operator.add,
