@@ -26,7 +26,9 @@ def versions(project) -> list:
 
 def tagged(project, **tags: str) -> list:
     return [
-        v for v in versions(project) if all(v.tags.get(f"lmctrack.{k}") == x for k, x in tags.items())
+        v
+        for v in versions(project)
+        if all(v.tags.get(f"lmctrack.{k}") == x for k, x in tags.items())
     ]
 
 
@@ -43,7 +45,10 @@ DRILLS: dict[str, tuple[Callable, float]] = {
     "mid-training": (running_imp, 0.3),
     "mid-registration": (lambda p: tagged(p, method="imp"), 0.0),
     "between levels": (lambda p: tagged(p, method="imp", level="1", role="sparse"), 0.0),
-    "during a baseline": (lambda p: len(tagged(p, method="imp", level="2", role="sparse")) == 2, 0.5),
+    "during a baseline": (
+        lambda p: len(tagged(p, method="imp", level="2", role="sparse")) == 2,
+        0.5,
+    ),
 }
 
 
@@ -85,9 +90,10 @@ def test_killed_imp_reruns_to_every_state_registered_once(new_project, drill):
     assert all(n == 1 for n in keys.values()), [k for k, n in keys.items() if n > 1]
     # 2 replicates x (dense W_T, 2 masks, 2 sparse W_T) + 2 baselines x 2 levels x 2 (start, W_T)
     assert len(tagged(project, method="imp")) == 2 * 5
-    assert len(tagged(project, method="random_prune")) + len(
-        tagged(project, method="random_reinit")
-    ) == 2 * 2 * 2 * 2
+    assert (
+        len(tagged(project, method="random_prune")) + len(tagged(project, method="random_reinit"))
+        == 2 * 2 * 2 * 2
+    )
     for experiment in project.store.client.search_experiments():
         left = project.store.client.search_runs(
             [experiment.experiment_id], "attributes.status = 'RUNNING'"
