@@ -167,12 +167,8 @@ class Followup:
 
 def followup(ctx: Context, wk: str, prune_data: DataConfig) -> Followup:
     """Real-data vs distilled-data IMP from the registered state `wk` (see the module)."""
-    from lmctrack.workflows.imp_chain import SameData
-
     cfg = ctx.params.followup
-    real_ctx = _imp_context(ctx, None)
-    distilled_ctx = _imp_context(ctx, prune_data)
-    search = distilled_search(distilled_ctx)
+    search = distilled_search(ctx, prune_data)
     inst = ctx.params.instability
     key = config_hash(
         ctx.training_hash(wk, search.fingerprint(ctx)),
@@ -185,10 +181,7 @@ def followup(ctx: Context, wk: str, prune_data: DataConfig) -> Followup:
         if (run_id := jobs.finished(ctx, key)) is not None:
             data = json.loads(ctx.store.run_artifact(run_id, FOLLOWUP_ARTIFACT).read_text())
             return Followup.from_dict({**data, "reused": True})
-        searches = {
-            schema.REAL_DATA: imp(real_ctx, wk, SameData(), **_imp_options(cfg)),
-            schema.DISTILLED_DATA: imp(distilled_ctx, wk, search, **_imp_options(cfg)),
-        }
+        searches = _both_searches(ctx, wk, prune_data, search)
         level = cfg.level or cfg.levels
         seeds = list(range(1, cfg.copies + 1))
         dense = fork(ctx, wk, seeds=seeds)
@@ -201,28 +194,46 @@ def followup(ctx: Context, wk: str, prune_data: DataConfig) -> Followup:
     return result
 
 
+def _both_searches(ctx: Context, wk: str, prune_data: DataConfig, search) -> dict[str, Imp]:
+    """IMP from `wk` with its masks searched on the real data, then on the distilled set."""
+    from lmctrack.workflows.imp_chain import SameData
+
+    options = {"with_baselines": False, "replicates": ctx.params.followup.replicates}
+    found = {}
+    for data, config, how in (
+        (schema.REAL_DATA, None, SameData()),
+        (schema.DISTILLED_DATA, prune_data, search),
+    ):
+        imp_ctx = _imp_context(ctx, config)
+        try:
+            found[data] = imp(imp_ctx, wk, how, **options)
+        finally:
+            imp_ctx.close()
+    return found
+
+
 def _imp_context(ctx: Context, prune_data: DataConfig | None) -> Context:
-    """IMP with the follow-up's levels and replicates, its masks searched on `prune_data`."""
+    """IMP with the follow-up's levels and replicates, its masks searched on `prune_data`; its
+    files go to its own scratch folder (closing it drops them), not to --out."""
     cfg = ctx.params.followup
     imp_cfg = ctx.params.imp.model_copy(
-        update={"levels": cfg.levels, "replicates": cfg.replicates, "one_shot": False}
+        update={
+            "levels": cfg.levels,
+            "replicates": cfg.replicates,
+            "one_shot": False,
+            "prune_data": prune_data,
+        }
     )
-    imp_cfg = imp_cfg.model_copy(update={"prune_data": prune_data})
-    return dataclasses.replace(ctx, params=ctx.params.model_copy(update={"imp": imp_cfg}))
+    params = ctx.params.model_copy(update={"imp": imp_cfg})
+    return dataclasses.replace(ctx, params=params, out=None, on_close=None)
 
 
-def distilled_search(ctx: Context, prune_data: DataConfig | None = None):
-    """The mask search on `prune_data` (default: the context's imp.prune_data), checked to fit
-    the network as `imp --prune-data` checks it: callers check before training anything."""
+def distilled_search(ctx: Context, prune_data: DataConfig):
+    """The mask search on `prune_data`, checked to fit the network as `imp --prune-data` checks
+    it (callers check before training anything)."""
     from lmctrack.cli.commands import _mask_search
 
-    if prune_data is not None:
-        ctx = _imp_context(ctx, prune_data)
-    return _mask_search(ctx)
-
-
-def _imp_options(cfg) -> dict:
-    return {"with_baselines": False, "replicates": cfg.replicates}
+    return _mask_search(_imp_context(ctx, prune_data))
 
 
 @contextmanager
