@@ -7,6 +7,8 @@
    runs in-process against a temporary sqlite store whose Store/Run methods are timed. Target: the
    store calls take <= 5%. Importing MLflow (per command) and creating a store's schema (once per
    project) are reported beside it, and the share counting the import too.
+3. The seconds lmctrack.store.preload() saves a command: from a fresh process's start to its store
+   answering, with MLflow imported when the store opens or in the background from the start.
 
     python benchmarks/engine_vs_bare.py [--quick] [--steps N] [--repeats R] [--share-only]
 """
@@ -25,7 +27,15 @@ import time
 from collections import defaultdict
 
 import torch
-from common import default_params, interleaved, machine, median_ratio, scratch, timed
+from common import (
+    PARAMS_FILE,
+    default_params,
+    interleaved,
+    machine,
+    median_ratio,
+    scratch,
+    timed,
+)
 from torch import nn
 
 from lmctrack.config import Params
@@ -178,6 +188,46 @@ def tracking_share(overrides: list[str]) -> None:
     )
 
 
+# What `lmctrack train` does before it first needs the store, in a fresh process: MLflow's import
+# either waits until then or, started by lmctrack.store.preload() first, overlaps with the rest.
+STARTUP = """
+import sys, time
+from pathlib import Path
+began = time.perf_counter()
+import lmctrack.store
+from lmctrack.config import load_params  # pydantic first: the thread imports it too
+if sys.argv[1] == "preload":
+    lmctrack.store.preload()
+from lmctrack.workflows.common import make_context
+from lmctrack.progress import Board
+params = load_params(Path(sys.argv[2]), sys.argv[3:])
+ctx = make_context(params, board=Board(None))
+ctx.store.find_run(ctx.model_name, "0")
+print(time.perf_counter() - began)
+"""
+
+
+def import_overlap(overrides: list[str], repeats: int) -> None:
+    """Seconds from a command's start to its store answering, with and without preload()."""
+    uri = f"sqlite:///{scratch('overlap') / 'mlflow.db'}"
+    create_store(uri)
+    params = default_params(*overrides)
+    args = [str(PARAMS_FILE), *overrides, f"data.root={params.data.root}"]
+    args.append(f"store.tracking_uri={uri}")
+
+    def startup(mode: str) -> float:
+        argv = [sys.executable, "-c", STARTUP, mode, *args]
+        return float(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
+
+    preloaded, plain = interleaved(lambda: startup("preload"), lambda: startup("plain"), repeats)
+    print(
+        f"command start to store ready: {statistics.median(plain):.2f} s importing MLflow when "
+        f"the store opens, {statistics.median(preloaded):.2f} s with preload() "
+        f"(saves {statistics.median(p - q for p, q in zip(plain, preloaded)):.2f} s; medians of "
+        f"{repeats} interleaved pairs)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few steps: a smoke run")
@@ -191,6 +241,7 @@ def main() -> None:
     if not args.share_only:
         compare_engine(default_params(), steps, args.repeats or (3 if args.quick else 5))
     tracking_share(["train.steps=500it"] if args.quick else [])
+    import_overlap([], args.repeats or (3 if args.quick else 5))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,13 @@ A State is saved as safetensors files inside an MLflow logged model and register
 version whose `lmctrack.*` tags say what it is (role, step, seeds, density, config hash, parent
 URIs, the files' sha256). The producing run records the parents and the dataset as inputs and the
 new state as an output, so the MLflow UI links both ways. Loading reads the safetensors files
-(nothing is unpickled) and verifies their hashes. Every other module receives and returns States
-and URIs.
+(nothing is unpickled) and verifies their hashes. A state registered with its architecture is
+also a plain MLflow pyfunc model (mlflow.pyfunc.load_model(uri).predict(x) gives its logits) with
+a signature. Experiments are of the model-training kind, so the UI opens on their runs, and every
+run records what it cost. Every other module receives and returns States and URIs.
+
+Importing this package does not import MLflow (seconds): Store, Run, StateInfo and LineageNode
+import it on first use, and preload() starts that import in the background early.
 
 Modules: backend (connection, sqlite retries, error translation), files (artifact folders,
 confinement, permissions), owners (which live process owns a run), runs (Run: logging),

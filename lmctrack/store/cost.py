@@ -28,7 +28,7 @@ def _cpu_seconds() -> float:
 def _cuda():
     """torch.cuda when this process has used CUDA, else None (CUDA is never initialised here)."""
     torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+    if torch is None or not torch.cuda.is_initialized():
         return None
     return torch.cuda
 
