@@ -225,27 +225,30 @@ def test_failed_and_interrupted_runs_are_marked(store: Store) -> None:
 
 
 @pytest.mark.parametrize(
-    ("uri", "words"),
+    ("uri", "problem", "fix"),
     [
-        ("lenet_tiny/1", "not a state URI"),
-        ("models:/lenet_tiny", "not a state URI"),
-        ("models:/lenet_tiny/999", "does not exist"),
-        ("models:/no_such_model/1", "no registered model"),
-        ("models:/lenet_tiny@missing", "no alias"),
-        ("runs:/0123456789abcdef0123456789abcdef/init-0", "does not exist"),
-        ("RUN_ID/nothing_here", "holds no lmctrack state"),
+        ("lenet_tiny/1", "not a state URI", "write models:/<name>/<version>"),
+        ("models:/lenet_tiny", "not a state URI", "write models:/<name>/<version>"),
+        ("models:/lenet_tiny/999", "does not exist", "pick an existing version"),
+        ("models:/no_such_model/1", "no registered model", "check the name or the store"),
+        ("models:/lenet_tiny@missing", "no alias", "use an existing alias or a version"),
+        (
+            "runs:/0123456789abcdef0123456789abcdef/init-0",
+            "does not exist",
+            "copy the run id from lmctrack's output",
+        ),
+        ("RUN_ID/nothing_here", "holds no lmctrack state", "that run's states are: init-0"),
     ],
 )
-def test_bad_uris_are_one_line_errors_that_delete_nothing(
-    store: Store, chain: dict, uri: str, words: str
+def test_bad_uris_are_one_line_errors_that_name_the_fix_and_delete_nothing(
+    store: Store, chain: dict, uri: str, problem: str, fix: str
 ) -> None:
     uri = uri.replace("RUN_ID", f"runs:/{chain['run_id']}")
     before = _count_versions(store)
     with pytest.raises(LmcError) as err:
         store.load_state(uri)
     message = str(err.value)
-    assert words in message and "\n" not in message
-    assert any(fix in message for fix in ("models:/", "pick", "check", "use", "pass", "copy"))
+    assert problem in message and fix in message and "\n" not in message
     assert _count_versions(store) == before
     assert store.load_state(chain["w0"]).weights.keys() == _state(0).weights.keys()
 

@@ -156,9 +156,10 @@ def instability(
         raise LmcError("--imp finds its own masks at every rewind step; drop --mask")
     with opts.workspace() as ctx:
         if imp:
+            from lmctrack.workflows.imp_chain import mask_search
             from lmctrack.workflows.sparse import sparse_instability
 
-            result = sparse_instability(ctx, _mask_search(ctx))
+            result = sparse_instability(ctx, mask_search(ctx))
         else:
             from lmctrack.workflows.instability import instability as sweep
 
@@ -171,30 +172,6 @@ def instability(
         table(f"instability of {result.model} (bn={result.bn})", *report.sweep_table(result))
     name = "sparse.json" if imp else "instability.json"
     opts.finish(ctx, name, result, [("run_id", result.run_id)])
-
-
-def _mask_search(ctx):
-    """IMP's mask search: on the real data, or on imp.prune_data (e.g. distilled data), whose
-    inputs and classes must be the network's."""
-    from lmctrack.workflows.imp_chain import OtherData, SameData
-
-    cfg = ctx.params
-    if cfg.imp.prune_data is None:
-        return SameData()
-    from lmctrack.workflows.common import make_context
-
-    search = make_context(
-        cfg.model_copy(update={"data": cfg.imp.prune_data}), board=ctx.board, store=ctx.store
-    )
-    got, want = search.dataset, ctx.dataset
-    if (got.input_shape, got.num_classes) != (want.input_shape, want.num_classes):
-        shape = ", ".join(map(str, want.input_shape))
-        raise LmcError(
-            f"the prune data has inputs {got.input_shape} and {got.num_classes} classes but the "
-            f"network takes {want.input_shape} with {want.num_classes} classes; give x_train of "
-            f"shape (N, {shape}) and labels 0..{want.num_classes - 1}"
-        )
-    return OtherData(search)
 
 
 @command()
@@ -222,6 +199,7 @@ def imp(
     """Algorithm 2: IMP with rewinding, replicated, with the random baselines and Table 2."""
     from lmctrack.workflows import report
     from lmctrack.workflows.imp import imp as algorithm2
+    from lmctrack.workflows.imp_chain import mask_search
     from lmctrack.workflows.train import registered_run
 
     sets = []
@@ -248,7 +226,7 @@ def imp(
         if source is None:
             k = ctx.steps(ctx.params.imp.rewind)
             source = registered_run(ctx.store, run_id, ctx.total_steps).at(k)
-        result = algorithm2(ctx, source, _mask_search(ctx))
+        result = algorithm2(ctx, source, mask_search(ctx))
     table(f"IMP rewinding to {result.k}it (n = {result.replicates})", *report.imp_table(result))
     if result.same_basin:
         table("same basin? consecutive levels interpolated", *report.basin_table(result))

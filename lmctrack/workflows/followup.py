@@ -231,9 +231,9 @@ def _imp_context(ctx: Context, prune_data: DataConfig | None) -> Context:
 def distilled_search(ctx: Context, prune_data: DataConfig):
     """The mask search on `prune_data`, checked to fit the network as `imp --prune-data` checks
     it (callers check before training anything)."""
-    from lmctrack.cli.commands import _mask_search
+    from lmctrack.workflows.imp_chain import mask_search
 
-    return _mask_search(_imp_context(ctx, prune_data))
+    return mask_search(_imp_context(ctx, prune_data))
 
 
 @contextmanager

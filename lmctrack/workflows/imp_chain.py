@@ -244,3 +244,25 @@ class OtherData:
             return jobs.register_trained(
                 ctx, run, state, tags, parents, f"{key}:W_T", schema.SEARCH, self.data
             )
+
+
+def mask_search(ctx: Context) -> MaskSearch:
+    """IMP's mask search for these params: on the real data, or on imp.prune_data (e.g. a
+    distilled set), whose inputs and classes must be the network's."""
+    from lmctrack.errors import LmcError
+    from lmctrack.workflows.common import make_context
+
+    cfg = ctx.params
+    if cfg.imp.prune_data is None:
+        return SameData()
+    data = cfg.model_copy(update={"data": cfg.imp.prune_data})
+    search = make_context(data, board=ctx.board, store=ctx.store)
+    got, want = search.dataset, ctx.dataset
+    if (got.input_shape, got.num_classes) != (want.input_shape, want.num_classes):
+        shape = ", ".join(map(str, want.input_shape))
+        raise LmcError(
+            f"the prune data has inputs {got.input_shape} and {got.num_classes} classes but the "
+            f"network takes {want.input_shape} with {want.num_classes} classes; give x_train of "
+            f"shape (N, {shape}) and labels 0..{want.num_classes - 1}"
+        )
+    return OtherData(search)
