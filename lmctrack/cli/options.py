@@ -121,6 +121,10 @@ def workspace(
 ) -> Iterator[Context]:
     """The session a command works in (workflows.session), with a live progress display on a
     terminal unless --quiet."""
+    from lmctrack.config import Params  # noqa: F401  (its imports first: preload shares them)
+    from lmctrack.store import preload
+
+    preload()  # MLflow's import overlaps torch's and the dataset's (Store waits for it)
     from lmctrack.progress import board
     from lmctrack.workflows.session import session
 

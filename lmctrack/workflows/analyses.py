@@ -113,8 +113,7 @@ def hessian(
         "diagonal": DIAGONAL_FILE,
         "definition": HESSIAN_DEFINITION,
     }
-    with ctx.store.run(
-        ctx.model_name,
+    with ctx.run(
         "hessian",
         params={"uri": uri, "samples": samples, "limit": limit, "seed": seed},
         tags={"kind": "hessian"},
@@ -194,7 +193,7 @@ def _log_plane(
         "labels": list(p.labels),
         "summary": numbers,
     }
-    with ctx.store.run(ctx.model_name, stem, params=params, tags={"kind": stem}) as run:
+    with ctx.run(stem, params=params, tags={"kind": stem}) as run:
         run.log_input_states([point["uri"] for point in points.values()])
         run.log_metrics(numbers)
         run.log_table(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,13 @@ class Context:
         p = self.params
         train = p.train.model_dump(mode="json", exclude={"device", "rewind_steps"})
         return config_hash(p.data, p.model, train, *extra)
+
+    @contextmanager
+    def run(self, label: str, *, parent=None, params: dict | None = None, tags=None) -> Iterator:
+        """A run in this network's experiment that records the dataset it reads as an input."""
+        with self.store.run(self.model_name, label, parent=parent, params=params, tags=tags) as run:
+            run.log_dataset(self.params.data.name, self.dataset_fingerprint)
+            yield run
 
     def error(self, state, split: str = "test") -> float:
         """The error of a state on a split (the mask applied; BatchNorm in eval mode)."""

@@ -143,8 +143,7 @@ def connect_two(
     ctx: Context, a_uri: str, b_uri: str, kinds: tuple[str, ...] = schema.PAIR_KINDS
 ) -> Connection:
     """`lmctrack connect A B` (and `interpolate A B --align`): one run, the paths side by side."""
-    with ctx.store.run(
-        ctx.model_name,
+    with ctx.run(
         f"connect {ctx.params.align.method}",
         params={"a": a_uri, "b": b_uri, "method": ctx.params.align.method},
         tags={schema.KIND: schema.KIND_CONNECT},

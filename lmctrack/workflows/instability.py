@@ -35,8 +35,7 @@ def instability(ctx: Context, *, mask: str | None = None) -> Sweep:
     wk_errors = {
         k: Stats.of(ctx.error(ctx.store.load_state(run.at(k))) for run in runs) for k in ks
     }
-    with ctx.store.run(
-        ctx.model_name,
+    with ctx.run(
         "instability sweep",
         params={
             "ks": ",".join(map(str, ks)),

@@ -50,8 +50,7 @@ def log_pair(ctx: Context, parent, label: str, pair: Pair) -> Pair:
     the runs' curves), the table, the figure and the barriers. Returns the pair with its run id."""
     from lmctrack.plots import plot_path, save
 
-    with ctx.store.run(
-        ctx.model_name,
+    with ctx.run(
         label,
         parent=parent,
         params={
@@ -64,6 +63,7 @@ def log_pair(ctx: Context, parent, label: str, pair: Pair) -> Pair:
         tags={schema.KIND: schema.KIND_PAIR},
     ) as run:
         run.log_input_states([uri for uri in (pair.a, pair.b) if uri])
+        run.log_curve("alpha", pair.alphas)  # chart the curves against it (x axis: alpha)
         for split, curve in pair.curves.items():
             for quantity, values in curve.items():
                 run.log_curve(f"{split}_{quantity}", values)
@@ -88,9 +88,7 @@ def interpolate(ctx: Context, a_uri: str, b_uri: str, *, mask_mode: str = "same"
     """`lmctrack interpolate A B`: one logged run with the path between two registered states."""
     a, b = ctx.store.load_state(a_uri), ctx.store.load_state(b_uri)
     pair = interpolate_states(ctx, a, b, a_uri=a_uri, b_uri=b_uri, mask_mode=mask_mode)
-    with ctx.store.run(
-        ctx.model_name, "interpolate", tags={schema.KIND: schema.KIND_INTERPOLATE}
-    ) as run:
+    with ctx.run("interpolate", tags={schema.KIND: schema.KIND_INTERPOLATE}) as run:
         log_pair(ctx, run, "pair", pair)
         run.log_metrics(pair.metrics())
     if ctx.out is not None:

@@ -110,8 +110,7 @@ def recorded(
     """A run tagged with the work's key and kind, holding the params it was made with
     (`made_with`, default the context's); once it finishes, the work's resume checkpoint is no
     longer needed."""
-    with ctx.store.run(
-        ctx.model_name,
+    with ctx.run(
         label,
         parent=parent,
         params=params,
@@ -151,7 +150,20 @@ def register(
         parents=list(parents),
         dataset=dataset,
         key=key,
+        architecture=architecture(ctx),
     )
+
+
+def architecture(ctx: Context) -> dict:
+    """What rebuilds the network of a registered state without lmctrack's params (plain MLflow
+    loading): its model, width, classes and input shape."""
+    model, ds = ctx.params.model, ctx.dataset
+    return {
+        "name": model.name,
+        "width": model.width,
+        "num_classes": ds.num_classes,
+        "input_shape": list(ds.input_shape),
+    }
 
 
 def register_trained(

@@ -49,9 +49,7 @@ def sparse_instability(ctx: Context, search: MaskSearch | None = None) -> Sparse
         i: Stats.of(1 - r.levels()[0].test_error for (j, _), r in found.items() if j == i)
         for i in range(len(runs))
     }
-    with ctx.store.run(
-        ctx.model_name, "sparse instability sweep", tags={schema.KIND: schema.KIND_SPARSE}
-    ) as run:
+    with ctx.run("sparse instability sweep", tags={schema.KIND: schema.KIND_SPARSE}) as run:
         result = summarize(ctx, run.id, samples, dense)
         run.log_json(to_dict(result), "sparse_instability.json")
         for figure in write_figures(ctx, result):
