@@ -49,8 +49,10 @@ def connect(address: str | None) -> str:
     ray = _ray()
     if not ray.is_initialized():
         try:
+            local = {"_node_ip_address": "127.0.0.1"} if address is None else {}  # loopback only
             ray.init(
                 address=address,
+                **local,
                 include_dashboard=False if address is None else None,
                 log_to_driver=False,
                 configure_logging=False,

@@ -195,6 +195,9 @@ class RunnerConfig(Section):
     batch_copies: Literal["auto", "on", "off"] = Field(
         "off", description="train a fork's copies as one stacked model"
     )
+    checkpoints: str | None = Field(
+        None, description="ray: a folder every node mounts, for resume checkpoints"
+    )
 
 
 class StoreConfig(Section):

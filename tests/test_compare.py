@@ -104,11 +104,22 @@ def test_pair_of_different_networks(digits):
     assert result["cosine"] == pytest.approx(1 - cos, abs=1e-5)
     ea = evaluate(load_into(mlp(0), a), digits, "test", per_example=True)
     eb = evaluate(load_into(mlp(0), b), digits, "test", per_example=True)
-    assert result["disagree"] == int((ea.predictions != eb.predictions).sum()) > 0
-    assert result["disagree_frac"] == result["disagree"] / digits.num_examples("test")
-    assert result["loss_l2"] == pytest.approx(
+    assert result["test.disagree"] == int((ea.predictions != eb.predictions).sum()) > 0
+    assert result["test.disagree_frac"] == result["test.disagree"] / digits.num_examples("test")
+    assert result["test.loss_l2"] == pytest.approx(
         torch.dist(ea.per_example_loss, eb.per_example_loss).item()
     )
+    assert "train.disagree" not in result  # function-space comparisons only on the splits asked
+
+
+def test_function_space_comparisons_on_every_split_asked(digits):
+    """Figure 30 compares on train as well as test; `limit` caps the train examples."""
+    result = compare_pair(mlp(0), state(0), state(1), digits, splits=("test", "train"), limit=50)
+    eb = evaluate(load_into(mlp(0), state(1)), digits, "train", per_example=True, limit=50)
+    ea = evaluate(load_into(mlp(0), state(0)), digits, "train", per_example=True, limit=50)
+    assert result["train.disagree"] == int((ea.predictions != eb.predictions).sum())
+    assert result["train.disagree_frac"] == result["train.disagree"] / 50
+    assert {"test.disagree", "test.loss_l2", "l2", "cosine"} <= set(result)
 
 
 def test_pair_differing_only_in_pruned_weights_is_identical(digits):
@@ -121,13 +132,13 @@ def test_pair_differing_only_in_pruned_weights_is_identical(digits):
     b = State(weights={k: v.clone() for k, v in a.weights.items()}, mask=mask)
     for name, keep in mask.items():
         b.weights[name][~keep] += 1.0
-    result = compare_pair(model, a, b, digits, split="train")
+    result = compare_pair(model, a, b, digits, splits=("train",))
     assert result == {
         "l2": 0.0,
         "cosine": pytest.approx(0.0),
-        "disagree": 0,
-        "disagree_frac": 0.0,
-        "loss_l2": 0.0,
+        "train.disagree": 0,
+        "train.disagree_frac": 0.0,
+        "train.loss_l2": 0.0,
     }
 
 
@@ -141,7 +152,7 @@ def test_buffers_are_not_parameters(digits):
     b.weights["2.running_mean"] += 5.0
     result = compare_pair(net(), a, b, digits)
     assert result["l2"] == 0.0
-    assert result["loss_l2"] > 0
+    assert result["test.loss_l2"] > 0
 
 
 def test_pair_of_different_architectures_is_refused(digits):

@@ -405,7 +405,7 @@ def test_ui_serves_mlflow_on_localhost_and_stops_with_lmctrack(project, trained,
                 pytest.fail(f"no answer in 240 s: {(tmp_path / 'ui.log').read_text()}")
             try:
                 page = fetch(f"http://127.0.0.1:{port}/")
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError):  # not up yet
                 time.sleep(0.5)
         assert "<title>MLflow</title>" in page
         # the server reads this project's store: its registry holds the states trained above
@@ -426,7 +426,7 @@ def test_ui_serves_mlflow_on_localhost_and_stops_with_lmctrack(project, trained,
 
 
 def fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=2) as response:
+    with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
         return response.read().decode()
 

@@ -46,6 +46,9 @@ OutOpt = Annotated[
     typer.Option("--out", help="folder for DVC outputs: URIs, metrics JSON, plots, CSV"),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")]
+BackendOpt = Annotated[
+    str | None, typer.Option("--backend", help="local | ray: where trainings run (runner.backend)")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the full result as JSON on stdout")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
 RunIdOpt = Annotated[
@@ -184,6 +187,7 @@ COMMON_OPTIONS = {
     "params": (ParamsOpt, None),
     "set_": (SetOpt, None),
     "device": (DeviceOpt, None),
+    "backend": (BackendOpt, None),
     "out": (OutOpt, None),
     "as_json": (JsonOpt, False),
     "quiet": (QuietOpt, False),
@@ -197,6 +201,7 @@ class Common:
     params: Path | None = None
     sets: list[str] = field(default_factory=list)
     device: str | None = None
+    backend: str | None = None
     out: Path | None = None
     as_json: bool = False
     quiet: bool = True
@@ -204,7 +209,7 @@ class Common:
     def workspace(self, *, more: list[str] = (), state: str | None = None, run_id=None):
         return workspace(
             self.params,
-            [*self.sets, *more],
+            [*self.sets, *more, *([f"runner.backend={self.backend}"] if self.backend else [])],
             device=self.device,
             out=self.out,
             quiet=self.quiet,
@@ -250,6 +255,7 @@ def command(
                 params=given.get("params"),
                 sets=list(given.get("set_") or []),
                 device=given.get("device"),
+                backend=given.get("backend"),
                 out=given.get("out"),
                 as_json=given.get("as_json", as_json),
                 quiet=given.get("quiet", True),

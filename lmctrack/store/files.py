@@ -45,19 +45,21 @@ def confined(path: Path, base: Path, uri: str) -> Path:
 
 
 @contextmanager
-def local_folder(artifact_uri: str) -> Iterator[Path]:
-    """The artifacts as a local folder: read in place when local, else a temporary download."""
+def local_folder(artifact_uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
+    """The artifacts as a local folder: read in place when local, else a temporary download
+    (`mlflow-artifacts:` URIs are served by the tracking server at `tracking_uri`)."""
     if is_local(artifact_uri):
         yield local_path(artifact_uri)
         return
     with tempfile.TemporaryDirectory(prefix="lmctrack-") as tmp:
-        yield Path(get_artifact_repository(artifact_uri).download_artifacts("", dst_path=tmp))
+        repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+        yield Path(repository.download_artifacts("", dst_path=tmp))
 
 
 @contextmanager
-def writable_folder(artifact_uri: str) -> Iterator[Path]:
+def writable_folder(artifact_uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
     """A folder whose files end up at artifact_uri: written in place when local (no copy),
-    else uploaded from a temporary folder on exit."""
+    else uploaded from a temporary folder on exit (through the server at `tracking_uri`)."""
     if is_local(artifact_uri):
         folder = local_path(artifact_uri)
         folder.mkdir(parents=True, exist_ok=True)
@@ -67,7 +69,7 @@ def writable_folder(artifact_uri: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="lmctrack-") as tmp:
         yield Path(tmp)
         share(Path(tmp))
-        get_artifact_repository(artifact_uri).log_artifacts(tmp)
+        get_artifact_repository(artifact_uri, tracking_uri=tracking_uri).log_artifacts(tmp)
 
 
 def _umask() -> int:

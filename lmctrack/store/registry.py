@@ -288,7 +288,7 @@ class Registry:
             location = self._location(uri)
         except MlflowException as e:
             raise LmcError(f"cannot resolve {uri} ({first_line(e)}); {_URI_HELP}") from None
-        with local_folder(location) as folder:
+        with local_folder(location, self.tracking_uri) as folder:
             for name in (state_files.WEIGHTS_FILE, state_files.MASK_FILE):
                 if (folder / name).exists():
                     confined(folder / name, folder, uri)

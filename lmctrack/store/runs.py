@@ -290,7 +290,7 @@ class Run:
             )
         )
         try:
-            with writable_folder(model.artifact_location) as folder:
+            with writable_folder(model.artifact_location, self.store.tracking_uri) as folder:
                 files = state_files.save_state(state, folder)
                 digests = {f.name: sha256(f) for f in files}
                 description = {

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 from lmctrack import schema
 from lmctrack.config import Params
-from lmctrack.runner import JobResult, TrainJob, run_jobs
+from lmctrack.runner import JobResult, TrainJob, run_configured
 from lmctrack.state import State
 from lmctrack.train import Noise
 from lmctrack.workflows.common import PARAMS_ARTIFACT, Context
@@ -69,12 +70,13 @@ def training(
 
 
 def train_all(ctx: Context, jobs: Sequence[TrainJob]) -> dict[str, JobResult]:
-    """Run independent trainings at once (process pool or batched copies); results by key."""
+    """Run independent trainings at once (local processes, stacked copies or Ray tasks, as
+    params' `runner` section says); results by key."""
     if not jobs:
         return {}
-    results = run_jobs(
-        jobs, ctx.dataset, ctx.device, ctx.board, batch_copies=ctx.params.runner.batch_copies
-    )
+    runner = ctx.params.runner
+    shared = Path(runner.checkpoints) if runner.checkpoints else None
+    results = run_configured(jobs, ctx.dataset, ctx.device, ctx.board, runner, shared)
     return {job.key: result for job, result in zip(jobs, results, strict=True)}
 
 
@@ -205,3 +207,5 @@ def discard_checkpoints(ctx: Context, key: str) -> None:
     import shutil
 
     shutil.rmtree(ctx.store.checkpoint_dir(key), ignore_errors=True)
+    if ctx.params.runner.checkpoints:
+        shutil.rmtree(Path(ctx.params.runner.checkpoints) / key, ignore_errors=True)
