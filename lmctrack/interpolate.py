@@ -198,13 +198,15 @@ def linear_path(
     eval_limit: int | None = None,
     bn_limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-    batched: bool = True,
+    batched: bool | None = None,
 ) -> PathResult:
     """Evaluate error and loss at `alphas` evenly spaced points of [0, 1], endpoints included.
 
     `model` is a template of the right architecture; its weights are overwritten. `bn_limit`
     caps the training examples used to recompute BatchNorm statistics under bn="reset".
-    batched=False evaluates one alpha at a time (the reference the batched passes are tested on).
+    batched=False evaluates one alpha at a time (the reference the batched passes are tested on);
+    None (default) stacks the alphas on CUDA only: on a CPU the stacked passes are slower
+    (grouped convolutions; benchmarks/paths.py).
     bn="repair" measures the endpoints' channel statistics on the same training examples.
     """
     _check_choice("bn", bn, PATH_POLICIES)
@@ -218,6 +220,8 @@ def linear_path(
     wa = {k: v.to(device) for k, v in a.masked_weights().items()}
     wb = {k: v.to(device) for k, v in b.masked_weights().items()}
     points = torch.linspace(0, 1, alphas, dtype=torch.float64).tolist()
+    if batched is None:
+        batched = torch.device(device).type == "cuda"
     path = _stacked_path if batched and bn in BATCHED_POLICIES else _path_per_alpha
     curves = path(
         model, wa, wb, points, dataset, splits, bn, device, eval_limit, bn_limit, progress

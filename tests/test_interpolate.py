@@ -306,7 +306,7 @@ def test_batched_path_equals_the_per_alpha_loop(data, bn, make, masked):
     a, b = state_of(make, 0, mask), state_of(make, 1, mask)
     kw = {"alphas": 7, "splits": ("test", "train"), "bn": bn, "bn_limit": 40}
     reference = linear_path(make(), a, b, data, batched=False, **kw)
-    batched = linear_path(make(), a, b, data, **kw)
+    batched = linear_path(make(), a, b, data, batched=True, **kw)
     for split in ("test", "train"):
         for metric in ("error", "loss"):
             assert batched.curves[split][metric] == pytest.approx(
@@ -320,8 +320,8 @@ def test_batched_path_in_several_passes(data, monkeypatch):
     import lmctrack.batched
 
     a, b = state_of(conv_bn, 0), state_of(conv_bn, 1)
-    whole = linear_path(conv_bn(), a, b, data, alphas=5, bn="reset")
+    whole = linear_path(conv_bn(), a, b, data, alphas=5, bn="reset", batched=True)
     monkeypatch.setattr(lmctrack.batched, "MEMORY_BUDGET", 1)
     assert lmctrack.batched.networks_per_pass(conv_bn(), data, 1000, "cpu") == 1
-    chunked = linear_path(conv_bn(), a, b, data, alphas=5, bn="reset")
+    chunked = linear_path(conv_bn(), a, b, data, alphas=5, bn="reset", batched=True)
     assert chunked.curves == whole.curves
