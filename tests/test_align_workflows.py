@@ -24,6 +24,9 @@ from lmctrack.workflows.connect import Connect, connect, connect_two
 from lmctrack.workflows.instability import sweep_seeds
 from lmctrack.workflows.train import train_runs
 
+# End to end: real trainings, stores or subprocesses (seconds to minutes each).
+pytestmark = pytest.mark.slow
+
 MLP = {"name": "mnist1d_mlp", "width": 16}
 
 

@@ -23,6 +23,9 @@ from lmctrack.workflows.analyses import DIAGONAL_FILE, hessian, plane, random_pl
 from lmctrack.workflows.common import make_context
 from lmctrack.workflows.train import train_run
 
+# End to end: real trainings, stores or subprocesses (seconds to minutes each).
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 PNG = b"\x89PNG\r\n\x1a\n"
 

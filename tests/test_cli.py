@@ -17,6 +17,9 @@ from lmctrack.models import build_model, prunable_names
 from lmctrack.prune import full_mask, layer_densities
 from lmctrack.state import State
 
+# End to end: real trainings, stores or subprocesses (seconds to minutes each).
+pytestmark = pytest.mark.slow
+
 
 def invoke(*args: object):
     return CliRunner().invoke(app, [str(a) for a in args])

@@ -22,6 +22,9 @@ from lmctrack.workflows.distill import distill
 from lmctrack.workflows.followup import followup
 from lmctrack.workflows.train import train_run
 
+# End to end: real trainings, stores or subprocesses (seconds to minutes each).
+pytestmark = pytest.mark.slow
+
 TINY_DISTILL = {
     "images_per_class": 2,
     "iterations": 4,

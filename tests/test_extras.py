@@ -35,6 +35,9 @@ from lmctrack.workflows.fork import fork as run_fork
 from lmctrack.workflows.imp import imp
 from lmctrack.workflows.train import train_run
 
+# End to end: real trainings, stores or subprocesses (seconds to minutes each).
+pytestmark = pytest.mark.slow
+
 SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {
     "NO_COLOR": "1",
     "DVC_NO_ANALYTICS": "1",

@@ -26,6 +26,9 @@ from lmctrack.models import build_model, prunable_names
 from lmctrack.state import State
 from lmctrack.store import Store
 
+# End to end: real trainings, stores or subprocesses (seconds to minutes each).
+pytestmark = pytest.mark.slow
+
 ARCH = {"name": "mnist1d_cnn_bn", "width": None, "num_classes": 10, "input_shape": [40]}
 DATA = ("mnist1d", "d" * 64)
 

@@ -2,6 +2,7 @@
 
 import io
 
+import pytest
 import torch
 from rich.console import Console
 
@@ -10,6 +11,9 @@ from lmctrack.data import load_dataset
 from lmctrack.progress import board
 from lmctrack.runner import TrainJob, default_workers, run_jobs
 from lmctrack.train import Noise
+
+# End to end: real trainings, stores or subprocesses (seconds to minutes each).
+pytestmark = pytest.mark.slow
 
 
 def _jobs() -> list[TrainJob]:

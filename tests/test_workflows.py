@@ -20,6 +20,9 @@ from lmctrack.workflows.imp import imp
 from lmctrack.workflows.instability import instability
 from lmctrack.workflows.train import registered_run, train_run
 
+# End to end: real trainings, stores or subprocesses (seconds to minutes each).
+pytestmark = pytest.mark.slow
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
