@@ -10,6 +10,7 @@ sparsities from step k; matching is decided over replicates (schema.DEFINITIONS)
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from lmctrack import schema
@@ -30,27 +31,44 @@ def imp(
 ) -> Imp:  # fmt: skip
     """Algorithm 2 from the registered state Wk, `imp.replicates` times; a finished identical
     IMP is reused, an interrupted one resumes after its last finished level."""
+    return imps(ctx, [wk_uri], search, with_baselines=with_baselines, replicates=replicates)[0]
+
+
+def imps(
+    ctx: Context, wk_uris: list[str], search: MaskSearch | None = None, *,
+    with_baselines: bool = True, replicates: int | None = None,
+) -> list[Imp]:  # fmt: skip
+    """Algorithm 2 from each Wk (e.g. every rewind step of a sweep), `replicates` times each;
+    all chains advance level by level together, so each level's trainings run at once."""
     cfg, search = ctx.params.imp, search or SameData()
     replicates = replicates or cfg.replicates
-    work = Work.of(ctx, wk_uri, search, with_baselines, replicates)
-    with jobs.claimed(ctx, [work.key]):  # an identical request running now: wait, reuse
-        if (done := reused(ctx, work)) is not None:
-            return done
-        wk = ctx.store.load_state(wk_uri)  # lines 1-3: W0 trained to Wk, registered by `train`
-        chains = [Chain.dense(ctx, wk, r) for r in range(replicates)]  # line 2: m = 1
-        with jobs.recorded(ctx, work.label, key=work.key, kind=schema.KIND_IMP) as run:
-            run.log_input_states([wk_uri])
-            for level in range(work.levels + 1):  # line 4: level 0 is the dense network
-                train_level(ctx, run, work.chain, wk_uri, wk, chains, level)  # line 5: m ⊙ Wk to T
-                if level < work.levels:  # line 6: prune the lowest-magnitude remaining weights
-                    search.search(ctx, run, work.chain, wk, chains, level)
-                    for chain in chains:
-                        chain.mask = prune(cfg, chain.pruned_from, chain.mask)
-            trainings = [t for chain in chains for t in chain.trained]
+    works = [Work.of(ctx, uri, search, with_baselines, replicates) for uri in wk_uris]
+    with jobs.claimed(ctx, [w.key for w in works]), ExitStack() as open_runs:
+        done = {w.key: reused(ctx, w) for w in works}  # identical IMPs finished before
+        todo = [w for w in works if done[w.key] is None]
+        runs = [open_runs.enter_context(w.recorded(ctx)) for w in todo]
+        chains = [
+            [Chain.dense(ctx, w, ctx.store.load_state(w.source), run, r) for r in range(replicates)]
+            for w, run in zip(todo, runs, strict=True)
+        ]  # lines 1-3: W0 trained to Wk (registered by `train`); line 2: m = 1
+        every = [chain for per_work in chains for chain in per_work]
+        for level in range(cfg_levels(cfg) + 1):  # line 4: level 0 is the dense network
+            train_level(ctx, every, level)  # line 5: train m ⊙ Wk to T under fresh noise
+            if level < cfg_levels(cfg):  # line 6: prune the lowest-magnitude remaining weights
+                search.search(ctx, every, level)
+                for chain in every:
+                    chain.mask = prune(cfg, chain.pruned_from, chain.mask)
+        for w, run, per_work in zip(todo, runs, chains, strict=True):
+            trainings = [t for chain in per_work for t in chain.trained]
             if with_baselines:
-                trainings += baselines(ctx, run, work.chain, wk_uri, wk, trainings)
-            result = tabulate(ctx, run, work, replicates, trainings, chains[0], with_baselines)
-        return result
+                trainings += baselines(ctx, run, w.chain, w.source, per_work[0].wk, trainings)
+            done[w.key] = tabulate(ctx, run, w, replicates, trainings, per_work[0], with_baselines)
+    return [done[w.key] for w in works]
+
+
+def cfg_levels(cfg) -> int:
+    """How many times IMP prunes: once for one-shot pruning, else `levels`."""
+    return 1 if cfg.one_shot else cfg.levels
 
 
 @dataclass
@@ -76,10 +94,16 @@ class Work:
             include={"fraction", "one_shot", "density", "strategy", "reinit_start"},
         )
         chain = ctx.training_hash(wk_uri, pruning, search.fingerprint(ctx), "imp")
-        levels = 1 if cfg.one_shot else cfg.levels
+        levels = cfg_levels(cfg)
         key = config_hash(chain, levels, replicates, with_baselines)
         label = f"imp k={k}" + (" one-shot" if cfg.one_shot else f" {levels} levels")
         return cls(wk_uri, k, levels, chain, key, label)
+
+    def recorded(self, ctx: Context):
+        """The IMP's run, with Wk as its input."""
+        return jobs.recorded(
+            ctx, self.label, key=self.key, kind=schema.KIND_IMP, inputs=[self.source]
+        )
 
 
 def reused(ctx: Context, work: Work) -> Imp | None:

@@ -1,6 +1,7 @@
-"""The steps of Algorithm 2 for a set of replicates: train a level, search the next mask, prune.
+"""The steps of Algorithm 2 for a set of chains: train a level, search the next mask, prune.
 
-A Chain is one replicate of IMP. Each level's training is its own unit of work (a key, a
+A Chain is one replicate of IMP from one Wk; chains from several Wk (a sweep's rewind steps) and
+replicates advance level by level together, so each level's trainings run at once. Each training is its own unit of work (a key, a
 checkpoint, a run), so an interrupted IMP resumes after its last finished level. The mask search
 is an object: `SameData` prunes each level's own W_T (the paper); `OtherData` trains the
 subnetwork on another dataset (e.g. distilled data) and prunes that, while the subnetworks are
@@ -28,9 +29,15 @@ Weights = dict[str, torch.Tensor]
 
 @dataclass
 class Chain:
-    """One replicate of IMP: its mask, the weights the next mask is pruned from, its trainings."""
+    """One replicate of IMP from one Wk: its mask, the weights the next mask is pruned from, its
+    trainings, and the IMP run they nest under."""
 
     replicate: int
+    wk_uri: str
+    wk: State
+    k: int
+    key: str  # the IMP's chain key: Wk, pruning settings, search data
+    parent: object  # the IMP's run
     mask: Mask
     last: State | None = None  # the W_T of its latest level
     pruned_from: Weights | None = None
@@ -38,11 +45,16 @@ class Chain:
     trained: list[Trained] = field(default_factory=list)
 
     @classmethod
-    def dense(cls, ctx: Context, wk: State, replicate: int) -> Chain:
+    def dense(cls, ctx: Context, work, wk: State, parent, replicate: int) -> Chain:
+        """Line 2: m = 1 for the prunable weights."""
         from lmctrack.models import prunable_names
         from lmctrack.prune import full_mask
 
-        return cls(replicate, full_mask(wk.weights, prunable_names(ctx.template())))
+        mask = full_mask(wk.weights, prunable_names(ctx.template()))
+        return cls(replicate, work.source, wk, work.k, work.chain, parent, mask)
+
+    def level_key(self, level: int, *what: str) -> str:
+        return config_hash(self.key, self.replicate, level, *what)
 
 
 def prune(cfg: ImpConfig, weights: Weights, mask: Mask) -> Mask:
@@ -69,32 +81,28 @@ def sparsity_tags(level: int, mask: Mask | None) -> dict[str, str]:
     }
 
 
-def train_level(
-    ctx: Context, parent, chain_key: str, wk_uri: str, wk: State, chains: list[Chain], level: int
-) -> None:
-    """Line 5 for every replicate at once: train m ⊙ Wk from k to T, each replicate under its own
-    noise u', and register the subnetwork (Wk, m) and its W_T (level 0: the dense W_T)."""
-    k = int(ctx.store.describe(wk_uri).tags.get(schema.STEP, 0))
-    keys = [config_hash(chain_key, c.replicate, level) for c in chains]
+def train_level(ctx: Context, chains: list[Chain], level: int) -> None:
+    """Line 5 for every chain at once: train m ⊙ Wk from k to T, each under its own noise u', and
+    register the subnetwork (Wk, m) and its W_T (level 0: the dense W_T)."""
+    keys = [c.level_key(level) for c in chains]
     seeds = [
         jobs.noise_seed(ctx.params.seeds.data_order, c.replicate, level, schema.IMP) for c in chains
     ]
-    subnets = [State(wk.weights, c.mask if level else None) for c in chains]
+    subnets = [State(c.wk.weights, c.mask if level else None) for c in chains]
     with jobs.claimed(ctx, keys):
         todo = [
             jobs.training(
-                ctx, key, f"IMP r{c.replicate} level {level}", sub, start=k, noise=Noise(s, s)
+                ctx, key, f"IMP k={c.k} r{c.replicate} level {level}", sub, start=c.k,
+                noise=Noise(s, s),
             )
             for c, key, s, sub in zip(chains, keys, seeds, subnets, strict=True)
             if jobs.finished(ctx, key) is None
-        ]
+        ]  # fmt: skip
         results = jobs.train_all(ctx, todo)
         for chain, key, seed, sub in zip(chains, keys, seeds, subnets, strict=True):
             if key in results:
                 trained = State(results[key].weights, sub.mask)
-                record = _register_level(
-                    ctx, parent, key, wk_uri, chain, level, k, sub, trained, seed
-                )
+                record = _register_level(ctx, key, chain, level, sub, trained, seed)
             else:
                 record, trained = _adopt_level(ctx, jobs.finished(ctx, key))
             chain.trained.append(record)
@@ -102,17 +110,9 @@ def train_level(
 
 
 def _register_level(
-    ctx: Context,
-    parent,
-    key: str,
-    wk_uri: str,
-    chain: Chain,
-    level: int,
-    k: int,
-    sub: State,
-    trained: State,
-    seed: int,
+    ctx: Context, key: str, chain: Chain, level: int, sub: State, trained: State, seed: int
 ) -> Trained:
+    k, wk_uri = chain.k, chain.wk_uri
     tags = {
         **sparsity_tags(level, sub.mask),
         schema.REPLICATE: str(chain.replicate),
@@ -125,7 +125,7 @@ def _register_level(
         f"IMP r{chain.replicate} level {level}",
         key=key,
         kind=schema.KIND_IMP_TRAINING,
-        parent=parent,
+        parent=chain.parent,
         tags={schema.LEVEL: str(level), schema.REPLICATE: str(chain.replicate)},
     ) as run:
         start = wk_uri
@@ -169,9 +169,7 @@ class MaskSearch(Protocol):
 
     def fingerprint(self, ctx: Context) -> str: ...
 
-    def search(
-        self, ctx: Context, parent, chain_key: str, wk: State, chains: list[Chain], level: int
-    ) -> None: ...
+    def search(self, ctx: Context, chains: list[Chain], level: int) -> None: ...
 
 
 class SameData:
@@ -180,9 +178,7 @@ class SameData:
     def fingerprint(self, ctx: Context) -> str:
         return ctx.dataset_fingerprint
 
-    def search(
-        self, ctx: Context, parent, chain_key: str, wk: State, chains: list[Chain], level: int
-    ) -> None:
+    def search(self, ctx: Context, chains: list[Chain], level: int) -> None:
         for chain in chains:
             chain.pruned_from = chain.last.weights
             chain.pruned_from_uri = chain.trained[-1].trained
@@ -198,11 +194,8 @@ class OtherData:
     def fingerprint(self, ctx: Context) -> str:
         return self.data.dataset_fingerprint
 
-    def search(
-        self, ctx: Context, parent, chain_key: str, wk: State, chains: list[Chain], level: int
-    ) -> None:
-        k = chains[0].trained[-1].start_step
-        keys = [config_hash(chain_key, c.replicate, level, "search") for c in chains]
+    def search(self, ctx: Context, chains: list[Chain], level: int) -> None:
+        keys = [c.level_key(level, "search") for c in chains]
         seeds = [
             jobs.noise_seed(ctx.params.seeds.data_order, c.replicate, level, schema.SEARCH)
             for c in chains
@@ -212,9 +205,9 @@ class OtherData:
                 jobs.training(
                     self.data,
                     key,
-                    f"search r{c.replicate} level {level}",
-                    State(wk.weights, c.mask if level else None),
-                    start=k,
+                    f"search k={c.k} r{c.replicate} level {level}",
+                    State(c.wk.weights, c.mask if level else None),
+                    start=c.k,
                     noise=Noise(s, s),
                 )
                 for c, key, s in zip(chains, keys, seeds, strict=True)
@@ -223,13 +216,13 @@ class OtherData:
             results = jobs.train_all(self.data, todo)
             for chain, key, seed in zip(chains, keys, seeds, strict=True):
                 if key in results:
-                    uri = self._register(ctx, parent, chain, level, key, seed, results[key])
+                    uri = self._register(ctx, chain, level, key, seed, results[key])
                 else:
                     uri = ctx.store.run_states(jobs.finished(ctx, key))[-1].uri
                 chain.pruned_from_uri = uri
                 chain.pruned_from = ctx.store.load_state(uri).weights
 
-    def _register(self, ctx: Context, parent, chain: Chain, level: int, key, seed, result) -> str:
+    def _register(self, ctx: Context, chain: Chain, level: int, key, seed, result) -> str:
         """The subnetwork trained on the search data: role `search`, child of its (Wk, m)."""
         mask = chain.mask if level else None
         tags = {
@@ -239,7 +232,7 @@ class OtherData:
             schema.DATA_ORDER_SEED: str(seed),
         }
         label = f"search r{chain.replicate} level {level}"
-        with jobs.recorded(ctx, label, key=key, kind=schema.SEARCH, parent=parent) as run:
+        with jobs.recorded(ctx, label, key=key, kind=schema.SEARCH, parent=chain.parent) as run:
             state, parents = State(result.weights, mask), [chain.trained[-1].start]
             return jobs.register_trained(
                 ctx, run, state, tags, parents, f"{key}:W_T", schema.SEARCH, self.data

@@ -108,10 +108,11 @@ def recorded(
     params: dict | None = None,
     tags: dict[str, str] | None = None,
     made_with: Params | None = None,
+    inputs: Sequence[str] = (),
 ) -> Iterator:
     """A run tagged with the work's key and kind, holding the params it was made with
-    (`made_with`, default the context's); once it finishes, the work's resume checkpoint is no
-    longer needed."""
+    (`made_with`, default the context's) and the states it reads (`inputs`); once it finishes,
+    the work's resume checkpoint is no longer needed."""
     with ctx.run(
         label,
         parent=parent,
@@ -119,6 +120,8 @@ def recorded(
         tags={schema.CONFIG_HASH: key, schema.KIND: kind, **(tags or {})},
     ) as run:
         run.log_json((made_with or ctx.params).model_dump(mode="json"), PARAMS_ARTIFACT)
+        if inputs:
+            run.log_input_states(list(inputs))
         yield run
     discard_checkpoints(ctx, key)
 

@@ -18,7 +18,7 @@ from lmctrack.results import Earliest, Fork, SparseRow, SparseSweep, Trained, to
 from lmctrack.schema import Stats
 from lmctrack.workflows import fork as algorithm1
 from lmctrack.workflows.common import Context
-from lmctrack.workflows.imp import imp
+from lmctrack.workflows.imp import imps
 from lmctrack.workflows.imp_chain import MaskSearch
 from lmctrack.workflows.instability import copy_seeds, rewind_ks, sweep_seeds
 from lmctrack.workflows.train import train_runs
@@ -29,11 +29,10 @@ def sparse_instability(ctx: Context, search: MaskSearch | None = None) -> Sparse
     sp = ctx.params.sparse
     steps = sp.rewind_steps or ctx.params.instability.rewind_steps
     runs = train_runs(ctx, sweep_seeds(ctx, sp.inits), extra_steps=steps)
-    found = {
-        (i, k): imp(ctx, run.at(k), search, with_baselines=False, replicates=1)
-        for i, run in enumerate(runs)
-        for k in rewind_ks(ctx, steps)
-    }
+    sources = {(i, k): run.at(k) for i, run in enumerate(runs) for k in rewind_ks(ctx, steps)}
+    # IMP rewinding to every k of every init (one replicate each), all chains level by level
+    imps_found = imps(ctx, list(sources.values()), search, with_baselines=False, replicates=1)
+    found = dict(zip(sources, imps_found, strict=True))
     levels = sp.levels or [ctx.params.imp.levels]
     chosen = {
         key: [t for t in result.levels() if t.level in levels] for key, result in found.items()
