@@ -115,3 +115,18 @@ def test_the_claim_is_decided_from_the_rows():
     ]
     result = summarize(_ctx(), "run", bad, dense)
     assert result.claim_holds is False and "no, because" in result.claim
+
+
+def test_a_claim_that_holds_at_every_k_says_it_shows_no_contrast():
+    dense = {0: Stats(0.9, 0.0, 0.9, 3)}
+    flat = [
+        (0, 0, _trained(), _fork(0, [0.0] * 3, [0.1] * 3)),
+        (0, 100, _trained(), _fork(100, [0.0] * 3, [0.1] * 3)),
+    ]
+    result = summarize(_ctx(), "run", flat, dense)
+    assert result.claim_holds is True and "trivially" in result.claim
+    contrast = [
+        (0, 0, _trained(), _fork(0, [0.1] * 3, [0.2] * 3)),
+        (0, 100, _trained(), _fork(100, [0.0] * 3, [0.1] * 3)),
+    ]
+    assert "trivially" not in summarize(_ctx(), "run", contrast, dense).claim
