@@ -1,25 +1,17 @@
 """Run independent trainings (the copies of Algorithm 1, IMP branches, a sweep's inits) at once.
 
-Two ways, chosen by `runner.batch_copies`:
-- Processes ("off", the default). On a CPU each training gets its own forked process with one
-  thread: small networks are bound by per-operation overhead, so N single-threaded processes beat
-  one process with N threads (three copies on two cores take 0.6 of the time of training them one
-  after another: benchmarks/copies.py). Forking shares the in-memory dataset without copying it.
-  On a GPU the trainings run in spawned processes that share the device.
-- Stacked ("on", or "auto" when measured faster): jobs that differ only in their start weights,
-  noise, mask and checkpoint (the copies of a fork, copies of one Wk across a sweep) train as one
-  vmapped network in this process (lmctrack.batched.train_copies). A group that cannot be
-  stacked (data streamed from disk, a network vmap cannot run, checkpoints at different steps)
-  trains in processes, and one printed line says why. "auto" times PROBE_STEPS steps of the
-  group stacked against one copy alone, compares with what the processes achieve (N copies over
-  min(N, cores) cores on a CPU; one at a time on a GPU, which time-slices processes), and keeps
-  the decision for that network, batch size, group size and device type (BATCHING_DECISIONS).
-
-Same seeds give bit-identical weights in the process mode whatever the number of workers; the
-stacked mode is bit-identical with itself and equal to the process mode to float tolerance.
-
-`runner.backend: ray` sends each training to a Ray cluster instead (lmctrack.cluster); the same
-run_job runs there, so the weights are those of the process mode. `run_configured` chooses.
+`runner.batch_copies` chooses how:
+- "off" (default): one process per training. On a CPU each gets a forked process with one thread
+  (small networks are bound by per-operation overhead: three copies on two cores take 0.6 of the
+  sequential time, benchmarks/copies.py); forking shares the in-memory dataset. On a GPU the
+  trainings run in spawned processes that share the device.
+- "on" / "auto": jobs differing only in start weights, noise, mask and checkpoint train as one
+  vmapped network here (lmctrack.batched.train_copies); a group that cannot be stacked trains in
+  processes with one printed line saying why. "auto" times PROBE_STEPS stacked steps against one
+  copy and keeps the decision per network, batch size, group size and device (BATCHING_DECISIONS).
+Process mode is bit-identical whatever the workers; stacked mode is bit-identical with itself and
+equal to process mode to float tolerance. `runner.backend: ray` sends each training to a Ray
+cluster (lmctrack.cluster) running the same run_job; `run_configured` chooses.
 """
 
 from __future__ import annotations
@@ -191,9 +183,6 @@ def run_job(
     return _finish(result, _cpu_weights(model), log)
 
 
-# --- stacked copies ---------------------------------------------------------------------------
-
-
 def _group_key(job: TrainJob) -> tuple:
     """What stacked copies must share: everything but start weights, noise, mask, checkpoint."""
     return (
@@ -328,8 +317,6 @@ def stacked_groups(
             groups.append(group)
     return groups
 
-
-# --- worker processes -------------------------------------------------------------------------
 
 _worker: dict = {}
 
