@@ -417,8 +417,8 @@ def test_ui_serves_mlflow_on_localhost_and_stops_with_lmctrack(project, trained,
         )
         assert [m["name"] for m in models["registered_models"]] == ["mnist1d_cnn_mnist1d"]
         proc.terminate()  # lmctrack alone, as `kill PID` would: the server must stop with it
-        proc.wait(timeout=20)
-        deadline = time.monotonic() + 20
+        proc.wait(timeout=120)
+        deadline = time.monotonic() + 120
         while _group_alive(proc.pid):
             assert time.monotonic() < deadline, "MLflow server still running after SIGTERM"
             time.sleep(0.2)
