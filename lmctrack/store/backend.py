@@ -5,9 +5,9 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import random
 import sqlite3
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -193,8 +193,7 @@ def _writable(folder: Path) -> bool:
     """Whether this process can create files in folder (a probe: root ignores mode bits only
     when it holds CAP_DAC_OVERRIDE, so os.access can be wrong)."""
     try:
-        with open(folder / f".write-probe-{os.getpid()}", "wb") as f:
-            Path(f.name).unlink()
-        return True
+        with tempfile.TemporaryFile(dir=folder):  # a unique name: threads probe at once
+            return True
     except OSError:
         return False
