@@ -345,6 +345,8 @@ def test_an_interrupted_fork_resumes_to_the_copies_of_an_uninterrupted_one(new_p
         cwd=interrupted.folder,
         env=SUBPROCESS_ENV,
         start_new_session=True,  # its own process group, as a terminal's Ctrl-C would signal
+        # a shell running this suite in the background ignores SIGINT, and children inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
