@@ -62,7 +62,10 @@ def imps(
             trainings = [t for chain in per_work for t in chain.trained]
             if with_baselines:
                 trainings += baselines(ctx, run, w.chain, w.source, per_work[0].wk, trainings)
-            done[w.key] = tabulate(ctx, run, w, replicates, trainings, per_work[0], with_baselines)
+            single = len(works) == 1
+            done[w.key] = tabulate(
+                ctx, run, w, replicates, trainings, per_work[0], with_baselines, single
+            )
     return [done[w.key] for w in works]
 
 
@@ -122,6 +125,7 @@ def tabulate(
     trainings: list,
     first: Chain,
     with_baselines: bool,
+    single: bool = True,
 ) -> Imp:
     """The IMP's result: Table 2, the same-basin check (of one chain), Figure 5, logged."""
     result = Imp(
@@ -136,6 +140,7 @@ def tabulate(
             schema.DEFINITIONS["matching"] + f" ({ctx.params.imp.matching_threshold:.1%})"
         ),
     )
-    write_plots(ctx, run, result)
+    # one IMP's figure for DVC; a sweep's many IMPs would overwrite one another's
+    write_plots(ctx, run, result, ctx.out if single else None)
     run.log_json(to_dict(result), IMP_ARTIFACT)
     return result

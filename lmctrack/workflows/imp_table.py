@@ -4,6 +4,7 @@ check of consecutive levels, and Figures 5/8 (accuracy vs density for IMP and bo
 from __future__ import annotations
 
 from itertools import pairwise
+from pathlib import Path
 
 from lmctrack import schema
 from lmctrack.results import Imp, ImpRow, Pair, Trained
@@ -66,9 +67,9 @@ def same_basin(ctx: Context, parent, chain: Chain) -> list[Pair]:
     return pairs
 
 
-def write_plots(ctx: Context, run, result: Imp) -> None:
+def write_plots(ctx: Context, run, result: Imp, out: Path | None) -> None:
     """Figures 5/8: test accuracy vs density for IMP and both baselines, mean ± std over the
-    replicates, with the dense networks' mean; logged to the run and written for DVC."""
+    replicates, with the dense networks' mean; logged to the run and written to `out` for DVC."""
     from lmctrack.plots import save
 
     for row in result.rows:
@@ -79,5 +80,5 @@ def write_plots(ctx: Context, run, result: Imp) -> None:
         return
     figure = result.plot(f"{ctx.model_name}: IMP rewinding to {result.k}it vs random baselines")
     run.log_file(save(figure, ctx.scratch() / "imp.png"), "plots")
-    if ctx.out is not None:
-        save(figure, ctx.out / "imp.png")
+    if out is not None:
+        save(figure, out / "imp.png")
