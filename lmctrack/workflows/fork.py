@@ -25,7 +25,7 @@ FORK_ARTIFACT = "fork.json"
 def forks(ctx: Context, plans: list[Plan]) -> list[Fork]:
     """Algorithm 1 for each planned state Wk; a sweep's copies all train in one pool."""
     with jobs.claimed(ctx, [key for plan in plans for key in (plan.key, *plan.copy_keys)]):
-        done = {plan.key: reused(ctx, plan) for plan in plans}
+        done = {plan.key: jobs.reused(ctx, plan.key, FORK_ARTIFACT, Fork) for plan in plans}
         todo = [plan for plan in plans if done[plan.key] is None]
         # Lines 3-4: train copies of Wk to T, copy i under its own SGD noise u_i.
         trained = jobs.train_all(ctx, [job for plan in todo for job in copy_trainings(ctx, plan)])
@@ -100,17 +100,6 @@ def plan(
     key = ctx.training_hash(*common, seeds, inst.alphas, inst.splits, inst.bn, "fork")
     copy_keys = [ctx.training_hash(*common, seed, "copy") for seed in seeds]
     return Plan(source, mask, k, state, seeds, reset_schedule, track, key, copy_keys)
-
-
-def reused(ctx: Context, plan: Plan) -> Fork | None:
-    """A finished identical fork, read back from its run."""
-    import json
-
-    run_id = jobs.finished(ctx, plan.key)
-    if run_id is None:
-        return None
-    data = json.loads(ctx.store.run_artifact(run_id, FORK_ARTIFACT).read_text())
-    return Fork.from_dict({**data, "reused": True})
 
 
 def copy_trainings(ctx: Context, plan: Plan) -> list:

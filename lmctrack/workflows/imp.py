@@ -9,7 +9,6 @@ sparsities from step k; matching is decided over replicates (schema.DEFINITIONS)
 
 from __future__ import annotations
 
-import json
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -44,7 +43,7 @@ def imps(
     replicates = replicates or cfg.replicates
     works = [Work.of(ctx, uri, search, with_baselines, replicates) for uri in wk_uris]
     with jobs.claimed(ctx, [w.key for w in works]), ExitStack() as open_runs:
-        done = {w.key: reused(ctx, w) for w in works}  # identical IMPs finished before
+        done = {w.key: jobs.reused(ctx, w.key, IMP_ARTIFACT, Imp) for w in works}  # done before
         todo = [w for w in works if done[w.key] is None]
         runs = [open_runs.enter_context(w.recorded(ctx)) for w in todo]
         chains = [
@@ -107,14 +106,6 @@ class Work:
         return jobs.recorded(
             ctx, self.label, key=self.key, kind=schema.KIND_IMP, inputs=[self.source]
         )
-
-
-def reused(ctx: Context, work: Work) -> Imp | None:
-    run_id = jobs.finished(ctx, work.key)
-    if run_id is None:
-        return None
-    data = json.loads(ctx.store.run_artifact(run_id, IMP_ARTIFACT).read_text())
-    return Imp.from_dict({**data, "reused": True})
 
 
 def tabulate(

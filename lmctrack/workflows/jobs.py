@@ -9,9 +9,11 @@ crash adopts what was registered instead of registering it twice.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from lmctrack import schema
 from lmctrack.config import Params
@@ -19,6 +21,8 @@ from lmctrack.runner import JobResult, TrainJob, run_configured
 from lmctrack.state import State
 from lmctrack.train import Noise
 from lmctrack.workflows.common import PARAMS_ARTIFACT, Context
+
+T = TypeVar("T")
 
 
 def noise_seed(*parts: int | str) -> int:
@@ -95,6 +99,15 @@ def claimed(ctx: Context, keys: Iterable[str]) -> Iterator[None]:
 def finished(ctx: Context, key: str) -> str | None:
     """The id of a finished run that did this work already, if any."""
     return ctx.store.find_run(ctx.model_name, key)
+
+
+def reused(ctx: Context, key: str, artifact: str, result: type[T]) -> T | None:
+    """The typed result of a finished identical piece of work, read back from its run's JSON."""
+    run_id = finished(ctx, key)
+    if run_id is None:
+        return None
+    data = json.loads(ctx.store.run_artifact(run_id, artifact).read_text())
+    return result.from_dict({**data, "reused": True})
 
 
 @contextmanager
