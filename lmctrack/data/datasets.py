@@ -69,7 +69,6 @@ class Dataset(ABC):
     @abstractmethod
     def num_examples(self, split: str) -> int: ...
 
-    @abstractmethod
     def train_batches(
         self,
         batch_size: int,
@@ -79,12 +78,34 @@ class Dataset(ABC):
         device: Device = "cpu",
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Infinite: the batches of iterations start_step, start_step + 1, ... (module docstring)."""
+        n = self.num_examples("train")
+        order = EpochOrder(n, batch_size, data_order_seed, self.index_device)
+        return self._train_stream(order, augment_seed, itertools.count(start_step), device)
 
-    @abstractmethod
     def eval_batches(
         self, split: str, batch_size: int = 1000, device: Device = "cpu", limit: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The first `limit` examples of the split (all when None), in file order, not augmented."""
+        _check_split(split)
+        n = self.num_examples(split) if limit is None else min(limit, self.num_examples(split))
+        return self._eval_stream(split, n, batch_size, device)
+
+    @property
+    def index_device(self) -> torch.device:
+        """Where the epochs' permutations live: next to the data that they index."""
+        return torch.device("cpu")
+
+    @abstractmethod
+    def _train_stream(
+        self, order: EpochOrder, augment_seed: int, steps: Iterator[int], device: Device
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of iterations `steps` in `order`, augmented under `augment_seed`."""
+
+    @abstractmethod
+    def _eval_stream(
+        self, split: str, n: int, batch_size: int, device: Device
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The split's first n examples in batches of `batch_size`."""
 
     @abstractmethod
     def to(self, device: Device) -> Dataset: ...
@@ -128,27 +149,24 @@ class TensorDataset(Dataset):
     def num_examples(self, split: str) -> int:
         return len(self._split(split).y)
 
-    def train_batches(
-        self,
-        batch_size: int,
-        data_order_seed: int,
-        augment_seed: int,
-        start_step: int = 0,
-        device: Device = "cpu",
+    @property
+    def index_device(self) -> torch.device:
+        return self.train.x.device
+
+    def _train_stream(
+        self, order: EpochOrder, augment_seed: int, steps: Iterator[int], device: Device
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = EpochOrder(len(self.train.y), batch_size, data_order_seed, self.train.x.device)
-        for t in itertools.count(start_step):
+        for t in steps:
             idx = order.batch(t)
             x = self.train.x[idx].to(device, non_blocking=True)
             if self.augment:
                 x = random_crop_flip(x, self.fill, seeded_generator(AUGMENT, augment_seed, t))
             yield x, self.train.y[idx].to(device, non_blocking=True)
 
-    def eval_batches(
-        self, split: str, batch_size: int = 1000, device: Device = "cpu", limit: int | None = None
+    def _eval_stream(
+        self, split: str, n: int, batch_size: int, device: Device
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         data = self._split(split)
-        n = len(data.y) if limit is None else min(limit, len(data.y))
         for i in range(0, n, batch_size):
             end = min(i + batch_size, n)
             yield data.x[i:end].to(device), data.y[i:end].to(device)
@@ -268,27 +286,18 @@ class StreamedImageDataset(Dataset):
         for x, y in loader:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-    def train_batches(
-        self,
-        batch_size: int,
-        data_order_seed: int,
-        augment_seed: int,
-        start_step: int = 0,
-        device: Device = "cpu",
+    def _train_stream(
+        self, order: EpochOrder, augment_seed: int, steps: Iterator[int], device: Device
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         samples = self._samples["train"]
-        order = EpochOrder(len(samples), batch_size, data_order_seed)
         batches = _TrainBatches(samples, self._loader, self._train_transform, order, augment_seed)
-        return self._stream(batches, device, batch_size=None, sampler=itertools.count(start_step))
+        return self._stream(batches, device, batch_size=None, sampler=steps)
 
-    def eval_batches(
-        self, split: str, batch_size: int = 1000, device: Device = "cpu", limit: int | None = None
+    def _eval_stream(
+        self, split: str, n: int, batch_size: int, device: Device
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        _check_split(split)
-        samples = self._samples[split][:limit]
-        return self._stream(
-            _Images(samples, self._loader, self._eval_transform), device, batch_size=batch_size
-        )
+        images = _Images(self._samples[split][:n], self._loader, self._eval_transform)
+        return self._stream(images, device, batch_size=batch_size)
 
     def to(self, device: Device) -> StreamedImageDataset:
         return self
