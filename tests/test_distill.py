@@ -15,6 +15,7 @@ from lmctrack.data import load_dataset
 from lmctrack.distill import (
     DmParams,
     MttParams,
+    Quality,
     distill_dm,
     distill_mtt,
     distribution_matching_loss,
@@ -158,8 +159,24 @@ def test_distilled_set_trains_the_default_network_above_chance(mnist1d):
         distilled, mnist1d, CNN, evaluation_recipe(steps="200ep"), seeds=(0, 1)
     )
     assert len(quality.distilled) == 2 and quality.size == 100
-    assert quality.distilled_mean > 0.2, quality.summary()  # chance is 0.1
-    assert 0 < quality.random_mean < 1 and quality.distilled_std >= 0
+    assert quality.accuracy("distilled").mean > 0.2, quality.summary()  # chance is 0.1
+    assert 0 < quality.accuracy("random").mean < 1 and quality.accuracy("distilled").std >= 0
+
+
+def test_quality_reports_mean_and_population_std():
+    quality = Quality(distilled=[0.5, 0.7], random=[0.2, 0.2], size=20)
+    assert quality.metrics() == pytest.approx(
+        {
+            "distilled_accuracy_mean": 0.6,
+            "distilled_accuracy_std": 0.1,
+            "random_subset_accuracy_mean": 0.2,
+            "random_subset_accuracy_std": 0.0,
+        }
+    )
+    assert quality.summary() == (
+        "20 examples: distilled 60.0 ± 10.0%, random real subset 20.0 ± 0.0% test accuracy "
+        "over 2 seeds"
+    )
 
 
 def test_more_images_per_class_than_a_class_holds_is_refused(mnist1d, experts):

@@ -43,10 +43,12 @@ def distill(method: MethodOpt = None, *, opts: Common) -> None:
 
 
 def _quality_rows(result) -> list[list[str]]:
+    from lmctrack.distill.quality import percent
+
     q = result.quality
     return [
-        [f"distilled ({q.size})", f"{100 * q.distilled_mean:.1f} ± {100 * q.distilled_std:.1f}%"],
-        [f"random real ({q.size})", f"{100 * q.random_mean:.1f} ± {100 * q.random_std:.1f}%"],
+        [f"{label} ({q.size})", percent(q.accuracy(trained_on))]
+        for trained_on, label in (("distilled", "distilled"), ("random", "random real"))
     ]
 
 

@@ -8,7 +8,6 @@ std (as the references print them) of the test accuracies over the seeds.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +22,7 @@ from lmctrack.distill.synthetic import (
 )
 from lmctrack.evaluate import evaluate
 from lmctrack.models import build_model
+from lmctrack.schema import Stats
 from lmctrack.train import Noise, train
 
 SUBSET_STREAM = 17  # tag of the seed stream that draws the random real subsets
@@ -54,37 +54,29 @@ class Quality:
     random: list[float]
     size: int  # examples in each training set
 
-    @property
-    def distilled_mean(self) -> float:
-        return statistics.fmean(self.distilled)
-
-    @property
-    def distilled_std(self) -> float:
-        return statistics.pstdev(self.distilled)
-
-    @property
-    def random_mean(self) -> float:
-        return statistics.fmean(self.random)
-
-    @property
-    def random_std(self) -> float:
-        return statistics.pstdev(self.random)
+    def accuracy(self, trained_on: str) -> Stats:
+        """Mean and population std (as the references print them) for 'distilled' or 'random'."""
+        return Stats.of(getattr(self, trained_on))
 
     def metrics(self) -> dict[str, float]:
         """Flat numbers to log (accuracies in [0, 1])."""
         return {
-            "distilled_accuracy_mean": self.distilled_mean,
-            "distilled_accuracy_std": self.distilled_std,
-            "random_subset_accuracy_mean": self.random_mean,
-            "random_subset_accuracy_std": self.random_std,
+            f"{name}_accuracy_{stat}": getattr(self.accuracy(trained_on), stat)
+            for trained_on, name in (("distilled", "distilled"), ("random", "random_subset"))
+            for stat in ("mean", "std")
         }
 
     def summary(self) -> str:
+        distilled, random = self.accuracy("distilled"), self.accuracy("random")
         return (
-            f"{self.size} examples: distilled {100 * self.distilled_mean:.1f} ± "
-            f"{100 * self.distilled_std:.1f}%, random real subset {100 * self.random_mean:.1f} ± "
-            f"{100 * self.random_std:.1f}% test accuracy over {len(self.distilled)} seeds"
+            f"{self.size} examples: distilled {percent(distilled)}, random real subset "
+            f"{percent(random)} test accuracy over {distilled.n} seeds"
         )
+
+
+def percent(accuracy: Stats) -> str:
+    """An accuracy as the references print it: mean ± std in percent, one decimal."""
+    return f"{100 * accuracy.mean:.1f} ± {100 * accuracy.std:.1f}%"
 
 
 def trained_accuracy(
