@@ -13,8 +13,6 @@ same as one pass per class. Differentiable augmentation is not carried over (as 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,17 +22,17 @@ from lmctrack.config import ModelConfig
 from lmctrack.data import Dataset, derive_seed
 from lmctrack.distill.synthetic import (
     Distilled,
+    Progress,
     SyntheticParams,
-    check_finite,
     class_indices,
     initial_synthetic,
+    matching_loop,
     params_dict,
     tensor_dataset,
 )
 from lmctrack.errors import LmcError
 from lmctrack.models import build_model, output_layer_name
 
-Progress = Callable[[int, float], None]  # (iteration, matching loss)
 DM_STREAM, DM_NETS = 15, 16  # tags of the seed streams: batches, random networks
 
 
@@ -110,9 +108,8 @@ def distill_dm(
     per_class = class_indices(source, params.images_per_class)
     counts = [min(params.batch_real, len(idx)) for idx in per_class]
     x_train = source.train.x
-    losses: list[float] = []
-    began = time.perf_counter()
-    for it in range(params.iterations):
+
+    def loss_at(it: int) -> torch.Tensor:
         model = random_network(model_cfg, source, derive_seed(DM_NETS, params.seed, it), device)
         picked = torch.cat(
             [
@@ -121,19 +118,7 @@ def distill_dm(
             ]
         )
         x_real = x_train[picked.to(x_train.device)].to(device)
-        loss = distribution_matching_loss(model, x_real, counts, x_syn, params.images_per_class)
-        opt_img.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_img.step()
-        losses.append(float(loss.detach()))
-        check_finite(losses[-1], it, "lr_img")
-        if progress is not None:
-            progress(it, losses[-1])
-    return Distilled(
-        x=x_syn.detach().cpu(),
-        y=y,
-        method="dm",
-        params=params_dict(params),
-        losses=losses,
-        seconds=time.perf_counter() - began,
-    )
+        return distribution_matching_loss(model, x_real, counts, x_syn, params.images_per_class)
+
+    losses, seconds = matching_loop(params.iterations, loss_at, [opt_img], "lr_img", progress)
+    return Distilled(x_syn.detach().cpu(), y, "dm", params_dict(params), losses, seconds=seconds)

@@ -16,8 +16,7 @@ reference's ConvNet has none (it uses instance norm).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +28,10 @@ from lmctrack.config import ModelConfig, TrainConfig, iterations_per_epoch
 from lmctrack.data import Dataset, derive_seed
 from lmctrack.distill.synthetic import (
     Distilled,
+    Progress,
     SyntheticParams,
-    check_finite,
     initial_synthetic,
+    matching_loop,
     params_dict,
     tensor_dataset,
 )
@@ -40,7 +40,6 @@ from lmctrack.models import build_model
 from lmctrack.train import Noise, train
 
 Trajectory = list[dict[str, torch.Tensor]]  # an expert's parameters at epochs 0, 1, ..., E
-Progress = Callable[[int, float], None]  # (iteration, matching loss)
 MTT_STREAM = 14  # tag of the seed stream of the matching loop
 
 
@@ -203,12 +202,11 @@ def distill_mtt(
     syn_lr = torch.tensor(params.lr_init, device=device).requires_grad_(True)
     opt_img = torch.optim.SGD([x_syn], lr=params.lr_img, momentum=0.5)
     opt_lr = torch.optim.SGD([syn_lr], lr=params.lr_lr, momentum=0.5)
-    losses: list[float] = []
-    began = time.perf_counter()
-    for it in range(params.iterations):
+
+    def loss_at(_: int) -> torch.Tensor:
         expert = experts[int(torch.randint(len(experts), (1,), generator=generator))]
         t = int(torch.randint(params.max_start_epoch, (1,), generator=generator))
-        loss = trajectory_matching_loss(
+        return trajectory_matching_loss(
             model,
             x_syn,
             y_syn,
@@ -219,21 +217,9 @@ def distill_mtt(
             params.batch_syn,
             generator,
         )
-        opt_img.zero_grad(set_to_none=True)
-        opt_lr.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_img.step()
-        opt_lr.step()
-        losses.append(float(loss.detach()))
-        check_finite(losses[-1], it, "lr_img or lr_lr")
-        if progress is not None:
-            progress(it, losses[-1])
-    return Distilled(
-        x=x_syn.detach().cpu(),
-        y=y,
-        method="mtt",
-        params=params_dict(params),
-        losses=losses,
-        lr=float(syn_lr.detach()),
-        seconds=time.perf_counter() - began,
+
+    losses, seconds = matching_loop(
+        params.iterations, loss_at, [opt_img, opt_lr], "lr_img or lr_lr", progress
     )
+    lr = float(syn_lr.detach())
+    return Distilled(x_syn.detach().cpu(), y, "mtt", params_dict(params), losses, lr, seconds)

@@ -14,6 +14,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +27,7 @@ from lmctrack.data import Dataset, Split, TensorDataset
 from lmctrack.errors import LmcError
 
 Init = Literal["real", "noise"]
+Progress = Callable[[int, float], None]  # (iteration, matching loss)
 FILE_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -145,12 +148,35 @@ def write_distilled(path: Path, distilled: Distilled, source: TensorDataset) -> 
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def check_finite(loss: float, iteration: int, rates: str) -> None:
-    """Stop at the first non-finite matching loss: the learning rates are too large."""
-    if not math.isfinite(loss):
-        raise LmcError(
-            f"distillation diverged at iteration {iteration} (loss {loss}); lower {rates}"
-        )
+def matching_loop(
+    iterations: int,
+    loss_at: Callable[[int], torch.Tensor],
+    optimizers: list[torch.optim.Optimizer],
+    rates: str,
+    progress: Progress | None = None,
+) -> tuple[list[float], float]:
+    """Both methods' outer loop: at each iteration, one step of every optimiser on loss_at(it).
+
+    Returns every iteration's loss and the seconds taken; stops at the first non-finite loss,
+    naming the learning `rates` to lower.
+    """
+    losses: list[float] = []
+    began = time.perf_counter()
+    for it in range(iterations):
+        loss = loss_at(it)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]):
+            raise LmcError(
+                f"distillation diverged at iteration {it} (loss {losses[-1]}); lower {rates}"
+            )
+        if progress is not None:
+            progress(it, losses[-1])
+    return losses, time.perf_counter() - began
 
 
 def params_dict(params: SyntheticParams) -> dict[str, Any]:
