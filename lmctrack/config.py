@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from lmctrack.errors import LmcError
+from lmctrack.errors import LmcError, existing_file
 
 _STEP_RE = re.compile(r"^(?:(\d+)ep)?(?:(\d+)it)?$")
 
@@ -325,10 +325,7 @@ def load_params(
     source = "defaults" if base is None else "params"
     if path is not None:
         source = str(path)
-        if not path.is_file():
-            raise LmcError(
-                f"params file {path} not found; pass --params with an existing YAML file"
-            )
+        existing_file(path, f"params file {path}", "pass --params with an existing YAML file")
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:

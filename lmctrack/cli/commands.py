@@ -11,10 +11,12 @@ import typer
 from lmctrack.cli.options import (
     BnOpt,
     Common,
+    PruneDataOpt,
     RunIdOpt,
     app,
     command,
     guarded,
+    prune_data_file,
     run_id_of,
     step_of,
     table,
@@ -189,10 +191,7 @@ def imp(
         bool, typer.Option("--one-shot", help="prune to --density at once")
     ] = False,
     density: Annotated[float | None, typer.Option("--density", help="one-shot: kept")] = None,
-    prune_data: Annotated[
-        Path | None,
-        typer.Option("--prune-data", help="safetensors (x_train, y_train) for the search"),
-    ] = None,
+    prune_data: PruneDataOpt = None,
     *,
     opts: Common,
 ) -> None:
@@ -211,11 +210,8 @@ def imp(
     ):
         sets += [f"imp.{key}={value}"] if value is not None else []
     sets += ["imp.one_shot=true"] if one_shot else []
+    prune_data_file(prune_data)
     if prune_data is not None:
-        if not prune_data.is_file():
-            raise LmcError(
-                f"--prune-data {prune_data} not found; pass a safetensors file with x_train, y_train"
-            )
         sets += ["imp.prune_data.name=tensors", f"imp.prune_data.path={prune_data}"]
     run_id = run_id_of(run_id)
     if (source is None) == (run_id is None):

@@ -9,8 +9,15 @@ from typing import Annotated
 
 import typer
 
-from lmctrack.cli.options import Common, RunIdOpt, command, run_id_of, table
-from lmctrack.errors import LmcError
+from lmctrack.cli.options import (
+    Common,
+    PruneDataOpt,
+    RunIdOpt,
+    command,
+    prune_data_file,
+    run_id_of,
+    table,
+)
 
 DISTILL_OUT = Path("outputs/distill")
 FOLLOWUP_OUT = Path("outputs/followup")
@@ -55,15 +62,13 @@ def _quality_rows(result) -> list[list[str]]:
 @command()
 def followup(
     run_id: RunIdOpt = None,
-    prune_data: Annotated[
-        Path | None,
-        typer.Option("--prune-data", help="a distilled set (default: run `distill`, reused)"),
-    ] = None,
+    prune_data: PruneDataOpt = None,
     *,
     opts: Common,
 ) -> None:
     """The 2023 follow-up: IMP on real vs distilled data from one Wk; accuracy, matching,
-    instability on the real data, Hessian, plane; a verdict on its stability claim."""
+    instability on the real data, Hessian, plane; a verdict on its stability claim. Without
+    --prune-data the distilled set is made first (`distill`, reused when done)."""
     from lmctrack.config import DataConfig
     from lmctrack.workflows.distill import TENSORS
     from lmctrack.workflows.distill import distill as run_distill
@@ -71,10 +76,7 @@ def followup(
     from lmctrack.workflows.followup import followup as compare
     from lmctrack.workflows.train import registered_run, train_run
 
-    if prune_data is not None and not prune_data.is_file():
-        raise LmcError(
-            f"--prune-data {prune_data} not found; run `lmctrack distill` or pass its file"
-        )
+    prune_data_file(prune_data)
     opts = dataclasses.replace(opts, out=opts.out or FOLLOWUP_OUT)
     run_id = run_id_of(run_id)
     with opts.workspace(run_id=run_id) as ctx:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lmctrack.errors import LmcError
+from lmctrack.errors import LmcError, existing_file
 
 if TYPE_CHECKING:
     from lmctrack.config import Params
@@ -59,6 +59,19 @@ BnOpt = Annotated[
     typer.Option("--bn", help="interpolate | reset | repair: BatchNorm statistics on the path"),
 ]
 SplitOpt = Annotated[str, typer.Option("--split", help="test | train")]
+PruneDataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--prune-data", help="safetensors (x_train, y_train) to search the masks on, e.g. distilled"
+    ),
+]
+
+
+def prune_data_file(path: Path | None) -> None:
+    """--prune-data checked before any training: the file must be there."""
+    if path is not None:
+        fix = "pass a safetensors file with x_train, y_train (`lmctrack distill` writes one)"
+        existing_file(path, f"--prune-data {path}", fix)
 
 
 def guarded(fn: Callable) -> Callable:
@@ -95,10 +108,7 @@ def run_id_of(value: str | None) -> str | None:
     if value is None or not value.endswith(".json"):
         return value
     path = Path(value)
-    if not path.is_file():
-        raise LmcError(
-            f"{path} not found; run the stage that writes it first (`lmctrack train --out`)"
-        )
+    existing_file(path, str(path), "run the stage that writes it first (`lmctrack train --out`)")
     try:
         data = json.loads(path.read_text())
         run_id = data["run_id"] if isinstance(data, dict) else None

@@ -30,7 +30,7 @@ from lmctrack.data.datasets import (
     StreamedImageDataset,
     TensorDataset,
 )
-from lmctrack.errors import LmcError
+from lmctrack.errors import LmcError, existing_file
 
 # The reference implementation normalises MNIST with these, and CIFAR and ImageNet with the
 # ImageNet statistics.
@@ -277,8 +277,7 @@ def _load_tensors(cfg: DataConfig, root: Path) -> Dataset:
     if cfg.path is None:
         raise LmcError(f"data.name is 'tensors' but data.path is not set; {fix}")
     path = Path(cfg.path).expanduser().resolve()
-    if not path.is_file():
-        raise LmcError(f"tensors file {path} not found; {fix}")
+    existing_file(path, f"tensors file {path}", fix)
     try:
         t = load_file(str(path))
     except (SafetensorError, OSError) as e:
