@@ -7,16 +7,19 @@
     net, info = lmc.load(fork.copies[0])                # an nn.Module (mask applied) + its tags
 
 Every function takes `params` (a params.yaml path, a Params object, or None for ./params.yaml)
-and `sets` overrides as keyword arguments, e.g. `lmc.train(sets={"train.lr": 0.05})`.
+and `sets` overrides as keyword arguments, e.g. `lmc.train(sets={"train.lr": 0.05})`; `fork` and
+`interpolate` also run in a context already open (`ctx`: the CLI's workspace) instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from lmctrack.config import Params
 from lmctrack.results import Fork, Imp, Pair, SparseSweep, Sweep
+from lmctrack.workflows.common import Context
 from lmctrack.workflows.session import session
 from lmctrack.workflows.train import TrainedRun
 
@@ -29,6 +32,14 @@ def _sets(sets: Mapping[str, object] | None) -> list[str]:
     return [
         f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (sets or {}).items()
     ]
+
+
+def _within(
+    ctx: Context | None, params: ParamsLike, sets: Mapping[str, object] | None, state: str
+) -> AbstractContextManager[Context]:
+    """`ctx` when the caller has one open (then `params` and `sets` are its own), else a session
+    of `params` for the run that produced `state`."""
+    return nullcontext(ctx) if ctx is not None else session(params, _sets(sets), state=state)
 
 
 def train(params: ParamsLike = None, *, sets: Mapping[str, object] | None = None) -> TrainedRun:
@@ -48,11 +59,13 @@ def fork(
     track_every: int | None = None,
     params: ParamsLike = None,
     sets: Mapping[str, object] | None = None,
+    ctx: Context | None = None,
 ) -> Fork:
-    """Algorithm 1 from a state URI: `seeds` copies, every pair interpolated."""
+    """Algorithm 1 from a state URI: `seeds` copies (noise seeds 1..seeds), every pair
+    interpolated."""
     from lmctrack.workflows.fork import fork as algorithm1
 
-    with session(params, _sets(sets), state=source) as ctx:
+    with _within(ctx, params, sets, source) as ctx:
         return algorithm1(
             ctx,
             source,
@@ -70,11 +83,13 @@ def interpolate(
     each_mask: bool = False,
     params: ParamsLike = None,
     sets: Mapping[str, object] | None = None,
+    ctx: Context | None = None,
 ) -> Pair:
-    """The linear path between two registered states, logged as a run."""
+    """The linear path between two registered states, logged as a run; with `each_mask` each
+    endpoint keeps its own mask."""
     from lmctrack.workflows.interpolate import interpolate as linear
 
-    with session(params, _sets(sets), state=a) as ctx:
+    with _within(ctx, params, sets, a) as ctx:
         return linear(ctx, a, b, mask_mode="each" if each_mask else "same")
 
 

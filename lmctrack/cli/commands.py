@@ -53,7 +53,7 @@ def fork(
     opts: Common,
 ) -> None:
     """Algorithm 1: train copies of Wk under different SGD noise and interpolate every pair."""
-    from lmctrack.workflows.fork import fork as algorithm1
+    from lmctrack import api
     from lmctrack.workflows.report import fork_table
     from lmctrack.workflows.train import registered_run
 
@@ -71,13 +71,8 @@ def fork(
             total = ctx.total_steps
             source = registered_run(ctx.store, run_id, total).at(ctx.steps(step_of(step)))
         track = _positive_steps(ctx, track_every, "--track-every")
-        result = algorithm1(
-            ctx,
-            source,
-            seeds=list(range(1, seeds + 1)),
-            mask=mask,
-            reset_schedule=reset_schedule,
-            track_every=track,
+        result = api.fork(
+            source, seeds, mask=mask, reset_schedule=reset_schedule, track_every=track, ctx=ctx
         )
         threshold = ctx.params.instability.stable_threshold
     table(f"fork of {source} (k={result.k}, bn={result.bn})", *fork_table(result, threshold))
@@ -114,7 +109,7 @@ def interpolate(
     opts: Common,
 ) -> None:
     """Evaluate the linear path between two states; report the error and loss barriers."""
-    from lmctrack.workflows.interpolate import interpolate as linear
+    from lmctrack import api
 
     sets = [f"instability.alphas={alphas}"] if alphas is not None else []
     sets += [f"instability.splits=[{','.join(split)}]"] if split else []
@@ -127,7 +122,7 @@ def interpolate(
 
             both = connect_two(ctx, uri_a, uri_b, kinds=(schema.NAIVE, schema.PERMUTED))
         else:
-            pair = linear(ctx, uri_a, uri_b, mask_mode="each" if each_mask else "same")
+            pair = api.interpolate(uri_a, uri_b, each_mask=each_mask, ctx=ctx)
     if align:
         from lmctrack.cli.align import connection_table
 
