@@ -83,44 +83,55 @@ def _axis(coords: list[float], unit: float, grid: int, margin: float) -> list[fl
     return [(first + i) * step for i in range(grid)]
 
 
-def _evaluate_grid(
-    model: nn.Module,
-    dataset,
-    point: Callable[[float, float], Weights],
-    xs: list[float],
-    ys: list[float],
-    *,
-    split: str,
-    bn: str,
-    device: str | torch.device,
-    limit: int | None,
-    bn_limit: int | None,
-) -> tuple[list[list[float]], list[list[float]]]:
-    """Loss and error at every node; the model's own state is restored afterwards."""
-    if bn not in BN_POLICIES:
-        raise LmcError(f"bn='{bn}' is not a BatchNorm policy; use one of {', '.join(BN_POLICIES)}")
-    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.to(device)
-    loss, error = [], []
-    try:
-        for y in ys:
-            loss.append([])
-            error.append([])
-            for x in xs:
-                model.load_state_dict(point(x, y), strict=True)
-                if bn == "reset":
-                    recompute_bn(model, dataset, device=device, limit=bn_limit)
-                result = evaluate(model, dataset, split, device=device, limit=limit)
-                loss[-1].append(result.loss)
-                error[-1].append(result.error)
-    finally:
-        model.load_state_dict(saved)
-    return loss, error
+@dataclass(frozen=True)
+class Evaluation:
+    """How every node of a plane is measured (BatchNorm policies: see the module)."""
 
+    split: str = "test"
+    bn: str = "reset"
+    device: str | torch.device = "cpu"
+    limit: int | None = None  # the split's first `limit` examples (None: all of it)
+    bn_limit: int | None = None  # training examples that re-estimate BatchNorm under "reset"
 
-def _clip_variances(weights: Weights) -> Weights:
-    """Running variances extrapolated below 0 by the margin would make BatchNorm return NaN."""
-    return {n: t.clamp(min=0) if n.endswith("running_var") else t for n, t in weights.items()}
+    def grid(
+        self,
+        model: nn.Module,
+        dataset,
+        point: Callable[[float, float], Weights],
+        xs: list[float],
+        ys: list[float],
+    ) -> tuple[list[list[float]], list[list[float]]]:
+        """Loss and error at every node (x, y); the model's own state is restored afterwards."""
+        if self.bn not in BN_POLICIES:
+            raise LmcError(
+                f"bn='{self.bn}' is not a BatchNorm policy; use one of {', '.join(BN_POLICIES)}"
+            )
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.to(self.device)
+        loss, error = [], []
+        try:
+            for y in ys:
+                loss.append([])
+                error.append([])
+                for x in xs:
+                    model.load_state_dict(self._loadable(point(x, y)), strict=True)
+                    if self.bn == "reset":
+                        recompute_bn(model, dataset, device=self.device, limit=self.bn_limit)
+                    result = evaluate(
+                        model, dataset, self.split, device=self.device, limit=self.limit
+                    )
+                    loss[-1].append(result.loss)
+                    error[-1].append(result.error)
+        finally:
+            model.load_state_dict(saved)
+        return loss, error
+
+    def _loadable(self, weights: Weights) -> Weights:
+        """Running variances extrapolated below 0 by a margin would make BatchNorm return NaN
+        (under "reset" they are recomputed anyway)."""
+        if self.bn != "interpolate":
+            return weights
+        return {n: t.clamp(min=0) if n.endswith("running_var") else t for n, t in weights.items()}
 
 
 def plane(
@@ -132,14 +143,11 @@ def plane(
     *,
     grid: int = 11,
     margin: float = 0.2,
-    split: str = "test",
-    bn: str = "reset",
-    device: str | torch.device = "cpu",
-    limit: int | None = None,
-    bn_limit: int | None = None,
     names: tuple[str, str, str] = ("origin", "a", "b"),
+    at: Evaluation = Evaluation(),
 ) -> Plane:
-    """Evaluate the plane through origin, a and b on a grid x grid lattice.
+    """Evaluate the plane through origin, a and b on a grid x grid lattice, each node `at` the
+    given split, BatchNorm policy and device.
 
     `model` is a template of the right architecture (its own state is restored afterwards);
     `names` label the three points (e.g. ("Wk", "W_T1", "W_T2")).
@@ -149,9 +157,9 @@ def plane(
     for state in (origin, a, b):
         check_fits(model, state)
     params = _parameter_names(model)
-    o = {k: v.to(device) for k, v in _masked(origin, origin.mask).items()}
-    du = _difference({k: v.to(device) for k, v in _masked(a, origin.mask).items()}, o)
-    dv = _difference({k: v.to(device) for k, v in _masked(b, origin.mask).items()}, o)
+    o = {k: v.to(at.device) for k, v in _masked(origin, origin.mask).items()}
+    du = _difference({k: v.to(at.device) for k, v in _masked(a, origin.mask).items()}, o)
+    dv = _difference({k: v.to(at.device) for k, v in _masked(b, origin.mask).items()}, o)
     u_norm = math.sqrt(_dot(du, du, params))
     if u_norm == 0:
         raise LmcError(f"{names[1]} equals {names[0]}: a plane needs three distinct states")
@@ -166,29 +174,17 @@ def plane(
     def point(x: float, y: float) -> Weights:
         beta = y / b_y
         alpha = (x - beta * b_x) / u_norm
-        weights = {k: o[k] + alpha * du[k] + beta * dv[k] if k in du else o[k] for k in o}
-        return _clip_variances(weights) if bn == "interpolate" else weights
+        return {k: o[k] + alpha * du[k] + beta * dv[k] if k in du else o[k] for k in o}
 
     xs = _axis([0.0, u_norm, b_x], u_norm, grid, margin)
     ys = _axis([0.0, b_y], b_y, grid, margin)
-    loss, error = _evaluate_grid(
-        model,
-        dataset,
-        point,
-        xs,
-        ys,
-        split=split,
-        bn=bn,
-        device=device,
-        limit=limit,
-        bn_limit=bn_limit,
-    )
+    loss, error = at.grid(model, dataset, point, xs, ys)
     points = {names[0]: (0.0, 0.0), names[1]: (u_norm, 0.0), names[2]: (b_x, b_y)}
     labels = (
         f"x: along {names[1]} - {names[0]} (L2 distance)",
         f"y: toward {names[2]}, orthogonal to x (L2 distance)",
     )
-    return Plane(xs, ys, loss, error, points, split, bn, labels)
+    return Plane(xs, ys, loss, error, points, at.split, at.bn, labels)
 
 
 def filter_normalized_direction(
@@ -221,12 +217,8 @@ def random_directions_plane(
     seed: int = 0,
     grid: int = 11,
     span: float = 1.0,
-    split: str = "test",
-    bn: str = "reset",
-    device: str | torch.device = "cpu",
-    limit: int | None = None,
-    bn_limit: int | None = None,
     name: str = "center",
+    at: Evaluation = Evaluation(),
 ) -> Plane:
     """Evaluate center + x d1 + y d2 for x, y in [-span, span], d1, d2 filter-normalised.
 
@@ -238,7 +230,7 @@ def random_directions_plane(
         raise LmcError(f"grid={grid}: a plane needs at least 2 nodes per axis")
     check_fits(model, center)
     params = _parameter_names(model)
-    c = {k: v.to(device) for k, v in center.masked_weights().items()}
+    c = {k: v.to(at.device) for k, v in center.masked_weights().items()}
     generator = torch.Generator().manual_seed(seed)
     d1 = filter_normalized_direction(c, params, generator, center.mask)
     d2 = filter_normalized_direction(c, params, generator, center.mask)
@@ -248,20 +240,9 @@ def random_directions_plane(
 
     step = 2 * span / (grid - 1)
     coords = [(i - (grid - 1) / 2) * step for i in range(grid)]
-    loss, error = _evaluate_grid(
-        model,
-        dataset,
-        point,
-        coords,
-        coords,
-        split=split,
-        bn=bn,
-        device=device,
-        limit=limit,
-        bn_limit=bn_limit,
-    )
+    loss, error = at.grid(model, dataset, point, coords, coords)
     labels = (
         "x: filter-normalised random direction 1",
         "y: filter-normalised random direction 2",
     )
-    return Plane(coords, list(coords), loss, error, {name: (0.0, 0.0)}, split, bn, labels)
+    return Plane(coords, list(coords), loss, error, {name: (0.0, 0.0)}, at.split, at.bn, labels)

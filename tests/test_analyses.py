@@ -21,7 +21,13 @@ from lmctrack.hessian import (
     trace,
 )
 from lmctrack.interpolate import PathResult, recompute_bn
-from lmctrack.landscape import Plane, filter_normalized_direction, plane, random_directions_plane
+from lmctrack.landscape import (
+    Evaluation,
+    Plane,
+    filter_normalized_direction,
+    plane,
+    random_directions_plane,
+)
 from lmctrack.models import build_model, prunable_names
 from lmctrack.plots import (
     plot_imp_density,
@@ -174,7 +180,8 @@ def test_plane_through_three_states(dataset):
     names = [n for n, _ in net.named_parameters()]
     origin, a, b = (state_of(model("mnist1d_cnn_bn", width=2, seed=s)) for s in (0, 1, 2))
     before = state_of(net).weights
-    result = plane(net, origin, a, b, dataset, grid=5, bn="interpolate", names=("Wk", "A", "B"))
+    at = Evaluation(bn="interpolate")
+    result = plane(net, origin, a, b, dataset, grid=5, names=("Wk", "A", "B"), at=at)
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
     ua = distance(a, origin, names)
@@ -203,7 +210,7 @@ def test_plane_through_three_states(dataset):
 def test_plane_with_bn_reset_recomputes_statistics(dataset):
     net = model("mnist1d_cnn_bn", width=2)
     origin, a, b = (state_of(model("mnist1d_cnn_bn", width=2, seed=s)) for s in (3, 4, 5))
-    result = plane(net, origin, a, b, dataset, grid=3, bn="reset")
+    result = plane(net, origin, a, b, dataset, grid=3, at=Evaluation(bn="reset"))
     reference = load_into(model("mnist1d_cnn_bn", width=2), origin)
     recompute_bn(reference, dataset)
     i0, j0 = result.ys.index(0.0), result.xs.index(0.0)
@@ -225,8 +232,9 @@ def test_plane_keeps_pruned_weights_at_zero(dataset):
         seen.append(all(bool((params[n][~m] == 0).all()) for n, m in mask.items()))
 
     net.register_forward_pre_hook(record)
-    plane(net, origin, a, b, dataset, grid=3, bn="interpolate")
-    random_directions_plane(net, origin, dataset, grid=3, span=0.5, bn="interpolate")
+    at = Evaluation(bn="interpolate")
+    plane(net, origin, a, b, dataset, grid=3, at=at)
+    random_directions_plane(net, origin, dataset, grid=3, span=0.5, at=at)
     assert len(seen) == 18 and all(seen)
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from lmctrack.errors import LmcError
 from lmctrack.evaluate import first_mismatch, load_into
 from lmctrack.hessian import hessian_diagonal, summary
-from lmctrack.landscape import Plane, random_directions_plane
+from lmctrack.landscape import Evaluation, Plane, random_directions_plane
 from lmctrack.landscape import plane as plane_through
 from lmctrack.plots import _figure, plot_plane, save
 from lmctrack.state import Mask, State
@@ -243,16 +243,9 @@ def plane(
     if len(set(names)) < len(names):
         names = uris
     bn = ctx.params.instability.bn
+    at = Evaluation(split, bn, ctx.device)
     values = plane_through(
-        ctx.template(),
-        *states,
-        ctx.dataset,
-        grid=grid,
-        margin=margin,
-        split=split,
-        bn=bn,
-        device=ctx.device,
-        names=tuple(names),
+        ctx.template(), *states, ctx.dataset, grid=grid, margin=margin, names=tuple(names), at=at
     )
     params = {
         "origin": origin_uri,
@@ -298,10 +291,8 @@ def random_plane(
         seed=seed,
         grid=grid,
         span=span,
-        split=split,
-        bn=bn,
-        device=ctx.device,
         name=name,
+        at=Evaluation(split, bn, ctx.device),
     )
     params = {"center": uri, "grid": grid, "span": span, "seed": seed, "split": split, "bn": bn}
     title = f"{ctx.model_name}: random directions around {name} (seed {seed})"
