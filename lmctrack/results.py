@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from lmctrack import schema
 from lmctrack.schema import Stats
+
+R = TypeVar("R", bound="Flat")
 
 
 def to_dict(result: Any) -> dict:
@@ -19,12 +21,20 @@ def to_dict(result: Any) -> dict:
     return dataclasses.asdict(result)
 
 
+class Flat:
+    """A result whose JSON holds plain values only: its fields are the constructor's arguments."""
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict) -> R:
+        return cls(**data)
+
+
 def _stats(data: dict | None) -> Stats | None:
     return None if data is None else Stats(**data)
 
 
 @dataclass
-class Pair:
+class Pair(Flat):
     """Two states, the linear path between them (per split) and their distances."""
 
     a: str
@@ -80,10 +90,6 @@ class Pair:
                 for i, a in enumerate(self.alphas)
             ]
         )
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Pair:
-        return cls(**data)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from lmctrack.distill import (
     write_distilled,
 )
 from lmctrack.distill.synthetic import class_indices, tensor_dataset
-from lmctrack.results import to_dict
+from lmctrack.results import Flat, to_dict
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.train import TrainedRun, train_runs
@@ -42,7 +42,7 @@ TENSORS = "tensors"  # data.name of a file of tensors: what `imp --prune-data FI
 
 
 @dataclass
-class Distillation:
+class Distillation(Flat):
     """A registered distilled set: where it was written, how it was made, how good it is."""
 
     run_id: str
@@ -69,10 +69,6 @@ class Distillation:
     def prune_data(self) -> DataConfig:
         """The `imp.prune_data` section that drives IMP's mask search with this set."""
         return DataConfig(name=TENSORS, path=self.path)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Distillation:
-        return cls(**data)
 
 
 def distill(ctx: Context, out: Path) -> Distillation:
