@@ -21,6 +21,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from lmctrack.errors import LmcError
+from lmctrack.schema import LAYER_MEAN
 from lmctrack.state import Mask
 
 Params = dict[str, torch.Tensor]
@@ -140,7 +141,7 @@ def trace(diag: Params) -> float:
 
 def summary(diag: Params, mask: Mask | None = None, top_k: int = 5) -> dict[str, float]:
     """Flat metrics for logging: mean / max / min / trace over unmasked entries, the `top_k`
-    largest entries, and each tensor's mean (`layer_mean/<name>`)."""
+    largest entries, and each tensor's mean (`layer_mean/<name>`, schema.LAYER_MEAN)."""
     kept = {
         name: t[mask[name].to(t.device)] if mask and name in mask else t.reshape(-1)
         for name, t in diag.items()
@@ -158,5 +159,5 @@ def summary(diag: Params, mask: Mask | None = None, top_k: int = 5) -> dict[str,
         out[f"top_{i + 1}"] = value
     for name, t in kept.items():
         if t.numel():
-            out[f"layer_mean/{name}"] = float(t.double().mean())
+            out[f"{LAYER_MEAN}{name}"] = float(t.double().mean())
     return out

@@ -185,3 +185,10 @@ DEFINITIONS.update(
         "the two (the same density, the same Wk)",
     }
 )
+
+
+# --- the follow-up analyses of registered states: Hessian diagonal, loss-landscape planes -------
+KIND_HESSIAN = "hessian"
+KIND_PLANE = "plane"  # through three states
+KIND_RANDOM_PLANE = "random_plane"  # two random directions around one state
+LAYER_MEAN = "layer_mean/"  # Hessian summary: prefix of each parameter tensor's mean entry

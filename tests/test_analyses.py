@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from lmctrack.analysis_results import Hessian, Landscape, PlanePoint
 from lmctrack.config import ModelConfig
 from lmctrack.data import Split, TensorDataset
 from lmctrack.errors import LmcError
@@ -38,7 +40,7 @@ from lmctrack.plots import (
     save,
 )
 from lmctrack.prune import full_mask, prune_to_density
-from lmctrack.results import SweepRow
+from lmctrack.results import SweepRow, to_dict
 from lmctrack.schema import Stats
 from lmctrack.state import State
 
@@ -274,6 +276,43 @@ def test_random_directions_plane_centre_is_the_state(dataset):
     again = random_directions_plane(net, center, dataset, seed=0, grid=5, span=1.0)
     other = random_directions_plane(net, center, dataset, seed=1, grid=5, span=1.0)
     assert again.loss == result.loss and other.loss != result.loss
+
+
+# --- typed results of the analyses -------------------------------------------------------------
+
+
+def test_analysis_results_round_trip_through_json_and_give_frames_and_figures():
+    grid = [[0.1, 0.2, 0.3], [0.2, 0.3, 0.4]]
+    result = Landscape(
+        kind="plane",
+        title="plane through W20 v2, W_T v3, W0 v1",
+        params={"origin": "models:/m/2", "grid": 3, "margin": 0.2, "split": "test", "bn": "reset"},
+        split="test",
+        bn="reset",
+        points={
+            "origin": PlanePoint("models:/m/2", "W20 v2", 0.0, 0.0, error=0.1, loss=0.1),
+            "b": PlanePoint("models:/m/1", "W0 v1", 0.5, 0.7),  # off the grid's nodes
+        },
+        xs=[0.0, 1.0, 2.0],
+        ys=[0.0, 1.0],
+        error=grid,
+        loss=grid,
+        labels=["x: along a", "y: toward b"],
+        summary={"error_min": 0.1, "error_max": 0.4},
+        run_id="r1",
+    )
+    data = json.loads(json.dumps(to_dict(result)))
+    assert Landscape.from_dict(data) == result and data["points"]["b"]["error"] is None
+    frame = result.to_frame()
+    assert len(frame) == 6
+    assert frame.iloc[5].to_dict() == {"x": 2.0, "y": 1.0, "error": 0.4, "loss": 0.4}
+    assert result.plane().points == {"W20 v2": (0.0, 0.0), "W0 v1": (0.5, 0.7)}
+    assert "test loss; BatchNorm: reset" in result.plot("loss").axes[0].get_title()
+
+    summary = {"mean": 1.0, "trace": 5.0, "layer_mean/fc.weight": 0.5}
+    hessian = Hessian("models:/m/3", 8, 200, 200, 0, None, summary, "d.safetensors", "def", "r2")
+    assert Hessian.from_dict(json.loads(json.dumps(to_dict(hessian)))) == hessian
+    assert dict(hessian.to_frame().itertuples(index=False)) == summary
 
 
 # --- plots -------------------------------------------------------------------------------------

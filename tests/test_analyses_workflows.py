@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmctrack.analysis_results import Hessian, Landscape
 from lmctrack.config import ModelConfig, Params
 from lmctrack.errors import LmcError
 from lmctrack.evaluate import evaluate, load_into
@@ -76,24 +77,25 @@ def is_png(path) -> bool:
 def test_hessian_of_a_dense_state_is_logged_with_its_diagonal(setup):
     ctx, run, *_ = setup
     result = hessian(ctx, run.final, samples=8, limit=200, seed=0)
-    store, s = ctx.store, result["summary"]
+    store, s = ctx.store, result.summary
     names = [n for n, _ in ctx.template().named_parameters()]
     assert {"mean", "max", "min", "trace"} <= set(s)
     assert {f"layer_mean/{n}" for n in names} <= set(s)
     assert all(math.isfinite(v) for v in s.values())
     assert s["max"] > 0 and s["min"] <= s["mean"] <= s["max"]
-    assert result["examples"] == 200 and result["density"] is None
+    assert result.examples == 200 and result.density is None
 
-    diag = load_file(str(store.run_artifact(result["run_id"], DIAGONAL_FILE)))
+    diag = load_file(str(store.run_artifact(result.run_id, DIAGONAL_FILE)))
     assert sorted(diag) == sorted(names)
     assert s["trace"] == pytest.approx(sum(float(t.double().sum()) for t in diag.values()))
-    assert store.run_metrics(result["run_id"])["trace"] == pytest.approx(s["trace"])
-    assert artifacts(store, result["run_id"]) == {"hessian.json", DIAGONAL_FILE, "plots"}
-    assert artifacts(store, result["run_id"], "plots") == {"plots/hessian.png"}
-    logged = json.loads(store.run_artifact(result["run_id"], "hessian.json").read_text())
+    assert store.run_metrics(result.run_id)["trace"] == pytest.approx(s["trace"])
+    assert artifacts(store, result.run_id) == {"hessian.json", DIAGONAL_FILE, "plots"}
+    assert artifacts(store, result.run_id, "plots") == {"plots/hessian.png"}
+    logged = json.loads(store.run_artifact(result.run_id, "hessian.json").read_text())
     assert logged["summary"] == s and logged["uri"] == run.final
-    assert store.run_tags(result["run_id"])["kind"] == "hessian"
-    assert store.client.get_run(result["run_id"]).data.params == {
+    assert Hessian.from_dict(logged) == result
+    assert store.run_tags(result.run_id)["kind"] == "hessian"
+    assert store.client.get_run(result.run_id).data.params == {
         "uri": run.final,
         "samples": "8",
         "limit": "200",
@@ -104,13 +106,13 @@ def test_hessian_of_a_dense_state_is_logged_with_its_diagonal(setup):
 def test_hessian_of_a_sparse_state_is_zero_on_pruned_weights(setup):
     ctx, _, sparse, mask, _ = setup
     result = hessian(ctx, sparse, samples=4, limit=100, seed=1)
-    diag = load_file(str(ctx.store.run_artifact(result["run_id"], DIAGONAL_FILE)))
+    diag = load_file(str(ctx.store.run_artifact(result.run_id, DIAGONAL_FILE)))
     for name, keep in mask.items():
         assert bool((diag[name][~keep] == 0).all())
         assert bool((diag[name][keep] != 0).any())
     kept = torch.cat([diag[n][mask[n]] if n in mask else diag[n].reshape(-1) for n in diag])
-    assert result["summary"]["mean"] == pytest.approx(float(kept.double().mean()))
-    assert result["density"] == pytest.approx(0.3, abs=1e-3)
+    assert result.summary["mean"] == pytest.approx(float(kept.double().mean()))
+    assert result.density == pytest.approx(0.3, abs=1e-3)
 
 
 def test_plane_through_three_states(setup, tmp_path):
@@ -118,8 +120,8 @@ def test_plane_through_three_states(setup, tmp_path):
     ctx = dataclasses.replace(ctx, out=tmp_path)
     origin, a, b = run.at(20), run.final, run.w0
     result = plane(ctx, origin, a, b, grid=5, margin=0.2, split="test")
-    assert result["bn"] == "interpolate" and result["split"] == "test"
-    assert len(result["xs"]) == len(result["ys"]) == 5 and len(result["error"]) == 5
+    assert result.bn == "interpolate" and result.split == "test" and result.kind == "plane"
+    assert len(result.xs) == len(result.ys) == 5 and len(result.error) == 5
 
     states = {uri: ctx.store.load_state(uri) for uri in (origin, a, b)}
     names = [n for n, _ in ctx.template().named_parameters()]
@@ -128,23 +130,23 @@ def test_plane_through_three_states(setup, tmp_path):
         wx, wy = states[x].weights, states[y].weights
         return math.sqrt(sum(float((wx[n] - wy[n]).double().pow(2).sum()) for n in names))
 
-    points = result["points"]
-    assert (points["origin"]["x"], points["origin"]["y"]) == (0.0, 0.0)
-    assert points["a"]["x"] == pytest.approx(distance(a, origin)) and points["a"]["y"] == 0.0
-    assert points["b"]["y"] > 0
-    assert math.hypot(points["b"]["x"], points["b"]["y"]) == pytest.approx(distance(b, origin))
-    assert points["origin"]["name"] == "W20 v2" and points["a"]["uri"] == a
+    points = result.points
+    assert (points["origin"].x, points["origin"].y) == (0.0, 0.0)
+    assert points["a"].x == pytest.approx(distance(a, origin)) and points["a"].y == 0.0
+    assert points["b"].y > 0
+    assert math.hypot(points["b"].x, points["b"].y) == pytest.approx(distance(b, origin))
+    assert points["origin"].name == "W20 v2" and points["a"].uri == a
 
     own = evaluate(load_into(ctx.template(), states[origin]), ctx.dataset, "test")
-    assert (points["origin"]["error"], points["origin"]["loss"]) == (own.error, own.loss)
+    assert (points["origin"].error, points["origin"].loss) == (own.error, own.loss)
     at_a = evaluate(load_into(ctx.template(), states[a]), ctx.dataset, "test")
-    assert points["a"]["loss"] == pytest.approx(at_a.loss, rel=1e-4)
-    s = result["summary"]
+    assert points["a"].loss == pytest.approx(at_a.loss, rel=1e-4)
+    s = result.summary
     assert s["error_min"] <= own.error <= s["error_max"]
-    assert s["distance_a"] == pytest.approx(points["a"]["x"])
+    assert s["distance_a"] == pytest.approx(points["a"].x)
     assert 0 < s["angle_ab_degrees"] < 180
 
-    store, run_id = ctx.store, result["run_id"]
+    store, run_id = ctx.store, result.run_id
     assert artifacts(store, run_id) == {"plane.json", "plane_grid.json", "plots"}
     assert artifacts(store, run_id, "plots") == {"plots/plane.png", "plots/plane_loss.png"}
     grid = json.loads(store.run_artifact(run_id, "plane_grid.json").read_text())
@@ -152,22 +154,26 @@ def test_plane_through_three_states(setup, tmp_path):
     assert store.run_metrics(run_id)["origin_error"] == own.error
     assert store.client.get_run(run_id).data.params["bn"] == "interpolate"
     assert is_png(tmp_path / "plane.png")
-    assert json.loads((tmp_path / "plane.json").read_text())["run_id"] == run_id
+    assert Landscape.from_dict(json.loads((tmp_path / "plane.json").read_text())) == result
+    assert (
+        Landscape.from_dict(json.loads(store.run_artifact(run_id, "plane.json").read_text()))
+        == result
+    )
 
 
 def test_random_plane_around_one_state(setup):
     ctx, run, *_ = setup
     result = random_plane(ctx, run.final, grid=3, span=0.5, seed=0, split="train")
-    assert result["xs"] == result["ys"] == [-0.5, 0.0, 0.5]
-    center = result["points"]["center"]
+    assert result.xs == result.ys == [-0.5, 0.0, 0.5]
+    center = result.points["center"]
     own = evaluate(load_into(ctx.template(), ctx.store.load_state(run.final)), ctx.dataset, "train")
-    assert (center["x"], center["y"], center["loss"]) == (0.0, 0.0, own.loss)
-    assert result["loss"][0][0] != own.loss
-    assert artifacts(ctx.store, result["run_id"], "plots") == {
+    assert (center.x, center.y, center.loss) == (0.0, 0.0, own.loss)
+    assert result.loss[0][0] != own.loss
+    assert artifacts(ctx.store, result.run_id, "plots") == {
         "plots/random_plane.png",
         "plots/random_plane_loss.png",
     }
-    assert ctx.store.run_tags(result["run_id"])["kind"] == "random_plane"
+    assert ctx.store.run_tags(result.run_id)["kind"] == "random_plane"
 
 
 def test_bad_inputs_are_clear_errors(setup):

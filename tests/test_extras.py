@@ -289,7 +289,7 @@ def test_hessian_plane_and_plane_random_commands(project, trained):
     assert {"distance_a", "distance_b", "angle_ab_degrees"} <= set(plane["summary"])
 
     around = ok("plane-random", states["W_T"], "--grid", 3, "--span", 0.5)
-    assert sorted(around["points"]) == ["center"] and around["span"] == 0.5
+    assert sorted(around["points"]) == ["center"] and around["params"]["span"] == 0.5
     assert len(around["xs"]) == len(around["ys"]) == 3
     # the centre of the grid is W_T itself: its error is W_T's test error, as on the plane above
     assert around["points"]["center"]["error"] == plane["points"]["a"]["error"]

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from lmctrack.cli.options import BnOpt, Common, SplitOpt, command, table
+from lmctrack.schema import LAYER_MEAN
 
 OPTIONS = ("params", "set_", "device", "out", "as_json")
 
@@ -27,31 +28,29 @@ def hessian(
 
     with opts.workspace(state=uri) as ctx:
         result = estimate(ctx, uri, samples=samples, limit=limit, seed=seed)
-    s = result["summary"]
-    layers = sorted(k for k in s if k.startswith("layer_mean/"))
+    s = result.summary
+    layers = sorted(k for k in s if k.startswith(LAYER_MEAN))
     table(
-        f"Hessian diagonal of {uri} ({samples} samples, {result['examples']} train examples)",
+        f"Hessian diagonal of {uri} ({samples} samples, {result.examples} train examples)",
         ["statistic", "value"],
         [[k, f"{s[k]:.4g}"] for k in ("mean", "max", "min", "trace", *layers)],
     )
-    opts.finish(ctx, "", result, [("run_id", result["run_id"])])
+    opts.finish(ctx, "", result, [("run_id", result.run_id)])
 
 
 def _plane(opts: Common, bn: str | None, state: str, title: str, evaluate) -> None:
     """Evaluate a plane in the workspace of `state` and print its points."""
     with opts.workspace(more=[f"instability.bn={bn}"] if bn else [], state=state) as ctx:
         result = evaluate(ctx)
-    s = result["summary"]
+    s = result.summary
+    rows = [[role, p.uri, p.x, p.y, p.error, p.loss] for role, p in result.points.items()]
     table(
-        f"{title} ({result['split']} split, bn={result['bn']}; "
+        f"{title} ({result.split} split, bn={result.bn}; "
         f"grid error {s['error_min']:.4f} .. {s['error_max']:.4f})",
         ["point", "state", "x", "y", "error", "loss"],
-        [
-            [role, p["uri"], p["x"], p["y"], p.get("error", "off grid"), p.get("loss", "off grid")]
-            for role, p in result["points"].items()
-        ],
+        [["off grid" if v is None else v for v in row] for row in rows],  # None: off the nodes
     )
-    opts.finish(ctx, "", result, [("run_id", result["run_id"])])
+    opts.finish(ctx, "", result, [("run_id", result.run_id)])
 
 
 @command(options=OPTIONS)

@@ -1,4 +1,5 @@
-"""Follow-up analyses of registered states, each one logged run.
+"""Follow-up analyses of registered states, each one logged run returning a typed result
+(lmctrack.analysis_results: Hessian, Landscape).
 
 - `hessian`: Hutchinson's estimate of the Hessian diagonal of the train loss at a state (the 2023
   follow-up compares IMP subnetworks, e.g. found with real vs distilled data, by it). The diagonal
@@ -16,12 +17,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from lmctrack import schema
+from lmctrack.analysis_results import Hessian, Landscape, PlanePoint
 from lmctrack.errors import LmcError
 from lmctrack.evaluate import first_mismatch, load_into
 from lmctrack.hessian import hessian_diagonal, summary
 from lmctrack.landscape import Evaluation, Plane, random_directions_plane
 from lmctrack.landscape import plane as plane_through
-from lmctrack.plots import _figure, plot_plane, save
+from lmctrack.plots import _figure, save
+from lmctrack.results import to_dict
 from lmctrack.state import Mask, State
 from lmctrack.workflows.common import Context
 
@@ -73,9 +77,11 @@ def plot_hessian(diag: dict[str, torch.Tensor], mask: Mask | None, title: str):
     return fig
 
 
-def _write_outputs(ctx: Context, stem: str, result: dict, figures: list[Path]) -> None:
+def _write_outputs(
+    ctx: Context, stem: str, result: Hessian | Landscape, figures: list[Path]
+) -> None:
     """The JSON result and the figures for DVC, when an output folder was given."""
-    if ctx.write_output(f"{stem}.json", result) is None:
+    if ctx.write_output(f"{stem}.json", to_dict(result)) is None:
         return
     for figure in figures:
         shutil.copyfile(figure, ctx.out / figure.name)
@@ -83,7 +89,7 @@ def _write_outputs(ctx: Context, stem: str, result: dict, figures: list[Path]) -
 
 def hessian(
     ctx: Context, uri: str, *, samples: int = 100, limit: int = 1000, seed: int = 0
-) -> dict:
+) -> Hessian:
     """`lmctrack hessian URI`: the Hessian diagonal of the train loss at a state, as a run.
 
     Logs the summary metrics (mean, max, min, trace, top entries, per-layer means), the diagonal
@@ -101,35 +107,35 @@ def hessian(
         device=ctx.device,
     )
     diag = {name: t.detach().cpu().contiguous() for name, t in diag.items()}
-    stats = summary(diag, state.mask)
-    result = {
-        "uri": uri,
-        "samples": samples,
-        "limit": limit,
-        "examples": min(limit, ctx.dataset.num_examples("train")),
-        "seed": seed,
-        "density": state.density(),
-        "summary": stats,
-        "diagonal": DIAGONAL_FILE,
-        "definition": HESSIAN_DEFINITION,
-    }
+    result = Hessian(
+        uri=uri,
+        samples=samples,
+        limit=limit,
+        examples=min(limit, ctx.dataset.num_examples("train")),
+        seed=seed,
+        density=state.density(),
+        summary=summary(diag, state.mask),
+        diagonal=DIAGONAL_FILE,
+        definition=HESSIAN_DEFINITION,
+    )
+    stem = schema.KIND_HESSIAN
     with ctx.run(
-        "hessian",
+        stem,
         params={"uri": uri, "samples": samples, "limit": limit, "seed": seed},
-        tags={"kind": "hessian"},
+        tags={schema.KIND: stem},
     ) as run:
         run.log_input_states([uri])
-        run.log_metrics(stats)
+        run.log_metrics(result.summary)
         folder = ctx.scratch() / run.id
         folder.mkdir(parents=True, exist_ok=True)
         save_file(diag, str(folder / DIAGONAL_FILE))
         run.log_file(folder / DIAGONAL_FILE)
-        title = f"Hessian diagonal of {_label(ctx, uri)} ({samples} samples, {result['examples']} train examples)"
-        figure = save(plot_hessian(diag, state.mask, title), folder / "hessian.png")
+        title = f"Hessian diagonal of {_label(ctx, uri)} ({samples} samples, {result.examples} train examples)"
+        figure = save(plot_hessian(diag, state.mask, title), folder / f"{stem}.png")
         run.log_file(figure, "plots")
-        result["run_id"] = run.id
-        run.log_json(result, "hessian.json")
-    _write_outputs(ctx, "hessian", result, [figure])
+        result.run_id = run.id
+        run.log_json(to_dict(result), f"{stem}.json")
+    _write_outputs(ctx, stem, result, [figure])
     return result
 
 
@@ -163,16 +169,16 @@ def _log_plane(
     params: dict,
     title: str,
     metrics: dict[str, float] | None = None,
-) -> dict:
+) -> Landscape:
     """Log a plane as a run: grid table, JSON, error and loss figures, metrics; `roles` maps
     origin / a / b (or center) to (URI, point name on the plane)."""
     points = {}
     for role, (uri, name) in roles.items():
         x, y = p.points[name]
-        points[role] = {"uri": uri, "name": name, "x": x, "y": y}
+        points[role] = PlanePoint(uri, name, x, y)
         i, j = _node(p.ys, y), _node(p.xs, x)
         if i is not None and j is not None:
-            points[role].update(error=p.error[i][j], loss=p.loss[i][j])
+            points[role].error, points[role].loss = p.error[i][j], p.loss[i][j]
     numbers = {
         f"{metric}_{end}": float(fn(v for row in getattr(p, metric) for v in row))
         for metric in ("error", "loss")
@@ -180,39 +186,25 @@ def _log_plane(
     }
     numbers.update(metrics or {})
     for role, point in points.items():
-        numbers.update({f"{role}_{m}": point[m] for m in ("error", "loss") if m in point})
-    result = {
-        **params,
-        "split": p.split,
-        "bn": p.bn,
-        "points": points,
-        "xs": p.xs,
-        "ys": p.ys,
-        "error": p.error,
-        "loss": p.loss,
-        "labels": list(p.labels),
-        "summary": numbers,
-    }
-    with ctx.run(stem, params=params, tags={"kind": stem}) as run:
-        run.log_input_states([point["uri"] for point in points.values()])
+        if point.error is not None:
+            numbers.update({f"{role}_error": point.error, f"{role}_loss": point.loss})
+    grid = {field: getattr(p, field) for field in ("split", "bn", "xs", "ys", "error", "loss")}
+    result = Landscape(
+        stem, title, params, points=points, labels=list(p.labels), summary=numbers, **grid
+    )
+    with ctx.run(stem, params=params, tags={schema.KIND: stem}) as run:
+        run.log_input_states([point.uri for point in points.values()])
         run.log_metrics(numbers)
-        run.log_table(
-            [
-                {"x": x, "y": y, "error": p.error[i][j], "loss": p.loss[i][j]}
-                for i, y in enumerate(p.ys)
-                for j, x in enumerate(p.xs)
-            ],
-            f"{stem}_grid.json",
-        )
+        run.log_table(result.nodes(), f"{stem}_grid.json")
         folder = ctx.scratch() / run.id
         figures = [
-            save(plot_plane(p, title, metric=metric), folder / f"{stem}{suffix}.png")
+            save(result.plot(metric), folder / f"{stem}{suffix}.png")
             for metric, suffix in (("error", ""), ("loss", "_loss"))
         ]
         for figure in figures:
             run.log_file(figure, "plots")
-        result["run_id"] = run.id
-        run.log_json(result, f"{stem}.json")
+        result.run_id = run.id
+        run.log_json(to_dict(result), f"{stem}.json")
     _write_outputs(ctx, stem, result, figures)
     return result
 
@@ -226,7 +218,7 @@ def plane(
     grid: int = 11,
     margin: float = 0.2,
     split: str = "test",
-) -> dict:
+) -> Landscape:
     """`lmctrack plane ORIGIN A B`: error and loss on the plane through three states (e.g. Wk and
     two copies W_T), BatchNorm statistics by the instability.bn policy.
 
@@ -265,7 +257,7 @@ def plane(
         "distance_b": math.hypot(b_x, b_y),
         "angle_ab_degrees": math.degrees(math.atan2(b_y, b_x)),
     }
-    return _log_plane(ctx, "plane", values, roles, params, title, geometry)
+    return _log_plane(ctx, schema.KIND_PLANE, values, roles, params, title, geometry)
 
 
 def random_plane(
@@ -276,7 +268,7 @@ def random_plane(
     span: float = 1.0,
     seed: int = 0,
     split: str = "test",
-) -> dict:
+) -> Landscape:
     """`lmctrack plane-random URI`: error and loss at state + x d1 + y d2, x, y in [-span, span],
     d1, d2 filter-normalised random directions drawn from `seed` (Li et al. 2018)."""
     _check_split(split)
@@ -296,4 +288,5 @@ def random_plane(
     )
     params = {"center": uri, "grid": grid, "span": span, "seed": seed, "split": split, "bn": bn}
     title = f"{ctx.model_name}: random directions around {name} (seed {seed})"
-    return _log_plane(ctx, "random_plane", values, {"center": (uri, name)}, params, title)
+    roles = {"center": (uri, name)}
+    return _log_plane(ctx, schema.KIND_RANDOM_PLANE, values, roles, params, title)

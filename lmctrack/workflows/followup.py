@@ -268,9 +268,9 @@ def _side(ctx: Context, data: str, result: Imp, level: int, seeds: list[int]) ->
         copies=copies.copies,
         barrier=copies.barrier(SPLIT),
         paths=[p.curves[SPLIT]["error"] for p in copies.pairs],
-        hessian=curvature["summary"],
-        hessian_run=curvature["run_id"],
-        plane_run=landscape["run_id"],
+        hessian=curvature.summary,
+        hessian_run=curvature.run_id,
+        plane_run=landscape.run_id,
     )
 
 
