@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lmctrack.cli.options import BnOpt, Common, command, table
+from lmctrack.cli.options import WORKSPACE, Common, command, table
 from lmctrack.errors import LmcError
 
 MethodOpt = Annotated[
@@ -58,7 +58,7 @@ def align(
     opts.finish(ctx, "align.json", result, [("run_id", result.run_id), ("aligned", result.uri)])
 
 
-@command()
+@command(options=(*WORKSPACE, "bn"))
 def connect(
     uri_a: Annotated[str | None, typer.Argument(help="a state (omit both for the sweep)")] = None,
     uri_b: Annotated[str | None, typer.Argument(help="a state from another init")] = None,
@@ -68,7 +68,6 @@ def connect(
     widths: Annotated[
         str | None, typer.Option("--widths", help="width sweep: model.width values, e.g. 16,64")
     ] = None,
-    bn: BnOpt = None,
     *,
     opts: Common,
 ) -> None:
@@ -81,7 +80,7 @@ def connect(
 
     if (uri_a is None) != (uri_b is None):
         raise LmcError("give two states A B, or none for the sweep over inits")
-    sets = _align_sets(method, seed) + ([f"instability.bn={bn}"] if bn else [])
+    sets = _align_sets(method, seed)
     sets += [f"align.inits={inits}"] if inits is not None else []
     sets += [f"align.widths=[{widths}]"] if widths is not None else []
     if uri_a is not None and (inits is not None or widths is not None):

@@ -6,10 +6,14 @@ from typing import Annotated
 
 import typer
 
-from lmctrack.cli.options import BnOpt, Common, SplitOpt, command, table
+from lmctrack.cli.options import Common, SplitOpt, command, table
 from lmctrack.schema import LAYER_MEAN
 
 OPTIONS = ("params", "set_", "device", "out", "as_json")
+PLANE_OPTIONS = (*OPTIONS, "bn")
+GridOpt = Annotated[
+    int, typer.Option("--grid", help="grid nodes per axis (odd: one at the centre)")
+]
 
 
 @command(options=OPTIONS)
@@ -38,9 +42,9 @@ def hessian(
     opts.finish(ctx, "", result, [("run_id", result.run_id)])
 
 
-def _plane(opts: Common, bn: str | None, state: str, title: str, evaluate) -> None:
+def _plane(opts: Common, state: str, title: str, evaluate) -> None:
     """Evaluate a plane in the workspace of `state` and print its points."""
-    with opts.workspace(more=[f"instability.bn={bn}"] if bn else [], state=state) as ctx:
+    with opts.workspace(state=state) as ctx:
         result = evaluate(ctx)
     s = result.summary
     rows = [[role, p.uri, p.x, p.y, p.error, p.loss] for role, p in result.points.items()]
@@ -53,15 +57,14 @@ def _plane(opts: Common, bn: str | None, state: str, title: str, evaluate) -> No
     opts.finish(ctx, "", result, [("run_id", result.run_id)])
 
 
-@command(options=OPTIONS)
+@command(options=PLANE_OPTIONS)
 def plane(
     origin: Annotated[str, typer.Argument(help="the plane's origin, e.g. Wk")],
     uri_a: Annotated[str, typer.Argument(help="a state on the x axis, e.g. W_T of copy 1")],
     uri_b: Annotated[str, typer.Argument(help="a third state, e.g. W_T of copy 2")],
-    grid: Annotated[int, typer.Option("--grid", help="grid nodes per axis")] = 11,
+    grid: GridOpt = 11,
     margin: Annotated[float, typer.Option("--margin", help="extent beyond the states")] = 0.2,
     split: SplitOpt = "test",
-    bn: BnOpt = None,
     *,
     opts: Common,
 ) -> None:
@@ -71,17 +74,16 @@ def plane(
     def evaluate(ctx):
         return through(ctx, origin, uri_a, uri_b, grid=grid, margin=margin, split=split)
 
-    _plane(opts, bn, origin, f"plane through {origin}, {uri_a}, {uri_b}", evaluate)
+    _plane(opts, origin, f"plane through {origin}, {uri_a}, {uri_b}", evaluate)
 
 
-@command("plane-random", options=OPTIONS)
+@command("plane-random", options=PLANE_OPTIONS)
 def plane_random(
     uri: Annotated[str, typer.Argument(help="the state at the centre")],
-    grid: Annotated[int, typer.Option("--grid", help="grid nodes per axis (odd: centred)")] = 11,
+    grid: GridOpt = 11,
     span: Annotated[float, typer.Option("--span", help="half-width, in filter norms")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="seed of the two directions")] = 0,
     split: SplitOpt = "test",
-    bn: BnOpt = None,
     *,
     opts: Common,
 ) -> None:
@@ -91,4 +93,4 @@ def plane_random(
     def evaluate(ctx):
         return random_plane(ctx, uri, grid=grid, span=span, seed=seed, split=split)
 
-    _plane(opts, bn, uri, f"random directions around {uri} (seed {seed}, span {span})", evaluate)
+    _plane(opts, uri, f"random directions around {uri} (seed {seed}, span {span})", evaluate)

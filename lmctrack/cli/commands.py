@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from lmctrack.cli.options import (
-    BnOpt,
+    WORKSPACE,
     Common,
     PruneDataOpt,
     RunIdOpt,
@@ -90,7 +90,7 @@ def _positive_steps(ctx, text: str | None, option: str) -> int | None:
     return steps
 
 
-@command(as_json=True)
+@command(options=(*WORKSPACE, "bn"), as_json=True)
 def interpolate(
     uri_a: Annotated[str, typer.Argument(help="first state (alpha = 0)")],
     uri_b: Annotated[str, typer.Argument(help="second state (alpha = 1)")],
@@ -98,7 +98,6 @@ def interpolate(
         int | None, typer.Option("--alphas", help="points, both ends included")
     ] = None,
     split: Annotated[list[str] | None, typer.Option("--split", help="test and/or train")] = None,
-    bn: BnOpt = None,
     each_mask: Annotated[
         bool, typer.Option("--each-mask", help="endpoints keep their own (different) masks")
     ] = False,
@@ -113,7 +112,6 @@ def interpolate(
 
     sets = [f"instability.alphas={alphas}"] if alphas is not None else []
     sets += [f"instability.splits=[{','.join(split)}]"] if split else []
-    sets += [f"instability.bn={bn}"] if bn is not None else []
     sets += [f"align.method={align}"] if align else []
     with opts.workspace(more=sets, state=uri_a) as ctx:
         if align:  # naive and aligned paths side by side (Git Re-Basin)

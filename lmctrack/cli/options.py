@@ -192,7 +192,8 @@ def write(ctx: Context, name: str, result: Any) -> None:
     ctx.write_output(name, asdict(result) if is_dataclass(result) else result)
 
 
-# The options of every command that works in a workspace, declared once (see `command`).
+# The options commands share, declared once (see `command`): WORKSPACE by default, and --bn for
+# the commands that evaluate paths or planes.
 COMMON_OPTIONS = {
     "params": (ParamsOpt, None),
     "set_": (SetOpt, None),
@@ -201,7 +202,9 @@ COMMON_OPTIONS = {
     "out": (OutOpt, None),
     "as_json": (JsonOpt, False),
     "quiet": (QuietOpt, False),
+    "bn": (BnOpt, None),
 }
+WORKSPACE = ("params", "set_", "device", "backend", "out", "as_json", "quiet")
 
 
 @dataclass
@@ -215,11 +218,13 @@ class Common:
     out: Path | None = None
     as_json: bool = False
     quiet: bool = True
+    bn: str | None = None  # instability.bn: BatchNorm statistics along paths and on planes
 
     def workspace(self, *, more: list[str] = (), state: str | None = None, run_id=None):
+        chosen = {"runner.backend": self.backend, "instability.bn": self.bn}
         return workspace(
             self.params,
-            [*self.sets, *more, *([f"runner.backend={self.backend}"] if self.backend else [])],
+            [*self.sets, *more, *[f"{key}={value}" for key, value in chosen.items() if value]],
             device=self.device,
             out=self.out,
             quiet=self.quiet,
@@ -238,7 +243,7 @@ class Common:
 def command(
     name: str | None = None,
     *,
-    options: tuple[str, ...] = tuple(COMMON_OPTIONS),
+    options: tuple[str, ...] = WORKSPACE,
     as_json: bool = False,
     on: typer.Typer = app,
 ) -> Callable:
@@ -269,6 +274,7 @@ def command(
                 out=given.get("out"),
                 as_json=given.get("as_json", as_json),
                 quiet=given.get("quiet", True),
+                bn=given.get("bn"),
             )
             return fn(**kwargs, opts=opts)
 
