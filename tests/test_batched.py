@@ -112,20 +112,21 @@ def test_stacked_copies_match_their_training_alone(data, name, masked, optimizer
     assert errors_s[0] < 0.8  # they learned something
 
 
+@pytest.mark.slow  # the runner end to end: trainings scheduled, measured, displayed
 def test_stacked_copies_report_progress_and_snapshots_under_a_live_board(data):
     screen = Console(file=io.StringIO(), force_terminal=True, width=100)
     with board(enabled=True, output=screen) as live:
-        results = run_jobs(_jobs(data, stop=50), data, CPU, live, batch_copies="on")
-        assert [live.completed(k) for k in ("copy1", "copy2")] == [50, 50]
-    assert all(sorted(r.snapshots) == [30] and r.steps == 50 for r in results)
+        results = run_jobs(_jobs(data, stop=35), data, CPU, live, batch_copies="on")
+        assert [live.completed(k) for k in ("copy1", "copy2")] == [35, 35]
+    assert all(sorted(r.snapshots) == [30] and r.steps == 35 for r in results)
     with board(enabled=False) as quiet:
-        again = run_jobs(_jobs(data, stop=50), data, CPU, quiet, batch_copies="on")
+        again = run_jobs(_jobs(data, stop=35), data, CPU, quiet, batch_copies="on")
     for a, b in zip(results, again, strict=True):  # stacked training repeats bit for bit
         assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
 
 
 def test_interrupted_stacked_group_resumes_bit_identically(data, tmp_path):
-    cfg = _cfg(steps="60it")
+    cfg = _cfg(steps="30it")
     template = build_model(ModelConfig(name="mnist1d_cnn_bn"), 10, data.input_shape, 0)
     w0 = template.state_dict()
 
@@ -144,27 +145,28 @@ def test_interrupted_stacked_group_resumes_bit_identically(data, tmp_path):
             for s in (1, 2)
         ]
 
-    expected, _ = train_copies(template, data, cfg, copies(None), start=0, stop=60)
+    expected, _ = train_copies(template, data, cfg, copies(None), start=0, stop=30)
     with pytest.raises(KeyboardInterrupt):
         train_copies(
-            template, data, cfg, copies(tmp_path, 50), start=0, stop=60, checkpoint_every=20
+            template, data, cfg, copies(tmp_path, 25), start=0, stop=30, checkpoint_every=10
         )
-    assert read_checkpoint(tmp_path / "1.safetensors")[0] == 40
+    assert read_checkpoint(tmp_path / "1.safetensors")[0] == 20
     alone = tmp_path / "alone.safetensors"
     alone.write_bytes((tmp_path / "2.safetensors").read_bytes())
     resumed, logs = train_copies(
-        template, data, cfg, copies(tmp_path), start=0, stop=60, checkpoint_every=20
+        template, data, cfg, copies(tmp_path), start=0, stop=30, checkpoint_every=10
     )
-    assert [log.resumed_from for log in logs] == [40, 40]
+    assert [log.resumed_from for log in logs] == [20, 20]
     for a, b in zip(resumed, expected, strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
     # a copy's checkpoint has the unbatched engine's format: the copy can resume alone too
     model = build_model(ModelConfig(name="mnist1d_cnn_bn"), 10, data.input_shape, 0)
-    log = train(model, data, cfg, start=0, stop=60, noise=Noise(2, 2), checkpoint=alone)
-    assert log.resumed_from == 40
+    log = train(model, data, cfg, start=0, stop=30, noise=Noise(2, 2), checkpoint=alone)
+    assert log.resumed_from == 20
     assert _relative_distance(model.state_dict(), expected[1]) < 1e-4
 
 
+@pytest.mark.slow  # the runner end to end: trainings scheduled, measured, displayed
 def test_copies_with_checkpoints_at_different_steps_train_in_processes(data, tmp_path, capsys):
     jobs = _jobs(data, stop=30, tmp=tmp_path)
     run_job(jobs[0], data, CPU, None)  # copy 1 finished: its checkpoint is at step 30
@@ -203,6 +205,7 @@ def test_unknown_batch_mode_is_refused(data):
         run_jobs(_jobs(data), data, CPU, quiet, batch_copies="yes")
 
 
+@pytest.mark.slow  # the runner end to end: trainings scheduled, measured, displayed
 def test_auto_measures_once_and_keeps_the_decision(data, capsys):
     BATCHING_DECISIONS.clear()
     with board(enabled=False) as quiet:

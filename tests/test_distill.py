@@ -90,13 +90,13 @@ def _mean_matching_loss(mnist1d, experts, distilled, params: MttParams) -> float
 
 def test_mtt_matching_loss_decreases(mnist1d, experts):
     params = MttParams(
-        images_per_class=2, iterations=40, syn_steps=5, expert_epochs=1, max_start_epoch=3,
+        images_per_class=2, iterations=20, syn_steps=5, expert_epochs=1, max_start_epoch=3,
         lr_img=10.0, lr_init=0.05,
     )  # fmt: skip
     before = distill_mtt(CNN, mnist1d, experts, replace(params, iterations=0))
     after = distill_mtt(CNN, mnist1d, experts, params)
     assert torch.equal(before.y, after.y) and before.lr == pytest.approx(0.05)
-    assert len(after.losses) == 40 and after.lr != pytest.approx(0.05)  # the student lr is learned
+    assert len(after.losses) == 20 and after.lr != pytest.approx(0.05)  # the student lr is learned
     start = _mean_matching_loss(mnist1d, experts, before, params)
     end = _mean_matching_loss(mnist1d, experts, after, params)
     assert end < 0.9 * start, (start, end)
@@ -119,7 +119,7 @@ def test_embedding_is_what_the_output_layer_receives(mnist1d):
 
 
 def test_dm_matching_loss_decreases(mnist1d):
-    params = DmParams(images_per_class=5, iterations=60, batch_real=64, lr_img=0.2)
+    params = DmParams(images_per_class=5, iterations=30, batch_real=64, lr_img=0.2)
     before = distill_dm(CNN, mnist1d, replace(params, iterations=0))
     after = distill_dm(CNN, mnist1d, params)
     # Fixed judges: 5 random networks the distillation never saw, on all real training data.

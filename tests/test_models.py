@@ -71,11 +71,11 @@ def test_forward_shape_and_fit(name, width, shape):
     """Each network maps (B, *input_shape) to (B, classes) and can fit a small batch."""
     model = build(name, width, shape, classes=7)
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(16, *shape, generator=gen), torch.randint(0, 7, (16,), generator=gen)
-    assert model(x).shape == (16, 7)
+    x, y = torch.randn(8, *shape, generator=gen), torch.randint(0, 7, (8,), generator=gen)
+    assert model(x).shape == (8, 7)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(30):
+    for _ in range(15):
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()

@@ -138,6 +138,7 @@ def _claimed_work(uri: str, log: list[str], claim=None) -> None:
         log.append(f"did {run.id}")
 
 
+@pytest.mark.slow  # two racing requests end to end (threads, claims, polling)
 @pytest.mark.parametrize("protocol", ["file lock", "claim runs"])
 def test_the_same_work_requested_twice_at_once_is_done_once(store: Store, protocol: str) -> None:
     log: list[str] = []
@@ -167,6 +168,7 @@ def _weights_file(store: Store, uri: str) -> Path:
     return Path(location.removeprefix("file://")) / WEIGHTS_FILE
 
 
+@pytest.mark.slow  # a failure reproduced end to end, then the re-run
 def test_bit_rot_is_detected_marked_and_recreated_by_a_rerun(store: Store) -> None:
     with store.run("rot", "fork", tags={"config_hash": "r1"}) as run, run.child("copy") as copy:
         uri = copy.save_state(_state(2), model_name=MODEL, role="init", step=0, tags={}, key="r1.0")
@@ -246,6 +248,7 @@ def _full(connection, _record) -> None:
     connection.execute(f"PRAGMA max_page_count = {pages}")
 
 
+@pytest.mark.slow  # a failure reproduced end to end, then the re-run
 def test_a_full_database_is_one_line_and_leaves_no_run_running(store: Store) -> None:
     with store.run("full", "warm") as run:  # the experiment and its first pages exist
         pass
@@ -268,6 +271,7 @@ def test_a_full_database_is_one_line_and_leaves_no_run_running(store: Store) -> 
     assert "RUNNING" not in _statuses(Store(store.tracking_uri), "full")
 
 
+@pytest.mark.slow  # a failure reproduced end to end, then the re-run
 def test_a_file_too_big_for_the_disk_is_one_line_and_the_rerun_finishes(store: Store) -> None:
     big = State({"w": torch.zeros(8 * 2**20)})  # 32 MiB
     limit = max(p.stat().st_size for p in store.root.glob("mlflow.db*")) + 8 * 2**20

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 from lmctrack.config import ModelConfig, TrainConfig
@@ -93,6 +92,8 @@ def test_a_layer_that_cannot_take_the_correction_is_refused() -> None:
 
 
 def _digits() -> TensorDataset:
+    from sklearn.datasets import load_digits  # only this slow test needs scikit-learn's data
+
     x, y = load_digits(return_X_y=True)
     x = torch.tensor(x, dtype=torch.float32)
     x = (x - x[:1500].mean()) / x[:1500].std()

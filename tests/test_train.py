@@ -54,10 +54,10 @@ def test_learning_rate_schedules():
 
 def test_same_seeds_bit_identical_other_order_differs(data):
     cfg = _cfg()
-    a = _train(data, cfg)
-    b = _train(data, cfg)
+    a = _train(data, cfg, stop=30)
+    b = _train(data, cfg, stop=30)
     assert _equal(a, b)
-    c = _train(data, cfg, noise=Noise(1, 0))
+    c = _train(data, cfg, noise=Noise(1, 0), stop=30)
     assert not _equal(a, c)
     w0_a = build_model(ModelConfig(name="mnist1d_cnn"), 10, data.input_shape, 0).state_dict()
     w0_c = build_model(ModelConfig(name="mnist1d_cnn"), 10, data.input_shape, 0).state_dict()
@@ -70,9 +70,9 @@ def test_training_learns(data):
     train(
         model,
         data,
-        _cfg(steps="200it"),
+        _cfg(steps="100it"),
         start=0,
-        stop=200,
+        stop=100,
         noise=Noise(0, 0),
         progress=lambda s, m: losses.append(m["loss"]),
     )
