@@ -46,10 +46,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def mnist1d(tmp_path_factory):
-    return load_dataset(
-        DataConfig(name="mnist1d", num_samples=1000, root=str(tmp_path_factory.mktemp("data")))
-    )
+def mnist1d(data_root):
+    """The tiny MNIST-1D, read from the session's file (generated once: conftest.data_root)."""
+    return load_dataset(DataConfig(name="mnist1d", num_samples=1000, root=str(data_root)))
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ from lmctrack.train import Noise, learning_rate, train
 
 
 @pytest.fixture(scope="module")
-def data():
+def data(data_root):
+    """The tiny MNIST-1D, read from the session's file (generated once: conftest.data_root)."""
     torch.set_num_threads(1)
-    return load_dataset(DataConfig(name="mnist1d", num_samples=1000))
+    return load_dataset(DataConfig(name="mnist1d", num_samples=1000, root=str(data_root)))
 
 
 def _cfg(**kw) -> TrainConfig:
