@@ -130,3 +130,17 @@ def test_a_claim_that_holds_at_every_k_says_it_shows_no_contrast():
         (0, 100, _trained(), _fork(100, [0.0] * 3, [0.1] * 3)),
     ]
     assert "trivially" not in summarize(_ctx(), "run", contrast, dense).claim
+
+
+def test_a_failed_claim_says_which_half_failed():
+    """Matching but unstable breaks the abstract's claim (matching only where stable); stable
+    but not matching (the paper's sparsity range III) breaks only its converse."""
+    dense = {0: Stats(0.9, 0.0, 0.9, 3)}
+    unstable_matching = [(0, 0, _trained(), _fork(0, [0.1] * 3, [0.1] * 3))]
+    claim = summarize(_ctx(), "run", unstable_matching, dense).claim
+    assert "matching only where stable (the abstract's claim): no" in claim.lower()
+    assert "matching wherever stable: yes" in claim
+    stable_not_matching = [(0, 0, _trained(), _fork(0, [0.0] * 3, [0.2] * 3))]
+    claim = summarize(_ctx(), "run", stable_not_matching, dense).claim
+    assert "matching only where stable (the abstract's claim): yes" in claim.lower()
+    assert "matching wherever stable: no" in claim

@@ -148,6 +148,7 @@ def _claim(rows: list[SparseRow], earliest: list[Earliest]) -> tuple[bool | None
     if not verdicts:
         return None, "no subnetworks were forked"
     holds = all(verdicts)
+    directions = "" if holds else " " + _directions(test, earliest)
     everywhere = all(r.stable and r.matching for r in test)
     caveat = (
         " (trivially: they are stable and matching at every k, so this run shows no rewind step "
@@ -157,7 +158,19 @@ def _claim(rows: list[SparseRow], earliest: list[Earliest]) -> tuple[bool | None
     )
     return holds, (
         f"IMP subnetworks are matching exactly at the k where they are stable: "
-        f"{'yes' if holds else 'no'}{caveat}, because " + "; ".join(reasons) + "."
+        f"{'yes' if holds else 'no'}{caveat}, because " + "; ".join(reasons) + "." + directions
+    )
+
+
+def _directions(test: list[SparseRow], earliest: list[Earliest]) -> str:
+    """Which half failed: the abstract's claim (matching only where stable) or its converse
+    (stable subnetworks are matching; the paper's sparsity range III breaks it)."""
+    at = [[r for r in test if r.level == e.level] for e in earliest]
+    only = all(r.stable for rows in at for r in rows if r.matching)
+    converse = all(r.matching for rows in at for r in rows if r.stable)
+    return (
+        f"Matching only where stable (the abstract's claim): {'yes' if only else 'no'}; "
+        f"matching wherever stable: {'yes' if converse else 'no'}."
     )
 
 
