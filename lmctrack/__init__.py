@@ -1,7 +1,7 @@
 """lmctrack: linear mode connectivity and the lottery ticket hypothesis, tracked and reproducible.
 
     import lmctrack as lmc
-    net, info = lmc.load("models:/mnist1d_cnn_mnist1d/3")
+    net, info = lmc.load("models:/mnist1d_cnn_bn_mnist1d/3")
 
 The Python API (lmctrack.api) is imported on first use, so the command line starts without torch.
 Three API names are also engine modules (`lmctrack.train`, `lmctrack.interpolate`,
