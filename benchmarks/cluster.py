@@ -170,7 +170,7 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     with ExitStack() as stack:
         db = stack.enter_context(services.postgres())
-        url = stack.enter_context(services.mlflow_server(db, artifacts, args.server_workers))
+        url = stack.enter_context(services.mlflow_server(db, artifacts, args.server_workers)).url
         address, _ = stack.enter_context(services.ray_head(cpus=cores))
         print(f"services: PostgreSQL, mlflow server ({args.server_workers} workers) at {url}, ")
         print(f"          Ray head with {cores} CPUs at {address}")

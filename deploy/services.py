@@ -108,31 +108,58 @@ def postgres(database: str = "mlflow") -> Iterator[str]:
 # ---- MLflow tracking server --------------------------------------------------------------------
 
 
-@contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path, workers: int = 1) -> Iterator[str]:
-    """`mlflow server` on the database with proxied artifacts in `artifacts`; yields its URL.
+class MlflowServer:
+    """`mlflow server` on the database with proxied artifacts in `artifacts`, on a port of its
+    own that stays the same across stop() and start() (a restart, as its clients see one).
 
     Several workers are supervised by uvicorn, which replaces one that misses a 5 s health check;
-    on a loaded machine a worker still importing MLflow misses it, hence the longer limit."""
-    port = free_port()
-    url = f"http://{HOST}:{port}"
-    log = artifacts.parent / f"mlflow-server-{port}.log"
-    argv = [
-        *(sys.executable, "-m", "mlflow", "server"),
-        *("--backend-store-uri", backend_uri),
-        *("--artifacts-destination", str(artifacts)),
-        *("--host", HOST, "--port", str(port), "--workers", str(workers)),
-        *("--uvicorn-opts", "--timeout-worker-healthcheck 120"),
-    ]
-    with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    on a loaded machine a worker still importing MLflow misses it, hence the longer limit. The
+    server's job execution (MLflow's GenAI jobs: a runner and seven consumer processes, each
+    importing MLflow) is off unless the environment turns it on: lmctrack uses no jobs."""
+
+    def __init__(self, backend_uri: str, artifacts: Path, workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.log = artifacts.parent / f"mlflow-server-{self.port}.log"
+        self._argv = [
+            *(sys.executable, "-m", "mlflow", "server"),
+            *("--backend-store-uri", backend_uri),
+            *("--artifacts-destination", str(artifacts)),
+            *("--host", HOST, "--port", str(self.port), "--workers", str(workers)),
+            *("--uvicorn-opts", "--timeout-worker-healthcheck 120"),
+        ]
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+        with self.log.open("a") as out:
+            self._proc = proc = subprocess.Popen(
+                self._argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        try:
+            _wait(lambda: _healthy(self.url) or proc.poll() is not None, "mlflow server",
+                  self.log, 120)  # fmt: skip
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {self.log.read_text()[-2000:]}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop it as a lab would (SIGTERM: requests in flight are answered first)."""
+        if self._proc is not None:
+            _stop(self._proc)
+
+
+@contextmanager
+def mlflow_server(backend_uri: str, artifacts: Path, workers: int = 1) -> Iterator[MlflowServer]:
+    """A started MlflowServer (see there), stopped when the block ends."""
+    server = MlflowServer(backend_uri, artifacts, workers)
+    server.start()
     try:
-        _wait(lambda: _healthy(url) or proc.poll() is not None, "mlflow server", log, 120)
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {log.read_text()[-2000:]}")
-        yield url
+        yield server
     finally:
-        _stop(proc)
+        server.stop()
 
 
 def _healthy(url: str) -> bool:
@@ -161,7 +188,9 @@ def ray_head(cpus: int = 2) -> Iterator[tuple[str, subprocess.Popen]]:
         *("--node-ip-address", HOST, "--port", str(port), "--num-cpus", str(cpus)),
         *("--include-dashboard", "false", "--temp-dir", str(folder)),
     ]
-    env = {**os.environ, **RAY_LOOPBACK}
+    # Idle workers kept beyond one per CPU: a driver's warm workers (torch imported) survive
+    # while another driver's workers run, as when a test and a command share the head.
+    env = {"RAY_num_workers_soft_limit": str(4 * cpus), **os.environ, **RAY_LOOPBACK}
     log = folder / "ray-start.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -174,15 +203,15 @@ def ray_head(cpus: int = 2) -> Iterator[tuple[str, subprocess.Popen]]:
             raise RuntimeError(f"ray start exited: {log.read_text()[-2000:]}")
         yield address, proc
     finally:
-        _stop(proc, timeout=90)
+        _stop(proc, timeout=10)  # its daemons end in seconds; `ray start` then waits ~30 s
         shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
     base = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="lmcsvc-"))
     (base / "artifacts").mkdir(parents=True, exist_ok=True)
-    with postgres() as db, mlflow_server(db, base / "artifacts") as url, ray_head() as (addr, _):
-        print(f"store.tracking_uri: {url}\nrunner.backend: ray\nrunner.address: {addr}")
+    with postgres() as db, mlflow_server(db, base / "artifacts") as server, ray_head() as (addr, _):
+        print(f"store.tracking_uri: {server.url}\nrunner.backend: ray\nrunner.address: {addr}")
         print(f"export {' '.join(f'{k}={v}' for k, v in RAY_LOOPBACK.items())}  # for the driver")
         print("Ctrl-C stops all three.", flush=True)
         with suppress(KeyboardInterrupt):
