@@ -22,8 +22,10 @@ plain MLflow load a state), cost (what a run cost).
 import os
 
 # Quiet, offline MLflow with bounded HTTP retries, set before MLflow is imported: no run-link
-# banners, no progress bars, no telemetry upload, no git probing, no system metrics, and an
-# unreachable server fails in seconds, not minutes (a user may still raise these).
+# banners, no progress bars, no telemetry upload, no git probing, no system metrics. A server
+# that is unreachable when the store opens fails in seconds (store.backend.probe_server); one that
+# stops answering later is retried for about a minute (6 retries, waits 0, 2, 4 ... 32 s), long
+# enough to ride out its restart (a user may still change these).
 for _var, _value in {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
@@ -31,7 +33,7 @@ for _var, _value in {
     "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
     "GIT_PYTHON_REFRESH": "quiet",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
 }.items():
     os.environ.setdefault(_var, _value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import random
@@ -16,6 +17,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import requests
 import sqlalchemy
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -145,16 +147,67 @@ def probe_server(uri: str) -> None:
         ) from None
 
 
-def connect(tracking_uri: str, root: Path | None) -> MlflowClient:
+def _unanswered(error: BaseException) -> str | None:
+    """Why a tracking server did not answer (refused, timed out), when that is what `error`
+    comes down to; None for any other error (the server answered it)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, requests.ConnectionError | requests.Timeout):
+            reason = seen.args[0] if seen.args else seen
+            return str(getattr(reason, "reason", reason)).rsplit(": ", 1)[-1]
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextmanager
+def answering(tracking_uri: str) -> Iterator[None]:
+    """A tracking server that stays unreachable through all of MLflow's retries (about a
+    minute: a restart is ridden out) becomes one LmcError that names it."""
+    try:
+        yield
+    except LmcError:
+        raise
+    except Exception as e:
+        reason = _unanswered(e)
+        if reason is None:
+            raise
+        raise LmcError(
+            f"the MLflow tracking server {tracking_uri} stopped answering ({reason}); check "
+            "that it is running and reachable, then re-run the command (finished work is reused)"
+        ) from None
+
+
+class ServerClient:
+    """The MlflowClient of a tracking server, each call under `answering`."""
+
+    def __init__(self, client: MlflowClient, tracking_uri: str) -> None:
+        self._client, self._uri = client, tracking_uri
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with answering(self._uri):
+                return attr(*args, **kwargs)
+
+        return call
+
+
+def connect(tracking_uri: str, root: Path | None) -> MlflowClient | ServerClient:
     """Open the client; the schema of a new sqlite store is created once, under a lock.
 
     A store whose folder is read-only opens as it is (describe, lineage and load_state work).
     """
     try:
         if root is None:
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
             if tracking_uri.startswith(("http://", "https://")):
                 probe_server(tracking_uri)
-            return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+                return ServerClient(client, tracking_uri)
+            return client
         if (root / DB_FILE).is_file() and not _writable(root):
             return _read_only_client(root / DB_FILE)
         root.mkdir(parents=True, exist_ok=True)

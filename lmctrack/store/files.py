@@ -21,6 +21,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.utils.file_utils import local_file_uri_to_path
 
 from lmctrack.errors import LmcError
+from lmctrack.store.backend import answering
 
 _CHUNK = 1 << 20
 
@@ -53,7 +54,9 @@ def local_folder(artifact_uri: str, tracking_uri: str | None = None) -> Iterator
         return
     with tempfile.TemporaryDirectory(prefix="lmctrack-") as tmp:
         repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
-        yield Path(repository.download_artifacts("", dst_path=tmp))
+        with answering(tracking_uri or artifact_uri):
+            folder = Path(repository.download_artifacts("", dst_path=tmp))
+        yield folder
 
 
 @contextmanager
@@ -69,7 +72,8 @@ def writable_folder(artifact_uri: str, tracking_uri: str | None = None) -> Itera
     with tempfile.TemporaryDirectory(prefix="lmctrack-") as tmp:
         yield Path(tmp)
         share(Path(tmp))
-        get_artifact_repository(artifact_uri, tracking_uri=tracking_uri).log_artifacts(tmp)
+        with answering(tracking_uri or artifact_uri):
+            get_artifact_repository(artifact_uri, tracking_uri=tracking_uri).log_artifacts(tmp)
 
 
 def _umask() -> int:
