@@ -1,36 +1,41 @@
-"""Trainings as Ray tasks (`runner.backend: ray`): one task per TrainJob, on any Ray cluster.
+"""Trainings and a sweep's analyses as Ray tasks (`runner.backend: ray`), on any Ray cluster.
 
 Why Ray and not a scheduler of our own: a lab already runs one (a multi-GPU server, a cluster),
 and Ray gives what a sweep needs: resources per task (fractional GPUs, so small networks share
 one), retries of a task whose worker died, and an object store that ships the dataset once.
 
-- The same `runner.run_job` runs inside the task as in a local worker process, with one thread
-  per CPU asked for, so the same seeds give bit-identical weights on CPUs.
-- The dataset is put in the object store once; each worker process unpacks it once and keeps it
-  for the tasks it runs after that (Ray reuses worker processes).
-- A worker killed mid-training (kill -9, a lost node) is retried up to MAX_RETRIES times; the
-  retry resumes from the job's checkpoint when it reaches the same folder (the store's checkpoint
-  folder on one machine, or a shared folder given as `checkpoints` on a cluster).
-- Progress reaches the driver's board through a small actor the workers report to.
+- The same `runner.run_job` runs inside a training task as in a local worker process, with one
+  thread per CPU asked for, so the same seeds give bit-identical weights on CPUs; `map_on_ray`
+  runs any other function that reads the dataset the same way (the interpolations of a sweep).
+- The dataset is put in the object store once per driver; each worker process unpacks it once
+  and keeps it for the tasks it runs after that (Ray reuses worker processes).
+- A worker killed mid-task (kill -9, a lost node) is retried up to MAX_RETRIES times; a
+  training's retry resumes from its checkpoint when it reaches the same folder (the store's
+  checkpoint folder on one machine, or a shared folder given as `checkpoints` on a cluster).
+- Progress reaches the driver's board through one small actor per driver, which the workers
+  report to. Every actor is a process of its own: this module imports neither torch nor the
+  rest of lmctrack at its top, so that the actor's process starts without them.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from lmctrack.config import RunnerConfig
 from lmctrack.errors import LmcError
-from lmctrack.progress import Board
-from lmctrack.runner import JobResult, TrainJob, run_job
+
+if TYPE_CHECKING:
+    from lmctrack.config import RunnerConfig
+    from lmctrack.progress import Board
+    from lmctrack.runner import JobResult, TrainJob
 
 MAX_RETRIES = 3
 POLL_SECONDS = 0.2
-_datasets: dict[str, object] = {}  # per worker process: the dataset of the latest sweep
+_datasets: dict[tuple[str, str], object] = {}  # per worker: the latest dataset, on its device
+_driver: dict[str, Any] = {}  # per driver and Ray job: the progress relay, the dataset put
 
 
 def _ray():
@@ -66,27 +71,40 @@ def connect(address: str | None) -> str:
     return address or "a local Ray"
 
 
-def _dataset(boxed: list):
-    """The sweep's dataset in this worker process, fetched from the object store once."""
-    ray = _ray()
-    ref = boxed[0]
-    if ref.hex() not in _datasets:
-        _datasets.clear()
-        _datasets[ref.hex()] = ray.get(ref)
-    return _datasets[ref.hex()]
+# ---- inside a worker ---------------------------------------------------------------------------
 
 
-def _train(job: TrainJob, boxed: list, device: str, threads: int, reports) -> JobResult:
-    """The body of one Ray task: the same run_job a local worker runs."""
+def _setup(device: str, threads: int, boxed: list):
+    """This worker's torch settings for the task, and the sweep's dataset on `device`, fetched
+    from the object store once per worker process."""
+    import torch
+
     from lmctrack.train import deterministic
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
     deterministic(dev)
+    key = (boxed[0].hex(), device)
+    if key not in _datasets:
+        _datasets.clear()
+        _datasets[key] = _ray().get(boxed[0]).to(dev)
+    return _datasets[key], dev
+
+
+def _train(job: TrainJob, boxed: list, device: str, threads: int, reports) -> JobResult:
+    """The body of one training task: the same run_job a local worker runs."""
+    from lmctrack.runner import run_job
+
+    dataset, dev = _setup(device, threads, boxed)
     if job.checkpoint is not None:
         job.checkpoint.parent.mkdir(parents=True, exist_ok=True)  # a node that never saw it
-    dataset = _dataset(boxed).to(dev)
     return run_job(job, dataset, dev, lambda s, m: reports.put.remote(job.key, s, m))
+
+
+def _call(fn: Callable, args: tuple, boxed: list, device: str, threads: int):
+    """The body of any other task: fn(dataset, device, *args)."""
+    dataset, dev = _setup(device, threads, boxed)
+    return fn(dataset, dev, *args)
 
 
 class _Reports:
@@ -101,6 +119,34 @@ class _Reports:
     def drain(self) -> dict[str, tuple[int, dict]]:
         latest, self._latest = self._latest, {}
         return latest
+
+
+# ---- in the driver -----------------------------------------------------------------------------
+
+
+def _session(ray, dataset) -> tuple[list, Any]:
+    """The dataset's object-store reference (boxed: tasks get the reference, not the data) and
+    the progress relay, both made once per driver and Ray job: each put ships the dataset, and
+    each actor is a process to start."""
+    job = ray.get_runtime_context().get_job_id()
+    if _driver.get("job") != job:
+        _driver.clear()
+        _driver.update(job=job, relay=ray.remote(_Reports).options(num_cpus=0).remote())
+    if _driver.get("dataset") is not dataset:
+        _driver.update(dataset=dataset, boxed=[ray.put(dataset.to("cpu"))])
+    return _driver["boxed"], _driver["relay"]
+
+
+def _options(ray, body: Callable, runner: RunnerConfig):
+    """A Ray task running `body` with the runner's resources, retried when its worker dies;
+    with the device and threads it works with (CUDA when runner.gpus > 0, else CPU threads)."""
+    task = ray.remote(body).options(
+        num_cpus=runner.cpus,
+        num_gpus=runner.gpus,
+        max_retries=MAX_RETRIES,
+        retry_exceptions=False,
+    )
+    return task, "cuda" if runner.gpus > 0 else "cpu", max(1, int(runner.cpus))
 
 
 def shared_checkpoint(job: TrainJob, folder: Path | None) -> TrainJob:
@@ -120,51 +166,79 @@ def run_on_ray(
 ) -> list[JobResult]:
     """Train every job as a Ray task with runner.cpus / runner.gpus each; results in order.
 
-    Workers train on a GPU when runner.gpus > 0, else on their CPUs with int(runner.cpus)
-    threads. A job that raises fails the sweep (its error is raised here, the others are
-    cancelled); a job whose worker died more than MAX_RETRIES times fails with an LmcError.
+    A job that raises fails the sweep (its error is raised here, the others are cancelled); a
+    job whose worker died more than MAX_RETRIES times fails with an LmcError.
     """
     ray = _ray()
     where = connect(runner.address)
-    device = "cuda" if runner.gpus > 0 else "cpu"
-    threads = max(1, int(runner.cpus))
-    task = ray.remote(_train).options(
-        num_cpus=runner.cpus,
-        num_gpus=runner.gpus,
-        max_retries=MAX_RETRIES,
-        retry_exceptions=False,
-    )
-    reports = ray.remote(_Reports).options(num_cpus=0).remote()
-    boxed = [ray.put(dataset.to("cpu"))]  # boxed: tasks get the reference, not the data
+    boxed, relay = _session(ray, dataset)
+    task, device, threads = _options(ray, _train, runner)
     print(
         f"runner.backend=ray: {len(jobs)} trainings on {where} "
         f"({runner.cpus:g} CPU, {runner.gpus:g} GPU each, on {device})",
         file=sys.stderr,
     )
+    ray.get(relay.drain.remote())  # what tasks of an earlier, failed sweep reported late
     for job in jobs:
         board.add(job.key, job.label, total=job.stop, completed=job.start)
-    pending = {
-        task.remote(shared_checkpoint(job, checkpoints), boxed, device, threads, reports): i
-        for i, job in enumerate(jobs)
-    }
-    results: dict[int, JobResult] = {}
+    refs = [
+        task.remote(shared_checkpoint(job, checkpoints), boxed, device, threads, relay)
+        for job in jobs
+    ]
+
+    def report() -> None:
+        for key, (step, metrics) in ray.get(relay.drain.remote()).items():
+            board.update(key, step, metrics)
+
+    def finished(i: int) -> None:
+        board.update(jobs[i].key, jobs[i].stop)
+
+    return _gather(ray, refs, [f"training {job.label}" for job in jobs], report, finished)
+
+
+def map_on_ray(
+    fn: Callable, calls: Sequence[tuple], dataset, runner: RunnerConfig, what: str
+) -> list:
+    """fn(dataset, device, *call) for every call, each a Ray task with runner.cpus /
+    runner.gpus as a training gets (a sweep's analysis spreads like its trainings); results in
+    order. `fn` must be importable by the workers (a module-level function of lmctrack)."""
+    ray = _ray()
+    connect(runner.address)
+    boxed, _ = _session(ray, dataset)
+    task, device, threads = _options(ray, _call, runner)
+    refs = [task.remote(fn, call, boxed, device, threads) for call in calls]
+    labels = [f"{what} {i + 1} of {len(calls)}" for i in range(len(calls))]
+    return _gather(ray, refs, labels)
+
+
+def _gather(
+    ray,
+    refs: list,
+    labels: list[str],
+    poll: Callable[[], None] | None = None,
+    finished: Callable[[int], None] | None = None,
+) -> list:
+    """The tasks' results in order, calling `poll` every POLL_SECONDS and `finished(i)` as each
+    ends; the first error cancels the tasks still running."""
+    pending = {ref: i for i, ref in enumerate(refs)}
+    results: dict[int, Any] = {}
     try:
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
-            for key, (step, metrics) in ray.get(reports.drain.remote()).items():
-                board.update(key, step, metrics)
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_SECONDS)
+            if poll is not None:
+                poll()
             for ref in done:
                 i = pending.pop(ref)
-                results[i] = _result(ray, ref, jobs[i])
-                board.update(jobs[i].key, jobs[i].stop)
+                results[i] = _result(ray, ref, labels[i])
+                if finished is not None:
+                    finished(i)
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
-        ray.kill(reports)
-    return [results[i] for i in range(len(jobs))]
+    return [results[i] for i in range(len(refs))]
 
 
-def _result(ray, ref, job: TrainJob) -> JobResult:
+def _result(ray, ref, label: str):
     """The task's result; its own error raised as it is, a lost worker as an LmcError."""
     try:
         return ray.get(ref)
@@ -172,6 +246,6 @@ def _result(ray, ref, job: TrainJob) -> JobResult:
         raise e.cause from None
     except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as e:
         raise LmcError(
-            f"training {job.label} lost its Ray worker {MAX_RETRIES + 1} times "
-            f"({type(e).__name__}); check the workers' memory and logs, then re-run to resume"
+            f"{label} lost its Ray worker {MAX_RETRIES + 1} times ({type(e).__name__}); "
+            "check the workers' memory and logs, then re-run to resume"
         ) from None
