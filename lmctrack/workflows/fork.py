@@ -6,6 +6,7 @@ at 0 (Figure 4); with `track_every` the copies are also interpolated during trai
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -17,30 +18,45 @@ from lmctrack.state import State
 from lmctrack.train import Noise
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
-from lmctrack.workflows.interpolate import interpolate_states, log_pair
+from lmctrack.workflows.interpolate import interpolate_pairs, interpolate_states, log_pair
 
 FORK_ARTIFACT = "fork.json"
 
 
 def forks(ctx: Context, plans: list[Plan]) -> list[Fork]:
-    """Algorithm 1 for each planned state Wk; a sweep's copies all train in one pool."""
-    with jobs.claimed(ctx, [key for plan in plans for key in (plan.key, *plan.copy_keys)]):
+    """Algorithm 1 for each planned state Wk; a sweep's copies all train in one pool, and all
+    its pairs are interpolated at once (as Ray tasks when runner.backend is ray)."""
+    keys = [key for plan in plans for key in (plan.key, *plan.copy_keys)]
+    with jobs.claimed(ctx, keys), ExitStack() as open_runs:
         done = {plan.key: jobs.reused(ctx, plan.key, FORK_ARTIFACT, Fork) for plan in plans}
         todo = [plan for plan in plans if done[plan.key] is None]
         # Lines 3-4: train copies of Wk to T, copy i under its own SGD noise u_i.
         trained = jobs.train_all(ctx, [job for plan in todo for job in copy_trainings(ctx, plan)])
-        for plan in todo:
-            with jobs.recorded(ctx, plan.label, key=plan.key, kind=schema.KIND_FORK) as run:
-                run.log_input_states(plan.parents)
-                copies = [register_copy(ctx, run, plan, i, trained) for i in range(len(plan.seeds))]
-                # Lines 5-6: the error along the path between every pair of copies, its barrier.
-                pairs = [
-                    log_pair(
-                        ctx, run, f"pair {i}-{j} k={plan.k}", interpolate(ctx, plan, copies, i, j)
-                    )
-                    for i, j in combinations(range(len(copies)), 2)
-                ]
-                done[plan.key] = record(ctx, run, plan, copies, pairs, trained)
+        runs = [
+            open_runs.enter_context(
+                jobs.recorded(ctx, plan.label, key=plan.key, kind=schema.KIND_FORK)
+            )
+            for plan in todo
+        ]
+        copies = []
+        for plan, run in zip(todo, runs, strict=True):
+            run.log_input_states(plan.parents)
+            copies.append(
+                [register_copy(ctx, run, plan, i, trained) for i in range(len(plan.seeds))]
+            )
+        # Lines 5-6: the error along the path between every pair of copies, its barrier.
+        ends = [list(combinations(range(len(c)), 2)) for c in copies]
+        paths = iter(
+            interpolate_pairs(
+                ctx, [(c[i][1], c[j][1]) for c, ij in zip(copies, ends) for i, j in ij]
+            )
+        )
+        for plan, run, c, ij in zip(todo, runs, copies, ends, strict=True):
+            pairs = [
+                log_pair(ctx, run, f"pair {i}-{j} k={plan.k}", named(next(paths), plan, c, i, j))
+                for i, j in ij
+            ]
+            done[plan.key] = record(ctx, run, plan, c, pairs, trained)
     return [done[plan.key] for plan in plans]
 
 
@@ -150,9 +166,9 @@ def register_copy(
     return uri, state
 
 
-def interpolate(ctx: Context, plan: Plan, copies: list, i: int, j: int) -> Pair:
-    (a_uri, a), (b_uri, b) = copies[i], copies[j]
-    pair = interpolate_states(ctx, a, b, a_uri=a_uri, b_uri=b_uri)
+def named(pair: Pair, plan: Plan, copies: list, i: int, j: int) -> Pair:
+    """A path between copies i and j, with their URIs and noise seeds."""
+    pair.a, pair.b = copies[i][0], copies[j][0]
     pair.seeds = [plan.seeds[i], plan.seeds[j]]
     return pair
 

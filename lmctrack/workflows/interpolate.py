@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
 from lmctrack import schema
+from lmctrack.config import InstabilityConfig, ModelConfig
 from lmctrack.results import Pair, to_dict
 from lmctrack.state import State
 from lmctrack.workflows.common import Context
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    """What a path's numbers depend on besides its two states and the data: all a Ray task
+    needs to compute it away from the Context."""
+
+    model: ModelConfig
+    instability: InstabilityConfig
+    mask_mode: str = "same"
 
 
 def interpolate_states(
@@ -13,22 +29,56 @@ def interpolate_states(
 ) -> Pair:
     """The linear path between two States (error and loss per split) and their distances
     (Appendices B and G: weight space, and function space on every split of the path)."""
-    from lmctrack.compare import compare_pair, parameter_names
-    from lmctrack.interpolate import check_compatible, linear_path
+    from lmctrack.interpolate import check_compatible
 
     check_compatible(a, b, mask_mode)
-    inst = ctx.params.instability
-    model = ctx.template()
+    pair = path_between(ctx.dataset, ctx.device, _settings(ctx, mask_mode), a, b)
+    pair.a, pair.b = a_uri, b_uri
+    return pair
+
+
+def interpolate_pairs(
+    ctx: Context, pairs: Sequence[tuple[State, State]], *, mask_mode: str = "same"
+) -> list[Pair]:
+    """interpolate_states for every pair (without URIs): one after another here, or each pair
+    as a Ray task when runner.backend is ray, so that a sweep's analysis spreads over the
+    cluster like its trainings. The same numbers either way on CPUs (one thread per task)."""
+    from lmctrack.interpolate import check_compatible
+
+    for a, b in pairs:
+        check_compatible(a, b, mask_mode)  # here, before any task starts
+    settings = _settings(ctx, mask_mode)
+    if ctx.params.runner.backend == "ray" and pairs:
+        from lmctrack.cluster import map_on_ray
+
+        calls = [(settings, a, b) for a, b in pairs]
+        return map_on_ray(path_between, calls, ctx.dataset, ctx.params.runner, "interpolation")
+    return [path_between(ctx.dataset, ctx.device, settings, a, b) for a, b in pairs]
+
+
+def _settings(ctx: Context, mask_mode: str) -> PathSettings:
+    return PathSettings(ctx.params.model, ctx.params.instability, mask_mode)
+
+
+def path_between(dataset, device: torch.device, settings: PathSettings, a: State, b: State) -> Pair:
+    """The path and distances between two compatible States, on `dataset` and `device` (in
+    this process or in a Ray task)."""
+    from lmctrack.compare import compare_pair, parameter_names
+    from lmctrack.interpolate import linear_path
+    from lmctrack.models import build_model
+
+    inst = settings.instability
+    model = build_model(settings.model, dataset.num_classes, dataset.input_shape, 0).to(device)
     path = linear_path(
         model,
         a,
         b,
-        ctx.dataset,
+        dataset,
         alphas=inst.alphas,
         splits=inst.splits,
         bn=inst.bn,
-        mask_mode=mask_mode,
-        device=ctx.device,
+        mask_mode=settings.mask_mode,
+        device=device,
         eval_limit=inst.eval_limit,
         bn_limit=inst.bn_limit,
     )
@@ -36,13 +86,13 @@ def interpolate_states(
         model,
         a,
         b,
-        ctx.dataset,
+        dataset,
         splits=inst.splits,
-        device=ctx.device,
+        device=device,
         names=parameter_names(model),
         limit=inst.eval_limit,
     )
-    return Pair(a_uri, b_uri, path.bn, path.mask_mode, path.alphas, path.curves, distances)
+    return Pair("", "", path.bn, path.mask_mode, path.alphas, path.curves, distances)
 
 
 def log_pair(ctx: Context, parent, label: str, pair: Pair) -> Pair:
