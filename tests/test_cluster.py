@@ -1,11 +1,16 @@
 """The Ray backend and a shared tracking server, end to end on this machine's loopback.
 
-Started here (deploy/services.py): PostgreSQL on a temp data folder, `mlflow server` on it with
-proxied artifacts, and a Ray head with two worker CPUs. Checked: trainings on Ray give the
-weights of local processes bit for bit; a worker killed with kill -9 is retried and resumes from
-its checkpoint; a reduced `lmctrack instability` on Ray + the server registers the same states,
-with the same lineage and weights, as the local backend on sqlite, each exactly once, also when a
-worker is killed mid-sweep. Skips with one line where Ray or PostgreSQL is not installed.
+Started once for the module (deploy/services.py): a Ray head with two worker CPUs, which this
+process joins, and meanwhile PostgreSQL on a temp data folder and `mlflow server` on it with
+proxied artifacts. Checked: trainings on Ray give the weights of local processes bit for bit; a
+worker killed with kill -9 is retried and resumes from its checkpoint; `lmctrack instability
+--backend ray` against the server, with a worker killed mid-sweep, and a reduced IMP on Ray
+register the same states, with the same lineage and weights, as the local backend on sqlite,
+each exactly once; a server restarted mid-sweep loses no write, one that stays down is named;
+a driver killed with kill -9 and started again reuses what was finished, and interpolates the
+sweep's pairs as Ray tasks, with the local numbers. The tests share the two projects' registries
+and run in order: a state's key holds its parents' URIs, which match only while both registries
+have the same history. Skips with one line where Ray or PostgreSQL is not installed.
 """
 
 from __future__ import annotations
@@ -34,43 +39,84 @@ import services  # noqa: E402
 os.environ.update(services.RAY_LOOPBACK)  # read when Ray is imported: loopback only
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install -e ".[cluster]")')
 
+from lmctrack import cluster as ray_backend  # noqa: E402
 from lmctrack.batched import checkpoint_step  # noqa: E402
 from lmctrack.config import DataConfig, ModelConfig, RunnerConfig, load_params  # noqa: E402
 from lmctrack.data import load_dataset  # noqa: E402
+from lmctrack.errors import LmcError  # noqa: E402
 from lmctrack.progress import Board, board  # noqa: E402
 from lmctrack.runner import TrainJob, run_configured, run_job, run_jobs  # noqa: E402
 from lmctrack.store import Store  # noqa: E402
 from lmctrack.train import Noise  # noqa: E402
+from lmctrack.workflows.imp import imp  # noqa: E402
+from lmctrack.workflows.instability import instability  # noqa: E402
 
 pytestmark = pytest.mark.slow
 CPU = torch.device("cpu")
 TASK_TITLE = "ray::_train"  # the process title of a Ray worker running lmctrack.cluster._train
+SWEEP = {"inits": 1}  # one W0 -> W_T, then 2 copies of W0 and of W20: 5 trainings, 2 pairs
 
 
 @dataclass
 class Cluster:
     ray_address: str
     ray_head: subprocess.Popen
-    tracking_uri: str
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory):
-    """The three services, Ray's head started while PostgreSQL and MLflow start."""
+def started(tmp_path_factory: pytest.TempPathFactory):
+    """Ray's head, started here while PostgreSQL and the MLflow server start in a thread (the
+    tests that need only Ray run meanwhile); this process joins Ray, so that the in-process
+    sweeps reuse its workers. Yields the Cluster (or why not) and the server's future; at the
+    end Ray's head stops in the thread while the others stop here."""
     artifacts = tmp_path_factory.mktemp("server") / "artifacts"
     artifacts.mkdir()
-    with ExitStack() as stack, ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(1) as pool, ExitStack() as servers:
+
+        def start_server() -> services.MlflowServer:
+            db = servers.enter_context(services.postgres())
+            return servers.enter_context(services.mlflow_server(db, artifacts))
+
+        server = pool.submit(start_server)
+        head = services.ray_head(cpus=2)
         try:
-            head = services.ray_head(cpus=2)
-            starting = pool.submit(head.__enter__)
-            db = stack.enter_context(services.postgres())
-            url = stack.enter_context(services.mlflow_server(db, artifacts))
-            address, proc = starting.result()
-            stack.push(head.__exit__)
+            address, proc = head.__enter__()
         except services.Unavailable as e:
-            pytest.skip(str(e))
-        yield Cluster(address, proc, url)
-        ray.shutdown()
+            yield e, server
+        else:
+            ray_backend.connect(address)
+            yield Cluster(address, proc), server
+            ray.shutdown()
+            pool.submit(head.__exit__, None, None, None)
+        server.exception()  # started (or failed) before the stack stops it
+
+
+@pytest.fixture(scope="module")
+def cluster(started) -> Cluster:
+    if isinstance(started[0], services.Unavailable):
+        pytest.skip(str(started[0]))
+    return started[0]
+
+
+@pytest.fixture(scope="module")
+def server(started) -> services.MlflowServer:
+    try:
+        return started[1].result()
+    except services.Unavailable as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def projects(cluster: Cluster, server: services.MlflowServer, new_project) -> tuple:
+    """A local project (processes, sqlite) and a remote one (Ray, the server), reduced sweeps."""
+    local = new_project("local", instability=SWEEP)
+    remote = new_project("remote", instability=SWEEP)
+    params = yaml.safe_load(remote.params_file.read_text())
+    params["store"] = {"tracking_uri": server.url}
+    params["runner"] = {"backend": "ray", "address": cluster.ray_address}
+    remote.params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    remote.store = Store(server.url)
+    return local, remote
 
 
 def _tasks(head: subprocess.Popen) -> list[int]:
@@ -88,6 +134,15 @@ def _tasks(head: subprocess.Popen) -> list[int]:
             below.add(child)
             todo.append(child)
     return [int(r[0]) for r in rows if int(r[0]) in below and r[2:] and r[2].startswith(TASK_TITLE)]
+
+
+def _kill_a_training(head: subprocess.Popen, killed: list[int], until: threading.Event) -> None:
+    """kill -9 the first worker seen running a training (recorded in `killed`)."""
+    while not until.is_set() and not killed:
+        for pid in _tasks(head)[:1]:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        time.sleep(0.02)
 
 
 def _jobs(stop: int, folder: Path | None = None) -> list[TrainJob]:
@@ -149,34 +204,12 @@ def test_a_worker_killed_mid_training_is_retried_and_resumes(cluster, tmp_path):
     assert _same(result.weights, alone.weights) and _same(result.snapshots[20], alone.snapshots[20])
 
 
-# ---- the CLI: lmctrack instability on Ray + the tracking server ----------------------------------
+# ---- workflows on Ray + the tracking server vs local processes + sqlite -------------------------
 
 
-def _instability(folder: Path, *sets: str, kill_one_in: subprocess.Popen | None = None) -> str:
-    """`lmctrack instability` in the project folder; with kill_one_in, the first training seen
-    on that Ray head is killed with SIGKILL. Returns its stderr."""
-    argv = [sys.executable, "-m", "lmctrack", "instability", "-q"]
-    for item in sets:
-        argv += ["--set", item]
-    env = {**os.environ, **services.RAY_LOOPBACK}
-    proc = subprocess.Popen(
-        argv, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    killed = []
-    while kill_one_in is not None and not killed and proc.poll() is None:
-        killed = _tasks(kill_one_in)
-        if killed:
-            time.sleep(0.5)  # mid-training
-            os.kill(killed[0], signal.SIGKILL)
-        time.sleep(0.05)
-    out, err = proc.communicate(timeout=900)
-    assert proc.returncode == 0, err[-3000:]
-    assert kill_one_in is None or killed, "no training was seen on Ray to kill"
-    return err
-
-
-def _states(store: Store) -> dict[str, tuple[dict, list[str], dict]]:
-    """Every registered state by its key: (tags, parents' keys, weights); each key once."""
+def _states(store: Store, before: set[str] = frozenset()) -> dict[str, tuple]:
+    """Every registered state but those of `before` (URIs), by key: (tags, parents' keys,
+    weights); the registry holds each key once."""
     found = store.client.search_model_versions(max_results=10000)
     infos = [store.describe(f"models:/{v.name}/{v.version}") for v in found]
     keys = Counter(info.tags["state_key"] for info in infos)
@@ -189,31 +222,114 @@ def _states(store: Store) -> dict[str, tuple[dict, list[str], dict]]:
             store.load_state(info.uri).weights,
         )
         for info in infos
+        if info.uri not in before
     }
 
 
-def test_instability_on_ray_and_the_server_equals_local_on_sqlite(cluster, new_project):
-    local = new_project("local")
-    _instability(local.folder)
-    remote = new_project("remote")
-    params = yaml.safe_load(remote.params_file.read_text())
-    params["store"] = {"tracking_uri": cluster.tracking_uri}
-    params["runner"] = {"backend": "ray", "address": cluster.ray_address}
-    remote.params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    err = _instability(remote.folder)
-    assert "runner.backend=ray: " in err, "the sweep did not train on Ray (jobs.train_all)"
+def _uris(store: Store) -> set[str]:
+    return {f"models:/{v.name}/{v.version}" for v in store.client.search_model_versions()}
 
-    server = Store(cluster.tracking_uri)
-    expected, got = _states(local.store), _states(server)
-    assert got.keys() == expected.keys() and len(got) > 8
+
+def _assert_same_new_states(local, remote, before: tuple[set, set], at_least: int) -> None:
+    """The states each registry gained: the same keys, tags, lineage and weights."""
+    expected, got = _states(local.store, before[0]), _states(remote.store, before[1])
+    assert got.keys() == expected.keys() and len(got) >= at_least
     for key, (tags, parents, weights) in expected.items():
         assert got[key][0] == tags and got[key][1] == parents, key  # same lineage
         assert _same(got[key][2], weights), key  # bit-identical
 
-    # the fault drill: another sweep (new SGD noise) with one worker killed mid-training
-    drill = "seeds.data_order=7"
-    _instability(remote.folder, drill, kill_one_in=cluster.ray_head)
-    _instability(local.folder, drill)
-    expected, got = _states(local.store), _states(server)  # still every key once
-    assert got.keys() == expected.keys()
-    assert all(_same(got[key][2], expected[key][2]) for key in expected)
+
+def _cli_sweep(folder: Path, *sets: str) -> subprocess.Popen:
+    """`lmctrack instability --backend ray` in the project folder."""
+    argv = [sys.executable, "-m", "lmctrack", "instability", "-q", "--backend", "ray"]
+    for item in sets:
+        argv += ["--set", item]
+    return subprocess.Popen(
+        argv, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_instability_on_ray_and_the_server_equals_local_on_sqlite(cluster, projects):
+    local, remote = projects
+    before = _uris(local.store), _uris(remote.store)
+    sweep = _cli_sweep(remote.folder)
+    killed: list[int] = []
+    done = threading.Event()
+    killer = threading.Thread(target=_kill_a_training, args=(cluster.ray_head, killed, done))
+    killer.start()
+    try:
+        instability(local.context())  # meanwhile
+        _, err = sweep.communicate(timeout=600)
+    finally:
+        done.set()
+        killer.join()
+        sweep.kill()  # when something above failed
+    assert sweep.returncode == 0, err[-3000:]
+    assert killed, "no training was seen on Ray to kill"
+    assert "runner.backend=ray: 4 trainings" in err, "the copies did not train on Ray"
+    _assert_same_new_states(local, remote, before, at_least=7)  # W0, W20, W_T, 4 copies
+
+
+def test_imp_on_ray_and_the_server_equals_local_on_sqlite(projects):
+    local, remote = projects
+    before = _uris(local.store), _uris(remote.store)
+    sets = ("imp.levels=1", "imp.replicates=1")
+    (w20,) = local.store.search_states(role="rewind", step=20)
+    assert remote.store.describe(w20.uri).tags["state_key"] == w20.tags["state_key"]
+    expected = imp(local.context(*sets), w20.uri)
+    got = imp(remote.context(*sets), w20.uri)
+    assert got.rows == expected.rows  # the same accuracies, to the bit
+    _assert_same_new_states(local, remote, before, at_least=6)  # masks, subnetworks, baselines
+
+
+def _wait_until(ready, proc: subprocess.Popen, what: str) -> None:
+    """Until ready(); the driver must still be running."""
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"no {what} after 300 s"
+        time.sleep(0.1)
+
+
+def test_a_server_restart_and_a_killed_driver_lose_and_duplicate_nothing(
+    cluster, server, projects, monkeypatch, capfd
+):
+    local, remote = projects
+    before = _uris(local.store), _uris(remote.store)
+
+    def versions() -> int:
+        return len(_uris(remote.store)) - len(before[1])
+
+    seed = "seeds.init=7"
+    first = _cli_sweep(remote.folder, seed)
+    with ThreadPoolExecutor(1) as pool:
+        twin = pool.submit(instability, local.context(seed))  # meanwhile
+        try:
+            _wait_until(lambda: versions() >= 1, first, "W0")  # mid-sweep: W20, W_T to register
+            server.stop()
+            with monkeypatch.context() as down:  # while it is down, a client without retries fails
+                down.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+                with pytest.raises(LmcError, match=f"server {server.url} stopped"):
+                    remote.store.find_run("drill", "0" * 16)
+            server.start()  # the sweep's writes were waiting in their retries
+            _wait_until(lambda: versions() >= 3, first, "W_T")
+            _wait_until(lambda: _tasks(cluster.ray_head), first, "copy training")  # W_T's run ended
+        finally:
+            first.kill()  # kill -9 of the driver while the copies train
+            first.communicate()
+        expected = twin.result()
+
+    spread: list[int] = []  # the driver started again (here): what it sends to Ray
+    original = ray_backend.map_on_ray
+    monkeypatch.setattr(
+        ray_backend,
+        "map_on_ray",
+        lambda fn, calls, *a: spread.append(len(calls)) or original(fn, calls, *a),
+    )
+    capfd.readouterr()
+    got = instability(remote.context(seed))
+    err = capfd.readouterr().err
+    assert "runner.backend=ray: 4 trainings" in err and "1 trainings" not in err  # W_T reused
+    assert spread == [2]  # both forks' pairs, as Ray tasks at once
+    assert [r.barrier for r in got.rows] == [r.barrier for r in expected.rows]  # to the bit
+    _assert_same_new_states(local, remote, before, at_least=7)
