@@ -56,7 +56,8 @@ class Store(Registry):
         db = sqlite_path(uri)
         self.tracking_uri = sqlite_uri(db) if db is not None else uri
         self.root: Path | None = db.parent if db is not None else None
-        self._experiments: dict[str, str] = {}
+        self._experiments: dict[str, str] = {}  # made ready for runs by _experiment_id
+        self._found: dict[str, str] = {}  # seen by _existing_experiment
         self._registered: set[str] = set()
         self._versions: dict[str, StateInfo] = {}
         self._verified: set[str] = set()
@@ -76,6 +77,8 @@ class Store(Registry):
         parent: Run | str | None = None,
     ) -> Iterator[Run]:
         """A run that ends FINISHED on normal exit, FAILED / KILLED on an exception."""
+        if isinstance(parent, str):
+            self._get_run(parent)  # a given id must exist; a Run does
         parent_id = parent.id if isinstance(parent, Run) else parent
         with self._start(experiment, name, params=params, tags=tags, parent=parent_id) as run:
             yield run
@@ -93,7 +96,6 @@ class Store(Registry):
         experiment_id = self._experiment_id(experiment)
         run_tags = prefixed({**(tags or {}), **owner_tags()})
         if parent is not None:
-            self._get_run(parent)
             run_tags["mlflow.parentRunId"] = parent
         with write_errors(self.tracking_uri):
             info = retry_busy(
@@ -142,6 +144,19 @@ class Store(Registry):
         self._experiments[name] = experiment_id
         return experiment_id
 
+    def _existing_experiment(self, name: str) -> str | None:
+        """The id of the experiment `name` if there is one; an active one's is kept (ids never
+        change), so that lookups before every search cost no request."""
+        known = self._experiments.get(name) or self._found.get(name)
+        if known is not None:
+            return known
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            return None
+        if found.lifecycle_stage == "active":
+            self._found[name] = found.experiment_id
+        return found.experiment_id
+
     def _get_run(self, run_id: str):
         try:
             return self.client.get_run(run_id)
@@ -157,11 +172,11 @@ class Store(Registry):
         """Mark KILLED the experiment's RUNNING runs whose owner process, on this host, is dead
         (killed with -9, or its machine rebooted); returns their ids. A read-only store is left
         as it is."""
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
+        experiment_id = self._existing_experiment(experiment)
+        if experiment_id is None:
             return []
         running = self.client.search_runs(
-            [found.experiment_id], "attributes.status = 'RUNNING'", max_results=10000
+            [experiment_id], "attributes.status = 'RUNNING'", max_results=10000
         )
         dead = [
             r.info.run_id
@@ -180,12 +195,12 @@ class Store(Registry):
             raise LmcError(f"unknown run status '{status}'; use one of {', '.join(_RUN_STATUSES)}")
         if not KEY.match(config_hash):
             raise LmcError(f"'{config_hash}' is not a config hash; pass the hex digest")
-        experiment_obj = self.client.get_experiment_by_name(experiment)
-        if experiment_obj is None:
+        experiment_id = self._existing_experiment(experiment)
+        if experiment_id is None:
             return None
         self.reap(experiment)
         runs = self.client.search_runs(
-            [experiment_obj.experiment_id],
+            [experiment_id],
             filter_string=(
                 f"tags.`{TAG_PREFIX}config_hash` = '{config_hash}' "
                 f"and attributes.status = '{status}'"

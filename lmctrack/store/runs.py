@@ -79,9 +79,8 @@ class Run:
         try:
             with write_errors(self.store.tracking_uri):
                 metrics, tags = self._meter.finish()
-                self.set_tags(tags)
                 self.log_metrics(metrics)
-                self.flush()
+                self.flush(tags)
         except Exception:
             exc_type = exc_type or Exception
             raise
@@ -118,11 +117,15 @@ class Run:
         for i, value in enumerate(values):
             self.log_metrics({key: value}, step=i)
 
-    def flush(self) -> None:
-        """Send the buffered metrics now."""
+    def flush(self, tags: dict[str, str] | None = None) -> None:
+        """Send the buffered metrics now, and `tags` with them (one request when both fit)."""
         batch, self._pending = self._pending, []
-        if batch:
-            retry_busy(lambda: self._client.log_batch(self.id, metrics=batch))
+        run_tags = [RunTag(k, v) for k, v in prefixed(tags or {}).items()]
+        if len(batch) + len(run_tags) > _FLUSH_SIZE:
+            self.set_tags(tags or {})
+            run_tags = []
+        if batch or run_tags:
+            retry_busy(lambda: self._client.log_batch(self.id, metrics=batch, tags=run_tags))
         self._flushed = time.monotonic()
 
     def log_json(self, obj: Any, name: str) -> None:
