@@ -131,7 +131,8 @@ def _session(ray, dataset) -> tuple[list, Any]:
     job = ray.get_runtime_context().get_job_id()
     if _driver.get("job") != job:
         _driver.clear()
-        _driver.update(job=job, relay=ray.remote(_Reports).options(num_cpus=0).remote())
+        relay = ray.remote(_Reports).options(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+        _driver.update(job=job, relay=relay.remote())  # restarted if its process dies
     if _driver.get("dataset") is not dataset:
         _driver.update(dataset=dataset, boxed=[ray.put(dataset.to("cpu"))])
     return _driver["boxed"], _driver["relay"]
