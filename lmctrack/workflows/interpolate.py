@@ -69,19 +69,8 @@ def path_between(dataset, device: torch.device, settings: PathSettings, a: State
 
     inst = settings.instability
     model = build_model(settings.model, dataset.num_classes, dataset.input_shape, 0).to(device)
-    path = linear_path(
-        model,
-        a,
-        b,
-        dataset,
-        alphas=inst.alphas,
-        splits=inst.splits,
-        bn=inst.bn,
-        mask_mode=settings.mask_mode,
-        device=device,
-        eval_limit=inst.eval_limit,
-        bn_limit=inst.bn_limit,
-    )
+    how = inst.model_dump(include={"alphas", "splits", "bn", "eval_limit", "bn_limit"})
+    path = linear_path(model, a, b, dataset, mask_mode=settings.mask_mode, device=device, **how)
     distances = compare_pair(
         model,
         a,
