@@ -74,6 +74,11 @@ def _trained(level: int = 3) -> Trained:
     return Trained("imp", 0, level, 0.512, "mask", "wt", 7, 0, 0.1)
 
 
+def _at(k: int, barrier: float, error: float) -> tuple:
+    """A sample at rewind step k: three copies with this error, every pair with this barrier."""
+    return (0, k, _trained(), _fork(k, [barrier] * 3, [error] * 3))
+
+
 def test_figure_9_takes_the_median_of_per_sample_earliest_k_not_of_barriers():
     """Three pairs, each stable at two of the three rewind steps, a different one unstable. The
     mean (and median) barrier is below 2% at every k, so "the median barrier first" would say
@@ -104,14 +109,14 @@ def test_copies_with_equal_errors_all_count_in_accuracy_and_matching():
 def test_the_claim_is_decided_from_the_rows():
     dense = {0: Stats(0.9, 0.0, 0.9, 3)}
     good = [
-        (0, 0, _trained(), _fork(0, [0.1] * 3, [0.2] * 3)),
-        (0, 100, _trained(), _fork(100, [0.0] * 3, [0.1] * 3)),
+        _at(0, 0.1, 0.2),
+        _at(100, 0.0, 0.1),
     ]
     result = summarize(_ctx(), "run", good, dense)
     assert result.claim_holds is True and "yes" in result.claim and "{100it}" in result.claim
     bad = [
-        (0, 0, _trained(), _fork(0, [0.1] * 3, [0.1] * 3)),  # matching but unstable
-        (0, 100, _trained(), _fork(100, [0.0] * 3, [0.1] * 3)),
+        _at(0, 0.1, 0.1),  # matching but unstable
+        _at(100, 0.0, 0.1),
     ]
     result = summarize(_ctx(), "run", bad, dense)
     assert result.claim_holds is False and "no, because" in result.claim
@@ -120,14 +125,14 @@ def test_the_claim_is_decided_from_the_rows():
 def test_a_claim_that_holds_at_every_k_says_it_shows_no_contrast():
     dense = {0: Stats(0.9, 0.0, 0.9, 3)}
     flat = [
-        (0, 0, _trained(), _fork(0, [0.0] * 3, [0.1] * 3)),
-        (0, 100, _trained(), _fork(100, [0.0] * 3, [0.1] * 3)),
+        _at(0, 0.0, 0.1),
+        _at(100, 0.0, 0.1),
     ]
     result = summarize(_ctx(), "run", flat, dense)
     assert result.claim_holds is True and "trivially" in result.claim
     contrast = [
-        (0, 0, _trained(), _fork(0, [0.1] * 3, [0.2] * 3)),
-        (0, 100, _trained(), _fork(100, [0.0] * 3, [0.1] * 3)),
+        _at(0, 0.1, 0.2),
+        _at(100, 0.0, 0.1),
     ]
     assert "trivially" not in summarize(_ctx(), "run", contrast, dense).claim
 
@@ -136,11 +141,11 @@ def test_a_failed_claim_says_which_half_failed():
     """Matching but unstable breaks the abstract's claim (matching only where stable); stable
     but not matching (the paper's sparsity range III) breaks only its converse."""
     dense = {0: Stats(0.9, 0.0, 0.9, 3)}
-    unstable_matching = [(0, 0, _trained(), _fork(0, [0.1] * 3, [0.1] * 3))]
+    unstable_matching = [_at(0, 0.1, 0.1)]
     claim = summarize(_ctx(), "run", unstable_matching, dense).claim
     assert "matching only where stable (the abstract's claim): no" in claim.lower()
     assert "matching wherever stable: yes" in claim
-    stable_not_matching = [(0, 0, _trained(), _fork(0, [0.0] * 3, [0.2] * 3))]
+    stable_not_matching = [_at(0, 0.0, 0.2)]
     claim = summarize(_ctx(), "run", stable_not_matching, dense).claim
     assert "matching only where stable (the abstract's claim): yes" in claim.lower()
     assert "matching wherever stable: no" in claim
