@@ -11,7 +11,7 @@ mode vmap's batch-norm rule updates each network's own statistics in place, so t
 their own statistics (tested against unbatched training), and the BatchNorm reset of a path is
 update_bn's cumulative average computed for all networks at once.
 
-Training (`train_copies`) uses torch.optim on the stacked parameters: SGD and Adam are elementwise,
+Training (`train_copies`) steps the optimizer on the stacked parameters: SGD and Adam are elementwise,
 so one optimizer over stacked tensors is exactly one optimizer per copy; a checkpoint slices its
 state per copy into the same file format as the unbatched engine, so either engine resumes it.
 """

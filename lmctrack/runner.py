@@ -16,7 +16,6 @@ cluster (lmctrack.cluster) running the same run_job; `run_configured` chooses.
 
 from __future__ import annotations
 
-import importlib
 import multiprocessing as mp
 import os
 import queue
@@ -412,13 +411,8 @@ def _run_separately(
             run_job(job, dataset, device, lambda s, m, k=job.key: board.update(k, s, m))
             for job in jobs
         ]
-    if device.type == "cuda":
-        ctx = mp.get_context("spawn")  # CUDA cannot be used in a forked child
-    else:
-        ctx = mp.get_context("fork")
-        # Creating any optimizer imports torch._dynamo (seconds of CPU); imported once here, the
-        # forked workers inherit it instead of each importing it again at the same time.
-        importlib.import_module("torch._dynamo")
+    # CUDA cannot be used in a forked child
+    ctx = mp.get_context("spawn" if device.type == "cuda" else "fork")
     reports = ctx.Queue()
     stop = threading.Event()
 

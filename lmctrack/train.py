@@ -22,6 +22,7 @@ from torch import nn
 
 from lmctrack.config import TrainConfig
 from lmctrack.errors import LmcError
+from lmctrack.sgd import SGD
 from lmctrack.state import Mask
 
 
@@ -46,10 +47,13 @@ def learning_rate(cfg: TrainConfig, step: int, ipe: int, total: int) -> float:
     return lr
 
 
-def make_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+Optimizer = SGD | torch.optim.Optimizer
+
+
+def make_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(
+    return SGD(
         params,
         lr=cfg.lr,
         momentum=cfg.momentum,
@@ -154,7 +158,7 @@ def read_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[int,
     return int(meta["step"]), weights, slots
 
 
-def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> int:
+def load_checkpoint(path: Path, model: nn.Module, opt: Optimizer) -> int:
     """Restore model and optimizer from `path`; returns the step it was taken at."""
     step, weights, slots = read_checkpoint(path)
     model.load_state_dict(weights)

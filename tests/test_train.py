@@ -1,5 +1,6 @@
 """The training engine: schedules, determinism, resume, masks kept through training."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,43 @@ def test_mask_kept_through_training(data, optimizer):
     for name, keep in mask.items():
         assert torch.all(trained[name][~keep] == 0)
         assert torch.any(trained[name][keep] != weights[name][keep])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"momentum": 0.0},
+        {"momentum": 0.9},
+        {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
+    ],
+)
+def test_sgd_is_torch_sgd_bit_for_bit_and_its_state_loads_into_it(options):
+    """lmctrack.sgd.SGD steps exactly as torch.optim.SGD; its state_dict has torch's layout."""
+    from lmctrack.sgd import SGD
+
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(
+        torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3)
+    )
+    theirs = copy.deepcopy(ours)
+    a, b = (
+        SGD(ours.parameters(), lr=0.1, **options),
+        torch.optim.SGD(theirs.parameters(), lr=0.1, **options),
+    )
+    for step in range(12):
+        x, y = torch.randn(16, 6), torch.randint(3, (16,))
+        for model, opt in ((ours, a), (theirs, b)):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        if step == 5:  # a checkpoint taken and restored midway changes nothing
+            restored = SGD(ours.parameters(), lr=0.1, **options)
+            restored.load_state_dict(a.state_dict())
+            a = restored
+    assert all(torch.equal(p, q) for p, q in zip(ours.parameters(), theirs.parameters()))
+    mine, torch_state = a.state_dict()["state"], b.state_dict()["state"]
+    assert mine.keys() == {
+        i for i, s in torch_state.items() if s.get("momentum_buffer") is not None
+    }
+    for i, slot in mine.items():
+        assert torch.equal(slot["momentum_buffer"], torch_state[i]["momentum_buffer"])
