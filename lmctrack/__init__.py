@@ -14,7 +14,18 @@ import types
 
 __version__ = "0.1.0"
 
-API = ("train", "fork", "interpolate", "imp", "instability", "align", "load", "states", "lineage")
+API = (
+    "train",
+    "fork",
+    "forks",
+    "interpolate",
+    "imp",
+    "instability",
+    "align",
+    "load",
+    "states",
+    "lineage",
+)
 
 
 def _api_name(name: str) -> property:

@@ -13,7 +13,7 @@ and `sets` overrides as keyword arguments, e.g. `lmc.train(sets={"train.lr": 0.0
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -63,17 +63,38 @@ def fork(
 ) -> Fork:
     """Algorithm 1 from a state URI: `seeds` copies (noise seeds 1..seeds), every pair
     interpolated."""
-    from lmctrack.workflows.fork import fork as algorithm1
+    return forks(
+        [source],
+        seeds,
+        mask=mask,
+        reset_schedule=reset_schedule,
+        track_every=track_every,
+        params=params,
+        sets=sets,
+        ctx=ctx,
+    )[0]
 
-    with _within(ctx, params, sets, source) as ctx:
-        return algorithm1(
-            ctx,
-            source,
-            seeds=list(range(1, seeds + 1)),
-            mask=mask,
-            reset_schedule=reset_schedule,
-            track_every=track_every,
-        )
+
+def forks(
+    sources: Sequence[str],
+    seeds: int = 2,
+    *,
+    mask: str | None = None,
+    reset_schedule: bool = False,
+    track_every: int | None = None,
+    params: ParamsLike = None,
+    sets: Mapping[str, object] | None = None,
+    ctx: Context | None = None,
+) -> list[Fork]:
+    """`fork` from several states (e.g. Wk of one run at every k): all copies train in one pool
+    and all pairs are interpolated together, which keeps every core busy."""
+    from lmctrack.workflows.fork import forks as algorithm1
+    from lmctrack.workflows.fork import plan
+
+    with _within(ctx, params, sets, sources[0]) as ctx:
+        options = {"mask": mask, "reset_schedule": reset_schedule, "track_every": track_every}
+        seed_list = list(range(1, seeds + 1))
+        return algorithm1(ctx, [plan(ctx, s, seeds=seed_list, **options) for s in sources])
 
 
 def interpolate(
@@ -167,6 +188,7 @@ def _store_params(params: ParamsLike) -> Params:
 __all__ = [
     "align",
     "fork",
+    "forks",
     "imp",
     "instability",
     "interpolate",

@@ -103,6 +103,17 @@ def test_fork_by_run_and_step_registers_copies_and_reuses(project, trained):
     assert project.versions() == before
 
 
+def test_fork_of_several_steps_trains_them_together_and_reuses_each(trained):
+    one = ok("fork", "--run-id", trained["run_id"], "--step", "20it", "-q")
+    both = ok("fork", "--run-id", trained["run_id"], "--step", "20it", "--step", "0it", "-q")
+    assert [f["k"] for f in both["forks"]] == [20, 0]
+    assert both["forks"][0]["reused"] and both["forks"][0]["run_id"] == one["run_id"]
+    assert set(both["forks"][1]["copies"]).isdisjoint(one["copies"])
+    every = ok("fork", "--run-id", trained["run_id"], "--step", "all", "-q")["forks"]
+    assert [f["k"] for f in every] == [0, 20]  # every Wk the run registered, W_T excluded
+    assert [f["run_id"] for f in every] == [f["run_id"] for f in both["forks"][::-1]]
+
+
 def test_fork_reset_schedule_and_track_every(trained):
     plain = ok("fork", "--run-id", trained["run_id"], "--step", "20it", "-q")
     reset = ok(

@@ -42,8 +42,7 @@ def test_repro_produces_every_output(project: Path):
     assert _ran(project.joinpath("log.txt").read_text()) == {
         "data",
         "train",
-        "fork@0it",
-        "fork@50it",
+        "fork",
         "imp",
         "instability",
         "sparse",
@@ -51,6 +50,9 @@ def test_repro_produces_every_output(project: Path):
     }
     train = json.loads((project / "outputs/train/train.json").read_text())
     assert set(train["states"]) == {"W0", "W50", "W_T"}
+    forks = json.loads((project / "outputs/fork/fork.json").read_text())["forks"]
+    assert [f["k"] for f in forks] == [0, 50]  # --step all: every Wk of the run, W_T excluded
+    assert [f["source"] for f in forks] == [train["states"]["W0"], train["states"]["W50"]]
     sweep = json.loads((project / "outputs/instability/instability.json").read_text())
     assert {(r["k"], r["split"]) for r in sweep["rows"]} == {
         (0, "test"),

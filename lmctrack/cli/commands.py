@@ -3,6 +3,7 @@ baselines, the instability sweeps and the report. Each parses, calls one workflo
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -39,7 +40,10 @@ def train(opts: Common) -> None:
 @command()
 def fork(
     run_id: RunIdOpt = None,
-    step: Annotated[str | None, typer.Option("--step", help="rewind step k of that run")] = None,
+    step: Annotated[
+        list[str] | None,
+        typer.Option("--step", help="rewind step k of that run; repeat it for several k, or 'all'"),
+    ] = None,
     source: Annotated[str | None, typer.Option("--from", help="any state URI instead")] = None,
     mask: Annotated[str | None, typer.Option("--mask", help="URI of a mask to apply")] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="number of copies (noise seeds 1..N)")] = 2,
@@ -52,7 +56,10 @@ def fork(
     *,
     opts: Common,
 ) -> None:
-    """Algorithm 1: train copies of Wk under different SGD noise and interpolate every pair."""
+    """Algorithm 1: train copies of Wk under different SGD noise and interpolate every pair.
+
+    Several --step values (or --step all: every Wk the run registered) fork in one go: all
+    copies share one pool of workers."""
     from lmctrack import api
     from lmctrack.workflows.report import fork_table
     from lmctrack.workflows.train import registered_run
@@ -62,23 +69,36 @@ def fork(
     run_id = run_id_of(run_id)
     if (run_id is None) == (source is None):
         raise LmcError("give either --run-id RUN --step STEP or --from URI (not both)")
-    if run_id is not None and step is None:
+    if run_id is not None and not step:
         raise LmcError(
             "--run-id needs --step, e.g. --step 500it (a rewind step the run registered)"
         )
     with opts.workspace(state=source, run_id=run_id) as ctx:
         if source is None:
-            total = ctx.total_steps
-            source = registered_run(ctx.store, run_id, total).at(ctx.steps(step_of(step)))
+            run = registered_run(ctx.store, run_id, ctx.total_steps)
+            if step == ["all"]:
+                sources = [uri for k, uri in sorted(run.states.items()) if k != run.total]
+            else:
+                sources = [run.at(ctx.steps(step_of(s))) for s in step]
+        else:
+            sources = [source]
         track = _positive_steps(ctx, track_every, "--track-every")
-        result = api.fork(
-            source, seeds, mask=mask, reset_schedule=reset_schedule, track_every=track, ctx=ctx
+        results = api.forks(
+            sources, seeds, mask=mask, reset_schedule=reset_schedule, track_every=track, ctx=ctx
         )
         threshold = ctx.params.instability.stable_threshold
-    table(f"fork of {source} (k={result.k}, bn={result.bn})", *fork_table(result, threshold))
-    opts.finish(
-        ctx, "fork.json", result, [("run_id", result.run_id), *[("W_T", c) for c in result.copies]]
-    )
+    for result in results:
+        table(
+            f"fork of {result.source} (k={result.k}, bn={result.bn})",
+            *fork_table(result, threshold),
+        )
+    lines = [
+        (name, uri)
+        for r in results
+        for name, uri in (("run_id", r.run_id), *[("W_T", c) for c in r.copies])
+    ]
+    output = results[0] if len(results) == 1 else {"forks": [asdict(r) for r in results]}
+    opts.finish(ctx, "fork.json", output, lines)
 
 
 def _positive_steps(ctx, text: str | None, option: str) -> int | None:
