@@ -337,6 +337,26 @@ def _run_in_worker(job: TrainJob) -> JobResult:
     )
 
 
+def _call_in_worker(task: tuple[Callable, tuple]) -> object:
+    fn, args = task
+    return fn(_worker["dataset"], _worker["device"], *args)
+
+
+def map_in_processes(fn: Callable, calls: Sequence[tuple], dataset, device: torch.device) -> list:
+    """fn(dataset, device, *call) for every call, in forked CPU processes (one thread each, like
+    the trainings) when there are several: the same results, in order, as one after another."""
+    workers = default_workers(len(calls), device)
+    if device.type != "cpu" or workers < 2:
+        return [fn(dataset, device, *call) for call in calls]
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context("fork"),
+        initializer=_init_worker,
+        initargs=(dataset, str(device), None),
+    ) as pool:
+        return list(pool.map(_call_in_worker, [(fn, call) for call in calls]))
+
+
 def usable_cores() -> int:
     """The cores this process may run on (a container's or scheduler's CPU set, not the host's)."""
     if hasattr(os, "sched_getaffinity"):

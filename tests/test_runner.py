@@ -1,6 +1,7 @@
 """Concurrent trainings: forked single-thread workers give the weights of sequential training."""
 
 import io
+import os
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from rich.console import Console
 from lmctrack.config import DataConfig, ModelConfig, load_params
 from lmctrack.data import load_dataset
 from lmctrack.progress import board
-from lmctrack.runner import TrainJob, default_workers, run_jobs
+from lmctrack.runner import TrainJob, default_workers, map_in_processes, run_jobs
 from lmctrack.train import Noise
 
 # End to end: real trainings, stores or subprocesses (seconds to minutes each).
@@ -56,3 +57,32 @@ def test_default_workers_keeps_cores_busy_without_oversubscribing_gpus():
     assert default_workers(1, torch.device("cpu")) == 1
     assert 2 <= default_workers(3, torch.device("cpu")) <= 3
     assert default_workers(100, torch.device("cuda")) == 4
+
+
+def _path_in(dataset, device, seeds: tuple[int, int]) -> tuple[int, dict]:
+    """The linear path between two random inits, and the process that computed it."""
+    from lmctrack.interpolate import linear_path
+    from lmctrack.models import build_model
+    from lmctrack.state import State
+
+    model = build_model(ModelConfig(name="mnist1d_cnn_bn"), 10, dataset.input_shape, 0)
+    a, b = (
+        State(
+            build_model(ModelConfig(name="mnist1d_cnn_bn"), 10, dataset.input_shape, s).state_dict()
+        )
+        for s in seeds
+    )
+    path = linear_path(model, a, b, dataset, alphas=4, splits=("test",), device=device)
+    return os.getpid(), path.curves
+
+
+def test_map_in_processes_gives_the_results_of_one_after_another_in_order():
+    """Pairs of a sweep are interpolated in forked workers: the same curves, in call order."""
+    data = load_dataset(DataConfig(name="mnist1d", num_samples=600))
+    cpu = torch.device("cpu")
+    calls = [((s, s + 1),) for s in range(4)]
+    pooled = map_in_processes(_path_in, calls, data, cpu)
+    alone = [_path_in(data, cpu, *call) for call in calls]
+    assert [curves for _, curves in pooled] == [curves for _, curves in alone]
+    assert len({str(curves) for _, curves in alone}) == 4  # four different paths
+    assert os.getpid() not in {pid for pid, _ in pooled}  # computed in the workers

@@ -11,7 +11,7 @@ from lmctrack.results import Imp, ImpRow, Pair, Trained
 from lmctrack.schema import Stats
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.imp_chain import Chain
-from lmctrack.workflows.interpolate import interpolate_states, log_pair
+from lmctrack.workflows.interpolate import interpolate_pairs, log_pair
 
 
 def accuracy(trainings: list[Trained], method: str, level: int) -> Stats | None:
@@ -52,16 +52,11 @@ def same_basin(ctx: Context, parent, chain: Chain) -> list[Pair]:
     level n+1's, each endpoint keeping its own mask (one replicate)."""
     if not ctx.params.imp.same_basin:
         return []
+    ends = list(pairwise(chain.trained))
+    states = [(ctx.store.load_state(a.trained), ctx.store.load_state(b.trained)) for a, b in ends]
     pairs = []
-    for a, b in pairwise(chain.trained):
-        pair = interpolate_states(
-            ctx,
-            ctx.store.load_state(a.trained),
-            ctx.store.load_state(b.trained),
-            a_uri=a.trained,
-            b_uri=b.trained,
-            mask_mode="each",
-        )
+    for (a, b), pair in zip(ends, interpolate_pairs(ctx, states, mask_mode="each"), strict=True):
+        pair.a, pair.b = a.trained, b.trained
         pairs.append(log_pair(ctx, parent, f"same basin levels {a.level}-{b.level}", pair))
         parent.log_metrics({f"basin.{k}": v for k, v in pair.metrics().items()}, step=a.level)
     return pairs

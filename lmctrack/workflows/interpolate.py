@@ -40,20 +40,23 @@ def interpolate_states(
 def interpolate_pairs(
     ctx: Context, pairs: Sequence[tuple[State, State]], *, mask_mode: str = "same"
 ) -> list[Pair]:
-    """interpolate_states for every pair (without URIs): one after another here, or each pair
-    as a Ray task when runner.backend is ray, so that a sweep's analysis spreads over the
-    cluster like its trainings. The same numbers either way on CPUs (one thread per task)."""
+    """interpolate_states for every pair (without URIs): in the local pool of processes, or each
+    pair as a Ray task when runner.backend is ray, so that a sweep's analysis spreads over the
+    cores or the cluster like its trainings. The same numbers either way on CPUs (one thread per
+    process or task)."""
     from lmctrack.interpolate import check_compatible
 
     for a, b in pairs:
         check_compatible(a, b, mask_mode)  # here, before any task starts
     settings = _settings(ctx, mask_mode)
+    calls = [(settings, a, b) for a, b in pairs]
     if ctx.params.runner.backend == "ray" and pairs:
         from lmctrack.cluster import map_on_ray
 
-        calls = [(settings, a, b) for a, b in pairs]
         return map_on_ray(path_between, calls, ctx.dataset, ctx.params.runner, "interpolation")
-    return [path_between(ctx.dataset, ctx.device, settings, a, b) for a, b in pairs]
+    from lmctrack.runner import map_in_processes
+
+    return map_in_processes(path_between, calls, ctx.dataset, ctx.device)
 
 
 def _settings(ctx: Context, mask_mode: str) -> PathSettings:
