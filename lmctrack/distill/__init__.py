@@ -12,7 +12,6 @@ from lmctrack.distill.mtt import (
     Trajectory,
     distill_mtt,
     expert_snapshot_steps,
-    require_no_batchnorm,
     train_expert,
     trajectory_matching_loss,
 )
@@ -38,7 +37,6 @@ __all__ = [
     "evaluate_quality",
     "evaluation_recipe",
     "expert_snapshot_steps",
-    "require_no_batchnorm",
     "synthetic_dataset",
     "train_expert",
     "trajectory_matching_loss",

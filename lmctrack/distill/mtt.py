@@ -10,8 +10,10 @@ examples and the learning rate, both by SGD with momentum 0.5, as the reference 
 
 Not carried over from the reference: differentiable augmentation (lmctrack's MNIST-1D has no
 augmentation, and experts and students alike train without it) and ZCA whitening.
-BatchNorm networks are refused: the student's unrolled steps carry no running statistics, and the
-reference's ConvNet has none (it uses instance norm).
+BatchNorm: the student runs in train mode, so each of its steps normalises with the statistics of
+its synthetic minibatch, as the experts' steps did with real minibatches, and as the reference's
+student (the module in train mode, its buffers outside the flat parameters) does. Running
+statistics are no part of a trajectory: the student updates throwaway copies of them.
 """
 
 from __future__ import annotations
@@ -107,14 +109,6 @@ def train_expert(
     return trajectory
 
 
-def require_no_batchnorm(model: nn.Module, name: str) -> None:
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise LmcError(
-            f"MTT needs a network without BatchNorm and model {name} has BatchNorm layers; "
-            "use a model without it (e.g. mnist1d_cnn) or distill with method dm"
-        )
-
-
 def check_experts(experts: Sequence[Trajectory], model: nn.Module, params: MttParams) -> None:
     """Every expert long enough for the sampled (t, t + M) and shaped like the student."""
     if params.max_start_epoch < 1 or params.expert_epochs < 1:
@@ -160,6 +154,7 @@ def trajectory_matching_loss(
     device = x_syn.device
     names = [k for k, _ in model.named_parameters()]
     student = {k: start[k].to(device).detach().requires_grad_(True) for k in names}
+    buffers = {k: b.detach().clone() for k, b in model.named_buffers()}  # BatchNorm scratch
     batch = len(y_syn) if batch_syn is None else batch_syn
     chunks: list[torch.Tensor] = []
     for _ in range(syn_steps):
@@ -167,7 +162,8 @@ def trajectory_matching_loss(
             perm = torch.randperm(len(y_syn), generator=generator).to(device)
             chunks = list(torch.split(perm, batch))
         idx = chunks.pop()
-        loss = F.cross_entropy(functional_call(model, student, (x_syn[idx],)), y_syn[idx])
+        logits = functional_call(model, {**student, **buffers}, (x_syn[idx],))
+        loss = F.cross_entropy(logits, y_syn[idx])
         grads = torch.autograd.grad(loss, list(student.values()), create_graph=True)
         student = {k: w - syn_lr * g for (k, w), g in zip(student.items(), grads, strict=True)}
     moved = sum(((student[k] - target[k].to(device)) ** 2).sum() for k in names)
@@ -188,7 +184,6 @@ def distill_mtt(
     source = tensor_dataset(dataset)
     device = torch.device(device)
     model = build_model(model_cfg, source.num_classes, source.input_shape, init_seed=0).to(device)
-    require_no_batchnorm(model, model_cfg.name)
     check_experts(experts, model, params)
     if params.batch_syn is not None and params.batch_syn < 1:
         raise LmcError(f"batch_syn={params.batch_syn}; set it to 1 or more, or null (whole set)")

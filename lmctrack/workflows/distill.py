@@ -28,7 +28,6 @@ from lmctrack.distill import (
     distill_mtt,
     evaluate_quality,
     evaluation_recipe,
-    require_no_batchnorm,
     write_distilled,
 )
 from lmctrack.distill.synthetic import class_indices, tensor_dataset
@@ -121,7 +120,6 @@ def train_experts(ctx: Context) -> list[TrainedRun]:
     """MTT's experts as ordinary trainings (init, data order and augmentation seeds base + i):
     the same config finds the same runs, so re-distilling trains nothing."""
     expert_ctx = expert_context(ctx)
-    require_no_batchnorm(expert_ctx.template(), ctx.params.model.name)
     base = ctx.params.seeds
     seeds = [
         SeedConfig(init=base.init + i, data_order=base.data_order + i, augment=base.augment + i)
