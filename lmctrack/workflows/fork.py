@@ -18,7 +18,7 @@ from lmctrack.state import State
 from lmctrack.train import Noise
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
-from lmctrack.workflows.interpolate import interpolate_pairs, interpolate_states, log_pair
+from lmctrack.workflows.interpolate import interpolate_pairs, log_pair
 
 FORK_ARTIFACT = "fork.json"
 
@@ -226,14 +226,16 @@ def _ancestor_w0(ctx: Context, uri: str) -> str | None:
 def _track(ctx: Context, run, plan: Plan, trained: dict[str, JobResult]) -> dict[int, dict]:
     """Appendix C: the barrier between the copies at every tracked step of their training."""
     snaps = [trained[key].snapshots for key in plan.copy_keys]
+    ends = list(combinations(range(len(snaps)), 2))
+    states = [
+        (State(snaps[i][step], plan.state.mask), State(snaps[j][step], plan.state.mask))
+        for step in plan.track
+        for i, j in ends
+    ]
+    paths = iter(interpolate_pairs(ctx, states))
     tracked: dict[int, dict[str, Stats]] = {}
     for step in plan.track:
-        pairs = [
-            interpolate_states(
-                ctx, State(snaps[i][step], plan.state.mask), State(snaps[j][step], plan.state.mask)
-            )
-            for i, j in combinations(range(len(snaps)), 2)
-        ]
+        pairs = [next(paths) for _ in ends]
         tracked[step] = {
             name: Stats.of([p.metrics()[name] for p in pairs]) for name in pairs[0].metrics()
         }
