@@ -53,8 +53,12 @@ def _lines(ax, series: Series, label, center: str = "mean") -> None:
         xs = [x for x, _ in points]
         ys = [getattr(s, center) for _, s in points]
         (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=label(group))
-        low = [y - s.std for y, (_, s) in zip(ys, points, strict=True)]
-        high = [y + s.std for y, (_, s) in zip(ys, points, strict=True)]
+        stds = [s.std for _, s in points]
+        if len(xs) == 1:  # a band needs two points: a lone point (e.g. a baseline) gets a bar
+            ax.errorbar(xs, ys, yerr=stds, color=line.get_color(), capsize=3, linewidth=1)
+            continue
+        low = [y - d for y, d in zip(ys, stds, strict=True)]
+        high = [y + d for y, d in zip(ys, stds, strict=True)]
         ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
 
 

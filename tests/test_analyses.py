@@ -350,6 +350,12 @@ def test_plots_are_figures_saved_as_png_files(tmp_path):
         for d in (1.0, 0.5, 0.1)
     ]
     assert is_png(save(plot_imp_density(methods, "Figure 8"), tmp_path / "nested" / "density.png"))
+    lone = [
+        *methods[:3],
+        {"method": "random_prune", "density": 0.1, "mean": 0.5, "std": 0.02, "n": 3},
+    ]
+    bars = plot_imp_density(lone, "Table 2").axes[0].containers  # one level: an error bar
+    assert [c.lines[0].get_ydata().tolist() for c in bars] == [[0.5]]
 
     grid = [[float(i + j) for j in range(4)] for i in range(3)]
     surface = Plane(
