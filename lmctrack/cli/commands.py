@@ -77,7 +77,7 @@ def fork(
         if source is None:
             run = registered_run(ctx.store, run_id, ctx.total_steps)
             if step == ["all"]:
-                sources = [uri for k, uri in sorted(run.states.items()) if k != run.total]
+                sources = run.rewind_states
             else:
                 sources = [run.at(ctx.steps(step_of(s))) for s in step]
         else:

@@ -31,6 +31,11 @@ class TrainedRun:
     def final(self) -> str:
         return self.states[self.total]
 
+    @property
+    def rewind_states(self) -> list[str]:
+        """W0 and every Wk the run registered, in step order (all but W_T)."""
+        return [uri for step, uri in sorted(self.states.items()) if step != self.total]
+
     def at(self, step: int) -> str:
         """The URI of Wk; a step the run did not register is a clear error."""
         if not self.states:
