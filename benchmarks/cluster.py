@@ -4,8 +4,8 @@
    100 steps, 2 inits x 2 copies x 2 rewind steps = 10 trainings) as a user runs it:
    `lmctrack instability` with runner.backend=ray against a Ray head with the machine's cores
    and an MLflow server on PostgreSQL, vs the local process pool on a sqlite store. Interleaved
-   pairs, each on fresh seeds so nothing is reused; throughput ratio = local time / Ray time
-   (goal >= 0.9).
+   pairs after an untimed one, each on fresh seeds so nothing is reused; throughput ratio =
+   local time / Ray time (goal >= 0.9).
 2. The tracking server under N concurrent writers (separate processes, each a Store client):
    every writer opens runs and registers small states with keys; registrations per second, p50
    and p95 latency, and a count of what the registry holds afterwards (no lost writes).
@@ -64,6 +64,10 @@ def sweep(folder: Path, seed: int, on_ray: bool) -> float:
     return seconds
 
 
+def pairs(local: Path, remote: Path) -> list[tuple[str, Path]]:
+    return [("local", local), ("ray", remote)]
+
+
 def measure_sweeps(repeats: int, ray_address: str, tracking_uri: str) -> None:
     data_root = scratch("data")
     write_mnist1d(data_root, TINY_SAMPLES)
@@ -74,10 +78,13 @@ def measure_sweeps(repeats: int, ray_address: str, tracking_uri: str) -> None:
         {"tracking_uri": tracking_uri},
         {"backend": "ray", "address": ray_address},
     )
+    # An untimed pair first: the services' first minute (Ray's head starting its agents, the
+    # server its workers, the OS caching files) is not what a lab's long-running services cost.
+    first = [sweep(folder, seed=99, on_ray=name == "ray") for name, folder in pairs(local, remote)]
+    print(f"untimed first pair (wall s): local {first[0]:.1f}, Ray + server {first[1]:.1f}")
     times: dict[str, list[float]] = {"local": [], "ray": []}
     for r in range(repeats):
-        order = [("local", local), ("ray", remote)][:: 1 if r % 2 == 0 else -1]
-        for name, folder in order:
+        for name, folder in pairs(local, remote)[:: 1 if r % 2 == 0 else -1]:
             times[name].append(sweep(folder, seed=100 + r, on_ray=name == "ray"))
     loc, ray = statistics.median(times["local"]), statistics.median(times["ray"])
     print(f"sweep of {TRAININGS} trainings, {repeats} interleaved pairs (wall s, each command):")
@@ -160,7 +167,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--writers", default="8,32")
     parser.add_argument("--each", type=int, default=5)
-    parser.add_argument("--server-workers", type=int, default=2)
+    # one server process per spare core: on two cores shared with Ray and the driver, one
+    parser.add_argument(
+        "--server-workers", type=int, default=max(1, len(os.sched_getaffinity(0)) // 2)
+    )
     args = parser.parse_args()
     counts = [8] if args.quick else [int(n) for n in args.writers.split(",")]
     repeats, each = (1, 3) if args.quick else (args.repeats, args.each)

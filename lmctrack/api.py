@@ -180,7 +180,7 @@ def lineage(uri: str, *, params: ParamsLike = None):
 
 
 def _store_params(params: ParamsLike) -> Params:
-    from lmctrack.workflows.session import resolve
+    from lmctrack.config import resolve
 
     return resolve(params)
 

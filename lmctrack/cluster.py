@@ -12,6 +12,9 @@ one), retries of a task whose worker died, and an object store that ships the da
 - A worker killed mid-task (kill -9, a lost node) is retried up to MAX_RETRIES times; a
   training's retry resumes from its checkpoint when it reaches the same folder (the store's
   checkpoint folder on one machine, or a shared folder given as `checkpoints` on a cluster).
+- A command that trains connects first and has the workers import torch and lmctrack while
+  the driver imports its own (warm_up): a Ray job's workers are fresh processes, and their
+  imports would otherwise start only with the first tasks, after the driver's.
 - Progress reaches the driver's board through one small actor per driver, which the workers
   report to. Every actor is a process of its own: this module imports neither torch nor the
   rest of lmctrack at its top, so that the actor's process starts without them.
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 
 MAX_RETRIES = 3
 POLL_SECONDS = 0.2
+WARM_TASKS = 16  # at most this many workers warmed up before a command's first tasks
 _datasets: dict[tuple[str, str], object] = {}  # per worker: the latest dataset, on its device
 _driver: dict[str, Any] = {}  # per driver and Ray job: the progress relay, the dataset put
 
@@ -71,7 +75,27 @@ def connect(address: str | None) -> str:
     return address or "a local Ray"
 
 
+def warm_up(runner: RunnerConfig) -> int:
+    """Connect, and start one task per slot of runner.cpus / runner.gpus (up to WARM_TASKS) that
+    imports what trainings and interpolations run; returns how many. Not waited for: the
+    workers import while the driver goes on, and the sweep's tasks reuse them."""
+    ray = _ray()
+    connect(runner.address)
+    kind, each = ("GPU", runner.gpus) if runner.gpus > 0 else ("CPU", runner.cpus)
+    slots = min(WARM_TASKS, int(ray.cluster_resources().get(kind, 0) // each))
+    task = ray.remote(_warm).options(num_cpus=runner.cpus, num_gpus=runner.gpus)
+    for _ in range(slots):
+        task.remote()
+    return slots
+
+
 # ---- inside a worker ---------------------------------------------------------------------------
+
+
+def _warm() -> None:
+    """The body of a warm-up task: the imports of every task's body."""
+    import lmctrack.interpolate  # noqa: F401
+    import lmctrack.runner  # noqa: F401
 
 
 def _setup(device: str, threads: int, boxed: list):

@@ -348,6 +348,17 @@ def load_params(
         raise LmcError(_describe(e, source)) from None
 
 
+def resolve(params: Path | str | Params | None, sets: list[str] | None = None) -> Params:
+    """Params from a file (default ./params.yaml when present) or an object, with overrides."""
+    sets = list(sets or [])
+    if isinstance(params, Params):
+        return load_params(None, sets, base=params.model_dump(mode="json")) if sets else params
+    path = Path(params) if params is not None else None
+    if path is None and Path("params.yaml").is_file():
+        path = Path("params.yaml")
+    return load_params(path, sets)
+
+
 def config_hash(*sections: BaseModel | dict | str | None) -> str:
     """A short canonical hash: equal work gets equal hashes whatever the key order or spelling."""
     payload = [s.model_dump(mode="json") if isinstance(s, BaseModel) else s for s in sections]

@@ -129,7 +129,7 @@ def test_live_runs_and_other_hosts_runs_are_not_reaped(store: Store) -> None:
 def _claimed_work(uri: str, log: list[str], claim=None) -> None:
     """What a workflow does: under the claim, reuse a finished run or do the work."""
     store = Store(uri)
-    with (claim or store.claim)("cfg1"):
+    with (claim or store.claim)(["cfg1"]):
         if (done := store.find_run("work", "cfg1")) is not None:
             log.append(f"reused {done}")
             return
@@ -143,8 +143,8 @@ def _claimed_work(uri: str, log: list[str], claim=None) -> None:
 def test_the_same_work_requested_twice_at_once_is_done_once(store: Store, protocol: str) -> None:
     log: list[str] = []
 
-    def claim(key: str):
-        return run_claim(Store(store.tracking_uri), key, poll=0.05)
+    def claim(keys: list[str]):
+        return run_claim(Store(store.tracking_uri), keys, poll=0.05)
 
     chosen = claim if protocol == "claim runs" else None
     threads = [
@@ -158,6 +158,41 @@ def test_the_same_work_requested_twice_at_once_is_done_once(store: Store, protoc
     did = [entry for entry in log if entry.startswith("did")]
     assert len(did) == 1 and log.count(did[0].replace("did", "reused")) == 1
     assert _statuses(store, "work") == ["FINISHED"]
+
+
+@pytest.mark.slow  # three claimants polling claim runs
+def test_claim_runs_hold_many_keys_at_once_and_wait_only_on_shared_ones(store: Store) -> None:
+    """{a, b} holds first; {b, c} shares b and waits for it; {d} shares nothing and does not."""
+    events: list[str] = []
+    first_holds, release = threading.Event(), threading.Event()
+
+    def claimant(keys: list[str], hold: threading.Event | None = None) -> None:
+        with run_claim(Store(store.tracking_uri), keys, poll=0.05):
+            events.append("+" + "".join(sorted(keys)))
+            if hold is not None:
+                first_holds.set()
+                release.wait(30)
+        events.append("-" + "".join(sorted(keys)))
+
+    first = threading.Thread(target=claimant, args=(["a", "b"], release))
+    first.start()
+    assert first_holds.wait(30)
+    sharing = threading.Thread(target=claimant, args=(["c", "b"],))
+    sharing.start()
+    claimant(["d"])  # returns while {a, b} is still held
+    time.sleep(0.5)
+    assert "+bc" not in events  # b is still held by {a, b}
+    release.set()
+    for t in (first, sharing):
+        t.join(30)
+    assert events.index("-ab") < events.index("+bc") and events[:2] == ["+ab", "+d"]
+    claims = store.client.get_experiment_by_name("lmctrack.claims").experiment_id
+    runs = store.client.search_runs([claims])
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+    assert {r.data.tags["lmctrack.claim.1"] for r in runs if "lmctrack.claim.1" in r.data.tags} == {
+        "b",
+        "c",
+    }
 
 
 # ---- 4: integrity ----------------------------------------------------------------------------

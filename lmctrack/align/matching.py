@@ -14,7 +14,6 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from lmctrack.align.permute import Permutation, identity_permutation, permute_tensor
@@ -29,6 +28,9 @@ def _unit_rows(tensor: torch.Tensor, axis: int, start: int, size: int, repeat: i
 
 def _assign(similarity: torch.Tensor) -> torch.Tensor:
     """Column matched to each row, maximising the total similarity."""
+    # imported here: scipy.optimize costs ~0.7 s, and every interpolation imports this package
+    from scipy.optimize import linear_sum_assignment
+
     _, cols = linear_sum_assignment(similarity.cpu().numpy(), maximize=True)
     return torch.from_numpy(cols).long()
 

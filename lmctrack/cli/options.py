@@ -98,7 +98,7 @@ def fail(message: str, code: int = 1) -> None:
 
 def load(path: Path | None, sets: list[str] | None, device: str | None = None) -> Params:
     """params.yaml (or ./params.yaml when present) with the `--set` overrides applied."""
-    from lmctrack.workflows.session import resolve
+    from lmctrack.config import resolve
 
     return resolve(path, list(sets or []) + ([f"train.device={device}"] if device else []))
 
@@ -131,17 +131,23 @@ def workspace(
     quiet: bool = True,
     state: str | None = None,
     run_id: str | None = None,
+    trains: bool = False,
 ) -> Iterator[Context]:
     """The session a command works in (workflows.session), with a live progress display on a
-    terminal unless --quiet."""
-    from lmctrack.config import Params  # noqa: F401  (its imports first: preload shares them)
+    terminal unless --quiet. A command that `trains` with runner.backend=ray warms the Ray
+    workers up first (cluster.warm_up), so that they import torch while this process does."""
+    from lmctrack.config import resolve
     from lmctrack.store import preload
 
     preload()  # MLflow's import overlaps torch's and the dataset's (Store waits for it)
+    sets = list(sets or []) + ([f"train.device={device}"] if device else [])
+    if trains and (runner := resolve(params, sets).runner).backend == "ray":
+        from lmctrack.cluster import warm_up
+
+        warm_up(runner)
     from lmctrack.progress import board
     from lmctrack.workflows.session import session
 
-    sets = list(sets or []) + ([f"train.device={device}"] if device else [])
     with (
         board(enabled=not quiet and sys.stderr.isatty()) as progress,
         session(params, sets, board=progress, out=out, state=state, run_id=run_id) as ctx,
@@ -219,6 +225,7 @@ class Common:
     as_json: bool = False
     quiet: bool = True
     bn: str | None = None  # instability.bn: BatchNorm statistics along paths and on planes
+    trains: bool = False  # the command takes --backend: it runs trainings or other Ray tasks
 
     def workspace(self, *, more: list[str] = (), state: str | None = None, run_id=None):
         chosen = {"runner.backend": self.backend, "instability.bn": self.bn}
@@ -230,6 +237,7 @@ class Common:
             quiet=self.quiet,
             state=state,
             run_id=run_id,
+            trains=self.trains,
         )
 
     def finish(self, ctx: Context, name: str, result: Any, lines: list[tuple[str, str]]) -> None:
@@ -275,6 +283,7 @@ def command(
                 as_json=given.get("as_json", as_json),
                 quiet=given.get("quiet", True),
                 bn=given.get("bn"),
+                trains="backend" in options,
             )
             return fn(**kwargs, opts=opts)
 

@@ -1,58 +1,64 @@
 """Claims: the same work requested twice at once is done once.
 
-A local store uses an OS file lock under its folder (released by the kernel when the holder
-dies, so a killed worker never blocks the next). A tracking server has no shared folder: each
-claimant starts a RUNNING run tagged with the key in the CLAIMS experiment, and the earliest live
-one holds the claim; the others poll until it ends or its owner is known dead (on this host;
-a claimant on another host that died holds the claim until its run is ended by hand).
+A local store uses OS file locks under its folder, taken in sorted order (the kernel releases
+them when the holder dies, so a killed worker never blocks the next). A tracking server has no
+shared folder: a claimant starts one RUNNING run in the CLAIMS experiment tagged with every key
+it claims, and holds them all once no earlier live run claims any of them; the others poll until
+those end or their owners are known dead (on this host; a claimant on another host that died
+holds its claims until its run is ended by hand). The earliest of any conflicting claim runs
+always holds, so claims never deadlock, and a sweep's claim costs a few requests, not a few per
+key.
 """
 
 from __future__ import annotations
 
 import fcntl
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Collection, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmctrack.store.backend import TAG_PREFIX
+from lmctrack.store.backend import unprefixed
 
 if TYPE_CHECKING:
     from lmctrack.store.core import Store
 
 CLAIMS = "lmctrack.claims"
+CLAIM_TAG = "claim"
 _POLL_SECONDS = 0.5
 
 
 @contextmanager
-def file_claim(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on path (created if missing) until the block ends."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def file_claim(folder: Path, keys: Collection[str]) -> Iterator[None]:
+    """Hold an exclusive lock on folder/<key>.lock (created if missing) for every key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as held:
+        for key in sorted(set(keys)):
+            lock = held.enter_context(open(folder / f"{key}.lock", "a+b"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            held.callback(fcntl.flock, lock, fcntl.LOCK_UN)
+        yield
+
+
+def claimed_keys(tags: dict[str, str]) -> set[str]:
+    """The keys a claim run claims (its claim.<i> tags; `claim` in runs before multi-key
+    claims)."""
+    return {v for k, v in tags.items() if k == CLAIM_TAG or k.startswith(CLAIM_TAG + ".")}
 
 
 @contextmanager
-def run_claim(store: Store, key: str, poll: float = _POLL_SECONDS) -> Iterator[None]:
-    """Hold the claim on key through claim runs in the store (module docstring)."""
-    with store.run(CLAIMS, key, tags={"claim": key}) as mine:
-        experiment_id = mine.experiment_id
+def run_claim(store: Store, keys: Collection[str], poll: float = _POLL_SECONDS) -> Iterator[None]:
+    """Hold the claims on keys through one claim run in the store (module docstring)."""
+    keys = sorted(set(keys))
+    tags = {f"{CLAIM_TAG}.{i}": key for i, key in enumerate(keys)}
+    name = keys[0] if len(keys) == 1 else f"{keys[0]} and {len(keys) - 1} more"
+    with store.run(CLAIMS, name, tags=tags) as mine:
         while True:
-            store.reap(CLAIMS)
-            live = store.client.search_runs(
-                [experiment_id],
-                filter_string=(
-                    f"tags.`{TAG_PREFIX}claim` = '{key}' and attributes.status = 'RUNNING'"
-                ),
-                max_results=1000,
-            )
-            first = min(live, key=lambda r: (r.info.start_time, r.info.run_id))
-            if first.info.run_id == mine.id:
+            live = store.running(CLAIMS)
+            order = {r.info.run_id: (r.info.start_time, r.info.run_id) for r in live}
+            earlier = [r for r in live if order[r.info.run_id] < order[mine.id]]
+            if not any(claimed_keys(unprefixed(r.data.tags)) & set(keys) for r in earlier):
                 break
             time.sleep(poll)
         yield

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 
@@ -62,6 +62,7 @@ class Store(Registry):
         self._versions: dict[str, StateInfo] = {}
         self._verified: set[str] = set()
         self._open: dict[str, Run] = {}  # runs of this process with metrics maybe buffered
+        self._reaped: set[str] = set()  # experiments whose dead owners' runs were ended
         self.client = connect(self.tracking_uri, self.root)
 
     # ---- runs -------------------------------------------------------------------------------
@@ -172,25 +173,35 @@ class Store(Registry):
         """Mark KILLED the experiment's RUNNING runs whose owner process, on this host, is dead
         (killed with -9, or its machine rebooted); returns their ids. A read-only store is left
         as it is."""
+        return self._reap(experiment)[0]
+
+    def running(self, experiment: str) -> list:
+        """The experiment's RUNNING runs (MLflow's) whose owners live, after reaping the rest."""
+        return self._reap(experiment)[1]
+
+    def _reap(self, experiment: str) -> tuple[list[str], list]:
+        """(the dead owners' runs now KILLED, the live RUNNING runs), from one search."""
         experiment_id = self._existing_experiment(experiment)
         if experiment_id is None:
-            return []
+            return [], []
         running = self.client.search_runs(
             [experiment_id], "attributes.status = 'RUNNING'", max_results=10000
         )
         dead = [
-            r.info.run_id
+            r
             for r in running
             if r.info.run_id not in self._open and owner_is_dead(unprefixed(r.data.tags))
         ]
         with suppress(MlflowException, OSError):
-            for run_id in dead:
-                retry_busy(lambda run_id=run_id: self.client.set_terminated(run_id, "KILLED"))
-        return dead
+            for run in dead:
+                retry_busy(lambda run=run: self.client.set_terminated(run.info.run_id, "KILLED"))
+        self._reaped.add(experiment)
+        return [r.info.run_id for r in dead], [r for r in running if r not in dead]
 
     def find_run(self, experiment: str, config_hash: str, status: str = "FINISHED") -> str | None:
         """The newest run of the experiment with this config hash and status, if any; runs
-        marked corrupt are passed over, and dead owners' runs are reaped first."""
+        marked corrupt are passed over. Dead owners' runs are reaped at this Store's first look
+        into the experiment (the UI then shows them KILLED); a FINISHED one is found either way."""
         if status not in _RUN_STATUSES:
             raise LmcError(f"unknown run status '{status}'; use one of {', '.join(_RUN_STATUSES)}")
         if not KEY.match(config_hash):
@@ -198,7 +209,8 @@ class Store(Registry):
         experiment_id = self._existing_experiment(experiment)
         if experiment_id is None:
             return None
-        self.reap(experiment)
+        if experiment not in self._reaped:
+            self.reap(experiment)
         runs = self.client.search_runs(
             [experiment_id],
             filter_string=(
@@ -211,23 +223,25 @@ class Store(Registry):
         fine = (r for r in runs if r.data.tags.get(TAG_PREFIX + CORRUPT) != "true")
         return next((r.info.run_id for r in fine), None)
 
-    def claim(self, key: str) -> AbstractContextManager[None]:
-        """Hold the claim on key (e.g. a config hash) while doing its work: a second claimant of
-        the same key waits until the first is done, then should find its finished run
-        (find_run) and reuse it. See store.claims for how; this is what keeps two live trainings
-        from sharing a checkpoint_dir."""
-        if not KEY.match(key):
-            raise LmcError(f"claim key '{key}' must be letters, digits, '.', ':', '_' or '-'")
+    def claim(self, keys: Collection[str]) -> AbstractContextManager[None]:
+        """Hold the claims on keys (e.g. config hashes) while doing their work: a second
+        claimant of any of them waits until the first is done, then should find its finished
+        run (find_run) and reuse it. See store.claims for how; this is what keeps two live
+        trainings from sharing a checkpoint_dir."""
+        if bad := next((key for key in keys if not KEY.match(key)), None):
+            raise LmcError(f"claim key '{bad}' must be letters, digits, '.', ':', '_' or '-'")
+        if not keys:
+            return nullcontext()
         if self.root is not None:
-            return file_claim(self.root / "claims" / f"{key}.lock")
-        return run_claim(self, key)
+            return file_claim(self.root / "claims", keys)
+        return run_claim(self, keys)
 
     def _state_lock(self, key: str | None) -> AbstractContextManager[None]:
         """Serialise find-or-register of keyed states on a local store (one lock for all: a
         registration takes milliseconds; a tracking server relies on the workflow's claim)."""
         if key is None or self.root is None:
             return nullcontext()
-        return file_claim(self.root / "claims" / "registration.lock")
+        return file_claim(self.root / "claims", ["registration"])
 
     def run_tags(self, run_id: str) -> dict[str, str]:
         """The run's lmctrack tags, without the prefix."""

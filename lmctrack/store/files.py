@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -46,16 +46,26 @@ def confined(path: Path, base: Path, uri: str) -> Path:
 
 
 @contextmanager
-def local_folder(artifact_uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
+def local_folder(
+    artifact_uri: str, tracking_uri: str | None = None, names: Collection[str] | None = None
+) -> Iterator[Path]:
     """The artifacts as a local folder: read in place when local, else a temporary download
-    (`mlflow-artifacts:` URIs are served by the tracking server at `tracking_uri`)."""
+    (`mlflow-artifacts:` URIs are served by the tracking server at `tracking_uri`) of the files
+    `names` when given (one request each, no listing), of everything otherwise."""
     if is_local(artifact_uri):
         yield local_path(artifact_uri)
         return
     with tempfile.TemporaryDirectory(prefix="lmctrack-") as tmp:
         repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
         with answering(tracking_uri or artifact_uri):
-            folder = Path(repository.download_artifacts("", dst_path=tmp))
+            folder = Path(tmp)
+            try:  # _download_file: every artifact repository's one-file primitive
+                for name in names if names is not None else ():
+                    repository._download_file(name, str(confined(folder / name, folder, name)))
+            except OSError:  # a file gone (HTTP 404): the folder as it is, checked by the caller
+                names = None
+            if names is None:
+                folder = Path(repository.download_artifacts("", dst_path=tmp))
         yield folder
 
 

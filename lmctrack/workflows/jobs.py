@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -89,10 +89,8 @@ def claimed(ctx: Context, keys: Iterable[str]) -> Iterator[None]:
     """Hold the store's claim on every key while checking, training and registering that work:
     an identical request made at the same time waits, then finds the work finished and reuses
     it, so no work is done twice and no two trainings share a checkpoint folder. Claims are
-    taken in sorted order, so two requests with overlapping keys cannot deadlock."""
-    with ExitStack() as stack:
-        for key in sorted(set(keys)):
-            stack.enter_context(ctx.store.claim(key))
+    taken all at once (store.claims), so two requests with overlapping keys cannot deadlock."""
+    with ctx.store.claim(sorted(set(keys))):
         yield
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lmctrack.config import Params, load_params
+from lmctrack.config import Params, resolve
 from lmctrack.errors import LmcError
 from lmctrack.progress import Board
 from lmctrack.workflows.common import Context, make_context, open_store, params_of_run
@@ -16,17 +16,6 @@ from lmctrack.workflows.common import Context, make_context, open_store, params_
 # Settings that decide a state's training: work that continues a registered run takes them from
 # that run, never from the caller's params.
 RUN_SECTIONS = ("data", "model", "train", "seeds")
-
-
-def resolve(params: Path | str | Params | None, sets: list[str] | None = None) -> Params:
-    """Params from a file (default ./params.yaml when present) or an object, with overrides."""
-    sets = list(sets or [])
-    if isinstance(params, Params):
-        return load_params(None, sets, base=params.model_dump(mode="json")) if sets else params
-    path = Path(params) if params is not None else None
-    if path is None and Path("params.yaml").is_file():
-        path = Path("params.yaml")
-    return load_params(path, sets)
 
 
 def from_run(user: Params, made: Params, sets: list[str]) -> Params:
