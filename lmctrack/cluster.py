@@ -75,18 +75,16 @@ def connect(address: str | None) -> str:
     return address or "a local Ray"
 
 
-def warm_up(runner: RunnerConfig) -> int:
+def warm_up(runner: RunnerConfig) -> list:
     """Connect, and start one task per slot of runner.cpus / runner.gpus (up to WARM_TASKS) that
-    imports what trainings and interpolations run; returns how many. Not waited for: the
-    workers import while the driver goes on, and the sweep's tasks reuse them."""
+    imports what trainings and interpolations run; returns their references. Not waited for:
+    the workers import while the driver goes on, and the sweep's tasks reuse them."""
     ray = _ray()
     connect(runner.address)
     kind, each = ("GPU", runner.gpus) if runner.gpus > 0 else ("CPU", runner.cpus)
     slots = min(WARM_TASKS, int(ray.cluster_resources().get(kind, 0) // each))
     task = ray.remote(_warm).options(num_cpus=runner.cpus, num_gpus=runner.gpus)
-    for _ in range(slots):
-        task.remote()
-    return slots
+    return [task.remote() for _ in range(slots)]
 
 
 # ---- inside a worker ---------------------------------------------------------------------------

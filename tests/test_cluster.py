@@ -208,6 +208,32 @@ def test_a_worker_killed_mid_training_is_retried_and_resumes(cluster, tmp_path):
 # ---- workflows on Ray + the tracking server vs local processes + sqlite -------------------------
 
 
+PROBE = """
+import sys, ray
+from lmctrack import cluster
+from lmctrack.config import RunnerConfig
+runner = RunnerConfig(backend="ray", address=sys.argv[1])
+ray.get(cluster.warm_up(runner)) if sys.argv[2] == "warm" else cluster.connect(runner.address)
+probe = ray.remote(lambda: "lmctrack.runner" in sys.modules).options(num_cpus=1)
+print(ray.get([probe.remote() for _ in range(4)]))
+"""
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_a_command_warms_its_workers_up_before_its_first_tasks(cluster, warm):
+    """A new driver is a new Ray job with fresh workers; after warm_up, every one of them has
+    imported what a training runs (without it, none has)."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, cluster.ray_address, "warm" if warm else "cold"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **services.RAY_LOOPBACK},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == str([warm] * 4)
+
+
 def _states(store: Store, before: set[str] = frozenset()) -> dict[str, tuple]:
     """Every registered state but those of `before` (URIs), by key: (tags, parents' keys,
     weights); the registry holds each key once."""
