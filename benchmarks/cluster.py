@@ -11,6 +11,7 @@
    and p95 latency, and a count of what the registry holds afterwards (no lost writes).
 
     python benchmarks/cluster.py [--quick] [--repeats R] [--writers 8,32] [--each K]
+                                 [--steps 100it,400it]
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ def project(name: str, data_root: Path, store: dict, runner: dict | None) -> Pat
     return folder
 
 
-def sweep(folder: Path, seed: int, on_ray: bool) -> float:
+def sweep(folder: Path, seed: int, on_ray: bool, steps: str) -> float:
     """Wall time of `lmctrack instability` in the folder on fresh seeds; with on_ray, it must
     have trained on Ray."""
     argv = [sys.executable, "-m", "lmctrack", "instability", "-q", "--set", f"seeds.init={seed}"]
+    argv += ["--set", f"train.steps={steps}"]
     env = {**os.environ, **services.RAY_LOOPBACK}
     began = time.perf_counter()
     done = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True)
@@ -68,7 +70,7 @@ def pairs(local: Path, remote: Path) -> list[tuple[str, Path]]:
     return [("local", local), ("ray", remote)]
 
 
-def measure_sweeps(repeats: int, ray_address: str, tracking_uri: str) -> None:
+def measure_sweeps(repeats: int, ray_address: str, tracking_uri: str, steps: list[str]) -> None:
     data_root = scratch("data")
     write_mnist1d(data_root, TINY_SAMPLES)
     local = project("local", data_root, {"tracking_uri": f"sqlite:///{scratch('db')}/m.db"}, None)
@@ -80,20 +82,21 @@ def measure_sweeps(repeats: int, ray_address: str, tracking_uri: str) -> None:
     )
     # An untimed pair first: the services' first minute (Ray's head starting its agents, the
     # server its workers, the OS caching files) is not what a lab's long-running services cost.
-    first = [sweep(folder, seed=99, on_ray=name == "ray") for name, folder in pairs(local, remote)]
+    first = [sweep(f, 99, name == "ray", steps[0]) for name, f in pairs(local, remote)]
     print(f"untimed first pair (wall s): local {first[0]:.1f}, Ray + server {first[1]:.1f}")
-    times: dict[str, list[float]] = {"local": [], "ray": []}
-    for r in range(repeats):
-        for name, folder in pairs(local, remote)[:: 1 if r % 2 == 0 else -1]:
-            times[name].append(sweep(folder, seed=100 + r, on_ray=name == "ray"))
-    loc, ray = statistics.median(times["local"]), statistics.median(times["ray"])
-    print(f"sweep of {TRAININGS} trainings, {repeats} interleaved pairs (wall s, each command):")
-    print(f"  local processes + sqlite : {', '.join(f'{t:.1f}' for t in times['local'])}")
-    print(f"  Ray + mlflow server (PG) : {', '.join(f'{t:.1f}' for t in times['ray'])}")
-    print(
-        f"  throughput Ray/local = {loc / ray:.2f} (goal >= 0.9); "
-        f"{TRAININGS / ray * 3600:.0f} vs {TRAININGS / loc * 3600:.0f} trainings/hour"
-    )
+    for i, t in enumerate(steps):
+        times: dict[str, list[float]] = {"local": [], "ray": []}
+        for r in range(repeats):
+            for name, folder in pairs(local, remote)[:: 1 if r % 2 == 0 else -1]:
+                times[name].append(sweep(folder, 100 + 10 * i + r, name == "ray", t))
+        loc, ray = statistics.median(times["local"]), statistics.median(times["ray"])
+        print(f"sweep of {TRAININGS} trainings to T = {t}, {repeats} interleaved pairs (wall s):")
+        print(f"  local processes + sqlite : {', '.join(f'{x:.1f}' for x in times['local'])}")
+        print(f"  Ray + mlflow server (PG) : {', '.join(f'{x:.1f}' for x in times['ray'])}")
+        print(
+            f"  throughput Ray/local = {loc / ray:.2f} (goal >= 0.9 at 100it); "
+            f"{TRAININGS / ray * 3600:.0f} vs {TRAININGS / loc * 3600:.0f} trainings/hour"
+        )
 
 
 # ---- the tracking server under concurrent writers -------------------------------------------
@@ -167,6 +170,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--writers", default="8,32")
     parser.add_argument("--each", type=int, default=5)
+    parser.add_argument(
+        "--steps",
+        default="100it",
+        help="T of the sweep's trainings, comma-separated (e.g. "
+        "100it,400it: the fixed costs per command weigh less in longer sweeps)",
+    )
     # one server process per spare core: on two cores shared with Ray and the driver, one
     parser.add_argument(
         "--server-workers", type=int, default=max(1, len(os.sched_getaffinity(0)) // 2)
@@ -184,7 +193,7 @@ def main() -> None:
         address, _ = stack.enter_context(services.ray_head(cpus=cores))
         print(f"services: PostgreSQL, mlflow server ({args.server_workers} workers) at {url}, ")
         print(f"          Ray head with {cores} CPUs at {address}")
-        measure_sweeps(repeats, address, url)
+        measure_sweeps(repeats, address, url, args.steps.split(","))
         measure_writers(url, counts, each)
     print(machine().replace("at start", "at the end"))
 
