@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 from collections.abc import Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,6 +25,7 @@ from lmctrack.errors import LmcError
 from lmctrack.store.backend import answering
 
 _CHUNK = 1 << 20
+_UPLOADS = 8  # files uploaded at once
 
 
 def is_local(artifact_uri: str) -> bool:
@@ -82,8 +84,18 @@ def writable_folder(artifact_uri: str, tracking_uri: str | None = None) -> Itera
     with tempfile.TemporaryDirectory(prefix="lmctrack-") as tmp:
         yield Path(tmp)
         share(Path(tmp))
-        with answering(tracking_uri or artifact_uri):
-            get_artifact_repository(artifact_uri, tracking_uri=tracking_uri).log_artifacts(tmp)
+        repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+        files = [f for f in Path(tmp).rglob("*") if f.is_file()]
+
+        def upload(file: Path) -> None:
+            folder = file.parent.relative_to(tmp).as_posix()
+            repository.log_artifact(str(file), None if folder == "." else folder)
+
+        # at once, not one after another: a state's files are a few small uploads, each a
+        # round trip to the server
+        with answering(tracking_uri or artifact_uri), ThreadPoolExecutor(_UPLOADS) as pool:
+            for _ in pool.map(upload, files):  # the first failure raised here
+                pass
 
 
 def _umask() -> int:
