@@ -4,8 +4,9 @@ Started once for the module (deploy/services.py): a Ray head with two worker CPU
 process joins, and meanwhile PostgreSQL on a temp data folder and `mlflow server` on it with
 proxied artifacts. Checked: trainings on Ray give the weights of local processes bit for bit; a
 worker killed with kill -9 is retried and resumes from its checkpoint; a reduced instability
-sweep, with a worker killed mid-sweep, and a reduced IMP on Ray + the server register the same
-states, with the same lineage and weights, as the local backend on sqlite, each exactly once;
+sweep, with a worker killed mid-sweep, a reduced IMP and LMC across inits (connect) on Ray + the
+server register the same states, with the same lineage and weights, as the local backend on
+sqlite, each exactly once; a new driver's workers are warmed up before its first tasks;
 `lmctrack instability --backend ray` rides out a server restart mid-sweep (one that stays down
 is named), and when that command is killed with kill -9, the driver started again reuses what
 finished and interpolates the sweep's pairs as Ray tasks, with the local numbers. The tests
@@ -41,6 +42,7 @@ os.environ.update(services.RAY_LOOPBACK)  # read when Ray is imported: loopback 
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install -e ".[cluster]")')
 
 from lmctrack import cluster as ray_backend  # noqa: E402
+from lmctrack import schema  # noqa: E402
 from lmctrack.batched import checkpoint_step  # noqa: E402
 from lmctrack.config import DataConfig, ModelConfig, RunnerConfig, load_params  # noqa: E402
 from lmctrack.data import load_dataset  # noqa: E402
@@ -49,6 +51,7 @@ from lmctrack.progress import Board, board  # noqa: E402
 from lmctrack.runner import TrainJob, run_configured, run_job, run_jobs  # noqa: E402
 from lmctrack.store import Store  # noqa: E402
 from lmctrack.train import Noise  # noqa: E402
+from lmctrack.workflows.connect import connect  # noqa: E402
 from lmctrack.workflows.imp import imp  # noqa: E402
 from lmctrack.workflows.instability import instability  # noqa: E402
 
@@ -305,6 +308,20 @@ def test_imp_on_ray_and_the_server_equals_local_on_sqlite(projects):
     got = imp(remote.context(*sets), w20.uri)
     assert got.rows == expected.rows  # the same accuracies, to the bit
     _assert_same_new_states(local, remote, before, at_least=6)  # masks, subnetworks, baselines
+
+
+def test_connect_on_ray_and_the_server_equals_local_on_sqlite(projects):
+    """LMC across inits: its paths, each kind with its own BatchNorm policy, as Ray tasks give the
+    local numbers, and the aligned state is registered alike."""
+    local, remote = projects
+    before = _uris(local.store), _uris(remote.store)
+    sets = ("align.inits=2", "instability.splits=[test]")
+    expected, got = connect(local.context(*sets)), connect(remote.context(*sets))
+    assert not expected.reused and not got.reused
+    assert {k: got.barrier(k, "test") for k in schema.PAIR_KINDS} == {
+        k: expected.barrier(k, "test") for k in schema.PAIR_KINDS
+    }  # to the bit
+    _assert_same_new_states(local, remote, before, at_least=1)  # B aligned to A
 
 
 def _wait_until(ready, proc: subprocess.Popen, what: str) -> None:

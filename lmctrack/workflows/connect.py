@@ -2,7 +2,8 @@
 Jordan et al. 2022), beside the paper's question across SGD noise.
 
 Between networks trained from different inits, three paths per pair: as trained (naive), with
-B's hidden units permuted to match A (aligned), and aligned with REPAIR on the path. `connect`
+B's hidden units permuted to match A (aligned), and aligned with REPAIR on the path; a sweep's
+paths are interpolated at once, in the pool of processes or as Ray tasks. `connect`
 trains align.inits networks and compares every pair; with align.widths it does so at every
 width (Git Re-Basin's barrier vs width). Each path is a logged pair run under the sweep's run,
 the aligned states are registered (`lmctrack align`), and the typed result is kept on the run so
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -23,7 +25,7 @@ from lmctrack.workflows import jobs
 from lmctrack.workflows.align import align
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.instability import sweep_seeds
-from lmctrack.workflows.interpolate import interpolate_states, log_pair
+from lmctrack.workflows.interpolate import interpolate_pairs, log_pair, path_settings
 from lmctrack.workflows.train import train_runs
 
 CONNECT_ARTIFACT = "connect.json"
@@ -116,27 +118,39 @@ def _with(ctx: Context, *, bn: str | None = None, width: int | None = None) -> C
     return dataclasses.replace(ctx, params=p.model_copy(update=update)) if update else ctx
 
 
-def connect_pair(
+def connect_pairs(
     ctx: Context,
     parent,
-    a_uri: str,
-    b_uri: str,
+    pairs: Sequence[tuple[Context, str, str, str]],
     *,
     kinds: tuple[str, ...] = schema.PAIR_KINDS,
-    label: str = "",
-) -> Connection:
-    """A and B compared as trained and with B aligned to A (align.method, align.seed): each
-    path kind a logged pair run under `parent`."""
-    aligned = align(ctx, a_uri, b_uri)
-    a, b = ctx.store.load_state(a_uri), ctx.store.load_state(b_uri)
-    b_aligned = ctx.store.load_state(aligned.uri)
-    paths = {}
-    for kind in kinds:
-        end, end_uri = (b, b_uri) if kind == schema.NAIVE else (b_aligned, aligned.uri)
-        pair = interpolate_states(_with(ctx, bn=_BN.get(kind)), a, end, a_uri=a_uri, b_uri=end_uri)
-        paths[kind] = log_pair(ctx, parent, f"{kind} {label}".strip(), pair)
-    width = ctx.params.model.width
-    return Connection(a_uri, b_uri, aligned.uri, width, aligned.max_logit_diff, paths)
+) -> list[Connection]:
+    """Each (context, A, B, label): A and B compared as trained and with B aligned to A
+    (align.method, align.seed), each path kind a logged pair run under `parent`. All the paths
+    are interpolated at once (in the pool of processes, or as Ray tasks)."""
+    aligned = [align(c, a_uri, b_uri) for c, a_uri, b_uri, _ in pairs]
+    ends, settings = [], []
+    for (c, a_uri, b_uri, _), b_aligned in zip(pairs, aligned, strict=True):
+        a, b = ctx.store.load_state(a_uri), ctx.store.load_state(b_uri)
+        permuted = ctx.store.load_state(b_aligned.uri)
+        for kind in kinds:
+            end, end_uri = (b, b_uri) if kind == schema.NAIVE else (permuted, b_aligned.uri)
+            ends.append((a, end, a_uri, end_uri))
+            settings.append(path_settings(_with(c, bn=_BN.get(kind))))
+    paths = iter(interpolate_pairs(ctx, [(a, b) for a, b, *_ in ends], settings=settings))
+    uris = iter([(a_uri, b_uri) for *_, a_uri, b_uri in ends])
+    connections = []
+    for (c, a_uri, b_uri, label), b_aligned in zip(pairs, aligned, strict=True):
+        logged = {}
+        for kind in kinds:
+            pair = next(paths)
+            pair.a, pair.b = next(uris)
+            logged[kind] = log_pair(ctx, parent, f"{kind} {label}".strip(), pair)
+        width = c.params.model.width
+        connections.append(
+            Connection(a_uri, b_uri, b_aligned.uri, width, b_aligned.max_logit_diff, logged)
+        )
+    return connections
 
 
 def connect_two(
@@ -148,7 +162,7 @@ def connect_two(
         params={"a": a_uri, "b": b_uri, "method": ctx.params.align.method},
         tags={schema.KIND: schema.KIND_CONNECT},
     ) as run:
-        connection = connect_pair(ctx, run, a_uri, b_uri, kinds=kinds)
+        (connection,) = connect_pairs(ctx, run, [(ctx, a_uri, b_uri, "")], kinds=kinds)
         run.log_input_states([a_uri, b_uri, connection.aligned])
         run.log_metrics(
             {
@@ -195,17 +209,17 @@ def _sweep(ctx: Context, key: str, seeds, runs: dict) -> Connect:
             "alphas": inst.alphas,
         },
     ) as run:
-        connections = [
-            connect_pair(
+        pairs = [
+            (
                 _with(ctx, width=width),
-                run,
                 trained[i].final,
                 trained[j].final,
-                label=f"{seeds[i].init}-{seeds[j].init}" + (f" width={width}" if width else ""),
+                f"{seeds[i].init}-{seeds[j].init}" + (f" width={width}" if width else ""),
             )
             for width, trained in runs.items()
             for i, j in combinations(range(len(trained)), 2)
         ]
+        connections = connect_pairs(ctx, run, pairs)
         result = Connect(
             run_id=run.id,
             model=ctx.model_name,

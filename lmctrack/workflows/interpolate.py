@@ -32,24 +32,29 @@ def interpolate_states(
     from lmctrack.interpolate import check_compatible
 
     check_compatible(a, b, mask_mode)
-    pair = path_between(ctx.dataset, ctx.device, _settings(ctx, mask_mode), a, b)
+    pair = path_between(ctx.dataset, ctx.device, path_settings(ctx, mask_mode), a, b)
     pair.a, pair.b = a_uri, b_uri
     return pair
 
 
 def interpolate_pairs(
-    ctx: Context, pairs: Sequence[tuple[State, State]], *, mask_mode: str = "same"
+    ctx: Context,
+    pairs: Sequence[tuple[State, State]],
+    *,
+    mask_mode: str = "same",
+    settings: Sequence[PathSettings] | None = None,
 ) -> list[Pair]:
     """interpolate_states for every pair (without URIs): in the local pool of processes, or each
     pair as a Ray task when runner.backend is ray, so that a sweep's analysis spreads over the
     cores or the cluster like its trainings. The same numbers either way on CPUs (one thread per
-    process or task)."""
+    process or task). `settings` gives each pair its own (e.g. another BatchNorm policy or
+    width); by default every pair gets the context's."""
     from lmctrack.interpolate import check_compatible
 
-    for a, b in pairs:
-        check_compatible(a, b, mask_mode)  # here, before any task starts
-    settings = _settings(ctx, mask_mode)
-    calls = [(settings, a, b) for a, b in pairs]
+    settings = list(settings or [path_settings(ctx, mask_mode)] * len(pairs))
+    for (a, b), how in zip(pairs, settings, strict=True):
+        check_compatible(a, b, how.mask_mode)  # here, before any task starts
+    calls = [(how, a, b) for (a, b), how in zip(pairs, settings, strict=True)]
     if ctx.params.runner.backend == "ray" and pairs:
         from lmctrack.cluster import map_on_ray
 
@@ -59,7 +64,8 @@ def interpolate_pairs(
     return map_in_processes(path_between, calls, ctx.dataset, ctx.device)
 
 
-def _settings(ctx: Context, mask_mode: str) -> PathSettings:
+def path_settings(ctx: Context, mask_mode: str = "same") -> PathSettings:
+    """The context's settings for a path (its model, instability section and mask mode)."""
     return PathSettings(ctx.params.model, ctx.params.instability, mask_mode)
 
 
