@@ -54,11 +54,14 @@ def run_claim(store: Store, keys: Collection[str], poll: float = _POLL_SECONDS) 
     tags = {f"{CLAIM_TAG}.{i}": key for i, key in enumerate(keys)}
     name = keys[0] if len(keys) == 1 else f"{keys[0]} and {len(keys) - 1} more"
     with store.run(CLAIMS, name, tags=tags) as mine:
+        wanted = set(keys)
         while True:
-            live = store.running(CLAIMS)
-            order = {r.info.run_id: (r.info.start_time, r.info.run_id) for r in live}
-            earlier = [r for r in live if order[r.info.run_id] < order[mine.id]]
-            if not any(claimed_keys(unprefixed(r.data.tags)) & set(keys) for r in earlier):
+            live = {r.info.run_id: r for r in store.running(CLAIMS)}
+            started = {i: (r.info.start_time, i) for i, r in live.items()}
+            if not any(
+                started[i] < started[mine.id] and claimed_keys(unprefixed(r.data.tags)) & wanted
+                for i, r in live.items()
+            ):
                 break
             time.sleep(poll)
         yield

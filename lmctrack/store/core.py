@@ -188,15 +188,16 @@ class Store(Registry):
             [experiment_id], "attributes.status = 'RUNNING'", max_results=10000
         )
         dead = [
-            r
+            r.info.run_id
             for r in running
             if r.info.run_id not in self._open and owner_is_dead(unprefixed(r.data.tags))
         ]
         with suppress(MlflowException, OSError):
-            for run in dead:
-                retry_busy(lambda run=run: self.client.set_terminated(run.info.run_id, "KILLED"))
+            for run_id in dead:
+                retry_busy(lambda run_id=run_id: self.client.set_terminated(run_id, "KILLED"))
         self._reaped.add(experiment)
-        return [r.info.run_id for r in dead], [r for r in running if r not in dead]
+        gone = set(dead)
+        return dead, [r for r in running if r.info.run_id not in gone]
 
     def find_run(self, experiment: str, config_hash: str, status: str = "FINISHED") -> str | None:
         """The newest run of the experiment with this config hash and status, if any; runs

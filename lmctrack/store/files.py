@@ -60,15 +60,21 @@ def local_folder(
     with tempfile.TemporaryDirectory(prefix="lmctrack-") as tmp:
         repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
         with answering(tracking_uri or artifact_uri):
-            folder = Path(tmp)
-            try:  # _download_file: every artifact repository's one-file primitive
-                for name in names if names is not None else ():
-                    repository._download_file(name, str(confined(folder / name, folder, name)))
-            except OSError:  # a file gone (HTTP 404): the folder as it is, checked by the caller
-                names = None
-            if names is None:
-                folder = Path(repository.download_artifacts("", dst_path=tmp))
+            folder = _download(repository, names, Path(tmp))
         yield folder
+
+
+def _download(repository, names: Collection[str] | None, folder: Path) -> Path:
+    """The files `names` into folder; everything there is when names is None or one of them is
+    gone (HTTP 404: the folder as it is, which the caller checks)."""
+    if names is not None:
+        try:  # _download_file: every artifact repository's one-file primitive
+            for name in names:
+                repository._download_file(name, str(confined(folder / name, folder, name)))
+            return folder
+        except OSError:
+            pass
+    return Path(repository.download_artifacts("", dst_path=str(folder)))
 
 
 @contextmanager

@@ -290,7 +290,7 @@ class Registry:
             raise LmcError(f"cannot resolve {uri} ({first_line(e)}); {_URI_HELP}") from None
         # a registered state's recorded files are all it needs (the MLflow model around them
         # is for serving): over HTTP, one request each instead of the whole folder
-        names = self.describe(uri).sha256 or None if uri.startswith("models:/") else None
+        names = (self.describe(uri).sha256 or None) if uri.startswith("models:/") else None
         with local_folder(location, self.tracking_uri, names) as folder:
             for name in (state_files.WEIGHTS_FILE, state_files.MASK_FILE):
                 if (folder / name).exists():

@@ -137,15 +137,16 @@ def connect_pairs(
             end, end_uri = (b, b_uri) if kind == schema.NAIVE else (permuted, b_aligned.uri)
             ends.append((a, end, a_uri, end_uri))
             settings.append(path_settings(_with(c, bn=_BN.get(kind))))
-    paths = iter(interpolate_pairs(ctx, [(a, b) for a, b, *_ in ends], settings=settings))
-    uris = iter([(a_uri, b_uri) for *_, a_uri, b_uri in ends])
+    paths = interpolate_pairs(ctx, [(a, b) for a, b, *_ in ends], settings=settings)
+    for pair, (*_, a_uri, end_uri) in zip(paths, ends, strict=True):
+        pair.a, pair.b = a_uri, end_uri
+    paths_left = iter(paths)
     connections = []
     for (c, a_uri, b_uri, label), b_aligned in zip(pairs, aligned, strict=True):
-        logged = {}
-        for kind in kinds:
-            pair = next(paths)
-            pair.a, pair.b = next(uris)
-            logged[kind] = log_pair(ctx, parent, f"{kind} {label}".strip(), pair)
+        logged = {
+            kind: log_pair(ctx, parent, f"{kind} {label}".strip(), next(paths_left))
+            for kind in kinds
+        }
         width = c.params.model.width
         connections.append(
             Connection(a_uri, b_uri, b_aligned.uri, width, b_aligned.max_logit_diff, logged)

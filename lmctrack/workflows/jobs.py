@@ -90,7 +90,7 @@ def claimed(ctx: Context, keys: Iterable[str]) -> Iterator[None]:
     an identical request made at the same time waits, then finds the work finished and reuses
     it, so no work is done twice and no two trainings share a checkpoint folder. Claims are
     taken all at once (store.claims), so two requests with overlapping keys cannot deadlock."""
-    with ctx.store.claim(sorted(set(keys))):
+    with ctx.store.claim(set(keys)):
         yield
 
 
