@@ -49,6 +49,7 @@ from lmctrack.data import load_dataset  # noqa: E402
 from lmctrack.errors import LmcError  # noqa: E402
 from lmctrack.progress import Board, board  # noqa: E402
 from lmctrack.runner import TrainJob, run_configured, run_job, run_jobs  # noqa: E402
+from lmctrack.state import State  # noqa: E402
 from lmctrack.store import Store  # noqa: E402
 from lmctrack.train import Noise  # noqa: E402
 from lmctrack.workflows.connect import connect  # noqa: E402
@@ -375,3 +376,26 @@ def test_a_server_restart_and_a_killed_driver_lose_and_duplicate_nothing(
     assert spread == [2]  # both forks' pairs, as Ray tasks at once
     assert [r.barrier for r in got.rows] == [r.barrier for r in expected.rows]  # to the bit
     _assert_same_new_states(local, remote, before, at_least=7)
+
+
+def test_a_version_whose_answer_was_lost_and_request_resent_is_registered_once(server, monkeypatch):
+    """Under load MLflow's client sends create_model_version again when the answer is lost (a
+    read timeout, a 5xx): the first request was stored too. Here every such request reaches the
+    server twice; the state is still one version, the one the caller gets and loads."""
+    store = Store(server.url)
+    create = store.client.create_model_version
+
+    def resent(*args, **kwargs):
+        create(*args, **kwargs)  # stored, answer lost
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(store.client, "create_model_version", resent)
+    weights = {"w": torch.arange(6.0).reshape(2, 3)}
+    with store.run("resent", "twice") as run:
+        uri = run.save_state(
+            State(weights), model_name="resent", role="final", step=1, tags={}, key="resent-1"
+        )
+    versions = store.client.search_model_versions("name = 'resent'")
+    assert [f"models:/resent/{v.version}" for v in versions] == [uri] == ["models:/resent/1"]
+    assert torch.equal(store.load_state(uri).weights["w"], weights["w"])
+    assert store.find_state("resent-1") == uri

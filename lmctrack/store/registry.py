@@ -127,7 +127,25 @@ class Registry:
                 await_creation_for=0,
             )
         )
+        if self.root is None:
+            mv = self._sole_version(mv, model.model_id)
         return self._remember(mv)
+
+    def _sole_version(self, mv: ModelVersion, model_id: str) -> ModelVersion:
+        """The one version of a logged model's files. Over HTTP, MLflow's client sends a request
+        again when its answer is lost (a read timeout or a 5xx under load), so a version whose
+        first request was stored exists twice; the earliest stays, later ones are deleted."""
+        same = self._search_versions(
+            f"name = '{_quoted(mv.name, 'model')}' AND tags.`{TAG_PREFIX}model_id` = '{model_id}'"
+        )
+        same.sort(key=lambda v: int(v.version))
+        for extra in same[1:]:
+            try:
+                self.client.delete_model_version(extra.name, extra.version)
+            except MlflowException as e:
+                if not not_found(e):  # a re-sent delete finds it gone
+                    raise
+        return same[0] if same else mv
 
     def _remember(self, mv: ModelVersion) -> StateInfo:
         tags = unprefixed(mv.tags)
