@@ -4,14 +4,16 @@
    100 steps, 2 inits x 2 copies x 2 rewind steps = 10 trainings) as a user runs it:
    `lmctrack instability` with runner.backend=ray against a Ray head with the machine's cores
    and an MLflow server on PostgreSQL, vs the local process pool on a sqlite store. Interleaved
-   pairs after an untimed one, each on fresh seeds so nothing is reused; throughput ratio =
-   local time / Ray time (goal >= 0.9).
+   rounds after an untimed one, each on fresh seeds so nothing is reused; throughput ratio =
+   local time / Ray time (goal >= 0.9). With --split, the mixed setups too (local processes +
+   the server, Ray + sqlite): which half of the difference is Ray's and which the server's. The
+   import cost of a fresh Ray worker, measured here, bounds the ratio from above.
 2. The tracking server under N concurrent writers (separate processes, each a Store client):
    every writer opens runs and registers small states with keys; registrations per second, p50
    and p95 latency, and a count of what the registry holds afterwards (no lost writes).
 
     python benchmarks/cluster.py [--quick] [--repeats R] [--writers 8,32] [--each K]
-                                 [--steps 100it,400it]
+                                 [--steps 100it,400it] [--split]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -66,37 +69,78 @@ def sweep(folder: Path, seed: int, on_ray: bool, steps: str) -> float:
     return seconds
 
 
-def pairs(local: Path, remote: Path) -> list[tuple[str, Path]]:
-    return [("local", local), ("ray", remote)]
+# Where a sweep trains and what it records into: (name, Ray backend?, tracking server?). The first
+# and last are the comparison; with --split the mixed two say which half costs what.
+SETUPS = [
+    ("local processes + sqlite", False, False),
+    ("local processes + server", False, True),
+    ("Ray + sqlite", True, False),
+    ("Ray + mlflow server (PG)", True, True),
+]
 
 
-def measure_sweeps(repeats: int, ray_address: str, tracking_uri: str, steps: list[str]) -> None:
+def worker_imports() -> float:
+    """CPU seconds a fresh process spends importing what a Ray training task runs (ray, torch,
+    lmctrack). Every command is a new Ray job whose workers are new processes that pay this
+    (Ray binds a worker process to one job); the local pool forks its workers from the driver,
+    which has imported all of it already."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    code = "import ray, torch, lmctrack.runner, lmctrack.interpolate"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def measure_sweeps(
+    repeats: int, ray_address: str, tracking_uri: str, steps: list[str], split: bool
+) -> None:
     data_root = scratch("data")
     write_mnist1d(data_root, TINY_SAMPLES)
-    local = project("local", data_root, {"tracking_uri": f"sqlite:///{scratch('db')}/m.db"}, None)
-    remote = project(
-        "remote",
-        data_root,
-        {"tracking_uri": tracking_uri},
-        {"backend": "ray", "address": ray_address},
-    )
-    # An untimed pair first: the services' first minute (Ray's head starting its agents, the
-    # server its workers, the OS caching files) is not what a lab's long-running services cost.
-    first = [sweep(f, 99, name == "ray", steps[0]) for name, f in pairs(local, remote)]
-    print(f"untimed first pair (wall s): local {first[0]:.1f}, Ray + server {first[1]:.1f}")
-    for i, t in enumerate(steps):
-        times: dict[str, list[float]] = {"local": [], "ray": []}
-        for r in range(repeats):
-            for name, folder in pairs(local, remote)[:: 1 if r % 2 == 0 else -1]:
-                times[name].append(sweep(folder, 100 + 10 * i + r, name == "ray", t))
-        loc, ray = statistics.median(times["local"]), statistics.median(times["ray"])
-        print(f"sweep of {TRAININGS} trainings to T = {t}, {repeats} interleaved pairs (wall s):")
-        print(f"  local processes + sqlite : {', '.join(f'{x:.1f}' for x in times['local'])}")
-        print(f"  Ray + mlflow server (PG) : {', '.join(f'{x:.1f}' for x in times['ray'])}")
-        print(
-            f"  throughput Ray/local = {loc / ray:.2f} (goal >= 0.9 at 100it); "
-            f"{TRAININGS / ray * 3600:.0f} vs {TRAININGS / loc * 3600:.0f} trainings/hour"
+    setups = SETUPS if split else [SETUPS[0], SETUPS[-1]]
+    folders = {
+        name: project(
+            f"setup{i}",
+            data_root,
+            {"tracking_uri": tracking_uri if server else f"sqlite:///{scratch(f'db{i}')}/m.db"},
+            {"backend": "ray", "address": ray_address} if on_ray else None,
         )
+        for i, (name, on_ray, server) in enumerate(setups)
+    }
+    # every command on seeds of its own (the server is shared): nothing is found finished
+    seeds = iter(range(100, 10**6))
+
+    def timed(name: str, on_ray: bool, t: str) -> float:
+        return sweep(folders[name], next(seeds), on_ray, t)
+
+    # An untimed round first: the services' first minute (Ray's head starting its agents, the
+    # server its workers, the OS caching files) is not what a lab's long-running services cost.
+    first = [f"{name} {timed(name, on_ray, steps[0]):.1f}" for name, on_ray, _ in setups]
+    print(f"untimed first round (wall s): {', '.join(first)}")
+    cores = len(os.sched_getaffinity(0))
+    for i, t in enumerate(steps):
+        measured = setups if i == 0 else [setups[0], setups[-1]]
+        times: dict[str, list[float]] = {name: [] for name, _, _ in measured}
+        for r in range(repeats):
+            for name, on_ray, _ in measured[:: 1 if r % 2 == 0 else -1]:
+                times[name].append(timed(name, on_ray, t))
+        median = {name: statistics.median(x) for name, x in times.items()}
+        print(f"sweep of {TRAININGS} trainings to T = {t}, {repeats} interleaved rounds (wall s):")
+        for name, x in times.items():
+            print(f"  {name:<27}: {', '.join(f'{s:.1f}' for s in x)} (median {median[name]:.1f})")
+        loc, ray = median[SETUPS[0][0]], median[SETUPS[-1][0]]
+        print(
+            f"  throughput Ray + server / local = {loc / ray:.2f} (goal >= 0.9 at 100it); "
+            f"{TRAININGS / ray * 3600:.0f} vs {TRAININGS / loc * 3600:.0f} trainings/hour; "
+            f"fixed cost per command {ray - loc:+.1f} s"
+        )
+        if i == 0:
+            each = worker_imports()
+            print(
+                f"  a fresh Ray worker imports for {each:.1f} s of CPU; one per core ({cores}) "
+                f"is >= {each:.1f} s more wall time than the local pool on these cores: at "
+                f"most {loc / (loc + each):.2f} of its throughput at this T, before any "
+                "other cost of Ray or of the server"
+            )
 
 
 # ---- the tracking server under concurrent writers -------------------------------------------
@@ -176,6 +220,11 @@ def main() -> None:
         help="T of the sweep's trainings, comma-separated (e.g. "
         "100it,400it: the fixed costs per command weigh less in longer sweeps)",
     )
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="also time the mixed setups (local + server, Ray + sqlite) at the first T",
+    )
     # one server process per spare core: on two cores shared with Ray and the driver, one
     parser.add_argument(
         "--server-workers", type=int, default=max(1, len(os.sched_getaffinity(0)) // 2)
@@ -193,7 +242,7 @@ def main() -> None:
         address, _ = stack.enter_context(services.ray_head(cpus=cores))
         print(f"services: PostgreSQL, mlflow server ({args.server_workers} workers) at {url}, ")
         print(f"          Ray head with {cores} CPUs at {address}")
-        measure_sweeps(repeats, address, url, args.steps.split(","))
+        measure_sweeps(repeats, address, url, args.steps.split(","), args.split)
         measure_writers(url, counts, each)
     print(machine().replace("at start", "at the end"))
 
