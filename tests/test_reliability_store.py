@@ -140,7 +140,10 @@ def _claimed_work(uri: str, log: list[str], claim=None) -> None:
 
 @pytest.mark.slow  # two racing requests end to end (threads, claims, polling)
 @pytest.mark.parametrize("protocol", ["file lock", "claim runs"])
-def test_the_same_work_requested_twice_at_once_is_done_once(store: Store, protocol: str) -> None:
+@pytest.mark.parametrize("claimants", [2, 4])
+def test_the_same_work_requested_twice_at_once_is_done_once(
+    store: Store, protocol: str, claimants: int
+) -> None:
     log: list[str] = []
 
     def claim(keys: list[str]):
@@ -149,15 +152,41 @@ def test_the_same_work_requested_twice_at_once_is_done_once(store: Store, protoc
     chosen = claim if protocol == "claim runs" else None
     threads = [
         threading.Thread(target=_claimed_work, args=(store.tracking_uri, log, chosen))
-        for _ in range(2)
+        for _ in range(claimants)
     ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
     did = [entry for entry in log if entry.startswith("did")]
-    assert len(did) == 1 and log.count(did[0].replace("did", "reused")) == 1
+    assert len(did) == 1 and log.count(did[0].replace("did", "reused")) == claimants - 1
     assert _statuses(store, "work") == ["FINISHED"]
+
+
+@pytest.mark.slow  # two racing claimants, one of them slow to land
+def test_a_claimant_whose_run_lands_late_waits_for_one_that_began_after_it(store: Store) -> None:
+    """The first claimant's run is stamped before, but stored after, the second's: the order of
+    the claims must not come from the clock (both held, and both did the work, before tickets)."""
+    log: list[str] = []
+    late = Store(store.tracking_uri)
+    create = late.client.create_run
+
+    def lands_late(experiment_id, start_time=None, tags=None, run_name=None):
+        stamped = int(time.time() * 1000)
+        time.sleep(0.3)
+        return create(experiment_id, start_time=stamped, tags=tags, run_name=run_name)
+
+    late.client.create_run = lands_late
+    slow = threading.Thread(
+        target=_claimed_work,
+        args=(store.tracking_uri, log, lambda keys: run_claim(late, keys, poll=0.05)),
+    )
+    slow.start()
+    time.sleep(0.05)
+    _claimed_work(store.tracking_uri, log, lambda keys: run_claim(Store(store.tracking_uri), keys))
+    slow.join(60)
+    assert [entry.split()[0] for entry in log] == ["did", "reused"]
+    assert log[1] == log[0].replace("did", "reused")
 
 
 @pytest.mark.slow  # three claimants polling claim runs

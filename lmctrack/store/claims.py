@@ -3,11 +3,14 @@
 A local store uses OS file locks under its folder, taken in sorted order (the kernel releases
 them when the holder dies, so a killed worker never blocks the next). A tracking server has no
 shared folder: a claimant starts one RUNNING run in the CLAIMS experiment tagged with every key
-it claims, and holds them all once no earlier live run claims any of them; the others poll until
-those end or their owners are known dead (on this host; a claimant on another host that died
-holds its claims until its run is ended by hand). The earliest of any conflicting claim runs
-always holds, so claims never deadlock, and a sweep's claim costs a few requests, not a few per
-key.
+it claims, and takes a ticket as in Lamport's bakery: the run is created `choosing`, reads the
+live conflicting claim runs (those sharing a key), then sets ticket = 1 + the highest ticket it
+saw and ends choosing in one request. It holds once no conflicting live run is still choosing or
+has a lower (ticket, run id); the others poll until those end or their owners are known dead (on
+this host; a claimant on another host that died holds its claims until its run is ended by
+hand). The order needs no clock: a run that saw no ticket of another's was created before that
+other read, so that other saw it choosing and waits. The lowest (ticket, run id) always holds, so
+claims never deadlock, and a sweep's claim costs a few requests, not a few per key.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
 
 CLAIMS = "lmctrack.claims"
 CLAIM_TAG = "claim"
+CHOOSING = "choosing"
+TICKET = "ticket"
 _POLL_SECONDS = 0.5
 
 
@@ -53,15 +58,25 @@ def run_claim(store: Store, keys: Collection[str], poll: float = _POLL_SECONDS) 
     keys = sorted(set(keys))
     tags = {f"{CLAIM_TAG}.{i}": key for i, key in enumerate(keys)}
     name = keys[0] if len(keys) == 1 else f"{keys[0]} and {len(keys) - 1} more"
-    with store.run(CLAIMS, name, tags=tags) as mine:
-        wanted = set(keys)
-        while True:
-            live = {r.info.run_id: r for r in store.running(CLAIMS)}
-            started = {i: (r.info.start_time, i) for i, r in live.items()}
-            if not any(
-                started[i] < started[mine.id] and claimed_keys(unprefixed(r.data.tags)) & wanted
-                for i, r in live.items()
-            ):
-                break
+    with store.run(CLAIMS, name, tags={**tags, CHOOSING: "true"}) as mine:
+        seen = _tickets(store, mine.id, set(keys))
+        ticket = 1 + max((t for t in seen.values() if t is not None), default=0)
+        mine.set_tags({TICKET: str(ticket), CHOOSING: "false"})
+        while any(
+            t is None or (t, i) < (ticket, mine.id)
+            for i, t in _tickets(store, mine.id, set(keys)).items()
+        ):
             time.sleep(poll)
         yield
+
+
+def _tickets(store: Store, mine: str, wanted: set[str]) -> dict[str, int | None]:
+    """The tickets of the other live claim runs that share a key with wanted (None while one is
+    choosing; 0 for a run of a version without tickets)."""
+    found: dict[str, int | None] = {}
+    for run in store.running(CLAIMS):
+        tags = unprefixed(run.data.tags)
+        if run.info.run_id != mine and claimed_keys(tags) & wanted:
+            choosing = tags.get(CHOOSING) == "true"
+            found[run.info.run_id] = None if choosing else int(tags.get(TICKET, 0))
+    return found
