@@ -378,18 +378,23 @@ def test_a_server_restart_and_a_killed_driver_lose_and_duplicate_nothing(
     _assert_same_new_states(local, remote, before, at_least=7)
 
 
-def test_a_version_whose_answer_was_lost_and_request_resent_is_registered_once(server, monkeypatch):
-    """Under load MLflow's client sends create_model_version again when the answer is lost (a
-    read timeout, a 5xx): the first request was stored too. Here every such request reaches the
-    server twice; the state is still one version, the one the caller gets and loads."""
-    store = Store(server.url)
-    create = store.client.create_model_version
+def _resend(monkeypatch, client, method: str) -> None:
+    """Under load MLflow's client sends a create request again when the answer is lost (a read
+    timeout, a 5xx): the first request was stored too. Here every `method` request reaches the
+    server twice and the caller gets the second answer."""
+    call = getattr(client, method)
 
     def resent(*args, **kwargs):
-        create(*args, **kwargs)  # stored, answer lost
-        return create(*args, **kwargs)
+        call(*args, **kwargs)  # stored, answer lost
+        return call(*args, **kwargs)
 
-    monkeypatch.setattr(store.client, "create_model_version", resent)
+    monkeypatch.setattr(client, method, resent)
+
+
+def test_a_version_whose_answer_was_lost_and_request_resent_is_registered_once(server, monkeypatch):
+    """The state is still one version, the one the caller gets and loads."""
+    store = Store(server.url)
+    _resend(monkeypatch, store.client, "create_model_version")
     weights = {"w": torch.arange(6.0).reshape(2, 3)}
     with store.run("resent", "twice") as run:
         uri = run.save_state(
@@ -399,3 +404,27 @@ def test_a_version_whose_answer_was_lost_and_request_resent_is_registered_once(s
     assert [f"models:/resent/{v.version}" for v in versions] == [uri] == ["models:/resent/1"]
     assert torch.equal(store.load_state(uri).weights["w"], weights["w"])
     assert store.find_state("resent-1") == uri
+
+
+def test_a_run_whose_answer_was_lost_and_request_resent_exists_once(server, monkeypatch):
+    """The run is one run, the one the caller ends; a claim run's copy, left RUNNING, would hold
+    the claim against its own owner forever: the claim is taken and given back."""
+    store = Store(server.url)
+    _resend(monkeypatch, store.client, "create_run")
+    with store.run("resent runs", "twice") as run:
+        pass
+    taken = threading.Event()
+
+    def claim() -> None:
+        with store.claim(["resent-run"]):
+            taken.set()
+
+    claimant = threading.Thread(target=claim, daemon=True)
+    claimant.start()
+    claimant.join(60)
+    assert taken.is_set() and not claimant.is_alive()
+    runs = store.client.search_runs([run.experiment_id])
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(run.id, "FINISHED")]
+    claims = store.client.get_experiment_by_name("lmctrack.claims").experiment_id
+    claim_runs = store.client.search_runs([claims], "tags.`lmctrack.claim.0` = 'resent-run'")
+    assert [r.info.status for r in claim_runs] == ["FINISHED"]
