@@ -8,9 +8,10 @@ live conflicting claim runs (those sharing a key), then sets ticket = 1 + the hi
 saw and ends choosing in one request. It holds once no conflicting live run is still choosing or
 has a lower (ticket, run id); the others poll until those end or their owners are known dead (on
 this host; a claimant on another host that died holds its claims until its run is ended by
-hand). The order needs no clock: a run that saw no ticket of another's was created before that
-other read, so that other saw it choosing and waits. The lowest (ticket, run id) always holds, so
-claims never deadlock, and a sweep's claim costs a few requests, not a few per key.
+hand). The order needs no clock: a claim run stored after another's ticket was set sees that
+ticket and takes a higher one; one stored before is seen by the other's checks, choosing or with
+its ticket. The lowest (ticket, run id) always holds, so claims never deadlock, and a sweep's
+claim costs a few requests, not a few per key.
 """
 
 from __future__ import annotations
