@@ -392,9 +392,11 @@ def _resend(monkeypatch, client, method: str) -> None:
 
 
 def test_a_version_whose_answer_was_lost_and_request_resent_is_registered_once(server, monkeypatch):
-    """The state is still one version, the one the caller gets and loads."""
+    """The state is still one version, the one the caller gets and loads, of one logged model
+    (a copy of which would stay PENDING, without files, among the experiment's models)."""
     store = Store(server.url)
     _resend(monkeypatch, store.client, "create_model_version")
+    _resend(monkeypatch, store.client, "create_logged_model")
     weights = {"w": torch.arange(6.0).reshape(2, 3)}
     with store.run("resent", "twice") as run:
         uri = run.save_state(
@@ -404,6 +406,10 @@ def test_a_version_whose_answer_was_lost_and_request_resent_is_registered_once(s
     assert [f"models:/resent/{v.version}" for v in versions] == [uri] == ["models:/resent/1"]
     assert torch.equal(store.load_state(uri).weights["w"], weights["w"])
     assert store.find_state("resent-1") == uri
+    models = store.client.search_logged_models([run.experiment_id])
+    assert [(m.model_id, str(m.status)) for m in models] == [
+        (store.describe(uri).model_id, "READY")
+    ]
 
 
 def test_a_run_whose_answer_was_lost_and_request_resent_exists_once(server, monkeypatch):

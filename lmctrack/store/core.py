@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import uuid
 from collections.abc import Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
@@ -34,7 +33,7 @@ from lmctrack.store.location import (
     sqlite_uri,
 )
 from lmctrack.store.owners import owner_is_dead, owner_tags
-from lmctrack.store.registry import CORRUPT, KEY, Registry, StateInfo
+from lmctrack.store.registry import CORRUPT, KEY, Registry, StateInfo, tagged
 from lmctrack.store.runs import Run
 
 _RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
@@ -42,7 +41,6 @@ _RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 # GenAI overview: traces, token usage).
 KIND_TAG = "mlflow.experimentKind"
 KIND = "custom_model_development"
-REQUEST = "request"  # a run's create request, to find copies of a re-sent one (_delete_copies)
 
 
 class Store(Registry):
@@ -97,16 +95,18 @@ class Store(Registry):
     ) -> Run:
         """A new RUNNING run owned by this process (owner tags: see store.owners)."""
         experiment_id = self._experiment_id(experiment)
-        request = {REQUEST: uuid.uuid4().hex} if self.root is None else {}
-        run_tags = prefixed({**(tags or {}), **owner_tags(), **request})
+        request = self._request()
+        run_tags = {**prefixed({**(tags or {}), **owner_tags()}), **request}
         if parent is not None:
             run_tags["mlflow.parentRunId"] = parent
         with write_errors(self.tracking_uri):
             info = retry_busy(
                 lambda: self.client.create_run(experiment_id, tags=run_tags, run_name=name)
             ).info
-            if request:
-                self._delete_copies(experiment_id, info.run_id, request[REQUEST])
+            if request:  # a RUNNING copy nobody ends; a claim run's would hold against its owner
+                copies = self.client.search_runs([experiment_id], tagged(request))
+                runs = (r.info.run_id for r in copies)
+                self._delete_copies(runs, info.run_id, self.client.delete_run)
         run = Run(self, info.run_id, experiment, experiment_id, info.artifact_uri)
         if params:
             try:
@@ -116,22 +116,6 @@ class Store(Registry):
                 run._terminate("FAILED", failing=True)
                 raise
         return run
-
-    def _delete_copies(self, experiment_id: str, run_id: str, request: str) -> None:
-        """Over HTTP, MLflow's client sends create_run again when its answer is lost (a read
-        timeout or a 5xx under load): the first request's run exists too, RUNNING with nobody to
-        end it (a claim run's copy would make its owner wait for itself). Copies of this request
-        other than the run the caller got are deleted."""
-        copies = self.client.search_runs(
-            [experiment_id], f"tags.`{TAG_PREFIX}{REQUEST}` = '{request}'"
-        )
-        for copy in copies:
-            if copy.info.run_id != run_id:
-                try:
-                    self.client.delete_run(copy.info.run_id)
-                except MlflowException as e:
-                    if not not_found(e):  # a re-sent delete finds it gone
-                        raise
 
     def _experiment_id(self, name: str) -> str:
         """The experiment's id, created with an absolute artifact folder next to the database and

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,14 @@ _ALIAS_URI = re.compile(rf"^models:/{_NAME}@(?P<alias>[\w-]+)$")
 RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+?)/?$")
 KEY = re.compile(r"^[\w.:-]+$")
 CORRUPT = "corrupt"
+
+
+REQUEST = "request"  # tags what one create request made (Registry._request)
+
+
+def tagged(tags: dict[str, str]) -> str:
+    """A search filter for what carries all of tags (ids and hex digests: nothing to quote)."""
+    return " AND ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
 
 
 def _quoted(value: str, what: str) -> str:
@@ -131,21 +140,39 @@ class Registry:
             mv = self._sole_version(mv, model.model_id)
         return self._remember(mv)
 
+    def _request(self) -> dict[str, str]:
+        """A tag naming one create request, over HTTP only: MLflow's client sends a request again
+        when its answer is lost (a read timeout or a 5xx under load), so what the first request
+        created exists too, and is found by this tag (see _delete_copies)."""
+        return {TAG_PREFIX + REQUEST: uuid.uuid4().hex} if self.root is None else {}
+
+    def _delete_copies(
+        self, found: Iterable[str], kept: str, delete: Callable[[str], object]
+    ) -> None:
+        """Delete every id in found but kept: the copies a re-sent create request made."""
+        for copy in found:
+            if copy != kept:
+                try:
+                    delete(copy)
+                except MlflowException as e:
+                    if not not_found(e):  # a re-sent delete finds it gone
+                        raise
+
     def _sole_version(self, mv: ModelVersion, model_id: str) -> ModelVersion:
-        """The one version of a logged model's files. Over HTTP, MLflow's client sends a request
-        again when its answer is lost (a read timeout or a 5xx under load), so a version whose
-        first request was stored exists twice; the earliest stays, later ones are deleted."""
+        """The one version of a logged model's files: a version re-sent after a lost answer
+        (see _request) exists twice; the earliest stays, later ones are deleted."""
         same = self._search_versions(
             f"name = '{_quoted(mv.name, 'model')}' AND tags.`{TAG_PREFIX}model_id` = '{model_id}'"
         )
         same.sort(key=lambda v: int(v.version))
-        for extra in same[1:]:
-            try:
-                self.client.delete_model_version(extra.name, extra.version)
-            except MlflowException as e:
-                if not not_found(e):  # a re-sent delete finds it gone
-                    raise
-        return same[0] if same else mv
+        if not same:
+            return mv
+        self._delete_copies(
+            (v.version for v in same),
+            same[0].version,
+            lambda version: self.client.delete_model_version(mv.name, version),
+        )
+        return same[0]
 
     def _remember(self, mv: ModelVersion) -> StateInfo:
         tags = unprefixed(mv.tags)

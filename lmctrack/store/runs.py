@@ -30,7 +30,7 @@ from lmctrack.store import pyfunc
 from lmctrack.store.backend import flatten, prefixed, retry_busy, unprefixed, write_errors
 from lmctrack.store.cost import Meter
 from lmctrack.store.files import is_local, local_path, safe_name, sha256, share, writable_folder
-from lmctrack.store.registry import StateInfo
+from lmctrack.store.registry import StateInfo, tagged
 
 if TYPE_CHECKING:
     from lmctrack.store.core import Store
@@ -283,15 +283,20 @@ class Run:
         """Write the safetensors files (and a JSON description with their sha256 and the
         architecture, plus the pyfunc MLmodel when the architecture is known) into a new logged
         model; returns it and the files' hashes."""
+        request = self.store._request()
         model = retry_busy(
             lambda: self._client.create_logged_model(
                 self.experiment_id,
                 name=name,
                 source_run_id=self.id,
-                tags=tags,
+                tags={**tags, **request},
                 model_type="lmctrack.state",
             )
         )
+        if request:  # a copy would stay PENDING, without files, in the experiment's models
+            copies = self._client.search_logged_models([self.experiment_id], tagged(request))
+            models = (m.model_id for m in copies)
+            self.store._delete_copies(models, model.model_id, self._client.delete_logged_model)
         try:
             with writable_folder(model.artifact_location, self.store.tracking_uri) as folder:
                 files = state_files.save_state(state, folder)
