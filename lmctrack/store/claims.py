@@ -59,13 +59,14 @@ def run_claim(store: Store, keys: Collection[str], poll: float = _POLL_SECONDS) 
     keys = sorted(set(keys))
     tags = {f"{CLAIM_TAG}.{i}": key for i, key in enumerate(keys)}
     name = keys[0] if len(keys) == 1 else f"{keys[0]} and {len(keys) - 1} more"
+    wanted = set(keys)
     with store.run(CLAIMS, name, tags={**tags, CHOOSING: "true"}) as mine:
-        seen = _tickets(store, mine.id, set(keys))
-        ticket = 1 + max((t for t in seen.values() if t is not None), default=0)
+        seen = _tickets(store, mine.id, wanted).values()
+        ticket = 1 + max((t for t in seen if t is not None), default=0)
         mine.set_tags({TICKET: str(ticket), CHOOSING: "false"})
         while any(
             t is None or (t, i) < (ticket, mine.id)
-            for i, t in _tickets(store, mine.id, set(keys)).items()
+            for i, t in _tickets(store, mine.id, wanted).items()
         ):
             time.sleep(poll)
         yield

@@ -49,8 +49,6 @@ _ALIAS_URI = re.compile(rf"^models:/{_NAME}@(?P<alias>[\w-]+)$")
 RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+?)/?$")
 KEY = re.compile(r"^[\w.:-]+$")
 CORRUPT = "corrupt"
-
-
 REQUEST = "request"  # tags what one create request made (Registry._request)
 
 
