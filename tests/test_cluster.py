@@ -18,6 +18,7 @@ PostgreSQL is not installed.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -33,6 +34,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from mlflow.exceptions import MlflowException
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
@@ -434,3 +436,29 @@ def test_a_run_whose_answer_was_lost_and_request_resent_exists_once(server, monk
     claims = store.client.get_experiment_by_name("lmctrack.claims").experiment_id
     claim_runs = store.client.search_runs([claims], "tags.`lmctrack.claim.0` = 'resent-run'")
     assert [r.info.status for r in claim_runs] == ["FINISHED"]
+
+
+def test_writes_to_the_server_land_in_order_and_one_refused_ends_nothing_after_it(server):
+    """A run's writes whose answers nobody reads are sent behind the caller, in the order made:
+    once the store settles, another client sees them all (the last tag written wins, the run
+    ends FINISHED). A write the server refuses is raised at the caller's next read, and the
+    writes after it are not sent: that run is never FINISHED, so its work is not reused."""
+    store, other = Store(server.url), Store(server.url)  # other: another process's view
+    with store.run("deferred writes", "fine") as run:
+        for step in range(3):
+            run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+            run.set_tags({"stage": str(step)})
+        run.log_json({"steps": [0, 1, 2]}, "steps.json")
+    store.settle()
+    seen = other.client.get_run(run.id)
+    assert (seen.info.status, other.run_tags(run.id)["stage"]) == ("FINISHED", "2")
+    history = other.client.get_metric_history(run.id, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
+    assert json.loads(other.run_artifact(run.id, "steps.json").read_text()) == {"steps": [0, 1, 2]}
+
+    refusal = pytest.raises(MlflowException, match="[Cc]hanging param values is not allowed")
+    with refusal, store.run("deferred writes", "refused") as refused:
+        refused.log_params({"lr": 0.1})
+        refused.log_params({"lr": 0.2})  # MLflow refuses to change a param
+        store.run_tags(refused.id)  # a read: waits for the writes before it
+    assert other.client.get_run(refused.id).info.status == "RUNNING"  # its end was not sent

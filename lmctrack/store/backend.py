@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
+import copy
 import errno
 import functools
 import json
 import logging
+import os
+import queue
 import random
 import sqlite3
+import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -178,22 +184,152 @@ def answering(tracking_uri: str) -> Iterator[None]:
 
 
 class ServerClient:
-    """The MlflowClient of a tracking server, each call under `answering`."""
+    """The MlflowClient of a tracking server, each call under `answering`.
+
+    Writes whose answer lmctrack never reads (DEFERRED) are sent by one background thread, in
+    the order they were made, while the command goes on: a sweep makes a hundred and more of
+    them, and each would otherwise hold the driver for a round trip to the server. Every other
+    call first waits until they are all sent (settle), so what this process reads comes after
+    what it wrote, as before; only calls that cannot see those writes (UNORDERED: creations,
+    and reads of experiments and model versions, whose writes are never deferred) go at once.
+    A deferred write that fails stops the ones after it (a run whose metrics were lost is never
+    marked FINISHED: its set_terminated comes later) and is raised by the next call that waits.
+    """
+
+    DEFERRED = frozenset(
+        {
+            "log_batch",
+            "log_inputs",
+            "log_outputs",
+            "log_dict",
+            "log_table",
+            "set_terminated",
+            "set_logged_model_tags",
+            "finalize_logged_model",
+            "delete_run",
+            "delete_logged_model",
+        }
+    )
+    UNORDERED = frozenset(
+        {
+            "create_run",
+            "create_logged_model",
+            "create_registered_model",
+            "create_model_version",
+            "search_model_versions",
+            "get_model_version",
+            "get_experiment_by_name",
+            "log_artifact",
+        }
+    )
 
     def __init__(self, client: MlflowClient, tracking_uri: str) -> None:
         self._client, self._uri = client, tracking_uri
+        self._pid = os.getpid()  # a forked child writes inline: its exit skips atexit
+        self._writes: queue.Queue[Callable[[], object]] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._failed: BaseException | None = None
+        self._waiting = 0  # calls whose caller waits for the answer: deferred writes yield to them
+        self._quiet = threading.Condition()
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
         if not callable(attr):
             return attr
+        if name in self.DEFERRED:
+
+            @functools.wraps(attr)
+            def write(*args: Any, **kwargs: Any) -> None:
+                args, kwargs = copy.deepcopy((args, kwargs))  # as they are now
+                self.later(lambda: attr(*args, **kwargs))
+
+            return write
 
         @functools.wraps(attr)
         def call(*args: Any, **kwargs: Any) -> Any:
-            with answering(self._uri):
+            if name not in self.UNORDERED:
+                self.settle()
+            with self._first(), answering(self._uri):
                 return attr(*args, **kwargs)
 
         return call
+
+    def later(self, write: Callable[[], object]) -> None:
+        """Send `write` after every write queued before it, while the caller goes on."""
+        if self._failed is not None:
+            raise self._failed
+        if threading.current_thread() is self._writer:
+            write()  # a deferred write's own writes: its turn is now
+            return
+        if os.getpid() != self._pid:
+            with answering(self._uri):
+                write()
+            return
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._send, name="lmctrack-writes", daemon=True)
+            self._writer.start()
+            atexit.register(self._at_exit)
+        self._writes.put(write)
+
+    def settle(self) -> None:
+        """Wait until every deferred write is sent; raise the first that failed."""
+        writer = self._writer
+        if (
+            writer is not None
+            and os.getpid() == self._pid
+            and threading.current_thread() is not writer
+        ):
+            self._writes.join()
+        if self._failed is not None:
+            raise self._failed
+
+    @contextmanager
+    def _first(self) -> Iterator[None]:
+        """While a caller waits for an answer, no deferred write is sent (one may be in flight)."""
+        if threading.current_thread() is self._writer:
+            yield
+            return
+        with self._quiet:
+            self._waiting += 1
+        try:
+            yield
+        finally:
+            with self._quiet:
+                self._waiting -= 1
+                self._quiet.notify_all()
+
+    def _send(self) -> None:
+        while True:
+            write = self._writes.get()
+            with self._quiet:  # the server answers a waiting caller first
+                self._quiet.wait_for(lambda: self._waiting == 0)
+            try:
+                if self._failed is None:
+                    with answering(self._uri):
+                        write()
+            except BaseException as e:  # raised in the main thread by settle
+                self._failed = e
+            finally:
+                self._writes.task_done()
+
+    def _at_exit(self) -> None:
+        """A process that never settled (the Python API) still sends what it wrote."""
+        try:
+            self.settle()
+        except Exception as e:
+            print(f"lmctrack: writes to {self._uri} were lost: {first_line(e)}", file=sys.stderr)
+
+
+def deferred(client: MlflowClient | ServerClient, write: Callable[[], object]) -> None:
+    """`write` after the client's deferred writes (a tracking server), or now."""
+    later = getattr(client, "later", None)
+    (later or (lambda w: w()))(write)
+
+
+def settle(client: MlflowClient | ServerClient) -> None:
+    """Wait until the client's deferred writes are stored (nothing to wait for but a server)."""
+    if isinstance(client, ServerClient):
+        client.settle()
 
 
 def connect(tracking_uri: str, root: Path | None) -> MlflowClient | ServerClient:

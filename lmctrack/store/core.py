@@ -15,10 +15,12 @@ from mlflow.exceptions import MlflowException
 from lmctrack.errors import LmcError
 from lmctrack.store.backend import (
     connect,
+    deferred,
     exists_already,
     not_found,
     prefixed,
     retry_busy,
+    settle,
     unprefixed,
     write_errors,
 )
@@ -104,9 +106,7 @@ class Store(Registry):
                 lambda: self.client.create_run(experiment_id, tags=run_tags, run_name=name)
             ).info
             if request:  # a RUNNING copy nobody ends; a claim run's would hold against its owner
-                copies = self.client.search_runs([experiment_id], tagged(request))
-                runs = (r.info.run_id for r in copies)
-                self._delete_copies(runs, info.run_id, self.client.delete_run)
+                deferred(self.client, lambda: self._delete_run_copies(experiment_id, request, info))
         run = Run(self, info.run_id, experiment, experiment_id, info.artifact_uri)
         if params:
             try:
@@ -116,6 +116,15 @@ class Store(Registry):
                 run._terminate("FAILED", failing=True)
                 raise
         return run
+
+    def _delete_run_copies(self, experiment_id: str, request: dict[str, str], kept) -> None:
+        copies = self.client.search_runs([experiment_id], tagged(request))
+        self._delete_copies((r.info.run_id for r in copies), kept.run_id, self.client.delete_run)
+
+    def settle(self) -> None:
+        """Wait until what this process wrote is stored: writes to a tracking server go in the
+        background (store.backend.ServerClient). Raises the first write that failed."""
+        settle(self.client)
 
     def _experiment_id(self, name: str) -> str:
         """The experiment's id, created with an absolute artifact folder next to the database and

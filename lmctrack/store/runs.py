@@ -27,7 +27,7 @@ from lmctrack.errors import LmcError
 from lmctrack.mlflow_model import DESCRIPTION_FILE
 from lmctrack.state import State
 from lmctrack.store import pyfunc
-from lmctrack.store.backend import flatten, prefixed, retry_busy, unprefixed, write_errors
+from lmctrack.store.backend import deferred, flatten, prefixed, retry_busy, unprefixed, write_errors
 from lmctrack.store.cost import Meter
 from lmctrack.store.files import is_local, local_path, safe_name, sha256, share, writable_folder
 from lmctrack.store.registry import StateInfo, tagged
@@ -294,9 +294,7 @@ class Run:
             )
         )
         if request:  # a copy would stay PENDING, without files, in the experiment's models
-            copies = self._client.search_logged_models([self.experiment_id], tagged(request))
-            models = (m.model_id for m in copies)
-            self.store._delete_copies(models, model.model_id, self._client.delete_logged_model)
+            deferred(self._client, lambda: self._delete_model_copies(request, model.model_id))
         try:
             with writable_folder(model.artifact_location, self.store.tracking_uri) as folder:
                 files = state_files.save_state(state, folder)
@@ -319,6 +317,11 @@ class Run:
             raise
         retry_busy(lambda: self._client.finalize_logged_model(model.model_id, "READY"))
         return model, digests
+
+    def _delete_model_copies(self, request: dict[str, str], kept: str) -> None:
+        copies = self._client.search_logged_models([self.experiment_id], tagged(request))
+        models = (m.model_id for m in copies)
+        self.store._delete_copies(models, kept, self._client.delete_logged_model)
 
     @staticmethod
     def _dataset_input(name: str, fingerprint: str) -> DatasetInput:

@@ -5,7 +5,7 @@ state), the store, the dataset and the progress board."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from lmctrack.config import Params, resolve
@@ -59,5 +59,11 @@ def session(
     ctx = make_context(cfg, board=board or Board(None), store=store, out=out)
     try:
         yield ctx
+    except BaseException:
+        with suppress(Exception):  # what was done before the failure is kept; the failure wins
+            store.settle()
+        raise
+    else:
+        store.settle()
     finally:
         ctx.close()
