@@ -206,9 +206,13 @@ class Store(Registry):
             for r in running
             if r.info.run_id not in self._open and owner_is_dead(unprefixed(r.data.tags))
         ]
-        with suppress(MlflowException, OSError):
-            for run_id in dead:
-                retry_busy(lambda run_id=run_id: self.client.set_terminated(run_id, "KILLED"))
+
+        def kill() -> None:  # a read-only store is left as it is, a refusal here too
+            with suppress(MlflowException, OSError):
+                for run_id in dead:
+                    retry_busy(lambda run_id=run_id: self.client.set_terminated(run_id, "KILLED"))
+
+        deferred(self.client, kill)
         self._reaped.add(experiment)
         gone = set(dead)
         return dead, [r for r in running if r.info.run_id not in gone]
