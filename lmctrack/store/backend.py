@@ -322,8 +322,10 @@ class ServerClient:
 
 def deferred(client: MlflowClient | ServerClient, write: Callable[[], object]) -> None:
     """`write` after the client's deferred writes (a tracking server), or now."""
-    later = getattr(client, "later", None)
-    (later or (lambda w: w()))(write)
+    if isinstance(client, ServerClient):
+        client.later(write)
+    else:
+        write()
 
 
 def settle(client: MlflowClient | ServerClient) -> None:

@@ -106,7 +106,10 @@ class Store(Registry):
                 lambda: self.client.create_run(experiment_id, tags=run_tags, run_name=name)
             ).info
             if request:  # a RUNNING copy nobody ends; a claim run's would hold against its owner
-                deferred(self.client, lambda: self._delete_run_copies(experiment_id, request, info))
+                deferred(
+                    self.client,
+                    lambda: self._delete_run_copies(experiment_id, request, info.run_id),
+                )
         run = Run(self, info.run_id, experiment, experiment_id, info.artifact_uri)
         if params:
             try:
@@ -117,9 +120,9 @@ class Store(Registry):
                 raise
         return run
 
-    def _delete_run_copies(self, experiment_id: str, request: dict[str, str], kept) -> None:
+    def _delete_run_copies(self, experiment_id: str, request: dict[str, str], kept: str) -> None:
         copies = self.client.search_runs([experiment_id], tagged(request))
-        self._delete_copies((r.info.run_id for r in copies), kept.run_id, self.client.delete_run)
+        self._delete_copies((r.info.run_id for r in copies), kept, self.client.delete_run)
 
     def settle(self) -> None:
         """Wait until what this process wrote is stored: writes to a tracking server go in the
