@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -32,10 +32,17 @@ class Unavailable(RuntimeError):
     """A service's software is not installed here (the tests skip with this one-line reason)."""
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports the OS has free now (all held open together, so none repeats)."""
+    with ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def _wait(ready, what: str, log: Path, timeout: float) -> None:
@@ -181,11 +188,15 @@ def ray_head(cpus: int = 2) -> Iterator[tuple[str, subprocess.Popen]]:
     if not Path(ray).exists():
         raise Unavailable('Ray is not installed (pip install -e ".[cluster]")')
     folder = Path(tempfile.mkdtemp(prefix="lmcray-", dir="/tmp"))
-    port = free_port()
+    # Every port Ray would otherwise take at a fixed default (client 10001, agent 52365) is
+    # picked free too: a default may be the free port picked for another service, or taken.
+    port, client_port, agent_port = free_ports(3)
     address = f"{HOST}:{port}"
     argv = [
         *(ray, "start", "--head", "--block", "--disable-usage-stats"),
         *("--node-ip-address", HOST, "--port", str(port), "--num-cpus", str(cpus)),
+        *("--ray-client-server-port", str(client_port)),
+        *("--dashboard-agent-listen-port", str(agent_port)),
         *("--include-dashboard", "false", "--temp-dir", str(folder)),
     ]
     # Idle workers kept beyond one per CPU: a driver's warm workers (torch imported) survive
