@@ -229,6 +229,7 @@ class ServerClient:
         self._writes: queue.Queue[Callable[[], object]] = queue.Queue()
         self._writer: threading.Thread | None = None
         self._failed: BaseException | None = None
+        self._told = False  # the failure reached a caller
         self._waiting = 0  # calls whose caller waits for the answer: deferred writes yield to them
         self._quiet = threading.Condition()
 
@@ -256,8 +257,7 @@ class ServerClient:
 
     def later(self, write: Callable[[], object]) -> None:
         """Send `write` after every write queued before it, while the caller goes on."""
-        if self._failed is not None:
-            raise self._failed
+        self._raise_failure()
         if threading.current_thread() is self._writer:
             write()  # a deferred write's own writes: its turn is now
             return
@@ -280,7 +280,11 @@ class ServerClient:
             and threading.current_thread() is not writer
         ):
             self._writes.join()
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
         if self._failed is not None:
+            self._told = True
             raise self._failed
 
     @contextmanager
@@ -313,11 +317,16 @@ class ServerClient:
                 self._writes.task_done()
 
     def _at_exit(self) -> None:
-        """A process that never settled (the Python API) still sends what it wrote."""
+        """A process that never settled (the Python API) still sends what it wrote, and hears of
+        a failure no caller was told of."""
+        told = self._told
         try:
             self.settle()
         except Exception as e:
-            print(f"lmctrack: writes to {self._uri} were lost: {first_line(e)}", file=sys.stderr)
+            if not told:
+                print(
+                    f"lmctrack: writes to {self._uri} were lost: {first_line(e)}", file=sys.stderr
+                )
 
 
 def deferred(client: MlflowClient | ServerClient, write: Callable[[], object]) -> None:
