@@ -45,19 +45,21 @@ class Board:
     def update(self, key: str, completed: int, metrics: dict[str, float] | None = None) -> None:
         if self._progress is None or key not in self._tasks:
             return
-        metrics = metrics or {}
-        self._progress.update(
-            self._tasks[key],
-            completed=completed,
-            loss=metrics.get("loss", float("nan")),
-            acc=metrics.get("accuracy", float("nan")),
-        )
+        shown = {"loss": "loss", "acc": "accuracy"}  # a bare step keeps the last loss shown
+        fields = {f: metrics[m] for f, m in shown.items() if metrics and m in metrics}
+        self._progress.update(self._tasks[key], completed=completed, **fields)
+
+    def shown(self, key: str) -> dict[str, float] | None:
+        """What the bar of `key` shows (None on a silent board): completed, loss and acc."""
+        if self._progress is None or key not in self._tasks:
+            return None
+        task = next(t for t in self._progress.tasks if t.id == self._tasks[key])
+        return {"completed": task.completed, **task.fields}
 
     def completed(self, key: str) -> float | None:
         """Where the bar of `key` stands (None on a silent board): what the user last saw."""
-        if self._progress is None or key not in self._tasks:
-            return None
-        return next(t.completed for t in self._progress.tasks if t.id == self._tasks[key])
+        shown = self.shown(key)
+        return None if shown is None else shown["completed"]
 
     def advance(self, key: str, amount: int = 1) -> None:
         if self._progress is not None and key in self._tasks:

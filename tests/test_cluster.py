@@ -180,10 +180,12 @@ def test_trainings_on_ray_equal_local_processes_and_report_progress(cluster):
     screen = Console(file=io.StringIO(), force_terminal=True, width=100)
     with board(enabled=True, output=screen) as live:
         on_ray = run_configured(_jobs(60), data, CPU, live, runner)
-        shown = [live.completed(job.key) for job in _jobs(60)]
+        shown = [live.shown(job.key) for job in _jobs(60)]
     with board(enabled=False) as quiet:
         local = run_jobs(_jobs(60), data, CPU, quiet)
-    assert shown == [60, 60, 60]
+    assert [bar["completed"] for bar in shown] == [60, 60, 60]
+    # the workers' last reports reached the board: each bar shows its training's final loss
+    assert all(0 < bar["loss"] < 10 and 0 <= bar["acc"] <= 1 for bar in shown), shown
     for a, b in zip(on_ray, local, strict=True):
         assert _same(a.weights, b.weights) and _same(a.snapshots[20], b.snapshots[20])
 
