@@ -23,6 +23,7 @@ one), retries of a task whose worker died, and an object store that ships the da
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -120,7 +121,16 @@ def _train(job: TrainJob, boxed: list, device: str, threads: int, reports) -> Jo
     dataset, dev = _setup(device, threads, boxed)
     if job.checkpoint is not None:
         job.checkpoint.parent.mkdir(parents=True, exist_ok=True)  # a node that never saw it
-    return run_job(job, dataset, dev, lambda s, m: reports.put.remote(job.key, s, m))
+    sent = -POLL_SECONDS
+
+    def report(step: int, metrics: dict) -> None:
+        """Each report is a call to the relay: at most one per poll of the driver, and the last."""
+        nonlocal sent
+        if step >= job.stop or time.monotonic() - sent >= POLL_SECONDS:
+            sent = time.monotonic()
+            reports.put.remote(job.key, step, metrics)
+
+    return run_job(job, dataset, dev, report)
 
 
 def _call(fn: Callable, args: tuple, boxed: list, device: str, threads: int):
