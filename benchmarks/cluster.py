@@ -7,7 +7,8 @@
    rounds after an untimed one, each on fresh seeds so nothing is reused; throughput ratio =
    local time / Ray time (goal >= 0.9). With --split, the mixed setups too (local processes +
    the server, Ray + sqlite): which half of the difference is Ray's and which the server's. The
-   import cost of a fresh Ray worker, measured here, bounds the ratio from above.
+   import cost of a fresh Ray worker, measured here, bounds the ratio from above, and so does
+   the machine's CPU per command (every process's, from /proc/stat) divided by its cores.
 2. The tracking server under N concurrent writers (separate processes, each a Store client):
    every writer opens runs and registers small states with keys; registrations per second, p50
    and p95 latency, and a count of what the registry holds afterwards (no lost writes).
@@ -53,20 +54,28 @@ def project(name: str, data_root: Path, store: dict, runner: dict | None) -> Pat
     return folder
 
 
-def sweep(folder: Path, seed: int, on_ray: bool, steps: str) -> float:
-    """Wall time of `lmctrack instability` in the folder on fresh seeds; with on_ray, it must
-    have trained on Ray."""
+def machine_cpu() -> float:
+    """CPU seconds all processes of the machine have used (busy time in /proc/stat: user, nice,
+    system, irq, softirq): around a command, what it cost the machine, the services' and Ray's
+    processes included, which a per-process count misses when they exit."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def sweep(folder: Path, seed: int, on_ray: bool, steps: str) -> tuple[float, float]:
+    """Wall time of `lmctrack instability` in the folder on fresh seeds and the machine's CPU
+    seconds meanwhile; with on_ray, it must have trained on Ray."""
     argv = [sys.executable, "-m", "lmctrack", "instability", "-q", "--set", f"seeds.init={seed}"]
     argv += ["--set", f"train.steps={steps}"]
     env = {**os.environ, **services.RAY_LOOPBACK}
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), machine_cpu()
     done = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - began
+    seconds, cpu = time.perf_counter() - began, machine_cpu() - cpu
     if done.returncode != 0:
         raise SystemExit(f"lmctrack instability failed in {folder}:\n{done.stderr[-3000:]}")
     if on_ray and "runner.backend=ray: " not in done.stderr:
         raise SystemExit("the sweep did not train on Ray: jobs.train_all must call run_configured")
-    return seconds
+    return seconds, cpu
 
 
 # Where a sweep trains and what it records into: (name, Ray backend?, tracking server?). The first
@@ -109,29 +118,43 @@ def measure_sweeps(
     # every command on seeds of its own (the server is shared): nothing is found finished
     seeds = iter(range(100, 10**6))
 
-    def timed(name: str, on_ray: bool, t: str) -> float:
+    def timed(name: str, on_ray: bool, t: str) -> tuple[float, float]:
         return sweep(folders[name], next(seeds), on_ray, t)
 
     # An untimed round first: the services' first minute (Ray's head starting its agents, the
     # server its workers, the OS caching files) is not what a lab's long-running services cost.
-    first = [f"{name} {timed(name, on_ray, steps[0]):.1f}" for name, on_ray, _ in setups]
+    first = [f"{name} {timed(name, on_ray, steps[0])[0]:.1f}" for name, on_ray, _ in setups]
     print(f"untimed first round (wall s): {', '.join(first)}")
     cores = len(os.sched_getaffinity(0))
     for i, t in enumerate(steps):
         measured = setups if i == 0 else [setups[0], setups[-1]]
         times: dict[str, list[float]] = {name: [] for name, _, _ in measured}
+        cpus: dict[str, list[float]] = {name: [] for name, _, _ in measured}
         for r in range(repeats):
             for name, on_ray, _ in measured[:: 1 if r % 2 == 0 else -1]:
-                times[name].append(timed(name, on_ray, t))
+                wall, cpu = timed(name, on_ray, t)
+                times[name].append(wall)
+                cpus[name].append(cpu)
         median = {name: statistics.median(x) for name, x in times.items()}
-        print(f"sweep of {TRAININGS} trainings to T = {t}, {repeats} interleaved rounds (wall s):")
+        print(
+            f"sweep of {TRAININGS} trainings to T = {t}, {repeats} interleaved rounds "
+            "(wall s; the machine's CPU s meanwhile, every process):"
+        )
         for name, x in times.items():
-            print(f"  {name:<27}: {', '.join(f'{s:.1f}' for s in x)} (median {median[name]:.1f})")
+            walls = ", ".join(f"{s:.1f}" for s in x)
+            used = ", ".join(f"{s:.1f}" for s in cpus[name])
+            print(f"  {name:<27}: {walls} (median {median[name]:.1f}); CPU {used}")
         loc, ray = median[SETUPS[0][0]], median[SETUPS[-1][0]]
+        loc_cpu, ray_cpu = (statistics.median(cpus[s[0]]) for s in (SETUPS[0], SETUPS[-1]))
         print(
             f"  throughput Ray + server / local = {loc / ray:.2f} (goal >= 0.9 at 100it); "
             f"{TRAININGS / ray * 3600:.0f} vs {TRAININGS / loc * 3600:.0f} trainings/hour; "
             f"fixed cost per command {ray - loc:+.1f} s"
+        )
+        print(
+            f"  the machine's CPU per command: Ray + server {ray_cpu:.1f} s, local {loc_cpu:.1f} "
+            f"s; on {cores} cores the Ray command takes >= {ray_cpu / cores:.1f} s however "
+            "well its processes overlap"
         )
         if i == 0:
             each = worker_imports()
