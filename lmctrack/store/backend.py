@@ -318,15 +318,13 @@ class ServerClient:
 
     def _at_exit(self) -> None:
         """A process that never settled (the Python API) still sends what it wrote, and hears of
-        a failure no caller was told of."""
-        told = self._told
+        a failure no caller was told of (nothing after a failure is sent)."""
+        if self._told:
+            return
         try:
             self.settle()
         except Exception as e:
-            if not told:
-                print(
-                    f"lmctrack: writes to {self._uri} were lost: {first_line(e)}", file=sys.stderr
-                )
+            print(f"lmctrack: writes to {self._uri} were lost: {first_line(e)}", file=sys.stderr)
 
 
 def deferred(client: MlflowClient | ServerClient, write: Callable[[], object]) -> None:
