@@ -6,15 +6,20 @@
    and an MLflow server on PostgreSQL, vs the local process pool on a sqlite store. Interleaved
    rounds after an untimed one, each on fresh seeds so nothing is reused; throughput ratio =
    local time / Ray time (goal >= 0.9). With --split, the mixed setups too (local processes +
-   the server, Ray + sqlite): which half of the difference is Ray's and which the server's. The
-   import cost of a fresh Ray worker, measured here, bounds the ratio from above, and so does
-   the machine's CPU per command (every process's, from /proc/stat) divided by its cores.
+   the server, Ray + sqlite): which half of the difference is Ray's and which the server's.
+   Also printed: the machine's CPU per command (every process's, from /proc/stat), which
+   divided by its cores bounds the command's wall time from below, and the import cost of a
+   fresh Ray worker, which each command pays per worker (warm-up overlaps it with the driver's
+   own imports, on a core the single-threaded driver leaves idle meanwhile).
+   With --in-driver, the four setups again in this one process through lmctrack.api (as a
+   notebook runs sweeps): Ray's workers start once, so what is left is the per-training cost
+   of Ray and of the server, with the HTTP requests each sweep sent.
 2. The tracking server under N concurrent writers (separate processes, each a Store client):
    every writer opens runs and registers small states with keys; registrations per second, p50
    and p95 latency, and a count of what the registry holds afterwards (no lost writes).
 
     python benchmarks/cluster.py [--quick] [--repeats R] [--writers 8,32] [--each K]
-                                 [--steps 100it,400it] [--split]
+                                 [--steps 100it,400it] [--split] [--in-driver]
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, chdir
 from pathlib import Path
 
+import requests
 import torch
 import yaml
 
@@ -43,6 +49,7 @@ from conftest import TINY_SAMPLES, tiny_params  # noqa: E402
 from lmctrack.workflows.datasets import write_mnist1d  # noqa: E402
 
 TRAININGS = 10  # 2 inits trained to T, then 2 inits x 2 rewind steps x 2 copies
+SEED_STRIDE = 10  # more than the sweep's inits
 
 
 def project(name: str, data_root: Path, store: dict, runner: dict | None) -> Path:
@@ -100,13 +107,12 @@ def worker_imports() -> float:
     return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
-def measure_sweeps(
-    repeats: int, ray_address: str, tracking_uri: str, steps: list[str], split: bool
-) -> None:
+def projects(setups: list, ray_address: str, tracking_uri: str) -> dict[str, Path]:
+    """A project folder per setup, all on one copy of the data."""
     data_root = scratch("data")
-    write_mnist1d(data_root, TINY_SAMPLES)
-    setups = SETUPS if split else [SETUPS[0], SETUPS[-1]]
-    folders = {
+    if not any(data_root.iterdir()):
+        write_mnist1d(data_root, TINY_SAMPLES)
+    return {
         name: project(
             f"setup{i}",
             data_root,
@@ -115,11 +121,21 @@ def measure_sweeps(
         )
         for i, (name, on_ray, server) in enumerate(setups)
     }
-    # every command on seeds of its own (the server is shared): nothing is found finished
-    seeds = iter(range(100, 10**6))
+
+
+# Every sweep on seeds of its own (the server is shared): nothing is found finished. A sweep's
+# inits use seeds.init, seeds.init + 1, ..., so consecutive values would share an init.
+_SEEDS = iter(range(100, 10**7, SEED_STRIDE))
+
+
+def measure_sweeps(
+    repeats: int, ray_address: str, tracking_uri: str, steps: list[str], split: bool
+) -> None:
+    setups = SETUPS if split else [SETUPS[0], SETUPS[-1]]
+    folders = projects(setups, ray_address, tracking_uri)
 
     def timed(name: str, on_ray: bool, t: str) -> tuple[float, float]:
-        return sweep(folders[name], next(seeds), on_ray, t)
+        return sweep(folders[name], next(_SEEDS), on_ray, t)
 
     # An untimed round first: the services' first minute (Ray's head starting its agents, the
     # server its workers, the OS caching files) is not what a lab's long-running services cost.
@@ -157,13 +173,70 @@ def measure_sweeps(
             "well its processes overlap"
         )
         if i == 0:
-            each = worker_imports()
             print(
-                f"  a fresh Ray worker imports for {each:.1f} s of CPU; one per core ({cores}) "
-                f"is >= {each:.1f} s more wall time than the local pool on these cores: at "
-                f"most {loc / (loc + each):.2f} of its throughput at this T, before any "
-                "other cost of Ray or of the server"
+                f"  a fresh Ray worker imports for {worker_imports():.1f} s of CPU; each command's "
+                "workers are new processes (warm-up overlaps their imports with the driver's)"
             )
+
+
+class Requests:
+    """The HTTP requests this process sends (every MLflow client call and artifact transfer goes
+    through requests.Session): what a sweep asks of the tracking server."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._send = requests.Session.request
+
+    def __enter__(self) -> Requests:
+        def counted(session, *args, **kwargs):
+            self.count += 1
+            return self._send(session, *args, **kwargs)
+
+        requests.Session.request = counted
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        requests.Session.request = self._send
+
+
+def measure_in_driver(repeats: int, ray_address: str, tracking_uri: str, steps: str) -> None:
+    """The four setups through lmctrack.api in this one process, as a notebook runs sweeps one
+    after another: one Ray job, so its workers start once and stay (and the driver imports
+    once), leaving the per-training costs of Ray and of the tracking server."""
+    import lmctrack as lmc
+
+    os.environ.update(services.RAY_LOOPBACK)  # before this process joins the Ray head
+    folders = projects(SETUPS, ray_address, tracking_uri)
+    times: dict[str, list[float]] = {name: [] for name, _, _ in SETUPS}
+    cpus: dict[str, list[float]] = {name: [] for name, _, _ in SETUPS}
+    sent: dict[str, list[int]] = {name: [] for name, _, _ in SETUPS}
+    for r in range(repeats + 1):  # the first round untimed: Ray's workers start in it
+        for name, _, _ in SETUPS[:: 1 if r % 2 == 0 else -1]:
+            sets = {"seeds.init": next(_SEEDS), "train.steps": steps}
+            with chdir(folders[name]), Requests() as requests_sent:
+                began, cpu = time.perf_counter(), machine_cpu()
+                lmc.instability(params=folders[name] / "params.yaml", sets=sets)
+                wall, cpu = time.perf_counter() - began, machine_cpu() - cpu
+            if r > 0:
+                times[name].append(wall)
+                cpus[name].append(cpu)
+                sent[name].append(requests_sent.count)
+    print(
+        f"in one driver (lmctrack.api.instability, {repeats} interleaved rounds after an untimed "
+        f"one; {TRAININGS} trainings to T = {steps}; wall s; machine CPU s; HTTP requests):"
+    )
+    median = {name: statistics.median(x) for name, x in times.items()}
+    for name, x in times.items():
+        walls = ", ".join(f"{s:.1f}" for s in x)
+        print(
+            f"  {name:<27}: {walls} (median {median[name]:.1f}); CPU median "
+            f"{statistics.median(cpus[name]):.1f}; requests {statistics.median(sent[name]):.0f}"
+        )
+    print(
+        f"  throughput Ray + server / local = {median[SETUPS[0][0]] / median[SETUPS[-1][0]]:.2f}; "
+        f"Ray + sqlite / local = {median[SETUPS[0][0]] / median[SETUPS[2][0]]:.2f}; "
+        f"local + server / local = {median[SETUPS[0][0]] / median[SETUPS[1][0]]:.2f}"
+    )
 
 
 # ---- the tracking server under concurrent writers -------------------------------------------
@@ -245,6 +318,11 @@ def main() -> None:
         "100it,400it: the fixed costs per command weigh less in longer sweeps)",
     )
     parser.add_argument(
+        "--in-driver",
+        action="store_true",
+        help="also run the four setups' sweeps in this process through lmctrack.api, at the first T",
+    )
+    parser.add_argument(
         "--split",
         action="store_true",
         help="also time the mixed setups (local + server, Ray + sqlite) at the first T",
@@ -267,6 +345,8 @@ def main() -> None:
         print(f"services: PostgreSQL, mlflow server ({args.server_workers} workers) at {url}, ")
         print(f"          Ray head with {cores} CPUs at {address}")
         measure_sweeps(repeats, address, url, args.steps.split(","), args.split)
+        if args.in_driver:
+            measure_in_driver(repeats, address, url, args.steps.split(",")[0])
         measure_writers(url, counts, each)
     print(machine().replace("at start", "at the end"))
 
