@@ -20,6 +20,7 @@
 
     python benchmarks/cluster.py [--quick] [--repeats R] [--writers 8,32] [--each K]
                                  [--steps 100it,400it] [--split] [--in-driver]
+                                 [--server uvicorn|gunicorn]
 """
 
 from __future__ import annotations
@@ -331,6 +332,12 @@ def main() -> None:
     parser.add_argument(
         "--server-workers", type=int, default=max(1, len(os.sched_getaffinity(0)) // 2)
     )
+    parser.add_argument(
+        "--server",
+        choices=list(services.FRONTS),
+        default="uvicorn",
+        help="the HTTP server in front of MLflow's app (uvicorn: MLflow's default)",
+    )
     args = parser.parse_args()
     counts = [8] if args.quick else [int(n) for n in args.writers.split(",")]
     repeats, each = (1, 3) if args.quick else (args.repeats, args.each)
@@ -340,9 +347,13 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     with ExitStack() as stack:
         db = stack.enter_context(services.postgres())
-        url = stack.enter_context(services.mlflow_server(db, artifacts, args.server_workers)).url
+        url = stack.enter_context(
+            services.mlflow_server(db, artifacts, args.server_workers, args.server)
+        ).url
         address, _ = stack.enter_context(services.ray_head(cpus=cores))
-        print(f"services: PostgreSQL, mlflow server ({args.server_workers} workers) at {url}, ")
+        print(
+            f"services: PostgreSQL, mlflow server ({args.server_workers} {args.server} workers) at {url}, "
+        )
         print(f"          Ray head with {cores} CPUs at {address}")
         measure_sweeps(repeats, address, url, args.steps.split(","), args.split)
         if args.in_driver:

@@ -115,6 +115,13 @@ def postgres(database: str = "mlflow") -> Iterator[str]:
 # ---- MLflow tracking server --------------------------------------------------------------------
 
 
+# The HTTP server in front of MLflow's app, with its worker timeout raised (see MlflowServer).
+FRONTS = {
+    "uvicorn": ("--uvicorn-opts", "--timeout-worker-healthcheck 120"),
+    "gunicorn": ("--gunicorn-opts", "--timeout 120"),
+}
+
+
 class MlflowServer:
     """`mlflow server` on the database with proxied artifacts in `artifacts`, on a port of its
     own that stays the same across stop() and start() (a restart, as its clients see one).
@@ -122,9 +129,14 @@ class MlflowServer:
     Several workers are supervised by uvicorn, which replaces one that misses a 5 s health check;
     on a loaded machine a worker still importing MLflow misses it, hence the longer limit. The
     server's job execution (MLflow's GenAI jobs: a runner and seven consumer processes, each
-    importing MLflow) is off unless the environment turns it on: lmctrack uses no jobs."""
+    importing MLflow) is off unless the environment turns it on: lmctrack uses no jobs.
 
-    def __init__(self, backend_uri: str, artifacts: Path, workers: int = 1) -> None:
+    `front` is the HTTP server in front of MLflow's app: uvicorn (MLflow's default, FastAPI
+    around the Flask app) or gunicorn (the Flask app alone; benchmarks/cluster.py --server)."""
+
+    def __init__(
+        self, backend_uri: str, artifacts: Path, workers: int = 1, front: str = "uvicorn"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log = artifacts.parent / f"mlflow-server-{self.port}.log"
@@ -133,7 +145,7 @@ class MlflowServer:
             *("--backend-store-uri", backend_uri),
             *("--artifacts-destination", str(artifacts)),
             *("--host", HOST, "--port", str(self.port), "--workers", str(workers)),
-            *("--uvicorn-opts", "--timeout-worker-healthcheck 120"),
+            *FRONTS[front],
         ]
         self._proc: subprocess.Popen | None = None
 
@@ -159,9 +171,11 @@ class MlflowServer:
 
 
 @contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path, workers: int = 1) -> Iterator[MlflowServer]:
+def mlflow_server(
+    backend_uri: str, artifacts: Path, workers: int = 1, front: str = "uvicorn"
+) -> Iterator[MlflowServer]:
     """A started MlflowServer (see there), stopped when the block ends."""
-    server = MlflowServer(backend_uri, artifacts, workers)
+    server = MlflowServer(backend_uri, artifacts, workers, front)
     server.start()
     try:
         yield server
