@@ -29,6 +29,10 @@ class SpeedColumn(ProgressColumn):
         return Text(f"{speed:,.0f} it/s" if speed else "", style="dim")
 
 
+# A bar's fields and the metrics they show; a bare step update keeps the last ones shown.
+_FIELDS = {"loss": "loss", "acc": "accuracy"}
+
+
 class Board:
     """A set of progress bars; `update(task, step, metrics)` is cheap enough to call every 25 steps."""
 
@@ -45,8 +49,7 @@ class Board:
     def update(self, key: str, completed: int, metrics: dict[str, float] | None = None) -> None:
         if self._progress is None or key not in self._tasks:
             return
-        shown = {"loss": "loss", "acc": "accuracy"}  # a bare step keeps the last loss shown
-        fields = {f: metrics[m] for f, m in shown.items() if metrics and m in metrics}
+        fields = {f: metrics[m] for f, m in _FIELDS.items() if metrics and m in metrics}
         self._progress.update(self._tasks[key], completed=completed, **fields)
 
     def shown(self, key: str) -> dict[str, float] | None:
