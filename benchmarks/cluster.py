@@ -129,6 +129,12 @@ def projects(setups: list, ray_address: str, tracking_uri: str) -> dict[str, Pat
 _SEEDS = iter(range(100, 10**7, SEED_STRIDE))
 
 
+def row(name: str, walls: list[float]) -> str:
+    """A setup's wall times and their median, as both measurements print them."""
+    times = ", ".join(f"{s:.1f}" for s in walls)
+    return f"  {name:<27}: {times} (median {statistics.median(walls):.1f})"
+
+
 def measure_sweeps(
     repeats: int, ray_address: str, tracking_uri: str, steps: list[str], split: bool
 ) -> None:
@@ -158,9 +164,7 @@ def measure_sweeps(
             "(wall s; the machine's CPU s meanwhile, every process):"
         )
         for name, x in times.items():
-            walls = ", ".join(f"{s:.1f}" for s in x)
-            used = ", ".join(f"{s:.1f}" for s in cpus[name])
-            print(f"  {name:<27}: {walls} (median {median[name]:.1f}); CPU {used}")
+            print(f"{row(name, x)}; CPU {', '.join(f'{s:.1f}' for s in cpus[name])}")
         loc, ray = median[SETUPS[0][0]], median[SETUPS[-1][0]]
         loc_cpu, ray_cpu = (statistics.median(cpus[s[0]]) for s in (SETUPS[0], SETUPS[-1]))
         print(
@@ -228,10 +232,9 @@ def measure_in_driver(repeats: int, ray_address: str, tracking_uri: str, steps: 
     )
     median = {name: statistics.median(x) for name, x in times.items()}
     for name, x in times.items():
-        walls = ", ".join(f"{s:.1f}" for s in x)
         print(
-            f"  {name:<27}: {walls} (median {median[name]:.1f}); CPU median "
-            f"{statistics.median(cpus[name]):.1f}; requests {statistics.median(sent[name]):.0f}"
+            f"{row(name, x)}; CPU median {statistics.median(cpus[name]):.1f}; "
+            f"requests {statistics.median(sent[name]):.0f}"
         )
     print(
         f"  throughput Ray + server / local = {median[SETUPS[0][0]] / median[SETUPS[-1][0]]:.2f}; "
