@@ -9,6 +9,7 @@ from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pandas as pd
 import pytest
 import torch
 
@@ -197,7 +198,15 @@ def test_run_queries(store: Store, chain: dict) -> None:
     assert [(m.step, m.value) for m in history] == [(0, 0.0), (1, 0.3), (2, 0.1)]
     assert json.loads(store.run_artifact(child.id, "result.json").read_text()) == {"barrier": 0.3}
     table = json.loads(store.run_artifact(child.id, "curve.json").read_text())
-    assert table["columns"] == ["alpha", "error"]
+    assert table == {"columns": ["alpha", "error"], "data": [[0.0, 0.1], [1.0, None]]}
+    # found and read as MLflow's load_table does: the run's tag, then pandas' split layout
+    listed = """tags.mlflow.loggedArtifacts LIKE '%"path"%:%"curve.json",%"type"%:%"table"%'"""
+    assert [r.info.run_id for r in store.client.search_runs([child.experiment_id], listed)] == [
+        child.id
+    ]
+    read = pd.read_json(store.run_artifact(child.id, "curve.json"), orient="split")
+    assert read["alpha"].tolist() == [0.0, 1.0]
+    assert read["error"].iloc[0] == 0.1 and read["error"].isna().iloc[1]
     assert store.client.get_run(child.id).data.tags["mlflow.parentRunId"] == parent.id
 
 

@@ -201,8 +201,6 @@ class ServerClient:
             "log_batch",
             "log_inputs",
             "log_outputs",
-            "log_dict",
-            "log_table",
             "set_terminated",
             "set_logged_model_tags",
             "finalize_logged_model",
@@ -219,7 +217,6 @@ class ServerClient:
             "search_model_versions",
             "get_model_version",
             "get_experiment_by_name",
-            "log_artifact",
         }
     )
 

@@ -4,9 +4,11 @@ saving states from it, each registered once."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from contextlib import suppress
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import (
@@ -21,6 +23,7 @@ from mlflow.entities import (
     RunStatus,
     RunTag,
 )
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
 from lmctrack import state as state_files
 from lmctrack.errors import LmcError
@@ -29,7 +32,7 @@ from lmctrack.state import State
 from lmctrack.store import pyfunc
 from lmctrack.store.backend import deferred, flatten, prefixed, retry_busy, unprefixed, write_errors
 from lmctrack.store.cost import Meter
-from lmctrack.store.files import is_local, local_path, safe_name, sha256, share, writable_folder
+from lmctrack.store.files import safe_name, sha256, writable_folder
 from lmctrack.store.registry import StateInfo, tagged
 
 if TYPE_CHECKING:
@@ -37,6 +40,11 @@ if TYPE_CHECKING:
 
 _FLUSH_SIZE = 1000  # buffered metrics sent at once (MLflow's batch limit)
 _FLUSH_SECONDS = 10.0  # ... or after this long, so the UI follows a long training
+
+
+def _json_value(value: Any) -> Any:
+    """A table cell as pandas writes it to JSON: NaN and infinities become null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _end_status(exc_type: type[BaseException] | None) -> str:
@@ -67,6 +75,7 @@ class Run:
         self._client = store.client
         self._datasets: set[tuple[str, str]] = set()
         self._state_names: set[str] = set()
+        self._tables: list[dict[str, str]] = []  # listed in MLFLOW_LOGGED_ARTIFACTS
         self._pending: list[Metric] = []
         self._flushed = time.monotonic()
         self._meter = Meter()
@@ -129,27 +138,35 @@ class Run:
         self._flushed = time.monotonic()
 
     def log_json(self, obj: Any, name: str) -> None:
-        with write_errors(self.store.tracking_uri):
-            self._client.log_dict(self.id, obj, name)
-        self._share()
+        self._write(name, json.dumps(obj, indent=2).encode())
 
     def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
-        """An MLflow table artifact (shown in the UI's evaluation view); name ends with .json."""
+        """An MLflow table artifact (name ends with .json), as MLflow's log_table writes one
+        (pandas' split layout; missing and non-finite values null) and lists it in the run tag
+        the UI's evaluation view reads; without the three reads of the run it makes first."""
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        table = {c: [row.get(c) for row in rows] for c in columns}
-        with write_errors(self.store.tracking_uri):
-            retry_busy(lambda: self._client.log_table(self.id, table, name))
-        self._share()
+        data = [[_json_value(row.get(c)) for c in columns] for row in rows]
+        self._write(name, json.dumps({"columns": columns, "data": data}).encode())
+        self._tables.append({"path": name, "type": "table"})
+        listed = RunTag(MLFLOW_LOGGED_ARTIFACTS, json.dumps(self._tables))
+        retry_busy(lambda: self._client.log_batch(self.id, tags=[listed]))
 
-    def log_file(self, path, artifact_path: str | None = None) -> None:
-        with write_errors(self.store.tracking_uri):
-            self._client.log_artifact(self.id, str(path), artifact_path)
-        self._share()
+    def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
+        name = Path(path).name
+        self._write(f"{artifact_path}/{name}" if artifact_path else name, Path(path).read_bytes())
 
-    def _share(self) -> None:
-        """MLflow copies artifacts from private temp files: give them the store's permissions."""
-        if is_local(self.artifact_uri):
-            share(local_path(self.artifact_uri))
+    def _write(self, name: str, data: bytes) -> None:
+        """An artifact written straight to the run's location, known since the run was created
+        (MLflow's log_dict and log_artifact first read the run back from the store to find it);
+        to a tracking server, behind the caller (store.backend.ServerClient)."""
+
+        def write() -> None:
+            uri = self.store.tracking_uri
+            with write_errors(uri), writable_folder(self.artifact_uri, uri) as folder:
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_bytes(data)
+
+        deferred(self._client, write)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         batch = [RunTag(k, v) for k, v in prefixed(tags).items()]
