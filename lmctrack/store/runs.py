@@ -143,13 +143,15 @@ class Run:
     def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
         """An MLflow table artifact (name ends with .json), as MLflow's log_table writes one
         (pandas' split layout; missing and non-finite values null) and lists it in the run tag
-        the UI's evaluation view reads; without the three reads of the run it makes first."""
+        the UI's evaluation view reads; without the three reads of the run it makes first. The
+        same name logged again replaces the table (MLflow's would append the rows)."""
         columns = list(dict.fromkeys(k for row in rows for k in row))
         data = [[_json_value(row.get(c)) for c in columns] for row in rows]
         self._write(name, json.dumps({"columns": columns, "data": data}).encode())
-        self._tables.append({"path": name, "type": "table"})
-        listed = RunTag(MLFLOW_LOGGED_ARTIFACTS, json.dumps(self._tables))
-        retry_busy(lambda: self._client.log_batch(self.id, tags=[listed]))
+        if (entry := {"path": name, "type": "table"}) not in self._tables:
+            self._tables.append(entry)
+            listed = RunTag(MLFLOW_LOGGED_ARTIFACTS, json.dumps(self._tables))
+            retry_busy(lambda: self._client.log_batch(self.id, tags=[listed]))
 
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         name = Path(path).name
