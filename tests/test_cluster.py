@@ -414,6 +414,22 @@ def test_a_version_whose_answer_was_lost_and_request_resent_is_registered_once(s
     assert [(m.model_id, str(m.status)) for m in models] == [
         (store.describe(uri).model_id, "READY")
     ]
+    # the server linked the logged model to both versions; it names only the one kept
+    assert json.loads(models[0].tags["mlflow.modelVersions"]) == [{"name": "resent", "version": 1}]
+    assert Store(server.url).describe(f"runs:/{run.id}/final-1").uri == uri
+
+
+def test_the_server_links_a_logged_model_to_its_version(server):
+    """MLflow's server tags the logged model with the version made of it (lmctrack sends no
+    request for that): the UI links them and runs:/ URIs resolve."""
+    store = Store(server.url)
+    with store.run("linked", "once") as run:
+        uri = run.save_state(
+            State({"w": torch.ones(3)}), model_name="linked", role="w0", step=0, tags={}
+        )
+    model = store.client.get_logged_model(store.describe(uri).model_id)
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": "linked", "version": 1}]
+    assert Store(server.url).describe(f"runs:/{run.id}/w0-0").uri == uri == "models:/linked/1"
 
 
 def test_a_run_whose_answer_was_lost_and_request_resent_exists_once(server, monkeypatch):

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING
 from mlflow.entities import LoggedModel
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from lmctrack import state as state_files
 from lmctrack.errors import LmcError
 from lmctrack.state import State
 from lmctrack.store.backend import (
+    ServerClient,
     exists_already,
     first_line,
     not_found,
@@ -136,7 +138,16 @@ class Registry:
         )
         if self.root is None:
             mv = self._sole_version(mv, model.model_id)
+        if not isinstance(self.client, ServerClient):  # a server links them itself (MLflow 3)
+            self._link(model.model_id, mv)
         return self._remember(mv)
+
+    def _link(self, model_id: str, mv: ModelVersion) -> None:
+        """Tag the logged model with the version made of it: the UI links the two, and a
+        runs:/<run_id>/<name> URI resolves to the version through it."""
+        versions = json.dumps([{"name": mv.name, "version": int(mv.version)}])
+        link = {MLFLOW_MODEL_VERSIONS: versions}
+        retry_busy(lambda: self.client.set_logged_model_tags(model_id, link))
 
     def _request(self) -> dict[str, str]:
         """A tag naming one create request, over HTTP only: MLflow's client sends a request again
@@ -170,6 +181,8 @@ class Registry:
             same[0].version,
             lambda version: self.client.delete_model_version(mv.name, version),
         )
+        if len(same) > 1:  # the server linked the logged model to every copy
+            self._link(model_id, same[0])
         return same[0]
 
     def _remember(self, mv: ModelVersion) -> StateInfo:
@@ -243,7 +256,7 @@ class Registry:
                     f"{uri} is an artifact folder, not a registered state; "
                     "pass the models:/ URI that lmctrack printed for it"
                 )
-            registered = json.loads(model.tags.get("mlflow.modelVersions", "[]"))
+            registered = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
             if not registered:
                 raise LmcError(f"{uri} was never registered; re-run the step that produced it")
             first = registered[0]

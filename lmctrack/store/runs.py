@@ -262,12 +262,7 @@ class Run:
         name = self._state_name(role, step)
         model, digests = self._log_model(state, name, version_tags, arch)
         version_tags = {**version_tags, **prefixed({"sha256": json.dumps(digests)})}
-        info = self.store._register(model_name, model, self.id, version_tags)
-        registered = {
-            "mlflow.modelVersions": json.dumps([{"name": model_name, "version": info.version}])
-        }
-        retry_busy(lambda: self._client.set_logged_model_tags(model.model_id, registered))
-        return info
+        return self.store._register(model_name, model, self.id, version_tags)
 
     def log_dataset(self, name: str, fingerprint: str) -> None:
         """Record a dataset this run read (once per run), for runs that register no state."""
