@@ -51,6 +51,13 @@ from lmctrack.workflows.datasets import write_mnist1d  # noqa: E402
 
 TRAININGS = 10  # 2 inits trained to T, then 2 inits x 2 rewind steps x 2 copies
 SEED_STRIDE = 10  # more than the sweep's inits
+CORES = len(os.sched_getaffinity(0))
+
+
+def ceiling(local_wall: float, cpu: float) -> float:
+    """The most a setup that uses `cpu` seconds of the machine's CPU can reach of the local
+    command's throughput: on CORES cores it takes at least cpu / CORES, however it overlaps."""
+    return local_wall / (cpu / CORES)
 
 
 def project(name: str, data_root: Path, store: dict, runner: dict | None) -> Path:
@@ -148,7 +155,6 @@ def measure_sweeps(
     # server its workers, the OS caching files) is not what a lab's long-running services cost.
     first = [f"{name} {timed(name, on_ray, steps[0])[0]:.1f}" for name, on_ray, _ in setups]
     print(f"untimed first round (wall s): {', '.join(first)}")
-    cores = len(os.sched_getaffinity(0))
     for i, t in enumerate(steps):
         measured = setups if i == 0 else [setups[0], setups[-1]]
         times: dict[str, list[float]] = {name: [] for name, _, _ in measured}
@@ -174,8 +180,8 @@ def measure_sweeps(
         )
         print(
             f"  the machine's CPU per command: Ray + server {ray_cpu:.1f} s, local {loc_cpu:.1f} "
-            f"s; on {cores} cores the Ray command takes >= {ray_cpu / cores:.1f} s however "
-            f"well its processes overlap: the ratio is at most {loc / (ray_cpu / cores):.2f}"
+            f"s; on {CORES} cores the Ray command takes >= {ray_cpu / CORES:.1f} s however "
+            f"well its processes overlap: the ratio is at most {ceiling(loc, ray_cpu):.2f}"
         )
         if i == 0:
             print(
@@ -237,7 +243,6 @@ def measure_in_driver(repeats: int, ray_address: str, tracking_uri: str, steps: 
             f"requests {statistics.median(sent[name]):.0f}"
         )
     local, ray = median[SETUPS[0][0]], median[SETUPS[-1][0]]
-    cores = len(os.sched_getaffinity(0))
     print(
         f"  throughput Ray + server / local = {local / ray:.2f}; "
         f"Ray + sqlite / local = {local / median[SETUPS[2][0]]:.2f}; "
@@ -245,7 +250,7 @@ def measure_in_driver(repeats: int, ray_address: str, tracking_uri: str, steps: 
     )
     print(
         "  Ray + server's CPU on the machine's cores bounds that ratio from above whatever "
-        f"overlaps: {local / (statistics.median(cpus[SETUPS[-1][0]]) / cores):.2f}"
+        f"overlaps: {ceiling(local, statistics.median(cpus[SETUPS[-1][0]])):.2f}"
     )
 
 
@@ -338,9 +343,7 @@ def main() -> None:
         help="also time the mixed setups (local + server, Ray + sqlite) at the first T",
     )
     # one server process per spare core: on two cores shared with Ray and the driver, one
-    parser.add_argument(
-        "--server-workers", type=int, default=max(1, len(os.sched_getaffinity(0)) // 2)
-    )
+    parser.add_argument("--server-workers", type=int, default=max(1, CORES // 2))
     parser.add_argument(
         "--server",
         choices=list(services.FRONTS),
@@ -353,17 +356,16 @@ def main() -> None:
     print(machine())
     artifacts = scratch("server") / "artifacts"
     artifacts.mkdir()
-    cores = len(os.sched_getaffinity(0))
     with ExitStack() as stack:
         db = stack.enter_context(services.postgres())
         url = stack.enter_context(
             services.mlflow_server(db, artifacts, args.server_workers, args.server)
         ).url
-        address, _ = stack.enter_context(services.ray_head(cpus=cores))
+        address, _ = stack.enter_context(services.ray_head(cpus=CORES))
         print(
             f"services: PostgreSQL, mlflow server ({args.server_workers} {args.server} workers) at {url}, "
         )
-        print(f"          Ray head with {cores} CPUs at {address}")
+        print(f"          Ray head with {CORES} CPUs at {address}")
         measure_sweeps(repeats, address, url, args.steps.split(","), args.split)
         if args.in_driver:
             measure_in_driver(repeats, address, url, args.steps.split(",")[0])
