@@ -6,14 +6,16 @@
    and an MLflow server on PostgreSQL, vs the local process pool on a sqlite store. Interleaved
    rounds after an untimed one, each on fresh seeds so nothing is reused; throughput ratio =
    local time / Ray time (goal >= 0.9). With --split, the mixed setups too (local processes +
-   the server, Ray + sqlite): which half of the difference is Ray's and which the server's.
+   the server, Ray + sqlite): which half of the difference is Ray's and which the server's,
+   each as a ratio of its own.
    Also printed: the machine's CPU per command (every process's, from /proc/stat), which
    divided by its cores bounds the command's wall time from below, and the import cost of a
    fresh Ray worker, which each command pays per worker (warm-up overlaps it with the driver's
    own imports, on a core the single-threaded driver leaves idle meanwhile).
    With --in-driver, the four setups again in this one process through lmctrack.api (as a
    notebook runs sweeps): Ray's workers start once, so what is left is the per-training cost
-   of Ray and of the server, with the HTTP requests each sweep sent.
+   of Ray and of the server, with the HTTP requests each sweep sent and the driver process's
+   own CPU (what of the server's cost is the client's).
 2. The tracking server under N concurrent writers (separate processes, each a Store client):
    every writer opens runs and registers small states with keys; registrations per second, p50
    and p95 latency, and a count of what the registry holds afterwards (no lost writes).
@@ -142,6 +144,22 @@ def row(name: str, walls: list[float]) -> str:
     return f"  {name:<27}: {times} (median {statistics.median(walls):.1f})"
 
 
+def halves(median: dict[str, float]) -> str:
+    """Each half of the difference alone: the server without Ray, Ray without the server."""
+    local = median[SETUPS[0][0]]
+    return (
+        f"local + server / local = {local / median[SETUPS[1][0]]:.2f} (the server alone); "
+        f"Ray + sqlite / local = {local / median[SETUPS[2][0]]:.2f} (Ray alone)"
+    )
+
+
+def driver_cpu() -> float:
+    """CPU seconds of this process, all its threads (the background writer's HTTP included);
+    neither the local pool's workers nor Ray's are counted."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
+
+
 def measure_sweeps(
     repeats: int, ray_address: str, tracking_uri: str, steps: list[str], split: bool
 ) -> None:
@@ -178,6 +196,8 @@ def measure_sweeps(
             f"{TRAININGS / ray * 3600:.0f} vs {TRAININGS / loc * 3600:.0f} trainings/hour; "
             f"fixed cost per command {ray - loc:+.1f} s"
         )
+        if len(measured) == len(SETUPS):
+            print(f"  {halves(median)}")
         print(
             f"  the machine's CPU per command: Ray + server {ray_cpu:.1f} s, local {loc_cpu:.1f} "
             f"s; on {CORES} cores the Ray command takes >= {ray_cpu / CORES:.1f} s however "
@@ -221,33 +241,32 @@ def measure_in_driver(repeats: int, ray_address: str, tracking_uri: str, steps: 
     times: dict[str, list[float]] = {name: [] for name, _, _ in SETUPS}
     cpus: dict[str, list[float]] = {name: [] for name, _, _ in SETUPS}
     sent: dict[str, list[int]] = {name: [] for name, _, _ in SETUPS}
+    own: dict[str, list[float]] = {name: [] for name, _, _ in SETUPS}
     for r in range(repeats + 1):  # the first round untimed: Ray's workers start in it
         for name, _, _ in SETUPS[:: 1 if r % 2 == 0 else -1]:
             sets = {"seeds.init": next(_SEEDS), "train.steps": steps}
             with chdir(folders[name]), Requests() as requests_sent:
-                began, cpu = time.perf_counter(), machine_cpu()
+                began, cpu, mine = time.perf_counter(), machine_cpu(), driver_cpu()
                 lmc.instability(params=folders[name] / "params.yaml", sets=sets)
                 wall, cpu = time.perf_counter() - began, machine_cpu() - cpu
             if r > 0:
                 times[name].append(wall)
                 cpus[name].append(cpu)
+                own[name].append(driver_cpu() - mine)
                 sent[name].append(requests_sent.count)
     print(
         f"in one driver (lmctrack.api.instability, {repeats} interleaved rounds after an untimed "
-        f"one; {TRAININGS} trainings to T = {steps}; wall s; machine CPU s; HTTP requests):"
+        f"one; {TRAININGS} trainings to T = {steps}; wall s; CPU s medians of the machine and of "
+        "the driver process; HTTP requests):"
     )
     median = {name: statistics.median(x) for name, x in times.items()}
     for name, x in times.items():
         print(
-            f"{row(name, x)}; CPU median {statistics.median(cpus[name]):.1f}; "
-            f"requests {statistics.median(sent[name]):.0f}"
+            f"{row(name, x)}; CPU {statistics.median(cpus[name]):.1f}, driver "
+            f"{statistics.median(own[name]):.1f}; requests {statistics.median(sent[name]):.0f}"
         )
     local, ray = median[SETUPS[0][0]], median[SETUPS[-1][0]]
-    print(
-        f"  throughput Ray + server / local = {local / ray:.2f}; "
-        f"Ray + sqlite / local = {local / median[SETUPS[2][0]]:.2f}; "
-        f"local + server / local = {local / median[SETUPS[1][0]]:.2f}"
-    )
+    print(f"  throughput Ray + server / local = {local / ray:.2f}; {halves(median)}")
     print(
         "  Ray + server's CPU on the machine's cores bounds that ratio from above whatever "
         f"overlaps: {ceiling(local, statistics.median(cpus[SETUPS[-1][0]])):.2f}"
