@@ -249,10 +249,11 @@ def measure_in_driver(repeats: int, ray_address: str, tracking_uri: str, steps: 
                 began, cpu, mine = time.perf_counter(), machine_cpu(), driver_cpu()
                 lmc.instability(params=folders[name] / "params.yaml", sets=sets)
                 wall, cpu = time.perf_counter() - began, machine_cpu() - cpu
+                mine = driver_cpu() - mine
             if r > 0:
                 times[name].append(wall)
                 cpus[name].append(cpu)
-                own[name].append(driver_cpu() - mine)
+                own[name].append(mine)
                 sent[name].append(requests_sent.count)
     print(
         f"in one driver (lmctrack.api.instability, {repeats} interleaved rounds after an untimed "
