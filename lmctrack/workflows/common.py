@@ -56,7 +56,9 @@ class Context:
     @property
     def model_name(self) -> str:
         """Registered-model name and experiment of every state of this network on this data."""
-        return f"{self.params.model.name}_{self.params.data.name}"
+        from lmctrack.imports import registry_name
+
+        return registry_name(f"{self.params.model.name}_{self.params.data.name}")
 
     def steps(self, step) -> int:
         """A config Step as an iteration count for this dataset and batch size."""
