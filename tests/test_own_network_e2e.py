@@ -72,6 +72,11 @@ def test_own_network_goes_through_every_analysis(project, trained):
     imp = ok("imp", "--run-id", trained["run_id"], "--rewind", "20it", "--levels", "1")
     (row,) = imp["rows"]
     assert abs(row["density"] - 0.8) < 0.01 and len(row["accuracy"]) >= 3  # IMP + baselines
+    spared = ok("imp", "--run-id", trained["run_id"], "--rewind", "20it", "--levels", "1",
+                "-s", "prune.exclude=[stem]")  # fmt: skip
+    assert spared["run_id"] != imp["run_id"]
+    start = next(t["start"] for t in spared["trainings"] if t["method"] == "imp" and t["level"])
+    assert "stem.weight" not in project.store.load_state(start).mask
     sweep = ok("instability", "--imp", "-q")
     assert sweep["rows"] and {(r["level"], r["k"]) for r in sweep["rows"]} == {(1, 20)}
     other = ok("train", "-q", "-s", "seeds.init=1")["states"]["W_T"]
