@@ -16,6 +16,8 @@ from lmctrack.data.user import ItemDataset
 from lmctrack.errors import LmcError
 from lmctrack.imports import import_path
 from lmctrack.models import build_model, output_layer_name, prunable_names
+from lmctrack.progress import Board
+from lmctrack.workflows.common import Context
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +188,13 @@ def test_alignment_refuses_a_network_without_hidden_units_or_that_cannot_be_trac
         permutation_spec(nn.Sequential(nn.Flatten(), nn.Linear(192, 4)), (3, 8, 8))
     with pytest.raises(LmcError, match="cannot trace Branching.*the other analyses do not"):
         permutation_spec(build("ownnet.bad:Branching"), (3, 8, 8))
+
+
+def test_own_data_enters_the_training_hash_by_its_fingerprint(own):
+    def training_hash(data: str, fingerprint: str) -> str:
+        params = load_params(None, [f"data.name={data}"])
+        ctx = Context(params, None, None, torch.device("cpu"), Board(None), fingerprint)
+        return ctx.training_hash()
+
+    assert training_hash(DATA, "a") != training_hash(DATA, "b")  # the factory's data changed
+    assert training_hash("mnist1d", "a") == training_hash("mnist1d", "b")  # hashes kept

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from lmctrack.config import Params, config_hash
+from lmctrack.config import BUILTIN_DATA, Params, config_hash
 from lmctrack.errors import LmcError
 from lmctrack.progress import Board
 from lmctrack.train import resolve_device
@@ -70,10 +70,13 @@ class Context:
 
     def training_hash(self, *extra) -> str:
         """Hash of everything that decides a training's outcome: not where it runs, nor which
-        rewind states it registers (a run asked for more of them is extended, not retrained)."""
+        rewind states it registers (a run asked for more of them is extended, not retrained).
+        The user's own data is named by code that can change under the same name: its
+        fingerprint is part of the hash."""
         p = self.params
         train = p.train.model_dump(mode="json", exclude={"device", "rewind_steps"})
-        return config_hash(p.data, p.model, train, *extra)
+        own = [self.dataset_fingerprint] if p.data.name not in BUILTIN_DATA else []
+        return config_hash(p.data, p.model, train, *own, *extra)
 
     @contextmanager
     def run(self, label: str, *, parent=None, params: dict | None = None, tags=None) -> Iterator:
