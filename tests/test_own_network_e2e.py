@@ -141,6 +141,14 @@ def test_an_untraceable_network_trains_but_alignment_says_why(project, trained):
     assert project.versions() == before
 
 
+def test_a_pair_of_datasets_trains_like_tensors(project, trained):
+    sets = ["data.name=ownnet.data:blob_datasets", "train.steps=4it", "train.rewind_steps=[]"]
+    run = ok("train", "-q", *[a for s in sets for a in ("-s", s)])
+    info = project.store.describe(run["states"]["W_T"])
+    assert info.name == "ownnet.nets.TinyResNet_ownnet.data.blob_datasets"
+    assert info.architecture["input_shape"] == [3, 8, 8] and info.architecture["num_classes"] == 4
+
+
 def test_torchvision_resnet18_trains_and_forks_without_fc_in_its_prunable_set(new_project):
     project = new_project(
         "resnet18",

@@ -17,3 +17,14 @@ def blobs(
         return templates[y] + noise * torch.randn(n, 3, size, size, generator=generator), y
 
     return (*split(train), *split(test))
+
+
+def blob_datasets(
+    train: int = 256, test: int = 128
+) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    """The same images as a (train, test) pair of Datasets, read item by item by lmctrack."""
+    x_train, y_train, x_test, y_test = blobs(train, test)
+    return (
+        torch.utils.data.TensorDataset(x_train, y_train),
+        torch.utils.data.TensorDataset(x_test, y_test),
+    )
