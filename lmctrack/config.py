@@ -11,23 +11,22 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
-    SerializerFunctionWrapHandler,
     ValidationError,
-    field_validator,
-    model_serializer,
     model_validator,
 )
 
 from lmctrack.errors import LmcError, existing_file
+from lmctrack.user_config import QuietDefaults, data_name
 
 _STEP_RE = re.compile(r"^(?:(\d+)ep)?(?:(\d+)it)?$")
 
@@ -70,40 +69,17 @@ def iterations_per_epoch(num_examples: int, batch_size: int) -> int:
     return math.ceil(num_examples / batch_size)
 
 
-BUILTIN_DATA = (
-    "mnist1d", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet", "tensors"
-)  # fmt: skip
-
-
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class _UserSection(Section):
-    """A section naming the user's own code (`kwargs` for it); its new keys are left out of the
-    dump while at their defaults, so every existing config keeps its hash."""
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        out = handler(self)
-        for key, default in self._quiet_defaults().items():
-            if out.get(key) == default:
-                out.pop(key)
-        return out
-
-    @classmethod
-    def _quiet_defaults(cls) -> dict[str, Any]:
-        return {"kwargs": {}}
-
-
-class DataConfig(_UserSection):
+class DataConfig(Section, QuietDefaults):
     """Which dataset; real datasets are read from `root` and never downloaded. Also the user's own
     data: `package.module:factory` (called with `kwargs`) or a `lmctrack.datasets` plugin name."""
 
-    name: str = "mnist1d"
-    kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="keyword arguments of a dataset factory"
-    )
+    quiet: ClassVar[dict[str, Any]] = {"kwargs": {}}
+    name: Annotated[str, AfterValidator(data_name)] = "mnist1d"
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="of a dataset factory")
     root: str = "data"
     num_samples: int = Field(20000, gt=0, description="MNIST-1D: examples generated (train+test)")
     augment: bool | None = Field(None, description="None: the reference convention per dataset")
@@ -111,41 +87,20 @@ class DataConfig(_UserSection):
         None, description="'tensors': a safetensors file with x_train, y_train"
     )
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        if name in BUILTIN_DATA or ":" in name or name in _plugins("lmctrack.datasets"):
-            return name
-        raise ValueError(
-            f"unknown dataset '{name}'; use one of {', '.join(BUILTIN_DATA)}, an installed "
-            "plugin's name, or your own factory as 'package.module:factory'"
-        )
 
-
-def _plugins(group: str) -> set[str]:
-    from importlib.metadata import entry_points
-
-    return {ep.name for ep in entry_points(group=group)}
-
-
-class ModelConfig(_UserSection):
+class ModelConfig(Section, QuietDefaults):
     """A built-in network, a `lmctrack.models` plugin, `torchvision:<builder>`, or the user's own
     class or factory as `package.module:Attr`, called with `kwargs`."""
 
+    quiet: ClassVar[dict[str, Any]] = {"kwargs": {}, "init": "reference"}
     name: str = "mnist1d_cnn"
     width: int | None = Field(
         None, gt=0, description="channel / hidden width where the model has one"
     )
-    kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="keyword arguments of the network's class or factory"
-    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="of its class or factory")
     init: Literal["reference", "default"] = Field(
         "reference", description="reference: open_lth's init of W0; default: the module's own"
     )
-
-    @classmethod
-    def _quiet_defaults(cls) -> dict[str, Any]:
-        return {"kwargs": {}, "init": "reference"}
 
 
 class PruneConfig(Section):

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
-from lmctrack.config import BUILTIN_DATA, Params, config_hash
+from lmctrack.config import Params, config_hash
 from lmctrack.errors import LmcError
 from lmctrack.progress import Board
 from lmctrack.train import resolve_device
+from lmctrack.user_config import BUILTIN_DATA
 
 PARAMS_ARTIFACT = "params.json"
 
