@@ -3,8 +3,9 @@
 A state's MLmodel names this module as its loader (`loader_module: lmctrack.mlflow_model`), so
 with lmctrack installed, `mlflow.pyfunc.load_model("models:/<name>/<version>").predict(x)` calls
 _load_pyfunc on the state's folder: the network is rebuilt from the architecture recorded with
-the state (lmctrack.json; the user's own network where its package is importable), the safetensors files are checked against their recorded sha256 and
-loaded with the mask applied, and predict returns the logits (BatchNorm in eval mode).
+the state (lmctrack.json; the user's own network wherever its package is importable), the
+safetensors files are checked against their recorded sha256 and loaded with the mask applied,
+and predict returns the logits (BatchNorm in eval mode).
 """
 
 from __future__ import annotations
