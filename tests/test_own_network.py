@@ -116,6 +116,14 @@ class Pairs(torch.utils.data.Dataset):
         return self.x[i], int(self.y[i])
 
 
+class Noisy(Pairs):
+    """A Dataset with its own random transform, drawn from torch's generator."""
+
+    def __getitem__(self, i: int):
+        x, y = super().__getitem__(i)
+        return x + torch.rand(()), y
+
+
 def datasets(scale: float = 1.0) -> tuple[Pairs, Pairs]:
     from ownnet.data import blobs
 
@@ -198,3 +206,21 @@ def test_own_data_enters_the_training_hash_by_its_fingerprint(own):
 
     assert training_hash(DATA, "a") != training_hash(DATA, "b")  # the factory's data changed
     assert training_hash("mnist1d", "a") == training_hash("mnist1d", "b")  # hashes kept
+
+
+def test_a_datasets_own_random_transform_is_seeded_by_the_augment_seed(own, monkeypatch):
+    from ownnet.data import blobs
+
+    x, y, xt, yt = blobs(train=40, test=8)
+    monkeypatch.setattr("ownnet.data.noisy", lambda: (Noisy(x, y), Pairs(xt, yt)), raising=False)
+    ds = load_dataset(DataConfig(name="ownnet.data:noisy"))
+
+    def batch(augment_seed: int) -> torch.Tensor:
+        return next(ds.train_batches(8, 0, augment_seed, start_step=3))[0]
+
+    torch.manual_seed(5)
+    first = batch(1)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))  # the caller's random state is left untouched
+    assert torch.equal(first, batch(1)) and not torch.equal(first, batch(2))

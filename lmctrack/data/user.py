@@ -6,7 +6,8 @@ Both give the seeded batches of every dataset (lmctrack.data): tensors become an
 TensorDataset, fingerprinted from their bytes; Datasets are read item by item, fingerprinted from
 the import path, kwargs, lengths and a fixed sample of items (reading every item would cost as
 much as an epoch). Inputs are used as given (no normalisation); augmentation (random crop + flip)
-only when data.augment is true.
+only when data.augment is true. Random transforms inside a Dataset's __getitem__ that draw from
+torch's generator are seeded too: by the augment seed and the step, like the crop and flip.
 """
 
 from __future__ import annotations
@@ -20,11 +21,19 @@ import torch
 from lmctrack.config import DataConfig
 from lmctrack.data.datasets import Dataset, _hash
 from lmctrack.data.loaders import tensors_dataset
-from lmctrack.data.noise import AUGMENT, Device, EpochOrder, random_crop_flip, seeded_generator
+from lmctrack.data.noise import (
+    AUGMENT,
+    Device,
+    EpochOrder,
+    derive_seed,
+    random_crop_flip,
+    seeded_generator,
+)
 from lmctrack.errors import LmcError
 from lmctrack.imports import DATASETS_GROUP, resolve
 
 TENSOR_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_TRANSFORMS = 1  # tells the transforms' stream apart from random_crop_flip's
 FINGERPRINT_SAMPLE = 64  # items per split hashed into a Dataset pair's fingerprint
 _RETURN = (
     "return (x_train, y_train, x_test, y_test) tensors or a (train, test) pair of "
@@ -125,7 +134,9 @@ class ItemDataset(Dataset):
         self, order: EpochOrder, augment_seed: int, steps: Iterator[int], device: Device
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for t in steps:
-            x, y = self._batch("train", order.batch(t).tolist(), device)
+            with torch.random.fork_rng(devices=[]):  # the Dataset's own random transforms
+                torch.manual_seed(derive_seed(AUGMENT, augment_seed, t, _TRANSFORMS))
+                x, y = self._batch("train", order.batch(t).tolist(), device)
             if self.augment:
                 x = random_crop_flip(x, torch.zeros(1), seeded_generator(AUGMENT, augment_seed, t))
             yield x, y
