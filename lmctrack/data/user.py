@@ -19,16 +19,10 @@ from typing import Any
 import torch
 
 from lmctrack.config import DataConfig
+from lmctrack.data import noise
 from lmctrack.data.datasets import Dataset, _hash
 from lmctrack.data.loaders import tensors_dataset
-from lmctrack.data.noise import (
-    AUGMENT,
-    Device,
-    EpochOrder,
-    derive_seed,
-    random_crop_flip,
-    seeded_generator,
-)
+from lmctrack.data.noise import AUGMENT, Device, EpochOrder
 from lmctrack.errors import LmcError
 from lmctrack.imports import DATASETS_GROUP, resolve
 
@@ -135,10 +129,12 @@ class ItemDataset(Dataset):
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for t in steps:
             with torch.random.fork_rng(devices=[]):  # the Dataset's own random transforms
-                torch.manual_seed(derive_seed(AUGMENT, augment_seed, t, _TRANSFORMS))
+                torch.manual_seed(noise.derive_seed(AUGMENT, augment_seed, t, _TRANSFORMS))
                 x, y = self._batch("train", order.batch(t).tolist(), device)
             if self.augment:
-                x = random_crop_flip(x, torch.zeros(1), seeded_generator(AUGMENT, augment_seed, t))
+                x = noise.random_crop_flip(
+                    x, torch.zeros(1), noise.seeded_generator(AUGMENT, augment_seed, t)
+                )
             yield x, y
 
     def _eval_stream(
