@@ -13,7 +13,7 @@ and `sets` overrides as keyword arguments, e.g. `lmc.train(sets={"train.lr": 0.0
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -42,11 +42,33 @@ def _within(
     return nullcontext(ctx) if ctx is not None else session(params, _sets(sets), state=state)
 
 
-def train(params: ParamsLike = None, *, sets: Mapping[str, object] | None = None) -> TrainedRun:
-    """Train W0 to W_T, registering W0, every rewind state Wk and W_T (reused when done)."""
+def _own(
+    sets: Mapping[str, object] | None, model: Callable | str | None, data: Callable | str | None
+) -> dict[str, object]:
+    """`sets` with model.name / data.name set to the import path of the user's own class or
+    factory (only a name is recorded, so it must be importable where the states are loaded)."""
+    from lmctrack.imports import import_path
+
+    out = dict(sets or {})
+    for key, obj in (("model.name", model), ("data.name", data)):
+        if obj is not None:
+            out[key] = obj if isinstance(obj, str) else import_path(obj, key)
+    return out
+
+
+def train(
+    params: ParamsLike = None,
+    *,
+    sets: Mapping[str, object] | None = None,
+    model: Callable | str | None = None,
+    data: Callable | str | None = None,
+) -> TrainedRun:
+    """Train W0 to W_T, registering W0, every rewind state Wk and W_T (reused when done).
+    `model` / `data`: your own network class (or factory) and dataset factory, e.g.
+    `lmc.train(model=MyNet, data=make_data)`, as `sets={"model.name": "mypkg.nets:MyNet"}`."""
     from lmctrack.workflows.train import train_run
 
-    with session(params, _sets(sets)) as ctx:
+    with session(params, _sets(_own(sets, model, data))) as ctx:
         return train_run(ctx)
 
 

@@ -11,10 +11,11 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,6 +26,7 @@ from pydantic import (
 )
 
 from lmctrack.errors import LmcError, existing_file
+from lmctrack.user_config import QuietDefaults, data_name
 
 _STEP_RE = re.compile(r"^(?:(\d+)ep)?(?:(\d+)it)?$")
 
@@ -71,12 +73,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(Section):
-    """Which dataset; real datasets are read from `root` and never downloaded."""
+class DataConfig(Section, QuietDefaults):
+    """Which dataset; real datasets are read from `root` and never downloaded. Also the user's own
+    data: `package.module:factory` (called with `kwargs`) or a `lmctrack.datasets` plugin name."""
 
-    name: Literal[
-        "mnist1d", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet", "tensors"
-    ] = "mnist1d"
+    quiet: ClassVar[dict[str, Any]] = {"kwargs": {}}
+    name: Annotated[str, AfterValidator(data_name)] = "mnist1d"
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="of a dataset factory")
     root: str = "data"
     num_samples: int = Field(20000, gt=0, description="MNIST-1D: examples generated (train+test)")
     augment: bool | None = Field(None, description="None: the reference convention per dataset")
@@ -85,11 +88,27 @@ class DataConfig(Section):
     )
 
 
-class ModelConfig(Section):
+class ModelConfig(Section, QuietDefaults):
+    """A built-in network, a `lmctrack.models` plugin, `torchvision:<builder>`, or the user's own
+    class or factory as `package.module:Attr`, called with `kwargs`."""
+
+    quiet: ClassVar[dict[str, Any]] = {"kwargs": {}, "init": "reference"}
     name: str = "mnist1d_cnn"
     width: int | None = Field(
         None, gt=0, description="channel / hidden width where the model has one"
     )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="of its class or factory")
+    init: Literal["reference", "default"] = Field(
+        "reference", description="reference: open_lth's init of W0; default: the module's own"
+    )
+
+
+class PruneConfig(Section):
+    """Which tensors IMP prunes besides the derived set (every conv / linear weight but the output
+    layer's): fnmatch patterns on tensor or module names, e.g. 'fc' or 'layer4.*.weight'."""
+
+    include: list[str] = Field(default_factory=list, description="also prune these tensors")
+    exclude: list[str] = Field(default_factory=list, description="never prune these tensors")
 
 
 class TrainConfig(Section):
@@ -273,6 +292,7 @@ class Params(Section):
     seeds: SeedConfig = Field(default_factory=SeedConfig)
     instability: InstabilityConfig = Field(default_factory=InstabilityConfig)
     imp: ImpConfig = Field(default_factory=ImpConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
     sparse: SparseConfig = Field(default_factory=SparseConfig)
     align: AlignConfig = Field(default_factory=AlignConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)

@@ -3,8 +3,9 @@
 A state's MLmodel names this module as its loader (`loader_module: lmctrack.mlflow_model`), so
 with lmctrack installed, `mlflow.pyfunc.load_model("models:/<name>/<version>").predict(x)` calls
 _load_pyfunc on the state's folder: the network is rebuilt from the architecture recorded with
-the state (lmctrack.json), the safetensors files are checked against their recorded sha256 and
-loaded with the mask applied, and predict returns the logits (BatchNorm in eval mode).
+the state (lmctrack.json; the user's own network wherever its package is importable), the
+safetensors files are checked against their recorded sha256 and loaded with the mask applied,
+and predict returns the logits (BatchNorm in eval mode).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def load_network(folder: Path) -> nn.Module:
     for name, expected in description.get("sha256", {}).items():
         if hashlib.sha256((folder / name).read_bytes()).hexdigest() != expected:
             raise LmcError(f"{folder / name} does not match its recorded sha256; re-create it")
-    cfg = ModelConfig(name=arch["name"], width=arch["width"])
+    cfg = ModelConfig(name=arch["name"], width=arch["width"], kwargs=arch.get("kwargs", {}))
     network = build_model(cfg, arch["num_classes"], tuple(arch["input_shape"]), init_seed=0)
     network.load_state_dict(load_state(folder).masked_weights(), strict=True)
     return network.eval()

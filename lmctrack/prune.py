@@ -8,6 +8,7 @@ that REMAIN, ranked by |w| across all prunable layers; pruned weights stay prune
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Callable, Sequence
 
@@ -29,6 +30,36 @@ def full_mask(weights: dict[str, torch.Tensor], prunable: Sequence[str]) -> Mask
             f"prunable tensor '{missing[0]}' is not in the weights; use the model's names"
         )
     return {name: torch.ones(weights[name].shape, dtype=torch.bool) for name in prunable}
+
+
+def choose_prunable(
+    derived: Sequence[str], weights: Sequence[str], include: Sequence[str], exclude: Sequence[str]
+) -> list[str]:
+    """The derived prunable tensors, plus the `weights` that an include pattern names, minus those
+    an exclude pattern names. A pattern (fnmatch) matches a tensor name ('fc.weight') or its
+    module's ('fc'); one that matches nothing is refused, as it is most likely a typo."""
+
+    def matching(pattern: str, names: Sequence[str], key: str) -> list[str]:
+        found = [
+            n
+            for n in names
+            if any(fnmatch.fnmatchcase(s, pattern) for s in (n, n.rsplit(".", 1)[0]))
+        ]
+        if not found:
+            raise LmcError(
+                f"{key} pattern '{pattern}' matches none of {', '.join(names) or 'nothing'}; "
+                "fix the pattern (fnmatch on tensor or module names, e.g. 'fc' or 'layer4.*')"
+            )
+        return found
+
+    chosen = set(derived)
+    for pattern in include:
+        chosen |= set(matching(pattern, weights, "prune.include"))
+    for pattern in exclude:
+        chosen -= set(matching(pattern, sorted(chosen, key=list(weights).index), "prune.exclude"))
+    if not chosen:
+        raise LmcError("prune.exclude leaves no tensor to prune; exclude fewer layers")
+    return [name for name in weights if name in chosen]
 
 
 def density(mask: Mask) -> float:

@@ -212,6 +212,6 @@ def test_seed_out_of_range_is_an_error():
         build("mnist1d_cnn", seed=2**80)
 
 
-def test_prunable_names_needs_a_registry_network():
-    with pytest.raises(TypeError, match="build_model"):
-        prunable_names(torch.nn.Linear(3, 2))
+def test_any_network_gets_derived_prunable_names_all_but_the_last_layer():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    assert prunable_names(net) == ["0.weight"]

@@ -378,4 +378,11 @@ def permutation_spec(model: nn.Module, input_shape: tuple[int, ...]) -> Permutat
     device = tensor.device if tensor is not None else torch.device("cpu")
     propagate_shapes(gm, torch.zeros(1, *input_shape, device=device))
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return _Derivation(gm).spec(shapes)
+    spec = _Derivation(gm).spec(shapes)
+    if not spec.sizes:
+        raise LmcError(
+            f"{type(model).__name__} has no hidden units to permute (every layer's units are "
+            "fixed by the input or the output), so alignment does not apply to it; the other "
+            "analyses do"
+        )
+    return spec

@@ -96,7 +96,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise LmcError(
             f"cannot trace {type(model).__name__} with torch.fx ({first}); alignment and REPAIR "
-            "need a forward without data-dependent Python control flow"
+            "need a forward without data-dependent Python control flow (the other analyses do not)"
         ) from None
 
 

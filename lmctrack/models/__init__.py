@@ -1,8 +1,11 @@
 """The model registry: networks by name, built and initialised deterministically from a seed.
 
 model = build_model(params.model, num_classes=10, input_shape=(40,), init_seed=0)  # W0
-prunable_names(model)      # tensors IMP prunes
-output_layer_name(model)   # e.g. "fc"
+prunable_names(model, params.prune)  # tensors IMP prunes
+output_layer_name(model)             # e.g. "fc"
+
+Besides the registry's networks, model.name may be the user's own class or factory
+('package.module:Attr'), a `lmctrack.models` plugin or 'torchvision:<builder>' (models.user).
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lmctrack.config import ModelConfig
+from lmctrack.config import ModelConfig, PruneConfig
 from lmctrack.errors import LmcError
+from lmctrack.imports import MODELS_GROUP, is_user_name
+from lmctrack.models import user
 from lmctrack.models.base import Network, reference_init
+from lmctrack.prune import choose_prunable
 
 __all__ = ["MODELS", "Network", "build_model", "output_layer_name", "prunable_names"]
 
@@ -47,7 +53,10 @@ _SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 def _network_class(name: str) -> type[Network]:
     if name not in MODELS:
-        raise LmcError(f"unknown model '{name}'; set model.name to one of: {', '.join(MODELS)}")
+        raise LmcError(
+            f"unknown model '{name}'; set model.name to one of: {', '.join(MODELS)}, an "
+            "installed plugin's name, or your own network as 'package.module:Attr'"
+        )
     return MODELS[name].load()
 
 
@@ -78,32 +87,38 @@ def build_model(
     Construction runs on the CPU generator seeded inside torch.random.fork_rng, so the same seed
     gives a bit-identical state_dict and the caller's random state is left untouched.
     """
-    cls = _network_class(cfg.name)
     input_shape = tuple(input_shape)
-    _check_input(cfg.name, cls, input_shape)
-    width = _width(cfg.name, cls, cfg.width)
     if not _SEED_RANGE[0] <= init_seed <= _SEED_RANGE[1]:
         raise LmcError(f"init seed {init_seed} is out of range; use a seed in [0, 2**63)")
+    own = cfg.name not in MODELS and is_user_name(cfg.name, MODELS_GROUP)
+    if not own:
+        cls = _network_class(cfg.name)
+        _check_input(cfg.name, cls, input_shape)
+        width = _width(cfg.name, cls, cfg.width)
+        if cfg.kwargs:
+            raise LmcError(f"model {cfg.name} takes no model.kwargs; remove them (or model.width)")
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(init_seed)
-        model = cls(num_classes, input_shape, width)
-        reference_init(model)
-    return model
-
-
-def _as_network(model: nn.Module) -> Network:
-    if not isinstance(model, Network):
-        raise TypeError(
-            f"{type(model).__name__} is not a registry network; build it with build_model"
+        model = (
+            user.build(cfg, num_classes, input_shape)
+            if own
+            else cls(num_classes, input_shape, width)
         )
+        if cfg.init == "reference":
+            reference_init(model)
     return model
 
 
-def prunable_names(model: nn.Module) -> list[str]:
-    """state_dict names of the tensors IMP prunes (conv/linear weights, per the model's rules)."""
-    return _as_network(model).prunable_names()
+def prunable_names(model: nn.Module, prune: PruneConfig | None = None) -> list[str]:
+    """state_dict names of the tensors IMP prunes: conv/linear weights, per a registry network's
+    rules or derived for any other network, then `prune.include` / `prune.exclude` applied."""
+    names = model.prunable_names() if isinstance(model, Network) else user.prunable_names(model)
+    if prune is None or not (prune.include or prune.exclude):
+        return names
+    weights = [name for name, p in model.named_parameters() if p.dim() > 1]
+    return choose_prunable(names, weights, prune.include, prune.exclude)
 
 
 def output_layer_name(model: nn.Module) -> str:
     """state_dict prefix of the output layer, e.g. "fc" (its tensors are "fc.weight", "fc.bias")."""
-    return _as_network(model).output_layer
+    return model.output_layer if isinstance(model, Network) else user.output_layer(model)

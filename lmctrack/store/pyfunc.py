@@ -1,7 +1,8 @@
 """The MLmodel file that makes a registered state a plain MLflow pyfunc model, without pickle.
 
 The state's folder holds its safetensors files and lmctrack.json (the architecture: network
-name, width, number of classes, input shape). The MLmodel written next to them names the loader
+name or import path, width, the kwargs of the user's own network, number of classes, input
+shape). The MLmodel written next to them names the loader
 module lmctrack.mlflow_model, so `mlflow.pyfunc.load_model("models:/<name>/<version>")` rebuilds
 the network from that description and reads the files; nothing is unpickled. The signature
 (float32 inputs of the dataset's shape, float32 logits) and a small input example make the UI
@@ -41,9 +42,11 @@ def architecture(arch: dict[str, Any]) -> dict[str, Any]:
             "name, width, num_classes and input_shape of the network"
         )
     width = arch["width"]
+    kwargs = arch.get("kwargs") or {}
     return {
         "name": str(arch["name"]),
         "width": None if width is None else int(width),
+        **({"kwargs": json.loads(json.dumps(kwargs))} if kwargs else {}),
         "num_classes": int(arch["num_classes"]),
         "input_shape": [int(n) for n in arch["input_shape"]],
     }

@@ -15,6 +15,7 @@ from lmctrack.config import Params, config_hash
 from lmctrack.errors import LmcError
 from lmctrack.progress import Board
 from lmctrack.train import resolve_device
+from lmctrack.user_config import BUILTIN_DATA
 
 PARAMS_ARTIFACT = "params.json"
 
@@ -56,7 +57,9 @@ class Context:
     @property
     def model_name(self) -> str:
         """Registered-model name and experiment of every state of this network on this data."""
-        return f"{self.params.model.name}_{self.params.data.name}"
+        from lmctrack.imports import registry_name
+
+        return registry_name(f"{self.params.model.name}_{self.params.data.name}")
 
     def steps(self, step) -> int:
         """A config Step as an iteration count for this dataset and batch size."""
@@ -68,10 +71,13 @@ class Context:
 
     def training_hash(self, *extra) -> str:
         """Hash of everything that decides a training's outcome: not where it runs, nor which
-        rewind states it registers (a run asked for more of them is extended, not retrained)."""
+        rewind states it registers (a run asked for more of them is extended, not retrained).
+        The user's own data is named by code that can change under the same name: its
+        fingerprint is part of the hash."""
         p = self.params
         train = p.train.model_dump(mode="json", exclude={"device", "rewind_steps"})
-        return config_hash(p.data, p.model, train, *extra)
+        own = [self.dataset_fingerprint] if p.data.name not in BUILTIN_DATA else []
+        return config_hash(p.data, p.model, train, *own, *extra)
 
     @contextmanager
     def run(self, label: str, *, parent=None, params: dict | None = None, tags=None) -> Iterator:

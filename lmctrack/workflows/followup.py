@@ -173,7 +173,8 @@ def followup(ctx: Context, wk: str, prune_data: DataConfig) -> Followup:
     key = config_hash(
         ctx.training_hash(wk, search.fingerprint(ctx)),
         cfg,
-        ctx.params.imp.model_dump(mode="json", include={"fraction", "strategy"}),
+        ctx.params.imp.model_dump(mode="json", include={"fraction", "strategy"})
+        | ctx.params.prune.model_dump(mode="json", exclude_defaults=True),
         [inst.alphas, inst.bn],
         schema.KIND_FOLLOWUP,
     )

@@ -94,7 +94,7 @@ class Work:
         pruning = cfg.model_dump(
             mode="json",
             include={"fraction", "one_shot", "density", "strategy", "reinit_start"},
-        )
+        ) | ctx.params.prune.model_dump(mode="json", exclude_defaults=True)
         chain = ctx.training_hash(wk_uri, pruning, search.fingerprint(ctx), "imp")
         levels = cfg_levels(cfg)
         key = config_hash(chain, levels, replicates, with_baselines)

@@ -50,7 +50,7 @@ class Chain:
         from lmctrack.models import prunable_names
         from lmctrack.prune import full_mask
 
-        mask = full_mask(wk.weights, prunable_names(ctx.template()))
+        mask = full_mask(wk.weights, prunable_names(ctx.template(), ctx.params.prune))
         return cls(replicate, work.source, wk, work.k, work.chain, parent, mask)
 
     def level_key(self, level: int, *what: str) -> str:

@@ -172,11 +172,12 @@ def register(
 
 def architecture(ctx: Context) -> dict:
     """What rebuilds the network of a registered state without lmctrack's params (plain MLflow
-    loading): its model, width, classes and input shape."""
+    loading): its model, width, kwargs, classes and input shape."""
     model, ds = ctx.params.model, ctx.dataset
     return {
         "name": model.name,
         "width": model.width,
+        "kwargs": model.kwargs,
         "num_classes": ds.num_classes,
         "input_shape": list(ds.input_shape),
     }
