@@ -67,13 +67,37 @@ def connect(address: str | None) -> str:
                 log_to_driver=False,
                 configure_logging=False,
             )
-        except (ConnectionError, RuntimeError, ValueError) as e:
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
             where = address or "a local Ray"
+            if isinstance(e, ray.exceptions.AuthenticationError) or _refuses_token(ray, address):
+                raise LmcError(
+                    f"the Ray cluster at {where} refused this driver's authentication token "
+                    "(its head uses token authentication, which Ray turns on when ~/.ray/auth_token "
+                    "exists, e.g. left by an earlier local Ray); run lmctrack with "
+                    "RAY_AUTH_MODE=token and the head's token (in ~/.ray/auth_token, or "
+                    "RAY_AUTH_TOKEN_PATH=FILE), or restart the head with RAY_AUTH_MODE=disabled"
+                ) from None
             raise LmcError(
                 f"cannot reach the Ray cluster at {where} ({str(e).splitlines()[0]}); start it "
                 "with `ray start --head` or fix runner.address"
             ) from None
     return address or "a local Ray"
+
+
+def _refuses_token(ray, address: str | None) -> bool:
+    """Whether the head at `address` (host:port) answers with an authentication error: ray.init
+    says only "Failed to connect" (the cause is in its log), one direct call to the head says why."""
+    if address is None or "://" in address or address == "auto":
+        return False
+    try:
+        from ray._raylet import GcsClient
+
+        GcsClient(address=address).internal_kv_keys(b"", None, timeout=5)
+    except ray.exceptions.AuthenticationError:
+        return True
+    except Exception:  # unreachable, or another Ray: not an authentication answer
+        return False
+    return False
 
 
 def warm_up(runner: RunnerConfig) -> list:
