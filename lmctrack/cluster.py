@@ -22,6 +22,8 @@ one), retries of a task whose worker died, and an object store that ships the da
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from lmctrack.runner import JobResult, TrainJob
 
 MAX_RETRIES = 3
+RAY_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 POLL_SECONDS = 0.2
 WARM_TASKS = 16  # at most this many workers warmed up before a command's first tasks
 _datasets: dict[tuple[str, str], object] = {}  # per worker: the latest dataset, on its device
@@ -58,6 +61,11 @@ def connect(address: str | None) -> str:
     Ray (None); a process already connected stays connected. Returns what was joined."""
     ray = _ray()
     if not ray.is_initialized():
+        if address is None and not any(k in os.environ for k in RAY_AUTH_VARIABLES):
+            # Ray's default token authentication, with a token this process tree alone holds:
+            # the one Ray would write to ~/.ray/auth_token turns on token authentication in every
+            # later `ray start --head` there, which then refuses drivers that lack it.
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
         try:
             local = {"_node_ip_address": "127.0.0.1"} if address is None else {}  # loopback only
             ray.init(

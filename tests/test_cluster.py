@@ -276,6 +276,29 @@ def test_a_driver_without_the_heads_token_is_told_the_cause_and_the_fix(cluster)
     assert "RAY_AUTH_MODE=token" in message and "~/.ray/auth_token" in message, message
 
 
+LOCAL = """
+import ray
+from lmctrack import cluster
+cluster.connect(None)
+print(ray.get(ray.remote(lambda: 6 * 7).remote()))
+"""
+
+
+def test_a_local_ray_leaves_no_token_in_the_home_folder(tmp_path):
+    """A token there would make every later `ray start --head` on this machine demand it."""
+    env = {k: v for k, v in os.environ.items() if k not in RAY_TOKEN}
+    done = subprocess.run(
+        [sys.executable, "-c", LOCAL],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "HOME": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "42"
+    assert not (tmp_path / ".ray" / "auth_token").exists()
+
+
 def _states(store: Store, before: set[str] = frozenset()) -> dict[str, tuple]:
     """Every registered state but those of `before` (URIs), by key: (tags, parents' keys,
     weights); the registry holds each key once."""
