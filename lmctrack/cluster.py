@@ -22,6 +22,8 @@ one), retries of a task whose worker died, and an object store that ships the da
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from lmctrack.runner import JobResult, TrainJob
 
 MAX_RETRIES = 3
+RAY_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 POLL_SECONDS = 0.2
 WARM_TASKS = 16  # at most this many workers warmed up before a command's first tasks
 _datasets: dict[tuple[str, str], object] = {}  # per worker: the latest dataset, on its device
@@ -58,6 +61,11 @@ def connect(address: str | None) -> str:
     Ray (None); a process already connected stays connected. Returns what was joined."""
     ray = _ray()
     if not ray.is_initialized():
+        if address is None and not any(k in os.environ for k in RAY_AUTH_VARIABLES):
+            # Ray's default token authentication, with a token this process tree alone holds:
+            # the one Ray would write to ~/.ray/auth_token turns on token authentication in every
+            # later `ray start --head` there, which then refuses drivers that lack it.
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
         try:
             local = {"_node_ip_address": "127.0.0.1"} if address is None else {}  # loopback only
             ray.init(
@@ -67,13 +75,37 @@ def connect(address: str | None) -> str:
                 log_to_driver=False,
                 configure_logging=False,
             )
-        except (ConnectionError, RuntimeError, ValueError) as e:
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
             where = address or "a local Ray"
+            if isinstance(e, ray.exceptions.AuthenticationError) or _refuses_token(ray, address):
+                raise LmcError(
+                    f"the Ray cluster at {where} refused this driver's authentication token "
+                    "(its head uses token authentication, which Ray turns on when ~/.ray/auth_token "
+                    "exists, e.g. left by an earlier local Ray); run lmctrack with "
+                    "RAY_AUTH_MODE=token and the head's token (in ~/.ray/auth_token, or "
+                    "RAY_AUTH_TOKEN_PATH=FILE), or restart the head with RAY_AUTH_MODE=disabled"
+                ) from None
             raise LmcError(
                 f"cannot reach the Ray cluster at {where} ({str(e).splitlines()[0]}); start it "
                 "with `ray start --head` or fix runner.address"
             ) from None
     return address or "a local Ray"
+
+
+def _refuses_token(ray, address: str | None) -> bool:
+    """Whether the head at `address` (host:port) answers with an authentication error: ray.init
+    says only "Failed to connect" (the cause is in its log), one direct call to the head says why."""
+    if address is None or "://" in address or address == "auto":
+        return False
+    try:
+        from ray._raylet import GcsClient
+
+        GcsClient(address=address).internal_kv_keys(b"", None, timeout=5)
+    except ray.exceptions.AuthenticationError:
+        return True
+    except Exception:  # unreachable, or another Ray: not an authentication answer
+        return False
+    return False
 
 
 def warm_up(runner: RunnerConfig) -> list:

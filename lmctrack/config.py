@@ -11,7 +11,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -22,6 +22,8 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -71,6 +73,17 @@ def iterations_per_epoch(num_examples: int, batch_size: int) -> int:
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _switch_words(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML reads a bare on/off (yes/no, true/false) as a boolean: for a setting whose choices
+        include "on" and "off", the boolean means that word."""
+        if isinstance(value, bool) and info.field_name is not None:
+            choices = get_args(cls.model_fields[info.field_name].annotation)
+            if "on" in choices and "off" in choices:
+                return "on" if value else "off"
+        return value
 
 
 class DataConfig(Section, QuietDefaults):
@@ -307,7 +320,9 @@ class Params(Section):
         return self
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def _describe(error: ValidationError, source: str, overrides: dict[str, str]) -> str:
+    """One line naming the field, the problem and where the value came from: the `--set` that
+    wrote it (the last one on that field), else the params file."""
     first = error.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "(top level)"
     msg = first["msg"]
@@ -316,6 +331,12 @@ def _describe(error: ValidationError, source: str) -> str:
     value = first.get("input")
     shown = f" (got {value!r})" if first["type"] != "extra_forbidden" and value is not None else ""
     extra = f" and {len(error.errors()) - 1} more" if len(error.errors()) > 1 else ""
+    set_by = [k for k in overrides if field == k or field.startswith(f"{k}.")]
+    if set_by:
+        key = set_by[-1]
+        return (
+            f"--set {key}={overrides[key]}: {field}: {msg}{shown}{extra}; fix the value and re-run"
+        )
     return f"{source}: {field}: {msg}{shown}{extra}; fix that field and re-run"
 
 
@@ -344,7 +365,7 @@ def load_params(
     tree: dict[str, Any] = json.loads(json.dumps(base)) if base else {}
     source = "defaults" if base is None else "params"
     if path is not None:
-        source = str(path)
+        source = f"params file {path}"
         existing_file(path, f"params file {path}", "pass --params with an existing YAML file")
         try:
             loaded = yaml.safe_load(path.read_text())
@@ -357,15 +378,18 @@ def load_params(
                 f"{path}: expected sections (data:, model:, train:, ...) at the top level"
             )
         tree = loaded or {}
+    written: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise LmcError(f"--set '{item}': write section.key=value, e.g. --set train.lr=0.05")
-        key, raw = item.split("=", 1)
-        _set_path(tree, key.strip(), raw.strip())
+        key, raw = (part.strip() for part in item.split("=", 1))
+        _set_path(tree, key, raw)
+        written.pop(key, None)  # the last --set of a key is the one in force
+        written[key] = raw
     try:
         return Params.model_validate(tree)
     except ValidationError as e:
-        raise LmcError(_describe(e, source)) from None
+        raise LmcError(_describe(e, source, written)) from None
 
 
 def resolve(params: Path | str | Params | None, sets: list[str] | None = None) -> Params:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -40,7 +41,12 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
 import services  # noqa: E402
 
-os.environ.update(services.RAY_LOOPBACK)  # read when Ray is imported: loopback only
+# Read when Ray is imported: loopback only, and Ray's token authentication with a token of this
+# session's own, which the head and every driver here read from the environment: a token in the
+# user's home (~/.ray/auth_token, which a local Ray leaves there) changes nothing, and none is
+# written there.
+RAY_TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+os.environ.update({**services.RAY_LOOPBACK, **RAY_TOKEN})
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install -e ".[cluster]")')
 
 from lmctrack import cluster as ray_backend  # noqa: E402
@@ -240,6 +246,57 @@ def test_a_command_warms_its_workers_up_before_its_first_tasks(cluster, warm):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == str([warm] * 4)
+
+
+CONNECT = """
+import sys
+from lmctrack import cluster
+from lmctrack.errors import LmcError
+try:
+    cluster.connect(sys.argv[1])
+except LmcError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+def test_a_driver_without_the_heads_token_is_told_the_cause_and_the_fix(cluster):
+    """Ray itself says only "Failed to connect" (the authentication error is in its log)."""
+    env = {k: v for k, v in os.environ.items() if k not in RAY_TOKEN}  # a user's plain driver
+    done = subprocess.run(
+        [sys.executable, "-c", CONNECT, cluster.ray_address],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    message = done.stdout.strip()
+    assert "\n" not in message and "authentication" in message, message
+    assert "RAY_AUTH_MODE=token" in message and "~/.ray/auth_token" in message, message
+
+
+LOCAL = """
+import ray
+from lmctrack import cluster
+cluster.connect(None)
+print(ray.get(ray.remote(lambda: 6 * 7).remote()))
+"""
+
+
+def test_a_local_ray_leaves_no_token_in_the_home_folder(tmp_path):
+    """A token there would make every later `ray start --head` on this machine demand it."""
+    env = {k: v for k, v in os.environ.items() if k not in RAY_TOKEN}
+    done = subprocess.run(
+        [sys.executable, "-c", LOCAL],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "HOME": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "42"
+    assert not (tmp_path / ".ray" / "auth_token").exists()
 
 
 def _states(store: Store, before: set[str] = frozenset()) -> dict[str, tuple]:

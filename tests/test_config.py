@@ -109,3 +109,39 @@ def test_imagenet_presets_give_three_samples_and_bound_the_path_passes():
         assert inst.inits * (inst.copies * (inst.copies - 1) // 2) >= 3
         assert inst.eval_limit and inst.bn_limit and inst.bn_limit <= 50_000
         assert params.imp.replicates >= 2
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("off", "off"),
+        ("on", "on"),
+        ("false", "off"),
+        ("true", "on"),
+        ("no", "off"),
+        ("auto", "auto"),
+    ],
+)
+def test_on_off_settings_accept_yaml_booleans(tmp_path: Path, written: str, read: str):
+    """YAML reads a bare off/on/no/yes as a boolean; the setting means the word the user wrote."""
+    assert load_params(None, [f"runner.batch_copies={written}"]).runner.batch_copies == read
+    path = tmp_path / "params.yaml"
+    path.write_text(f"runner:\n  batch_copies: {written}\n")
+    assert load_params(path).runner.batch_copies == read
+
+
+def test_a_rejected_value_names_where_it_came_from(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text("runner:\n  batch_copies: maybe\ntrain:\n  lr: 0.1\n")
+    with pytest.raises(LmcError) as from_set:
+        load_params(path, ["train.lr=0.1", "runner.batch_copies=sometimes"])
+    message = str(from_set.value)
+    assert message.startswith("--set runner.batch_copies=sometimes: "), message
+    assert "'sometimes'" in message and str(path) not in message and "\n" not in message
+    with pytest.raises(LmcError) as from_file:
+        load_params(path, ["train.lr=0.1"])
+    message = str(from_file.value)
+    assert message.startswith(f"params file {path}: runner.batch_copies"), message
+    assert "--set" not in message.split(";")[0]
+    with pytest.raises(LmcError, match=r"^--set train.momentum=2: "):
+        load_params(None, ["train.momentum=2"])

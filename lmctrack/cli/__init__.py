@@ -3,6 +3,8 @@
 
 # isort: off  (the import order is the order of the commands in --help)
 from lmctrack.cli import commands, store, analyses, align, distill  # noqa: F401, I001
-from lmctrack.cli.options import app
+from lmctrack.cli.options import app, data_app, whole_summaries
 
 __all__ = ["app"]
+
+whole_summaries(app, data_app)

@@ -252,7 +252,9 @@ def imp(
 @command(options=("params", "set_"))
 def prune(
     source: Annotated[str, typer.Option("--from", help="a mask (subnetwork) URI")],
-    random: Annotated[bool, typer.Option("--random", help="shuffle the mask (baseline)")] = True,
+    random: Annotated[
+        bool, typer.Option("--random/--no-random", help="shuffle the mask (baseline)")
+    ] = True,
     seed: Annotated[int, typer.Option("--seed", help="seed of the shuffle")] = 0,
     strategy: Annotated[
         str, typer.Option("--strategy", help="layerwise (each layer's density) | global")

@@ -28,8 +28,10 @@ MethodOpt = Annotated[
 
 @command()
 def distill(method: MethodOpt = None, *, opts: Common) -> None:
-    """Distill the training set (MTT or DM), write it to OUT/distilled.safetensors, register it
-    with its lineage and report its quality vs a random real subset of the same size."""
+    """Distill the training set (MTT or DM) and report its quality against real data.
+
+    Writes OUT/distilled.safetensors, registers it with its lineage, and compares networks
+    trained only on it with networks trained on a random real subset of the same size."""
     from lmctrack.workflows.distill import distill as run_distill
 
     opts = dataclasses.replace(opts, out=opts.out or DISTILL_OUT)
@@ -66,9 +68,11 @@ def followup(
     *,
     opts: Common,
 ) -> None:
-    """The 2023 follow-up: IMP on real vs distilled data from one Wk; accuracy, matching,
-    instability on the real data, Hessian, plane; a verdict on its stability claim. Without
-    --prune-data the distilled set is made first (`distill`, reused when done)."""
+    """The 2023 follow-up: IMP on real vs distilled data from one Wk, with a stability verdict.
+
+    Compares accuracy, matching, instability on the real data, the Hessian and the error plane,
+    and gives a verdict on the follow-up's stability claim. Without --prune-data the distilled
+    set is made first (`distill`, reused when done)."""
     from lmctrack.config import DataConfig
     from lmctrack.workflows.distill import TENSORS
     from lmctrack.workflows.distill import distill as run_distill

@@ -30,9 +30,23 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # Click's help: flags as `--json`, `--random / --no-random`, no <bool>
 )
-data_app = typer.Typer(help="Place datasets under data/ (DVC-tracked).", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Place datasets under data/ (DVC-tracked).", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(data_app, name="data")
+
+
+def whole_summaries(*apps: typer.Typer) -> None:
+    """Each command's summary in the command list is its docstring's first paragraph, whole:
+    Click would cut one longer than the terminal's spare width mid-sentence ("...")."""
+    for group in apps:
+        for info in group.registered_commands:
+            doc = inspect.getdoc(info.callback) or ""
+            if info.short_help is None and doc:
+                info.short_help = " ".join(doc.split("\n\n", 1)[0].split())
+
 
 ParamsOpt = Annotated[
     Path | None,
@@ -49,7 +63,9 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cu
 BackendOpt = Annotated[
     str | None, typer.Option("--backend", help="local | ray: where trainings run (runner.backend)")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print the full result as JSON on stdout")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json/--no-json", help="print the full result as JSON on stdout")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
 RunIdOpt = Annotated[
     str | None, typer.Option("--run-id", help="a run of `lmctrack train`, or its train.json")

@@ -326,8 +326,8 @@ class Store(Registry):
         return folder
 
     def ui_command(self, port: int = 5000) -> list[str]:
-        """argv of the MLflow UI on this store, listening on localhost only."""
-        argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", self.tracking_uri]
+        """argv of the MLflow UI on this store, listening on localhost only (see store.ui)."""
+        argv = [sys.executable, "-m", "lmctrack.store.ui", "--backend-store-uri", self.tracking_uri]
         if self.root is not None:
             argv += ["--default-artifact-root", (self.root / "artifacts").as_uri()]
         # one web worker: a local UI for one researcher starts in seconds instead of ~30 s

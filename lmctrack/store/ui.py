@@ -1,0 +1,70 @@
+"""The MLflow UI server for lmctrack's store, opening experiments on their training runs.
+
+MLflow 3.17's UI chooses an experiment's view from the browser's workflow type (the URL's
+`?workflowType=`, else localStorage `mlflow.workflowType_v1`, else "genai"), not from the
+experiment's `mlflow.experimentKind` tag (mlflow/mlflow#24498): a fresh browser lands on the GenAI
+overview. This server is MLflow's own (`mlflow server`, same options), whose page first makes
+"machine_learning" the default workflow type of this server's origin (BROWSER_DEFAULTS); a choice
+the user made in the sidebar's GenAI / Model training toggle is kept.
+
+Run as `python -m lmctrack.store.ui <mlflow server options>`; Store.ui_command builds the argv.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+# The browser's defaults for this origin, set before MLflow's scripts read them, and only where
+# unset, so the user's own choices stand: the model-training view, and the assistant panel closed
+# (it opens by itself on a first visit and covers half the runs table).
+BROWSER_DEFAULTS = {
+    "mlflow.workflowType_v1": "machine_learning",
+    "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": True,
+}
+DEFAULTS_SCRIPT = (
+    f"<script>try{{for(const [k,v] of Object.entries({json.dumps(BROWSER_DEFAULTS)}))"
+    "localStorage.getItem(k)===null&&localStorage.setItem(k,JSON.stringify(v))}catch(e){}</script>"
+)
+MLFLOW_APP = "mlflow.server.fastapi_app:app"
+APP = "lmctrack.store.ui:create_app"
+
+
+def create_app():
+    """MLflow's ASGI app with BROWSER_DEFAULTS added to its page (uvicorn's worker calls this)."""
+    from mlflow.server import app as pages
+    from mlflow.server.fastapi_app import app
+
+    pages.after_request(_with_browser_defaults)
+    return app
+
+
+def _with_browser_defaults(response):
+    """MLflow's page (index.html, the one HTML it serves) with the script at the top of <head>."""
+    if response.status_code != 200 or response.mimetype != "text/html":
+        return response
+    response.direct_passthrough = False  # a file response: read its body to edit it
+    page = response.get_data(as_text=True)
+    if "<head>" in page:
+        response.set_data(page.replace("<head>", "<head>" + DEFAULTS_SCRIPT, 1))
+    return response
+
+
+def main() -> None:
+    """`mlflow server` whose uvicorn worker serves create_app() instead of MLflow's app."""
+    import mlflow.server
+    from mlflow.cli import cli
+
+    build = mlflow.server._build_uvicorn_command
+
+    def uvicorn_command(opts, host, port, workers, app, env_file=None, is_factory=False):
+        if app == MLFLOW_APP:
+            app, is_factory = APP, True
+        return build(opts, host, port, workers, app, env_file, is_factory)
+
+    mlflow.server._build_uvicorn_command = uvicorn_command
+    cli.main(["server", *sys.argv[1:]], prog_name="lmctrack ui")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""`lmctrack ui` in a real headless browser: a fresh browser profile opening an lmctrack
+experiment lands on its training runs (with the barrier and test-error columns), not on MLflow's
+GenAI overview."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from lmctrack.store import Store
+
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+needs_browser = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium binary on PATH (CI installs Debian's chromium)"
+)
+
+
+def _free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(store: Store, port: int, log: Path) -> subprocess.Popen:
+    """`lmctrack ui`'s server on the store; returns once it answers /health."""
+    server = subprocess.Popen(
+        store.ui_command(port),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                return server
+        except OSError:
+            assert server.poll() is None, f"the MLflow server exited: {log.read_text()[-3000:]}"
+            time.sleep(0.5)
+    os.killpg(server.pid, signal.SIGTERM)
+    raise AssertionError("the MLflow server did not answer within 180 s")
+
+
+def _rendered(url: str) -> str:
+    """The page's DOM after its scripts ran, in a fresh browser profile (empty localStorage)."""
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                f"--user-data-dir={profile}",
+                "--window-size=1400,900",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow  # the server's start and the page's scripts: about 50 s
+@needs_browser
+def test_a_fresh_browser_opens_an_experiment_on_its_training_runs(
+    template_db: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "mlflow.db"
+    shutil.copy(template_db, db)
+    store = Store(f"sqlite:///{db}")
+    with store.run("instability", "pair") as run:
+        run.log_metrics({"test.error_barrier": 0.0123, "test.error": 0.25})
+    port = _free_port()
+    server = _serve(store, port, tmp_path / "server.log")
+    try:
+        page = _rendered(f"http://127.0.0.1:{port}/#/experiments/{run.experiment_id}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    heading = re.search(r"<h2[^>]*>([^<]+)</h2>", page)
+    assert heading and heading.group(1) == "Runs", heading and heading.group(1)
+    assert "Detect Issues" not in page  # the GenAI overview's guidance
+    assert "Ask a question" not in page  # the assistant panel stays closed on a first visit
+    assert ">pair<" in page  # the run itself is listed
