@@ -29,10 +29,6 @@ class Flat:
         return cls(**data)
 
 
-def _stats(data: dict | None) -> Stats | None:
-    return None if data is None else Stats(**data)
-
-
 @dataclass
 class Pair(Flat):
     """Two states, the linear path between them (per split) and their distances."""
