@@ -11,10 +11,10 @@ from itertools import combinations
 
 from lmctrack import schema
 from lmctrack.results import Fork, Pair
-from lmctrack.runner import JobResult
 from lmctrack.schema import Stats
 from lmctrack.state import State
 from lmctrack.train import Noise
+from lmctrack.training_job import JobResult
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.interpolate import interpolate_pairs, log_pair

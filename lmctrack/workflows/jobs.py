@@ -17,9 +17,9 @@ from typing import TypeVar
 
 from lmctrack import schema
 from lmctrack.config import Params
-from lmctrack.runner import JobResult, TrainJob, run_configured
 from lmctrack.state import State
 from lmctrack.train import Noise
+from lmctrack.training_job import JobResult, TrainJob
 from lmctrack.workflows.common import PARAMS_ARTIFACT, Context
 
 T = TypeVar("T")
@@ -80,7 +80,7 @@ def train_all(ctx: Context, jobs: Sequence[TrainJob]) -> dict[str, JobResult]:
         return {}
     runner = ctx.params.runner
     shared = Path(runner.checkpoints) if runner.checkpoints else None
-    results = run_configured(jobs, ctx.dataset, ctx.device, ctx.board, runner, shared)
+    results = ctx.executor.train(jobs, ctx.dataset, ctx.device, ctx.board, shared)
     return {job.key: result for job, result in zip(jobs, results, strict=True)}
 
 
