@@ -13,6 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from lmctrack import schema
 from lmctrack.config import ModelConfig, TrainConfig
 from lmctrack.errors import LmcError
 from lmctrack.state import Mask
@@ -80,10 +81,9 @@ def _cpu_weights(model: torch.nn.Module) -> Weights:
 def _metrics(test: tuple[float, float], train_split: tuple[float, float]) -> dict[str, float]:
     """The evaluation a job logs every eval_every steps, from (loss, error) pairs."""
     return {
-        "test_loss": test[0],
-        "test_error": test[1],
-        "train_loss": train_split[0],
-        "train_error": train_split[1],
+        schema.evaluation(split, quantity): value
+        for split, pair in (("test", test), ("train", train_split))
+        for quantity, value in zip((schema.LOSS, schema.ERROR), pair, strict=True)
     }
 
 

@@ -168,7 +168,7 @@ def register_copy(
     ) as run:
         uri = jobs.register_trained(ctx, run, state, tags, plan.parents, f"{key}:W_T")
         result = trained[key]
-        run.log_metrics({"steps_per_second": result.steps / max(result.seconds, 1e-9)})
+        run.log_metrics(jobs.speed(result))
     return uri, state
 
 
@@ -226,7 +226,9 @@ def record(
         stats = result.barrier(split)
         for stat in ("mean", "std", "median"):
             summary[f"{schema.metric(split, schema.ERROR_BARRIER)}.{stat}"] = getattr(stats, stat)
-    summary.update({f"distance.{k}.mean": sum(v) / len(v) for k, v in distances.items()})
+    summary.update(
+        {f"{schema.metric(schema.DISTANCE, k)}.mean": sum(v) / len(v) for k, v in distances.items()}
+    )
     run.log_metrics(summary)
     return result
 
@@ -257,5 +259,8 @@ def _track(ctx: Context, run, plan: Plan, trained: dict[str, JobResult]) -> dict
         tracked[step] = {
             name: Stats.of([p.metrics()[name] for p in pairs]) for name in pairs[0].metrics()
         }
-        run.log_metrics({f"tracked.{n}.mean": s.mean for n, s in tracked[step].items()}, step=step)
+        means = {
+            f"{schema.metric(schema.TRACKED, n)}.mean": s.mean for n, s in tracked[step].items()
+        }
+        run.log_metrics(means, step=step)
     return tracked

@@ -73,6 +73,11 @@ def training(
     )
 
 
+def speed(result: JobResult) -> dict[str, float]:
+    """A training's steps per second, as a metric."""
+    return {schema.STEPS_PER_SECOND: result.steps / max(result.seconds, 1e-9)}
+
+
 def train_all(ctx: Context, jobs: Sequence[TrainJob]) -> dict[str, JobResult]:
     """Run independent trainings at once (local processes, stacked copies or Ray tasks, as
     params' `runner` section says); results by key."""
