@@ -91,7 +91,7 @@ def sweep(folder: Path, seed: int, on_ray: bool, steps: str) -> tuple[float, flo
     if done.returncode != 0:
         raise SystemExit(f"lmctrack instability failed in {folder}:\n{done.stderr[-3000:]}")
     if on_ray and "runner.backend=ray: " not in done.stderr:
-        raise SystemExit("the sweep did not train on Ray: jobs.train_all must call run_configured")
+        raise SystemExit("the sweep did not train on Ray: jobs.train_all must use ctx.executor")
     return seconds, cpu
 
 

@@ -19,7 +19,6 @@ state per copy into the same file format as the unbatched engine, so either engi
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +34,12 @@ from lmctrack.errors import LmcError
 from lmctrack.state import Mask
 from lmctrack.train import (
     Noise,
+    Optimizer,
     Progress,
     Running,
     TrainLog,
     deterministic,
-    learning_rate,
+    loop,
     make_optimizer,
     read_checkpoint,
     save_checkpoint,
@@ -282,8 +282,6 @@ def train_copies(
     deterministic(device)
     template = template.to(device)
     n = len(copies)
-    ipe = dataset.iterations_per_epoch(cfg.batch_size)
-    total = schedule_total if schedule_total is not None else cfg.steps.iterations(ipe)
     resumed = [
         read_checkpoint(c.checkpoint) for c in copies if checkpoint_step(c.checkpoint) is not None
     ]
@@ -304,65 +302,72 @@ def train_copies(
     logs = [TrainLog(resumed_from=step if resumed else None) for _ in copies]
     mask = _stacked_mask(copies, dict(holder.named_parameters()), device)
     guard = keep_masked(holder, mask) if mask is not None else None
-    tensors = {**dict(holder.named_parameters()), **dict(holder.named_buffers())}
     streams = [
         dataset.train_batches(cfg.batch_size, c.noise.data_order, c.noise.augment, step, device)
         for c in copies
     ]
-    wanted = {t for t in at_steps if step <= t <= stop}
-    running = Running(n, device)
-    report = any(c.progress is not None for c in copies)
-    first, began = step, time.perf_counter()
+    progress = [c.progress for c in copies]
+    stacked = _Stacked(
+        template,
+        opt,
+        guard,
+        Running(n, device),
+        progress,
+        holder,
+        copies,
+        streams,
+        evaluate_fn,
+        logs,
+    )
+    steps, seconds = loop(
+        stacked, cfg, dataset, step, stop, schedule_total, at_steps, eval_every, checkpoint_every
+    )
+    for log in logs:
+        log.steps, log.seconds = steps, seconds
+    final = holder.state_dict()
+    return [unstack(final, i) for i in range(n)], logs
 
-    def states() -> Weights:
-        return holder.state_dict()
 
-    def save_all() -> None:
-        stacked, slots = states(), opt.state_dict()["state"]
-        for i, c in enumerate(copies):
+@dataclass
+class _Stacked:
+    """Stacked copies as the training loop sees them: one forward and backward for all."""
+
+    module: nn.Module  # the template, called under vmap
+    opt: Optimizer
+    guard: object | None
+    running: Running
+    progress: list[Progress | None]
+    holder: nn.Module  # its parameters are the stacked tensors the optimizer steps
+    copies: Sequence[Copy]
+    streams: list
+    evaluate_fn: Callable[[Weights, int], list[dict[str, float]]] | None
+    logs: list[TrainLog]
+
+    def __post_init__(self) -> None:
+        named = [*self.holder.named_parameters(), *self.holder.named_buffers()]
+        self.tensors = dict(named)  # what forward and evaluate_fn read, by name
+
+    def losses(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        xs, ys = zip(*(next(s) for s in self.streams), strict=True)
+        x, y = torch.stack(xs), torch.stack(ys)
+        out = forward(self.module, self.tensors, x, shared=False)
+        losses = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
+        return losses.view(len(self.copies), -1).mean(1), out, y
+
+    def snapshot(self, step: int) -> None:
+        stacked = self.holder.state_dict()
+        for i, c in enumerate(self.copies):
+            if c.on_step is not None:
+                c.on_step(step, unstack(stacked, i))
+
+    def evaluate(self, step: int) -> None:
+        if self.evaluate_fn is not None:
+            for log, metrics in zip(self.logs, self.evaluate_fn(self.tensors, step), strict=True):
+                log.evaluations.append({"step": step, **metrics})
+
+    def save(self, step: int) -> None:
+        stacked, slots = self.holder.state_dict(), self.opt.state_dict()["state"]
+        for i, c in enumerate(self.copies):
             if c.checkpoint is not None:
                 weights_i = {k: v[i] for k, v in stacked.items()}
                 save_checkpoint(c.checkpoint, step, weights_i, _slots_of(slots, i))
-
-    try:
-        template.train()
-        while True:
-            if step in wanted:
-                stacked = states()
-                for i, c in enumerate(copies):
-                    if c.on_step is not None:
-                        c.on_step(step, unstack(stacked, i))
-            if eval_every and evaluate_fn is not None and step % eval_every == 0 and step > first:
-                for log, metrics in zip(logs, evaluate_fn(tensors, step), strict=True):
-                    log.evaluations.append({"step": step, **metrics})
-            if step > first and step % checkpoint_every == 0:
-                save_all()
-            if step >= stop:
-                break
-            lr = learning_rate(cfg, step, ipe, total)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            xs, ys = zip(*(next(s) for s in streams), strict=True)
-            x, y = torch.stack(xs), torch.stack(ys)
-            out = forward(template, tensors, x, shared=False)
-            losses = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
-            losses = losses.view(n, -1).mean(1)
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()  # copies are independent: each gets its own gradient
-            opt.step()
-            if guard is not None:
-                guard.after_step()
-            step += 1
-            if not report:
-                continue
-            running.add(losses, out, y)
-            running.report(step, stop, lr, [c.progress for c in copies])
-    finally:
-        if guard is not None:
-            guard.remove()
-    seconds = time.perf_counter() - began
-    for log in logs:
-        log.steps, log.seconds = step - first, seconds
-    save_all()  # kept until the results are registered, like the unbatched engine's
-    stacked = states()
-    return [unstack(stacked, i) for i in range(n)], logs

@@ -4,9 +4,10 @@ Why Ray and not a scheduler of our own: a lab already runs one (a multi-GPU serv
 and Ray gives what a sweep needs: resources per task (fractional GPUs, so small networks share
 one), retries of a task whose worker died, and an object store that ships the dataset once.
 
-- The same `runner.run_job` runs inside a training task as in a local worker process, with one
-  thread per CPU asked for, so the same seeds give bit-identical weights on CPUs; `map_on_ray`
-  runs any other function that reads the dataset the same way (the interpolations of a sweep).
+- The same `training_job.run_job` runs inside a training task as in a local worker process,
+  with one thread per CPU asked for, so the same seeds give bit-identical weights on CPUs;
+  `map_on_ray` runs any other function that reads the dataset the same way (the
+  interpolations of a sweep). lmctrack.executor chooses between this and the local runner.
 - The dataset is put in the object store once per driver; each worker process unpacks it once
   and keeps it for the tasks it runs after that (Ray reuses worker processes).
 - A worker killed mid-task (kill -9, a lost node) is retried up to MAX_RETRIES times; a
@@ -36,7 +37,7 @@ from lmctrack.errors import LmcError
 if TYPE_CHECKING:
     from lmctrack.config import RunnerConfig
     from lmctrack.progress import Board
-    from lmctrack.runner import JobResult, TrainJob
+    from lmctrack.training_job import JobResult, TrainJob
 
 MAX_RETRIES = 3
 RAY_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
@@ -126,7 +127,7 @@ def warm_up(runner: RunnerConfig) -> list:
 def _warm() -> None:
     """The body of a warm-up task: the imports of every task's body."""
     import lmctrack.interpolate  # noqa: F401
-    import lmctrack.runner  # noqa: F401
+    import lmctrack.training_job  # noqa: F401
 
 
 def _setup(device: str, threads: int, boxed: list):
@@ -148,7 +149,7 @@ def _setup(device: str, threads: int, boxed: list):
 
 def _train(job: TrainJob, boxed: list, device: str, threads: int, reports) -> JobResult:
     """The body of one training task: the same run_job a local worker runs."""
-    from lmctrack.runner import run_job
+    from lmctrack.training_job import run_job
 
     dataset, dev = _setup(device, threads, boxed)
     if job.checkpoint is not None:

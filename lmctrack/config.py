@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from lmctrack import schema
 from lmctrack.errors import LmcError, existing_file
 from lmctrack.user_config import QuietDefaults, data_name
 
@@ -167,7 +168,9 @@ class InstabilityConfig(Section):
     bn: Literal["interpolate", "reset", "repair"] = "reset"
     reset_schedule: bool = False
     track_every: StepField | None = None
-    stable_threshold: float = Field(0.02, gt=0, description="barrier below this is stable")
+    stable_threshold: float = Field(
+        schema.STABLE_THRESHOLD, gt=0, description="barrier below this is stable"
+    )
     eval_limit: int | None = Field(
         None, gt=0, description="examples per split evaluated on the path (None: all)"
     )
@@ -192,7 +195,9 @@ class ImpConfig(Section):
     one_shot: bool = False
     density: float | None = Field(None, gt=0, lt=1)
     strategy: Literal["global", "layerwise"] = "global"
-    matching_threshold: float = Field(0.002, ge=0, description="accuracy drop below this matches")
+    matching_threshold: float = Field(
+        schema.MATCHING_THRESHOLD, ge=0, description="accuracy drop below this matches"
+    )
     prune_data: DataConfig | None = None
     replicates: int = Field(
         3, ge=1, description="independent IMP runs from Wk, each with its own SGD noise per level"

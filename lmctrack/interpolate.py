@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
+from lmctrack import schema
 from lmctrack.batched import evaluate_stacked, networks_per_pass, recompute_bn_stacked, stack
 from lmctrack.data import Dataset
 from lmctrack.errors import LmcError
@@ -86,13 +87,16 @@ class PathResult:
         """Flat metrics named '<split>.<quantity>', ready to log."""
         out: dict[str, float] = {}
         for split, curve in self.curves.items():
-            out[f"{split}.error_barrier"] = self.error_barrier(split)
-            out[f"{split}.loss_barrier_linear"] = self.loss_barrier_linear(split)
-            out[f"{split}.error_alpha0"] = curve["error"][0]
-            out[f"{split}.error_alpha1"] = curve["error"][-1]
-            out[f"{split}.error_max"] = max(curve["error"])
-            out[f"{split}.loss_alpha0"] = curve["loss"][0]
-            out[f"{split}.loss_alpha1"] = curve["loss"][-1]
+            named = {
+                schema.ERROR_BARRIER: self.error_barrier(split),
+                schema.LOSS_BARRIER: self.loss_barrier_linear(split),
+                schema.ERROR_ALPHA0: curve["error"][0],
+                schema.ERROR_ALPHA1: curve["error"][-1],
+                schema.ERROR_MAX: max(curve["error"]),
+                schema.LOSS_ALPHA0: curve["loss"][0],
+                schema.LOSS_ALPHA1: curve["loss"][-1],
+            }
+            out.update({schema.metric(split, name): value for name, value in named.items()})
         return out
 
 

@@ -29,10 +29,6 @@ class Flat:
         return cls(**data)
 
 
-def _stats(data: dict | None) -> Stats | None:
-    return None if data is None else Stats(**data)
-
-
 @dataclass
 class Pair(Flat):
     """Two states, the linear path between them (per split) and their distances."""
@@ -67,10 +63,10 @@ class Pair(Flat):
         for split, curve in self.curves.items():
             out[schema.metric(split, schema.ERROR_BARRIER)] = self.error_barrier(split)
             out[schema.metric(split, schema.LOSS_BARRIER)] = self.loss_barrier(split)
-            out[schema.metric(split, "error_alpha0")] = curve["error"][0]
-            out[schema.metric(split, "error_alpha1")] = curve["error"][-1]
-            out[schema.metric(split, "error_max")] = max(curve["error"])
-        out.update({f"distance.{k}": float(v) for k, v in self.distances.items()})
+            out[schema.metric(split, schema.ERROR_ALPHA0)] = curve["error"][0]
+            out[schema.metric(split, schema.ERROR_ALPHA1)] = curve["error"][-1]
+            out[schema.metric(split, schema.ERROR_MAX)] = max(curve["error"])
+        out.update({schema.metric(schema.DISTANCE, k): float(v) for k, v in self.distances.items()})
         return out
 
     def plot(self, title: str = "pair"):
@@ -339,7 +335,7 @@ class SparseSweep:
     dense_error: Stats
     claim: str
     claim_holds: bool | None
-    threshold: float = 0.02
+    threshold: float = schema.STABLE_THRESHOLD
     definitions: dict[str, str] = field(default_factory=lambda: dict(schema.DEFINITIONS))
 
     def plot(self, kind: str = "barrier", split: str = "test"):

@@ -10,8 +10,9 @@
   processes with one printed line saying why. "auto" times PROBE_STEPS stacked steps against one
   copy and keeps the decision per network, batch size, group size and device (BATCHING_DECISIONS).
 Process mode is bit-identical whatever the workers; stacked mode is bit-identical with itself and
-equal to process mode to float tolerance. `runner.backend: ray` sends each training to a Ray
-cluster (lmctrack.cluster) running the same run_job; `run_configured` chooses.
+equal to process mode to float tolerance. This is the local executor; `runner.backend: ray`
+sends each training to a Ray cluster instead (lmctrack.cluster), running the same bodies
+(lmctrack.training_job); lmctrack.executor chooses.
 """
 
 from __future__ import annotations
@@ -23,163 +24,19 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from lmctrack.config import ModelConfig, RunnerConfig, TrainConfig
 from lmctrack.errors import LmcError
 from lmctrack.progress import Board
-from lmctrack.state import Mask
-from lmctrack.train import Noise, deterministic, train, write_atomic
+from lmctrack.train import deterministic
+from lmctrack.training_job import JobResult, TrainJob, run_group, run_job
 
-Weights = dict[str, torch.Tensor]
 BATCH_MODES = ("auto", "on", "off")
 PROBE_STEPS = 10
 # (model, batch size, copies, device type) -> (stacked is faster, what was measured)
 BATCHING_DECISIONS: dict[tuple, tuple[bool, str]] = {}
-
-
-@dataclass
-class TrainJob:
-    """One training: from `weights` (or a fresh init from `init_seed`) at `start` to `stop`."""
-
-    key: str
-    label: str
-    model: ModelConfig
-    train: TrainConfig
-    noise: Noise
-    start: int
-    stop: int
-    init_seed: int = 0
-    weights: Weights | None = None
-    mask: Mask | None = None
-    snapshot_steps: Sequence[int] = ()
-    eval_every: int | None = None
-    checkpoint: Path | None = None
-    schedule_total: int | None = None
-
-
-@dataclass
-class JobResult:
-    weights: Weights
-    snapshots: dict[int, Weights] = field(default_factory=dict)
-    evaluations: list[dict[str, float]] = field(default_factory=list)
-    seconds: float = 0.0
-    steps: int = 0
-    resumed_from: int | None = None
-
-
-def load_snapshots(folder: Path, resume_step: int | None = None) -> dict[int, Weights]:
-    """Snapshots an interrupted job already took (its checkpoint folder keeps them).
-
-    A damaged snapshot (a kill mid-write by an older version, a damaged disk) is deleted when the
-    resumed training will pass its step again and take it anew; one from before `resume_step`
-    cannot be retaken, which is an LmcError.
-    """
-    snapshots = {}
-    for path in sorted(folder.glob("snapshot_*.safetensors")):
-        step = int(path.stem.split("_")[1])
-        try:
-            snapshots[step] = load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            if resume_step is not None and step < resume_step:
-                raise LmcError(
-                    f"snapshot {path} is damaged ({e}) and the checkpoint is past its step; "
-                    f"delete {folder} to train this job again"
-                ) from None
-            path.unlink()
-    return snapshots
-
-
-def _cpu_weights(model: torch.nn.Module) -> Weights:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def _metrics(test: tuple[float, float], train_split: tuple[float, float]) -> dict[str, float]:
-    """The evaluation a job logs every eval_every steps, from (loss, error) pairs."""
-    return {
-        "test_loss": test[0],
-        "test_error": test[1],
-        "train_loss": train_split[0],
-        "train_error": train_split[1],
-    }
-
-
-def _prepare(job: TrainJob) -> tuple[JobResult, Callable[[int, Weights], None]]:
-    """The job's result with the snapshots it already took, and how it keeps new ones."""
-    from lmctrack.batched import checkpoint_step
-
-    result = JobResult(weights={})
-    if job.checkpoint is not None:
-        result.snapshots = load_snapshots(job.checkpoint.parent, checkpoint_step(job.checkpoint))
-
-    def keep(step: int, weights: Weights) -> None:
-        result.snapshots[step] = weights
-        if job.checkpoint is not None:
-            write_atomic(job.checkpoint.parent / f"snapshot_{step}.safetensors", weights)
-
-    return result, keep
-
-
-def _finish(result: JobResult, weights: Weights, log) -> JobResult:
-    result.weights = weights
-    result.evaluations = log.evaluations
-    result.seconds = log.seconds
-    result.steps = log.steps
-    result.resumed_from = log.resumed_from
-    return result
-
-
-def _start_weights(job: TrainJob, dataset) -> Weights:
-    from lmctrack.models import build_model
-
-    if job.weights is not None:
-        return job.weights
-    return build_model(
-        job.model, dataset.num_classes, dataset.input_shape, job.init_seed
-    ).state_dict()
-
-
-def run_job(
-    job: TrainJob, dataset, device: torch.device, report: Callable[[int, dict], None] | None
-) -> JobResult:
-    """Build the network, train it, and return its final weights and snapshots (on the CPU)."""
-    from lmctrack.evaluate import evaluate
-    from lmctrack.models import build_model
-
-    model = build_model(job.model, dataset.num_classes, dataset.input_shape, job.init_seed)
-    if job.weights is not None:
-        model.load_state_dict(job.weights)
-    model.to(device)
-    result, keep = _prepare(job)
-
-    def evaluate_fn(net: torch.nn.Module, step: int) -> dict[str, float]:
-        test = evaluate(net, dataset, "test", device=device)
-        seen = evaluate(net, dataset, "train", device=device, limit=dataset.num_examples("test"))
-        return _metrics((test.loss, test.error), (seen.loss, seen.error))
-
-    log = train(
-        model,
-        dataset,
-        job.train,
-        start=job.start,
-        stop=job.stop,
-        noise=job.noise,
-        mask=job.mask,
-        device=device,
-        at_steps=job.snapshot_steps,
-        on_step=lambda step, net: keep(step, _cpu_weights(net)),
-        eval_every=job.eval_every,
-        evaluate_fn=evaluate_fn,
-        checkpoint=job.checkpoint,
-        progress=report,
-        schedule_total=job.schedule_total,
-    )
-    return _finish(result, _cpu_weights(model), log)
 
 
 def _group_key(job: TrainJob) -> tuple:
@@ -193,55 +50,6 @@ def _group_key(job: TrainJob) -> tuple:
         job.eval_every,
         tuple(sorted(job.snapshot_steps)),
     )
-
-
-def run_group(
-    jobs: Sequence[TrainJob],
-    dataset,
-    device: torch.device,
-    reports: Sequence[Callable[[int, dict], None] | None],
-) -> list[JobResult]:
-    """Train jobs of one group (same _group_key) as one stacked network; results in order."""
-    from lmctrack.batched import Copy, evaluate_stacked, train_copies
-    from lmctrack.models import build_model
-
-    job = jobs[0]
-    template = build_model(job.model, dataset.num_classes, dataset.input_shape, job.init_seed)
-    prepared = [_prepare(j) for j in jobs]
-    copies = [
-        Copy(
-            weights=_start_weights(j, dataset),
-            noise=j.noise,
-            mask=j.mask,
-            checkpoint=j.checkpoint,
-            on_step=keep,
-            progress=report,
-        )
-        for j, (_, keep), report in zip(jobs, prepared, reports, strict=True)
-    ]
-
-    def evaluate_fn(stacked: Weights, step: int) -> list[dict[str, float]]:
-        test = evaluate_stacked(template, stacked, dataset, "test", device=device)
-        limit = dataset.num_examples("test")
-        seen = evaluate_stacked(template, stacked, dataset, "train", device=device, limit=limit)
-        return [_metrics(t, s) for t, s in zip(test, seen, strict=True)]
-
-    weights, logs = train_copies(
-        template,
-        dataset,
-        job.train,
-        copies,
-        start=job.start,
-        stop=job.stop,
-        device=device,
-        at_steps=job.snapshot_steps,
-        eval_every=job.eval_every,
-        evaluate_fn=evaluate_fn,
-        schedule_total=job.schedule_total,
-    )
-    return [
-        _finish(result, w, log) for (result, _), w, log in zip(prepared, weights, logs, strict=True)
-    ]
 
 
 def _stacking_problem(jobs: Sequence[TrainJob], dataset, device: torch.device) -> str | None:
@@ -404,24 +212,6 @@ def run_jobs(
     separate = _run_separately([jobs[i] for i in rest], dataset, device, board, workers)
     results.update(zip(rest, separate, strict=True))
     return [results[i] for i in range(len(jobs))]
-
-
-def run_configured(
-    jobs: Sequence[TrainJob],
-    dataset,
-    device: torch.device,
-    board: Board,
-    runner: RunnerConfig,
-    checkpoints: Path | None = None,
-) -> list[JobResult]:
-    """Train all jobs where params' `runner` section says: local processes (or stacked copies)
-    on this machine, or Ray tasks (checkpoints moved into `checkpoints`, a folder every node
-    reaches, when given). Results in the jobs' order."""
-    if runner.backend == "ray":
-        from lmctrack.cluster import run_on_ray
-
-        return run_on_ray(jobs, dataset, board, runner, checkpoints)
-    return run_jobs(jobs, dataset, device, board, batch_copies=runner.batch_copies)
 
 
 def _run_separately(

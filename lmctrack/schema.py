@@ -60,15 +60,44 @@ RANDOM_REINIT = "random_reinit"
 METHODS = (IMP, RANDOM_PRUNE, RANDOM_REINIT)
 METHOD_LABELS = {IMP: "IMP", RANDOM_PRUNE: "random pruning", RANDOM_REINIT: "random reinit"}
 
+# --- the paper's thresholds: the defaults of instability.stable_threshold, imp.matching_threshold
+STABLE_THRESHOLD = 0.02  # Section 2: an error barrier below 2% is stable
+MATCHING_THRESHOLD = 0.002  # Section 4: an accuracy drop below 0.2% is matching
+
 # --- metric names ------------------------------------------------------------------------------
 ERROR_BARRIER = "error_barrier"
 LOSS_BARRIER = "loss_barrier_linear"
 SPLITS = ("test", "train")
+ERROR, LOSS = "error", "loss"
+TEST_ERROR = "test_error"  # a trained network's test error (IMP levels, baselines)
+STEPS_PER_SECOND = "steps_per_second"  # a training's speed
+WK_TEST_ERROR = "Wk.test_error.mean"  # Figure 11: the test error of Wk itself, over the inits
+IMP_ACCURACY_DROP = "imp.accuracy_drop"  # dense minus IMP test accuracy, per level
+TEST_ACCURACY_MEAN = "test_accuracy.mean"  # per method (IMP, a baseline), per level
+TRACKED = "tracked"  # Appendix C: a barrier between copies during their training
+BASIN = "basin"  # the same-basin check between consecutive IMP levels
+DISTANCE = "distance"  # Appendix B: L2 distances (W0 to Wk, Wk to W_T, A to B)
+# a path's ends and peak, per split: E(0), E(1), sup_a E(a), L(0), L(1)
+ERROR_ALPHA0, ERROR_ALPHA1, ERROR_MAX = "error_alpha0", "error_alpha1", "error_max"
+LOSS_ALPHA0, LOSS_ALPHA1 = "loss_alpha0", "loss_alpha1"
+# what a run cost (store.cost)
+COST_WALL, COST_CPU = "cost.wall_seconds", "cost.cpu_seconds"
+COST_GPU_PEAK, COST_DEVICE = "cost.gpu_peak_memory_mb", "cost.device"
 
 
 def metric(split: str, quantity: str) -> str:
-    """A metric's name, always with its split: e.g. 'test.error_barrier'."""
+    """A metric's name, always with its split (or group): e.g. 'test.error_barrier'."""
     return f"{split}.{quantity}"
+
+
+def evaluation(split: str, quantity: str) -> str:
+    """The name of a training's periodic evaluation: e.g. 'test_error', 'train_loss'."""
+    return f"{split}_{quantity}"
+
+
+def final_error(split: str) -> str:
+    """The error of a training's W_T on a split: e.g. 'final_test_error'."""
+    return evaluation(f"final_{split}", ERROR)
 
 
 DEFINITIONS = {

@@ -11,9 +11,10 @@ import errno
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors import SafetensorError
@@ -216,6 +217,122 @@ class Running:
         self.seen = 0
 
 
+class Networks(Protocol):
+    """What the loop trains: one network, or stacked copies stepped as one (batched.py)."""
+
+    module: nn.Module  # put back in train mode after a snapshot or an evaluation
+    opt: Optimizer
+    guard: object | None  # prune.keep_masked's guard of the mask(s), if any
+    running: Running
+    progress: list[Progress | None]
+
+    def losses(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step's batch: each network's mean loss, its logits and the labels."""
+        ...
+
+    def snapshot(self, step: int) -> None: ...
+
+    def evaluate(self, step: int) -> None: ...
+
+    def save(self, step: int) -> None:
+        """Write the resume checkpoint(s) at `step` (nothing where none was asked for)."""
+        ...
+
+
+def schedule(cfg: TrainConfig, dataset, schedule_total: int | None) -> tuple[int, int]:
+    """Iterations per epoch and the T the learning-rate schedule runs to."""
+    ipe = dataset.iterations_per_epoch(cfg.batch_size)
+    return ipe, schedule_total if schedule_total is not None else cfg.steps.iterations(ipe)
+
+
+def loop(
+    nets: Networks,
+    cfg: TrainConfig,
+    dataset,
+    step: int,
+    stop: int,
+    schedule_total: int | None,
+    at_steps: Iterable[int],
+    eval_every: int | None,
+    checkpoint_every: int,
+) -> tuple[int, float]:
+    """The steps of every training, one network or many: snapshots at `at_steps`, evaluations
+    every `eval_every`, checkpoints every `checkpoint_every` and at the end, the learning rate
+    of the global step. Returns the steps taken and their seconds."""
+    ipe, total = schedule(cfg, dataset, schedule_total)
+    wanted = {t for t in at_steps if step <= t <= stop}
+    opt, guard, running, progress = nets.opt, nets.guard, nets.running, nets.progress
+    report = any(callback is not None for callback in progress)
+    first, began = step, time.perf_counter()
+    try:
+        nets.module.train()
+        while True:
+            if step in wanted:
+                nets.snapshot(step)
+                nets.module.train()
+            if eval_every and step % eval_every == 0 and step > first:
+                nets.evaluate(step)
+                nets.module.train()
+            if step > first and step % checkpoint_every == 0:
+                nets.save(step)
+            if step >= stop:
+                break
+            lr = learning_rate(cfg, step, ipe, total)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            losses, out, y = nets.losses()
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()  # stacked copies are independent: each its own gradient
+            opt.step()
+            if guard is not None:
+                guard.after_step()
+            step += 1
+            if report:
+                running.add(losses, out, y)
+                running.report(step, stop, lr, progress)
+    finally:
+        if guard is not None:
+            guard.remove()
+    seconds = time.perf_counter() - began
+    nets.save(step)  # kept until the result is registered
+    return step - first, seconds
+
+
+@dataclass
+class _One:
+    """One network as the loop sees it."""
+
+    module: nn.Module
+    opt: Optimizer
+    guard: object | None
+    running: Running
+    progress: list[Progress | None]
+    batches: Iterator
+    on_step: StepCallback | None
+    evaluate_fn: Callable[[nn.Module, int], dict[str, float]] | None
+    checkpoint: Path | None
+    log: TrainLog
+    loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+
+    def losses(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = next(self.batches)
+        out = self.module(x)
+        return self.loss_fn(out, y), out, y
+
+    def snapshot(self, step: int) -> None:
+        if self.on_step is not None:
+            self.on_step(step, self.module)
+
+    def evaluate(self, step: int) -> None:
+        if self.evaluate_fn is not None:
+            self.log.evaluations.append({"step": step, **self.evaluate_fn(self.module, step)})
+
+    def save(self, step: int) -> None:
+        if self.checkpoint is not None:
+            state = self.opt.state_dict()["state"]
+            save_checkpoint(self.checkpoint, step, self.module.state_dict(), state)
+
+
 def train(
     model: nn.Module,
     dataset,
@@ -246,8 +363,6 @@ def train(
     device = torch.device(device)
     deterministic(device)
     model.to(device)
-    ipe = dataset.iterations_per_epoch(cfg.batch_size)
-    total = schedule_total if schedule_total is not None else cfg.steps.iterations(ipe)
     opt = make_optimizer(cfg, model.parameters())
     log = TrainLog()
     step = start
@@ -259,49 +374,14 @@ def train(
             )
         log.resumed_from = step
     guard = keep_masked(model, mask) if mask is not None else None
-    wanted = {t for t in at_steps if step <= t <= stop}
-    loss_fn = nn.CrossEntropyLoss()
     batches = dataset.train_batches(
         cfg.batch_size, noise.data_order, noise.augment, start_step=step, device=device
     )
     running = Running(None, device)
-    began = time.perf_counter()
-    first = step
-    try:
-        model.train()
-        while True:
-            if step in wanted and on_step is not None:
-                on_step(step, model)
-                model.train()
-            if eval_every and evaluate_fn is not None and step % eval_every == 0 and step > first:
-                log.evaluations.append({"step": step, **evaluate_fn(model, step)})
-                model.train()
-            if checkpoint is not None and step > first and step % checkpoint_every == 0:
-                save_checkpoint(checkpoint, step, model.state_dict(), opt.state_dict()["state"])
-            if step >= stop:
-                break
-            lr = learning_rate(cfg, step, ipe, total)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x, y = next(batches)
-            out = model(x)
-            loss = loss_fn(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if guard is not None:
-                guard.after_step()
-            step += 1
-            if progress is None:
-                continue
-            running.add(loss, out, y)
-            running.report(step, stop, lr, [progress])
-    finally:
-        if guard is not None:
-            guard.remove()
-    log.steps = step - first
-    log.seconds = time.perf_counter() - began
-    if checkpoint is not None:
-        # kept until the result is registered
-        save_checkpoint(checkpoint, step, model.state_dict(), opt.state_dict()["state"])
+    one = _One(
+        model, opt, guard, running, [progress], batches, on_step, evaluate_fn, checkpoint, log
+    )
+    log.steps, log.seconds = loop(
+        one, cfg, dataset, step, stop, schedule_total, at_steps, eval_every, checkpoint_every
+    )
     return log

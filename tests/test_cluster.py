@@ -55,8 +55,9 @@ from lmctrack.batched import checkpoint_step  # noqa: E402
 from lmctrack.config import DataConfig, ModelConfig, RunnerConfig, load_params  # noqa: E402
 from lmctrack.data import load_dataset  # noqa: E402
 from lmctrack.errors import LmcError  # noqa: E402
+from lmctrack.executor import executor  # noqa: E402
 from lmctrack.progress import Board, board  # noqa: E402
-from lmctrack.runner import TrainJob, run_configured, run_job, run_jobs  # noqa: E402
+from lmctrack.runner import TrainJob, run_job, run_jobs  # noqa: E402
 from lmctrack.state import State  # noqa: E402
 from lmctrack.store import Store  # noqa: E402
 from lmctrack.train import Noise  # noqa: E402
@@ -185,7 +186,7 @@ def test_trainings_on_ray_equal_local_processes_and_report_progress(cluster):
     runner = RunnerConfig(backend="ray", address=cluster.ray_address)
     screen = Console(file=io.StringIO(), force_terminal=True, width=100)
     with board(enabled=True, output=screen) as live:
-        on_ray = run_configured(_jobs(60), data, CPU, live, runner)
+        on_ray = executor(runner).train(_jobs(60), data, CPU, live)
         shown = [live.shown(job.key) for job in _jobs(60)]
     with board(enabled=False) as quiet:
         local = run_jobs(_jobs(60), data, CPU, quiet)
@@ -202,7 +203,7 @@ def test_a_worker_killed_mid_training_is_retried_and_resumes(cluster, tmp_path):
     job = _jobs(800, tmp_path)[0]
     finished: list = []
     sweep = threading.Thread(
-        target=lambda: finished.extend(run_configured([job], data, CPU, Board(None), runner))
+        target=lambda: finished.extend(executor(runner).train([job], data, CPU, Board(None)))
     )
     sweep.start()
     deadline = time.monotonic() + 300
@@ -228,7 +229,7 @@ from lmctrack import cluster
 from lmctrack.config import RunnerConfig
 runner = RunnerConfig(backend="ray", address=sys.argv[1])
 ray.get(cluster.warm_up(runner)) if sys.argv[2] == "warm" else cluster.connect(runner.address)
-probe = ray.remote(lambda: "lmctrack.runner" in sys.modules).options(num_cpus=1)
+probe = ray.remote(lambda: "lmctrack.training_job" in sys.modules).options(num_cpus=1)
 print(ray.get([probe.remote() for _ in range(4)]))
 """
 

@@ -159,7 +159,7 @@ def test_distilled_set_trains_the_default_network_above_chance(mnist1d):
     )
     assert len(quality.distilled) == 2 and quality.size == 100
     assert quality.accuracy("distilled").mean > 0.2, quality.summary()  # chance is 0.1
-    assert 0 < quality.accuracy("random").mean < 1 and quality.accuracy("distilled").std >= 0
+    assert 0 < quality.accuracy("random").mean < 1
 
 
 def test_quality_reports_mean_and_population_std():

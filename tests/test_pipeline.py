@@ -68,7 +68,14 @@ def test_repro_produces_every_output(project: Path):
     assert all(r["dense"]["n"] == 2 for r in imp["rows"])  # 2 replicates
     sparse = json.loads((project / "outputs/sparse/sparse.json").read_text())
     assert {(r["k"], r["level"]) for r in sparse["rows"]} == {(0, 2), (50, 2)}
-    assert isinstance(sparse["claim_holds"], bool)
+    # the claim holds exactly when, at each density, the stable k are the matching k (test split)
+    test = [r for r in sparse["rows"] if r["split"] == "test"]
+    agree = [
+        [r["k"] for r in test if r["level"] == level and r["stable"]]
+        == [r["k"] for r in test if r["level"] == level and r["matching"]]
+        for level in {r["level"] for r in test}
+    ]
+    assert sparse["claim_holds"] is all(agree)
     for png in ("instability/instability.png", "imp/imp.png", "sparse/earliest.png"):
         assert (project / "outputs" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "k,split,mean" in (project / "outputs/instability/instability.csv").read_text()

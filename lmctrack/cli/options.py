@@ -157,10 +157,10 @@ def workspace(
 
     preload()  # MLflow's import overlaps torch's and the dataset's (Store waits for it)
     sets = list(sets or []) + ([f"train.device={device}"] if device else [])
-    if trains and (runner := resolve(params, sets).runner).backend == "ray":
-        from lmctrack.cluster import warm_up
+    if trains:
+        from lmctrack.executor import executor
 
-        warm_up(runner)
+        executor(resolve(params, sets).runner).warm_up()
     from lmctrack.progress import board
     from lmctrack.workflows.session import session
 

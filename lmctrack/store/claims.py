@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from lmctrack.store.backend import unprefixed
 
 if TYPE_CHECKING:
-    from lmctrack.store.core import Store
+    from lmctrack.store.view import StoreView
 
 CLAIMS = "lmctrack.claims"
 CLAIM_TAG = "claim"
@@ -54,7 +54,9 @@ def claimed_keys(tags: dict[str, str]) -> set[str]:
 
 
 @contextmanager
-def run_claim(store: Store, keys: Collection[str], poll: float = _POLL_SECONDS) -> Iterator[None]:
+def run_claim(
+    store: StoreView, keys: Collection[str], poll: float = _POLL_SECONDS
+) -> Iterator[None]:
     """Hold the claims on keys through one claim run in the store (module docstring)."""
     keys = sorted(set(keys))
     tags = {f"{CLAIM_TAG}.{i}": key for i, key in enumerate(keys)}
@@ -72,7 +74,7 @@ def run_claim(store: Store, keys: Collection[str], poll: float = _POLL_SECONDS) 
         yield
 
 
-def _tickets(store: Store, mine: str, wanted: set[str]) -> dict[str, int | None]:
+def _tickets(store: StoreView, mine: str, wanted: set[str]) -> dict[str, int | None]:
     """The tickets of the other live claim runs that share a key with wanted (None while one is
     choosing; 0 for a run of a version without tickets)."""
     found: dict[str, int | None] = {}

@@ -12,10 +12,9 @@ import os
 import sys
 import time
 
-WALL = "cost.wall_seconds"
-CPU = "cost.cpu_seconds"
-GPU_PEAK = "cost.gpu_peak_memory_mb"
-DEVICE = "cost.device"
+from lmctrack.schema import COST_CPU, COST_DEVICE, COST_GPU_PEAK, COST_WALL
+
+WALL, CPU, GPU_PEAK, DEVICE = COST_WALL, COST_CPU, COST_GPU_PEAK, COST_DEVICE
 
 _open: list[Meter] = []
 

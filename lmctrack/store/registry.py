@@ -1,8 +1,6 @@
-"""States in the model registry: URIs, descriptions, lineage, and loading with integrity checks.
+"""States in the model registry: registering, URIs, descriptions, search and lineage.
 
-Every stored state file's sha256 is a version tag; load_state verifies it and refuses
-non-finite weights. A state that fails verification is tagged corrupt (version and producing
-run), so find_run and find_state pass over it and re-running the producing command re-creates it.
+Every stored state file's sha256 is a version tag; loading a state verifies it (store.loading).
 """
 
 from __future__ import annotations
@@ -10,9 +8,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,9 +17,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from lmctrack import state as state_files
 from lmctrack.errors import LmcError
-from lmctrack.state import State
 from lmctrack.store.backend import (
     ServerClient,
     exists_already,
@@ -32,7 +26,8 @@ from lmctrack.store.backend import (
     retry_busy,
     unprefixed,
 )
-from lmctrack.store.files import confined, is_local, local_folder, local_path, sha256
+from lmctrack.store.info import CORRUPT, RUNS_URI, URI_HELP, LineageNode, StateInfo
+from lmctrack.store.loading import Loading
 from lmctrack.store.location import TAG_PREFIX
 
 if TYPE_CHECKING:
@@ -44,13 +39,10 @@ _NOT_TAGS = (
     "sha256",
     "architecture",
 )  # version tags that StateInfo carries as fields
-_URI_HELP = "write models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>"
 _NAME = r"(?P<name>(?!\.+[/@])[^/@:'\"]+)"  # a model name, never '.' or '..'
 _VERSION_URI = re.compile(rf"^models:/{_NAME}/(?P<version>\d+)$")
 _ALIAS_URI = re.compile(rf"^models:/{_NAME}@(?P<alias>[\w-]+)$")
-RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+?)/?$")
 KEY = re.compile(r"^[\w.:-]+$")
-CORRUPT = "corrupt"
 REQUEST = "request"  # tags what one create request made (Registry._request)
 
 
@@ -66,31 +58,7 @@ def _quoted(value: str, what: str) -> str:
     return value
 
 
-@dataclass
-class StateInfo:
-    """What the registry knows about one state version."""
-
-    uri: str  # canonical "models:/<name>/<version>"
-    name: str
-    version: int
-    run_id: str
-    tags: dict[str, str]  # lmctrack.* version tags without the prefix (field ones apart)
-    parents: list[str]  # parent URIs, canonical
-    model_id: str = ""  # the MLflow logged model that holds the files
-    source: str = field(default="", repr=False)  # artifact location of the files
-    sha256: dict[str, str] = field(default_factory=dict, repr=False)  # file name -> hash
-    # what lmctrack.models.build_model needs (name, width, num_classes, input_shape); empty for
-    # states registered without it
-    architecture: dict = field(default_factory=dict, repr=False)
-
-
-@dataclass
-class LineageNode:
-    info: StateInfo
-    parents: list[LineageNode]
-
-
-class Registry:
+class Registry(Loading):
     """The registry half of Store (mixed in): needs client, tracking_uri, root, _get_run."""
 
     client: MlflowClient
@@ -242,7 +210,7 @@ class Registry:
         try:
             return self._describe(uri)
         except MlflowException as e:
-            raise LmcError(f"cannot resolve {uri} ({first_line(e)}); {_URI_HELP}") from None
+            raise LmcError(f"cannot resolve {uri} ({first_line(e)}); {URI_HELP}") from None
 
     def _describe(self, uri: str) -> StateInfo:
         if match := _VERSION_URI.match(uri):
@@ -261,7 +229,7 @@ class Registry:
                 raise LmcError(f"{uri} was never registered; re-run the step that produced it")
             first = registered[0]
             return self.describe(f"models:/{first['name']}/{first['version']}")
-        raise LmcError(f"'{uri}' is not a state URI; {_URI_HELP}")
+        raise LmcError(f"'{uri}' is not a state URI; {URI_HELP}")
 
     def _version(self, name: str, version: str, uri: str) -> ModelVersion:
         try:
@@ -315,115 +283,6 @@ class Registry:
             max_results=1,
         )
         return models[0] if models else None
-
-    def _location(self, uri: str) -> str:
-        """Artifact URI of the folder that holds a state's files."""
-        if match := RUNS_URI.match(uri):
-            model = self._run_model(match["run_id"], match["path"])
-            if model is not None:
-                return model.artifact_location
-            base = self._get_run(match["run_id"]).info.artifact_uri.rstrip("/")
-            if is_local(base):  # a plain path stays inside the run's artifacts
-                return confined(local_path(base) / match["path"], local_path(base), uri).as_uri()
-            return f"{base}/{match['path'].strip('/')}"
-        if not uri.startswith("models:/"):
-            raise LmcError(f"'{uri}' is not a state URI; {_URI_HELP}")
-        info = self.describe(uri)
-        if info.source.startswith("models:/"):
-            return self.client.get_logged_model(
-                info.source.removeprefix("models:/")
-            ).artifact_location
-        if is_local(info.source) and self.root is not None:
-            confined(local_path(info.source), self.root, uri)
-        return info.source
-
-    @contextmanager
-    def _files(self, uri: str) -> Iterator[Path]:
-        """A local folder holding the state's files, every one confined to it."""
-        try:
-            location = self._location(uri)
-        except MlflowException as e:
-            raise LmcError(f"cannot resolve {uri} ({first_line(e)}); {_URI_HELP}") from None
-        # a registered state's recorded files are all it needs (the MLflow model around them
-        # is for serving): over HTTP, one request each instead of the whole folder
-        names = (self.describe(uri).sha256 or None) if uri.startswith("models:/") else None
-        with local_folder(location, self.tracking_uri, names) as folder:
-            for name in (state_files.WEIGHTS_FILE, state_files.MASK_FILE):
-                if (folder / name).exists():
-                    confined(folder / name, folder, uri)
-            yield folder
-
-    def load_state(self, uri: str) -> State:
-        """Read a state's safetensors files (never unpickles), verified: the registered sha256
-        of every file, then finite values."""
-        with self._files(uri) as folder:
-            if not (folder / state_files.WEIGHTS_FILE).is_file():
-                raise LmcError(f"{uri} holds no lmctrack state; {self._state_hint(uri)}")
-            info = self.describe(uri) if not self._plain(uri) else None
-            if info is not None:
-                self._verify(info, folder)
-            try:
-                state = state_files.load_state(folder)
-            except LmcError:
-                raise self._corrupt(info, uri, "a file is not valid safetensors") from None
-            if bad := state_files.non_finite(state):
-                raise self._corrupt(info, uri, f"non-finite values in {bad}")
-            return state
-
-    def _plain(self, uri: str) -> bool:
-        """A runs:/ URI of an artifact folder, not of a registered state."""
-        match = RUNS_URI.match(uri)
-        return match is not None and self._run_model(match["run_id"], match["path"]) is None
-
-    def _verify(self, info: StateInfo, folder: Path) -> None:
-        """The files match the sha256 recorded at registration (states registered before hashes
-        were recorded have none to check)."""
-        if info.uri in self._verified:
-            return
-        for name, expected in info.sha256.items():
-            path = folder / name
-            if not path.is_file():
-                raise self._corrupt(info, info.uri, f"{name} is missing")
-            if sha256(path) != expected:
-                raise self._corrupt(info, info.uri, f"{name} does not match its sha256")
-        self._verified.add(info.uri)
-
-    def _corrupt(self, info: StateInfo | None, uri: str, problem: str) -> LmcError:
-        """Mark the state, its producing run and the runs that one is nested in corrupt (when the
-        store is writable), so that re-running the producing command re-creates it (find_run
-        passes over them); the error to raise."""
-        if info is None:
-            return LmcError(f"{uri}: corrupted state files ({problem}); export them again")
-        with suppress(MlflowException, OSError, LmcError):
-            retry_busy(
-                lambda: self.client.set_model_version_tag(
-                    info.name, str(info.version), TAG_PREFIX + CORRUPT, "true"
-                )
-            )
-            run_id = info.run_id
-            while run_id:  # the producing run and the runs it is nested in
-                retry_busy(
-                    lambda run_id=run_id: self.client.set_tag(run_id, TAG_PREFIX + CORRUPT, "true")
-                )
-                run_id = self.client.get_run(run_id).data.tags.get("mlflow.parentRunId")
-        self._versions.pop(info.uri, None)
-        run = f" (run {info.run_id})" if info.run_id else ""
-        return LmcError(
-            f"{uri} is corrupted ({problem}); it is now marked corrupt: re-run the command that "
-            f"produced it{run} to re-create it"
-        )
-
-    def _state_hint(self, uri: str) -> str:
-        """What to pass instead of a runs:/ URI that names no state: the run's own states."""
-        match = RUNS_URI.match(uri)
-        if match is None:
-            return "re-run the step that produced it"
-        run = self._get_run(match["run_id"])
-        models = self.client.search_logged_models(
-            [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
-        )
-        names = ", ".join(sorted(m.name for m in models)) or "none"
-        return f"that run's states are: {names} (pass runs:/<run_id>/<state> or a models:/ URI)"
 
     def lineage(self, uri: str) -> LineageNode:
         """The state and, recursively, the states it came from (a cycle is cut, not followed)."""

@@ -36,7 +36,7 @@ from lmctrack.store.files import safe_name, sha256, writable_folder
 from lmctrack.store.registry import StateInfo, tagged
 
 if TYPE_CHECKING:
-    from lmctrack.store.core import Store
+    from lmctrack.store.view import StoreView
 
 _FLUSH_SIZE = 1000  # buffered metrics sent at once (MLflow's batch limit)
 _FLUSH_SECONDS = 10.0  # ... or after this long, so the UI follows a long training
@@ -65,7 +65,7 @@ class Run:
     """
 
     def __init__(
-        self, store: Store, run_id: str, experiment: str, experiment_id: str, artifact_uri: str
+        self, store: StoreView, run_id: str, experiment: str, experiment_id: str, artifact_uri: str
     ) -> None:
         self.store = store
         self.id = run_id

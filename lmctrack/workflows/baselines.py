@@ -107,7 +107,7 @@ def _register(
         named = {**tags, schema.STATE: "W_T"}
         uri = jobs.register_trained(ctx, run, trained, named, [start_uri], f"{key}:W_T")
         error = ctx.error(trained)
-        run.log_metrics({"test_error": error})
+        run.log_metrics({schema.TEST_ERROR: error})
     return Trained(method, t.replicate, t.level, t.density, start_uri, uri, seed, step, error)
 
 
@@ -123,7 +123,7 @@ def _adopt(ctx: Context, t: Trained, method: str, run_id: str) -> Trained:
         trained.uri,
         int(tags[schema.DATA_ORDER_SEED]),
         int(tags[schema.START_STEP]),
-        float(ctx.store.run_metrics(run_id)["test_error"]),
+        float(ctx.store.run_metrics(run_id)[schema.TEST_ERROR]),
     )
 
 

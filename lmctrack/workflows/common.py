@@ -13,6 +13,7 @@ import torch
 
 from lmctrack.config import Params, config_hash
 from lmctrack.errors import LmcError
+from lmctrack.executor import Executor, executor
 from lmctrack.progress import Board
 from lmctrack.train import resolve_device
 from lmctrack.user_config import BUILTIN_DATA
@@ -30,6 +31,11 @@ class Context:
     dataset_fingerprint: str
     out: Path | None = None  # where DVC-facing files (metrics JSON, plots, CSV) are written
     on_close: Callable[[], None] | None = None  # e.g. stop the live progress display
+
+    @property
+    def executor(self) -> Executor:
+        """Where trainings and a sweep's analyses run: this machine or Ray (runner.backend)."""
+        return executor(self.params.runner)
 
     def template(self) -> torch.nn.Module:
         """A network of the configured architecture on the device (weights to be overwritten)."""

@@ -6,58 +6,42 @@ at 0 (Figure 4); with `track_every` the copies are also interpolated during trai
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from itertools import combinations
 
 from lmctrack import schema
-from lmctrack.results import Fork, Pair, to_dict
-from lmctrack.runner import JobResult
+from lmctrack.results import Fork, Pair
 from lmctrack.schema import Stats
 from lmctrack.state import State
 from lmctrack.train import Noise
+from lmctrack.training_job import JobResult
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.interpolate import interpolate_pairs, log_pair
+from lmctrack.workflows.work import Book, work
 
 FORK_ARTIFACT = "fork.json"
 
 
 def forks(ctx: Context, plans: list[Plan]) -> list[Fork]:
     """Algorithm 1 for each planned state Wk; a sweep's copies all train in one pool, and all
-    its pairs are interpolated at once (as Ray tasks when runner.backend is ray)."""
-    keys = [key for plan in plans for key in (plan.key, *plan.copy_keys)]
-    with jobs.claimed(ctx, keys), ExitStack() as open_runs:
-        done = {plan.key: jobs.reused(ctx, plan.key, FORK_ARTIFACT, Fork) for plan in plans}
-        todo = [plan for plan in plans if done[plan.key] is None]
-        # Lines 3-4: train copies of Wk to T, copy i under its own SGD noise u_i.
-        trained = jobs.train_all(ctx, [job for plan in todo for job in copy_trainings(ctx, plan)])
-        runs = [
-            open_runs.enter_context(
-                jobs.recorded(ctx, plan.label, key=plan.key, kind=schema.KIND_FORK)
-            )
-            for plan in todo
-        ]
-        copies = []
-        for plan, run in zip(todo, runs, strict=True):
-            run.log_input_states(plan.parents)
-            copies.append(
-                [register_copy(ctx, run, plan, i, trained) for i in range(len(plan.seeds))]
-            )
-        # Lines 5-6: the error along the path between every pair of copies, its barrier.
+    its pairs are interpolated at once (as Ray tasks when runner.backend is ray). A finished
+    identical fork is reused (work.work does the bookkeeping: claims, reuse, runs, records)."""
+    # Wk = A^{0->k}(W0, u) was trained and registered by `train` (workflows/train.py: train_runs)
+    with work(ctx, plans, kind=schema.KIND_FORK, artifact=FORK_ARTIFACT, result=Fork) as book:
+        # Lines 1-2: train copies of Wk to W_T^i, copy i under its own SGD noise u_i.
+        trained, copies = train_copies(ctx, book)
+        # Line 3: f(W_T^i, W_T^j): the error along the linear path between every pair, its barrier.
         ends = [list(combinations(range(len(c)), 2)) for c in copies]
         paths = iter(
             interpolate_pairs(
                 ctx, [(c[i][1], c[j][1]) for c, ij in zip(copies, ends) for i, j in ij]
             )
         )
-        for plan, run, c, ij in zip(todo, runs, copies, ends, strict=True):
-            pairs = [
-                log_pair(ctx, run, f"pair {i}-{j} k={plan.k}", named(next(paths), plan, c, i, j))
-                for i, j in ij
-            ]
-            done[plan.key] = record(ctx, run, plan, c, pairs, trained)
-    return [done[plan.key] for plan in plans]
+        for plan, c, ij in zip(book.todo, copies, ends, strict=True):
+            pairs = [named(next(paths), plan, c, i, j) for i, j in ij]
+            book.finish(plan, record(ctx, book, plan, c, pairs, trained))
+    return book.results
 
 
 def fork(ctx: Context, source: str, **options) -> Fork:
@@ -88,6 +72,15 @@ class Plan:
         return [self.source] + ([self.mask] if self.mask else [])
 
     @property
+    def claims(self) -> list[str]:
+        """The fork's key and its copies': an identical fork or copy made meanwhile waits."""
+        return [self.key, *self.copy_keys]
+
+    @property
+    def inputs(self) -> list[str]:
+        return self.parents
+
+    @property
     def label(self) -> str:
         return f"fork k={self.k}" + (" reset schedule" if self.reset_schedule else "")
 
@@ -116,6 +109,19 @@ def plan(
     key = ctx.training_hash(*common, seeds, inst.alphas, inst.splits, inst.bn, "fork")
     copy_keys = [ctx.training_hash(*common, seed, "copy") for seed in seeds]
     return Plan(source, mask, k, state, seeds, reset_schedule, track, key, copy_keys)
+
+
+def train_copies(
+    ctx: Context, book: Book[Plan, Fork]
+) -> tuple[dict[str, JobResult], list[list[tuple[str, State]]]]:
+    """Lines 1-2 for every fork still to do: its copies train in one pool, then each copy's W_T
+    is registered under the fork's run (a copy an earlier fork finished is reused)."""
+    trained = jobs.train_all(ctx, [job for p in book.todo for job in copy_trainings(ctx, p)])
+    copies = [
+        [register_copy(ctx, book.run(p), p, i, trained) for i in range(len(p.seeds))]
+        for p in book.todo
+    ]
+    return trained, copies
 
 
 def copy_trainings(ctx: Context, plan: Plan) -> list:
@@ -162,7 +168,7 @@ def register_copy(
     ) as run:
         uri = jobs.register_trained(ctx, run, state, tags, plan.parents, f"{key}:W_T")
         result = trained[key]
-        run.log_metrics({"steps_per_second": result.steps / max(result.seconds, 1e-9)})
+        run.log_metrics(jobs.speed(result))
     return uri, state
 
 
@@ -174,11 +180,24 @@ def named(pair: Pair, plan: Plan, copies: list, i: int, j: int) -> Pair:
 
 
 def record(
-    ctx: Context, run, plan: Plan, copies: list, pairs: list[Pair], trained: dict[str, JobResult]
+    ctx: Context,
+    book: Book[Plan, Fork],
+    plan: Plan,
+    copies: list,
+    pairs: list[Pair],
+    trained: dict[str, JobResult],
 ) -> Fork:
-    """Summarise the fork on its run: barrier statistics, distances (Appendix B), and the
-    barriers during training (Appendix C) when tracked."""
+    """Summarise the fork on its run: its paths, barrier statistics, distances (Appendix B), and
+    the barriers during training (Appendix C) when tracked."""
     from lmctrack.compare import l2_distance, parameter_names
+
+    run = book.run(plan)
+
+    ends = combinations(range(len(copies)), 2)  # the order of forks' pairs
+    pairs = [
+        log_pair(ctx, run, f"pair {i}-{j} k={plan.k}", pair)
+        for (i, j), pair in zip(ends, pairs, strict=True)
+    ]
 
     names = parameter_names(ctx.template())
     wk = plan.state.masked_weights()
@@ -207,9 +226,10 @@ def record(
         stats = result.barrier(split)
         for stat in ("mean", "std", "median"):
             summary[f"{schema.metric(split, schema.ERROR_BARRIER)}.{stat}"] = getattr(stats, stat)
-    summary.update({f"distance.{k}.mean": sum(v) / len(v) for k, v in distances.items()})
+    summary.update(
+        {f"{schema.metric(schema.DISTANCE, k)}.mean": sum(v) / len(v) for k, v in distances.items()}
+    )
     run.log_metrics(summary)
-    run.log_json(to_dict(result), FORK_ARTIFACT)
     return result
 
 
@@ -239,5 +259,8 @@ def _track(ctx: Context, run, plan: Plan, trained: dict[str, JobResult]) -> dict
         tracked[step] = {
             name: Stats.of([p.metrics()[name] for p in pairs]) for name in pairs[0].metrics()
         }
-        run.log_metrics({f"tracked.{n}.mean": s.mean for n, s in tracked[step].items()}, step=step)
+        means = {
+            f"{schema.metric(schema.TRACKED, n)}.mean": s.mean for n, s in tracked[step].items()
+        }
+        run.log_metrics(means, step=step)
     return tracked

@@ -9,17 +9,16 @@ sparsities from step k; matching is decided over replicates (schema.DEFINITIONS)
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 from lmctrack import schema
 from lmctrack.config import config_hash
-from lmctrack.results import Imp, to_dict
-from lmctrack.workflows import jobs
+from lmctrack.results import Imp
 from lmctrack.workflows.baselines import baselines
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.imp_chain import Chain, MaskSearch, SameData, prune, train_level
 from lmctrack.workflows.imp_table import same_basin, table, write_plots
+from lmctrack.workflows.work import Book, work
 
 IMP_ARTIFACT = "imp.json"
 
@@ -38,34 +37,37 @@ def imps(
     with_baselines: bool = True, replicates: int | None = None,
 ) -> list[Imp]:  # fmt: skip
     """Algorithm 2 from each Wk (e.g. every rewind step of a sweep), `replicates` times each;
-    all chains advance level by level together, so each level's trainings run at once."""
+    all chains advance level by level together, so each level's trainings run at once. A
+    finished identical IMP is reused (work.work does the bookkeeping: claims, reuse, runs)."""
     cfg, search = ctx.params.imp, search or SameData()
     replicates = replicates or cfg.replicates
     works = [Work.of(ctx, uri, search, with_baselines, replicates) for uri in wk_uris]
-    with jobs.claimed(ctx, [w.key for w in works]), ExitStack() as open_runs:
-        done = {w.key: jobs.reused(ctx, w.key, IMP_ARTIFACT, Imp) for w in works}  # done before
-        todo = [w for w in works if done[w.key] is None]
-        runs = [open_runs.enter_context(w.recorded(ctx)) for w in todo]
-        chains = [
-            [Chain.dense(ctx, w, ctx.store.load_state(w.source), run, r) for r in range(replicates)]
-            for w, run in zip(todo, runs, strict=True)
-        ]  # lines 1-3: W0 trained to Wk (registered by `train`); line 2: m = 1
+    with work(ctx, works, kind=schema.KIND_IMP, artifact=IMP_ARTIFACT, result=Imp) as book:
+        # Lines 1, 3: W0 trained to Wk = A^{0->k}(W0, u) by `train` (workflows/train.py)
+        chains = dense_chains(ctx, book, replicates)  # line 2: m = 1, per replicate
         every = [chain for per_work in chains for chain in per_work]
         for level in range(cfg_levels(cfg) + 1):  # line 4: level 0 is the dense network
-            train_level(ctx, every, level)  # line 5: train m ⊙ Wk to T under fresh noise
+            train_level(ctx, every, level)  # line 5: train m ⊙ Wk to T under fresh noise u'
             if level < cfg_levels(cfg):  # line 6: prune the lowest-magnitude remaining weights
                 search.search(ctx, every, level)
                 for chain in every:
                     chain.mask = prune(cfg, chain.pruned_from, chain.mask)
-        for w, run, per_work in zip(todo, runs, chains, strict=True):
-            trainings = [t for chain in per_work for t in chain.trained]
-            if with_baselines:
-                trainings += baselines(ctx, run, w.chain, w.source, per_work[0].wk, trainings)
-            single = len(works) == 1
-            done[w.key] = tabulate(
-                ctx, run, w, replicates, trainings, per_work[0], with_baselines, single
-            )
-    return [done[w.key] for w in works]
+        for w, per_work in zip(book.todo, chains, strict=True):  # line 7: return (Wk, m)
+            result = tabulate(ctx, book, w, per_work, with_baselines, single=len(works) == 1)
+            book.finish(w, result)
+    return book.results
+
+
+def dense_chains(ctx: Context, book: Book[Work, Imp], replicates: int) -> list[list[Chain]]:
+    """Line 2 for every IMP still to do: one chain per replicate from Wk with m = 1, its
+    trainings nested in the IMP's run."""
+    return [
+        [
+            Chain.dense(ctx, w, ctx.store.load_state(w.source), book.run(w), r)
+            for r in range(replicates)
+        ]
+        for w in book.todo
+    ]
 
 
 def cfg_levels(cfg) -> int:
@@ -101,29 +103,35 @@ class Work:
         label = f"imp k={k}" + (" one-shot" if cfg.one_shot else f" {levels} levels")
         return cls(wk_uri, k, levels, chain, key, label)
 
-    def recorded(self, ctx: Context):
-        """The IMP's run, with Wk as its input."""
-        return jobs.recorded(
-            ctx, self.label, key=self.key, kind=schema.KIND_IMP, inputs=[self.source]
-        )
+    @property
+    def claims(self) -> list[str]:
+        return [self.key]
+
+    @property
+    def inputs(self) -> list[str]:
+        """The IMP's run reads Wk."""
+        return [self.source]
 
 
 def tabulate(
     ctx: Context,
-    run,
+    book: Book[Work, Imp],
     work: Work,
-    replicates: int,
-    trainings: list,
-    first: Chain,
+    chains: list[Chain],
     with_baselines: bool,
     single: bool = True,
 ) -> Imp:
-    """The IMP's result: Table 2, the same-basin check (of one chain), Figure 5, logged."""
+    """The IMP's result: its chains' trainings and the baselines', Table 2, the same-basin check
+    (of one chain), Figure 5, logged on its run."""
+    run, first = book.run(work), chains[0]
+    trainings = [t for chain in chains for t in chain.trained]
+    if with_baselines:
+        trainings += baselines(ctx, run, work.chain, work.source, first.wk, trainings)
     result = Imp(
         run_id=run.id,
         source=work.source,
         k=work.k,
-        replicates=replicates,
+        replicates=len(chains),
         trainings=trainings,
         rows=table(ctx, trainings),
         same_basin=same_basin(ctx, run, first) if with_baselines else [],
@@ -133,5 +141,4 @@ def tabulate(
     )
     # one IMP's figure for DVC; a sweep's many IMPs would overwrite one another's
     write_plots(ctx, run, result, ctx.out if single else None)
-    run.log_json(to_dict(result), IMP_ARTIFACT)
     return result

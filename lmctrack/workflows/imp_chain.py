@@ -139,7 +139,7 @@ def _register_level(
         named = {**tags, schema.STATE: "W_T"}
         uri = jobs.register_trained(ctx, run, trained, named, [start], f"{key}:W_T", role)
         error = ctx.error(trained)
-        run.log_metrics({"test_error": error, "density": float(tags[schema.DENSITY])})
+        run.log_metrics({schema.TEST_ERROR: error, schema.DENSITY: float(tags[schema.DENSITY])})
     density = float(tags[schema.DENSITY])
     return Trained(schema.IMP, chain.replicate, level, density, start, uri, seed, k, error)
 
@@ -159,7 +159,7 @@ def _adopt_level(ctx: Context, run_id: str) -> tuple[Trained, State]:
         trained=trained_info.uri,
         noise_seed=int(t[schema.DATA_ORDER_SEED]),
         start_step=int(t[schema.REWIND_STEP]),
-        test_error=float(ctx.store.run_metrics(run_id)["test_error"]),
+        test_error=float(ctx.store.run_metrics(run_id)[schema.TEST_ERROR]),
     )
     return record, ctx.store.load_state(trained_info.uri)
 

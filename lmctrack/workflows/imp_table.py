@@ -58,7 +58,8 @@ def same_basin(ctx: Context, parent, chain: Chain) -> list[Pair]:
     for (a, b), pair in zip(ends, interpolate_pairs(ctx, states, mask_mode="each"), strict=True):
         pair.a, pair.b = a.trained, b.trained
         pairs.append(log_pair(ctx, parent, f"same basin levels {a.level}-{b.level}", pair))
-        parent.log_metrics({f"basin.{k}": v for k, v in pair.metrics().items()}, step=a.level)
+        basin = {schema.metric(schema.BASIN, k): v for k, v in pair.metrics().items()}
+        parent.log_metrics(basin, step=a.level)
     return pairs
 
 
@@ -69,8 +70,10 @@ def write_plots(ctx: Context, run, result: Imp, out: Path | None) -> None:
 
     for row in result.rows:
         for method, s in row.accuracy.items():
-            run.log_metrics({f"{method}.test_accuracy.mean": s.mean}, step=row.level)
-        run.log_metrics({"imp.accuracy_drop": row.drop}, step=row.level)
+            run.log_metrics(
+                {schema.metric(method, schema.TEST_ACCURACY_MEAN): s.mean}, step=row.level
+            )
+        run.log_metrics({schema.IMP_ACCURACY_DROP: row.drop}, step=row.level)
     if not result.rows:
         return
     figure = result.plot(f"{ctx.model_name}: IMP rewinding to {result.k}it vs random baselines")

@@ -67,7 +67,7 @@ def instability(ctx: Context, *, mask: str | None = None) -> Sweep:
                 {f"{name}.mean": row.barrier.mean, f"{name}.std": row.barrier.std}, step=row.k
             )
         for k, stats in wk_errors.items():
-            run.log_metrics({"Wk.test_error.mean": stats.mean}, step=k)
+            run.log_metrics({schema.WK_TEST_ERROR: stats.mean}, step=k)
         run.log_json(to_dict(result), "instability_result.json")
         for figure in write_figures(ctx, result):
             run.log_file(figure, "plots")

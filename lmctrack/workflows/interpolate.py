@@ -55,13 +55,7 @@ def interpolate_pairs(
     for (a, b), how in zip(pairs, settings, strict=True):
         check_compatible(a, b, how.mask_mode)  # here, before any task starts
     calls = [(how, a, b) for (a, b), how in zip(pairs, settings, strict=True)]
-    if ctx.params.runner.backend == "ray" and pairs:
-        from lmctrack.cluster import map_on_ray
-
-        return map_on_ray(path_between, calls, ctx.dataset, ctx.params.runner, "interpolation")
-    from lmctrack.runner import map_in_processes
-
-    return map_in_processes(path_between, calls, ctx.dataset, ctx.device)
+    return ctx.executor.map(path_between, calls, ctx.dataset, ctx.device, "interpolation")
 
 
 def path_settings(ctx: Context, mask_mode: str = "same") -> PathSettings:

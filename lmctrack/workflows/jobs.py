@@ -17,9 +17,9 @@ from typing import TypeVar
 
 from lmctrack import schema
 from lmctrack.config import Params
-from lmctrack.runner import JobResult, TrainJob, run_configured
 from lmctrack.state import State
 from lmctrack.train import Noise
+from lmctrack.training_job import JobResult, TrainJob
 from lmctrack.workflows.common import PARAMS_ARTIFACT, Context
 
 T = TypeVar("T")
@@ -73,6 +73,11 @@ def training(
     )
 
 
+def speed(result: JobResult) -> dict[str, float]:
+    """A training's steps per second, as a metric."""
+    return {schema.STEPS_PER_SECOND: result.steps / max(result.seconds, 1e-9)}
+
+
 def train_all(ctx: Context, jobs: Sequence[TrainJob]) -> dict[str, JobResult]:
     """Run independent trainings at once (local processes, stacked copies or Ray tasks, as
     params' `runner` section says); results by key."""
@@ -80,7 +85,7 @@ def train_all(ctx: Context, jobs: Sequence[TrainJob]) -> dict[str, JobResult]:
         return {}
     runner = ctx.params.runner
     shared = Path(runner.checkpoints) if runner.checkpoints else None
-    results = run_configured(jobs, ctx.dataset, ctx.device, ctx.board, runner, shared)
+    results = ctx.executor.train(jobs, ctx.dataset, ctx.device, ctx.board, shared)
     return {job.key: result for job, result in zip(jobs, results, strict=True)}
 
 

@@ -197,8 +197,8 @@ def _register(ctx: Context, seed: SeedConfig, key: str, result, total: int) -> T
             run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
         states = _save_states(ctx, run, seed, key, result.snapshots, {})
         final = {
-            f"final_{split}_error": ctx.error(State(result.weights), split)
+            schema.final_error(split): ctx.error(State(result.weights), split)
             for split in ("test", "train")
         }
-        run.log_metrics({**final, "steps_per_second": result.steps / max(result.seconds, 1e-9)})
+        run.log_metrics({**final, **jobs.speed(result)})
     return TrainedRun(run_id=run.id, states=states, total=total, reused=False)

@@ -1,0 +1,77 @@
+"""The bookkeeping around an algorithm, kept out of it: claim its units of work, reuse the
+finished ones, open a run for each of the others, and record each result on its run.
+
+An algorithm (Algorithm 1's `forks`, Algorithm 2's `imps`) names its units of work (each with a
+key, a label and the states it reads), then computes only `todo`; `finish` records a result, and
+`results` answers every unit in order, reused or computed. Every key stays claimed until the
+block ends, so an identical request made at the same time waits, then reuses the results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Generic, Protocol, TypeVar
+
+from lmctrack.results import to_dict
+from lmctrack.workflows import jobs
+from lmctrack.workflows.common import Context
+
+
+class Unit(Protocol):
+    """A unit of work: its key, its run's label, the keys it claims and the states it reads."""
+
+    key: str
+    label: str
+
+    @property
+    def claims(self) -> list[str]: ...
+
+    @property
+    def inputs(self) -> list[str]: ...
+
+
+U = TypeVar("U", bound=Unit)
+R = TypeVar("R")
+
+
+class Book(Generic[U, R]):
+    """The units still to compute, their runs (opened on first use) and every unit's result."""
+
+    def __init__(self, ctx: Context, units: Sequence[U], kind: str, artifact: str, stack) -> None:
+        self.ctx, self.units, self.kind, self.artifact = ctx, list(units), kind, artifact
+        self._stack, self._runs = stack, {}
+        self.done: dict[str, R | None] = {}
+        self.todo: list[U] = []
+
+    def run(self, unit: U):
+        """The run that records `unit` (tagged with its key and kind, its inputs logged)."""
+        if unit.key not in self._runs:
+            recorded = jobs.recorded(
+                self.ctx, unit.label, key=unit.key, kind=self.kind, inputs=unit.inputs
+            )
+            self._runs[unit.key] = self._stack.enter_context(recorded)
+        return self._runs[unit.key]
+
+    def finish(self, unit: U, result: R) -> R:
+        """Record `result` on the unit's run, where a later identical request reuses it."""
+        self.run(unit).log_json(to_dict(result), self.artifact)
+        self.done[unit.key] = result
+        return result
+
+    @property
+    def results(self) -> list[R]:
+        return [self.done[unit.key] for unit in self.units]
+
+
+@contextmanager
+def work(
+    ctx: Context, units: Sequence[U], *, kind: str, artifact: str, result: type[R]
+) -> Iterator[Book[U, R]]:
+    """Claim every unit's keys, read back the finished ones (`result` from `artifact`), and open
+    the others' runs as they are used; the runs close (and the claims go) when the block ends."""
+    with jobs.claimed(ctx, [key for unit in units for key in unit.claims]), ExitStack() as stack:
+        book: Book[U, R] = Book(ctx, units, kind, artifact, stack)
+        book.done = {unit.key: jobs.reused(ctx, unit.key, artifact, result) for unit in units}
+        book.todo = [unit for unit in units if book.done[unit.key] is None]
+        yield book

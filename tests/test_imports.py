@@ -1,0 +1,99 @@
+"""No import cycles in lmctrack/: every import counts, module-level and inside functions (a lazy
+import only hides a cycle until the function runs)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import lmctrack
+
+ROOT = Path(lmctrack.__file__).parent
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(source: str, name: str, package: str, modules: set[str]) -> set[str]:
+    """The lmctrack modules that module `name` (in `package`) imports anywhere in `source`,
+    TYPE_CHECKING blocks included; `from pkg import name` counts as importing pkg.name when that
+    is a module, else pkg. The module's own packages are left out (importing a.b runs
+    a/__init__ first, but a.b importing from a is no cycle of ours)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                found.add(full if full in modules else base)
+    return {m for m in found if m in modules and m != name and not name.startswith(m + ".")}
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = sorted(ROOT.rglob("*.py"))
+    modules = {_module(p) for p in paths}
+    graph = {}
+    for path in paths:
+        name = _module(path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        graph[name] = _imports(path.read_text(), name, package, modules)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle through each strongly connected group of modules (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_detector_finds_cycles_and_lazy_relative_and_type_checking_imports():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    modules = {"lmctrack.store", "lmctrack.store.core", "lmctrack.runner", "lmctrack.train"}
+    source = (
+        "import os\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from lmctrack.runner import TrainJob\n"
+        "def f():\n    from lmctrack import train\n    from .core import Store\n"
+    )
+    found = _imports(source, "lmctrack.store.runs", "lmctrack.store", modules)
+    assert found == {"lmctrack.runner", "lmctrack.train", "lmctrack.store.core"}
+
+
+def test_lmctrack_has_no_import_cycle():
+    graph = import_graph()
+    assert "lmctrack.workflows.fork" in graph and graph["lmctrack.workflows.fork"]
+    assert cycles(graph) == []
