@@ -314,3 +314,29 @@ class StreamedImageDataset(Dataset):
 def dataset_fingerprint(ds: Dataset) -> str:
     """A 16-hex content hash that tells datasets apart (logged as the MLflow dataset digest)."""
     return ds.fingerprint()
+
+
+def tensors_dataset(
+    name: str,
+    t: dict[str, torch.Tensor],
+    augment: bool,
+    where: str | None = None,
+    fix: str = "return x_train, y_train, x_test, y_test",
+) -> Dataset:
+    """An in-memory dataset of the tensors x_train, y_train [, x_test, y_test], checked."""
+    where = where or f"data {name}"
+    missing = [k for k in ("x_train", "y_train") if k not in t]
+    if missing or ("x_test" in t) != ("y_test" in t):
+        missing = missing or ["x_test" if "x_test" not in t else "y_test"]
+        raise LmcError(f"{where} lacks {', '.join(missing)}; {fix}")
+    try:
+        train = Split(t["x_train"].float(), t["y_train"].long())
+        test = Split(t["x_test"].float(), t["y_test"].long()) if "x_test" in t else train
+    except ValueError as e:
+        raise LmcError(f"{where}: {e}; {fix}") from None
+    if len(train.y) == 0 or len(test.y) == 0:
+        raise LmcError(f"{where} has an empty split; {fix}")
+    if min(int(train.y.min()), int(test.y.min())) < 0:
+        raise LmcError(f"{where} has negative labels; labels must be 0..classes-1")
+    num_classes = max(int(train.y.max()), int(test.y.max())) + 1
+    return TensorDataset(name, train, test, num_classes, augment)

@@ -29,6 +29,7 @@ from lmctrack.data.datasets import (
     Split,
     StreamedImageDataset,
     TensorDataset,
+    tensors_dataset,
 )
 from lmctrack.errors import LmcError, existing_file
 
@@ -283,32 +284,6 @@ def _load_tensors(cfg: DataConfig, root: Path) -> Dataset:
     except (SafetensorError, OSError) as e:
         raise LmcError(f"tensors file {path} is unreadable ({e}); {fix}") from None
     return tensors_dataset("tensors", t, _augment(cfg), f"tensors file {path}", fix)
-
-
-def tensors_dataset(
-    name: str,
-    t: dict[str, torch.Tensor],
-    augment: bool,
-    where: str | None = None,
-    fix: str = "return x_train, y_train, x_test, y_test",
-) -> Dataset:
-    """An in-memory dataset of the tensors x_train, y_train [, x_test, y_test], checked."""
-    where = where or f"data {name}"
-    missing = [k for k in ("x_train", "y_train") if k not in t]
-    if missing or ("x_test" in t) != ("y_test" in t):
-        missing = missing or ["x_test" if "x_test" not in t else "y_test"]
-        raise LmcError(f"{where} lacks {', '.join(missing)}; {fix}")
-    try:
-        train = Split(t["x_train"].float(), t["y_train"].long())
-        test = Split(t["x_test"].float(), t["y_test"].long()) if "x_test" in t else train
-    except ValueError as e:
-        raise LmcError(f"{where}: {e}; {fix}") from None
-    if len(train.y) == 0 or len(test.y) == 0:
-        raise LmcError(f"{where} has an empty split; {fix}")
-    if min(int(train.y.min()), int(test.y.min())) < 0:
-        raise LmcError(f"{where} has negative labels; labels must be 0..classes-1")
-    num_classes = max(int(train.y.max()), int(test.y.max())) + 1
-    return TensorDataset(name, train, test, num_classes, augment)
 
 
 _LOADERS: dict[str, Callable[[DataConfig, Path], Dataset]] = {

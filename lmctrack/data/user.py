@@ -20,8 +20,7 @@ import torch
 
 from lmctrack.config import DataConfig
 from lmctrack.data import noise
-from lmctrack.data.datasets import Dataset, _hash
-from lmctrack.data.loaders import tensors_dataset
+from lmctrack.data.datasets import Dataset, _hash, tensors_dataset
 from lmctrack.data.noise import AUGMENT, Device, EpochOrder
 from lmctrack.errors import LmcError
 from lmctrack.imports import DATASETS_GROUP, resolve
