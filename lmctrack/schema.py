@@ -63,6 +63,9 @@ METHOD_LABELS = {IMP: "IMP", RANDOM_PRUNE: "random pruning", RANDOM_REINIT: "ran
 # --- metric names ------------------------------------------------------------------------------
 ERROR_BARRIER = "error_barrier"
 LOSS_BARRIER = "loss_barrier_linear"
+STABLE = "stable"  # the verdict on a barrier, beside its statistics
+STATS = ("mean", "std", "median", "n")  # a Stats' numbers, in a metric's name: <name>.<stat>
+STABLE_THRESHOLD = 0.02  # the paper's (instability.stable_threshold's default)
 SPLITS = ("test", "train")
 
 
@@ -102,6 +105,14 @@ class Stats:
             raise ValueError("statistics of no samples")
         std = statistics.pstdev(v) if len(v) > 1 else 0.0
         return cls(statistics.fmean(v), std, statistics.median(v), len(v))
+
+
+def barrier_metrics(split: str, barrier: Stats, stable: bool) -> dict[str, float | bool]:
+    """The error barrier over samples at one split and its verdict, named as their metrics:
+    e.g. test.error_barrier.mean (.std, .median, .n) and test.stable."""
+    name = metric(split, ERROR_BARRIER)
+    numbers: dict[str, float | bool] = {f"{name}.{s}": getattr(barrier, s) for s in STATS}
+    return {**numbers, metric(split, STABLE): stable}
 
 
 def stable(barrier: float, threshold: float) -> bool:
