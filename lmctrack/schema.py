@@ -115,6 +115,11 @@ def barrier_metrics(split: str, barrier: Stats, stable: bool) -> dict[str, float
     return {**numbers, metric(split, STABLE): stable}
 
 
+def stable_label(threshold: float) -> str:
+    """The stability threshold's words on a plot or in a table: e.g. 'stable below 2%'."""
+    return f"stable below {threshold:.0%}"
+
+
 def stable(barrier: float, threshold: float) -> bool:
     """The paper's rule: a state is stable when its error barrier is below the threshold (2%)."""
     return barrier < threshold

@@ -134,16 +134,16 @@ class SparseSweep:
         from lmctrack.plots import plot_earliest, plot_imp_rewind
 
         if kind == "earliest":
-            return plot_earliest(self.earliest, f"{self.model}: Figure 9")
+            return plot_earliest(self.earliest, f"{self.model}: earliest stable and matching k")
         rows = [r for r in self.rows if r.split == split]
         title = f"{self.model}: IMP subnetworks vs rewind step (bn={self.bn})"
         if kind == "error":
             series = [(r.density, r.k, r.test_error) for r in rows]
-            metric, reference = "test error of the subnetworks' copies", self.dense_error.mean
-        else:
-            series = [(r.density, r.k, r.barrier) for r in rows]
-            metric, reference = f"{split} error barrier", self.threshold
-        return plot_imp_rewind(series, title, metric=metric, reference=reference)
+            metric = "test error of the subnetworks' copies"
+            return plot_imp_rewind(series, title, metric=metric, dense=self.dense_error.mean)
+        series = [(r.density, r.k, r.barrier) for r in rows]
+        metric = f"{split} error barrier"
+        return plot_imp_rewind(series, title, metric=metric, threshold=self.threshold)
 
     def to_frame(self):
         """One row per (density, k, split): barrier, error, drop and the verdicts."""
