@@ -187,6 +187,7 @@ DEFINITIONS.update(
 KIND_DISTILL = "distill"
 KIND_FOLLOWUP = "followup"
 DISTILLED_FILE = "distilled.safetensors"  # the distilled set: its artifact and default file name
+TENSORS = "tensors"  # data.name of a file of tensors: what `imp --prune-data FILE` loads it as
 DISTILLED_SHA256 = "distilled_sha256"  # run tag: sha256 of the written file
 DISTILLED_FINGERPRINT = "distilled_fingerprint"  # run tag: the dataset digest IMP's search logs
 REAL_DATA = "real"  # the follow-up's two mask searches
