@@ -19,6 +19,7 @@ from lmctrack.schema import Stats
 
 ERROR_BARRIER = "error barrier = sup_a E(a) - mean(E(0), E(1))"
 DENSE = "dense network (mean)"
+DPI = 120  # of the saved PNG files
 
 
 def _figure(cols: int = 1, rows: int = 1, size: tuple[float, float] = (5.5, 4.0)):
@@ -40,10 +41,7 @@ def save(fig: Figure, out: Path) -> Path:
     return out
 
 
-DPI = 120
-
-
-def titles(fig: Figure) -> list:
+def _titles(fig: Figure) -> list:
     """The figure's title and its axes' titles (matplotlib Text objects) that say something."""
     found = [fig._suptitle] + [ax.title for ax in fig.axes]
     return [t for t in found if t is not None and t.get_text()]
@@ -57,7 +55,7 @@ def _fitted(fig: Figure) -> Figure:
     for _ in range(3):  # wrapping moves the layout; a title that moved is measured again
         fig.draw_without_rendering()
         cut = False
-        for text in titles(fig):
+        for text in _titles(fig):
             box = text.get_window_extent()
             room = 2 * min((box.x0 + box.x1) / 2, fig.bbox.width - (box.x0 + box.x1) / 2)
             if box.width <= room:
