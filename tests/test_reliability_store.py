@@ -189,6 +189,15 @@ def test_a_claimant_whose_run_lands_late_waits_for_one_that_began_after_it(store
     assert log[1] == log[0].replace("did", "reused")
 
 
+def test_a_claim_left_without_its_lock_is_removed_and_does_not_block(store: Store) -> None:
+    folder = store.root / "claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gone-1.claim").write_text(json.dumps({"keys": ["k"], "choosing": True}))
+    with store.claim(["k"]):
+        pass
+    assert _claim_files(store) == []
+
+
 @pytest.mark.slow  # three claimants polling claim runs or the claims folder
 @pytest.mark.parametrize("protocol", ["file claims", "claim runs"])
 def test_claims_hold_many_keys_at_once_and_wait_only_on_shared_ones(

@@ -106,17 +106,20 @@ def _file_tickets(folder: Path, mine: str, wanted: set[str]) -> dict[str, int | 
 
 
 def _alive(claim: Path, lock: Path) -> bool:
-    """Whether the claim's owner still holds its lock; the files of one that died are removed."""
+    """Whether the claim's owner still holds its lock; the files of one that died are removed.
+    (An owner makes its lock before its claim and removes it after: a claim without a lock is
+    ending or left over.)"""
     try:
         probe = os.open(lock, os.O_RDWR)
-    except FileNotFoundError:  # the claim ended meanwhile
-        return False
-    try:
-        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(probe)
+    except FileNotFoundError:
+        probe = None
+    if probe is not None:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(probe)
     for left in (claim, claim.with_suffix(".draft"), lock):
         left.unlink(missing_ok=True)
     return False
