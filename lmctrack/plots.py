@@ -18,6 +18,8 @@ from lmctrack.interpolate import error_barrier
 from lmctrack.schema import Stats
 
 ERROR_BARRIER = "error barrier = sup_a E(a) - mean(E(0), E(1))"
+DENSE = "dense network (mean)"
+DPI = 120  # of the saved PNG files
 
 
 def _figure(cols: int = 1, rows: int = 1, size: tuple[float, float] = (5.5, 4.0)):
@@ -31,11 +33,45 @@ def _figure(cols: int = 1, rows: int = 1, size: tuple[float, float] = (5.5, 4.0)
 
 
 def save(fig: Figure, out: Path) -> Path:
-    """Write a figure as PNG (the folder is created); returns the path."""
+    """Write a figure as PNG (the folder is created), its titles wrapped to fit; returns the
+    path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=120)
+    _fitted(fig).savefig(out, format="png", dpi=DPI)
     return out
+
+
+def _titles(fig: Figure) -> list:
+    """The figure's title and its axes' titles (matplotlib Text objects) that say something."""
+    found = [fig._suptitle] + [ax.title for ax in fig.axes]
+    return [t for t in found if t is not None and t.get_text()]
+
+
+def _fitted(fig: Figure) -> Figure:
+    """Wrap every title that runs past the figure's edge onto more lines (a long model name or
+    definition would otherwise be cut off in the PNG), at the size the figure is saved."""
+    import textwrap
+
+    for _ in range(3):  # wrapping moves the layout; a title that moved is measured again
+        fig.draw_without_rendering()
+        cut = False
+        for text in _titles(fig):
+            box = text.get_window_extent()
+            room = 2 * min((box.x0 + box.x1) / 2, fig.bbox.width - (box.x0 + box.x1) / 2)
+            if box.width <= room:
+                continue
+            lines = text.get_text().splitlines()
+            chars = int(max(map(len, lines)) * 0.95 * room / box.width)
+            text.set_text("\n".join(textwrap.fill(line, max(chars, 10)) for line in lines))
+            cut = True
+        if not cut:
+            break
+    return fig
+
+
+def _stable_line(ax, threshold: float) -> None:
+    """The stability threshold, drawn and labelled the same on every barrier plot."""
+    ax.axhline(threshold, color="gray", linestyle="--", label=schema.stable_label(threshold))
 
 
 Series = Sequence[tuple[Any, float, Stats]]  # (line, x, statistics of the samples at x)
@@ -63,11 +99,22 @@ def _lines(ax, series: Series, label, center: str = "mean") -> None:
 
 
 def _rewind_axis(ax, ks: Sequence[int]) -> None:
-    """Rewind steps include k = 0: a symlog axis, linear below the smallest positive k."""
-    positive = [k for k in ks if k > 0]
+    """Rewind steps include k = 0: a symlog axis, linear below the smallest positive k, a tick
+    at every k measured and room after the last (its point would sit on the frame)."""
+    steps = sorted(set(ks))
+    positive = [k for k in steps if k > 0]
     ax.set_xscale("symlog", linthresh=min(positive) if positive else 1)
-    ax.set_xlim(left=0)
+    ax.set_xlim(0, 1.3 * max(positive, default=1))
+    _ticks(ax.xaxis, steps)
     ax.set_xlabel("rewind step k (iterations; symlog axis)")
+
+
+def _ticks(axis, values: Sequence[float]) -> None:
+    """Ticks at exactly these values, labelled plainly (a log axis's powers of ten say less)."""
+    from matplotlib.ticker import NullFormatter
+
+    axis.set_ticks(values, [f"{v:.3g}" for v in values])
+    axis.set_minor_formatter(NullFormatter())
 
 
 def plot_path(path_results: Mapping[str, Any], title: str) -> Figure:
@@ -95,7 +142,7 @@ def plot_path(path_results: Mapping[str, Any], title: str) -> Figure:
         f"{title}\n{len(path_results)} pair(s); BatchNorm: {', '.join(policies)}; {ERROR_BARRIER}",
         fontsize="medium",
     )
-    return fig
+    return _fitted(fig)
 
 
 def plot_instability(
@@ -107,14 +154,14 @@ def plot_instability(
     ax = axes[0][0]
     series = [(r.split, r.k, r.barrier) for r in rows]
     _lines(ax, series, label=lambda split: f"{split} ({center})", center=center)
-    ax.axhline(threshold, color="gray", linestyle="--", label=f"stable below {threshold:.0%}")
+    _stable_line(ax, threshold)
     _rewind_axis(ax, [r.k for r in rows])
     ax.set_ylabel("error barrier (sup - endpoint mean)")
     ax.legend(fontsize="small")
     ax.set_title(
         f"{title}\nBatchNorm: {bn}; {center} ± std over {_samples(series)}", fontsize="medium"
     )
-    return fig
+    return _fitted(fig)
 
 
 def plot_wk_error(errors: Mapping[int, Stats], title: str) -> Figure:
@@ -127,42 +174,57 @@ def plot_wk_error(errors: Mapping[int, Stats], title: str) -> Figure:
     ax.set_ylabel("test error")
     ax.legend(fontsize="small")
     ax.set_title(f"{title}\nmean ± std over {_samples(series)} (inits)", fontsize="medium")
-    return fig
+    return _fitted(fig)
 
 
 def plot_imp_rewind(
-    series: Series, title: str, *, metric: str, reference: float | None = None
+    series: Series,
+    title: str,
+    *,
+    metric: str,
+    threshold: float | None = None,
+    dense: float | None = None,
 ) -> Figure:
     """Figures 6/7: `metric` of IMP subnetworks vs rewind step, one line per density.
-    series: (density, k, Stats); `reference`: a horizontal line (the stability threshold, or the
-    dense network's value)."""
+    series: (density, k, Stats); `threshold`: the stability line (Figure 6), `dense`: the dense
+    network's value (Figure 7)."""
     fig, axes = _figure()
     ax = axes[0][0]
     _lines(ax, series, label=lambda d: f"{d:.1%} of weights")
-    if reference is not None:
-        ax.axhline(reference, color="black", linestyle=":", label="reference")
+    if threshold is not None:
+        _stable_line(ax, threshold)
+    if dense is not None:
+        ax.axhline(dense, color="black", linestyle=":", label=DENSE)
     _rewind_axis(ax, [k for _, k, _ in series])
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
     ax.set_title(f"{title}\nIMP subnetworks; mean ± std over {_samples(series)}", fontsize="medium")
-    return fig
+    return _fitted(fig)
 
 
 def plot_earliest(earliest: Sequence, title: str) -> Figure:
     """Figure 9: per density, the median over samples of the earliest stable / matching k."""
     fig, axes = _figure()
     ax = axes[0][0]
+    found = []
     for name, label in (("stable_from_k", "stable from k"), ("matching_from_k", "matching from k")):
         points = [(e.density, getattr(e, name)) for e in earliest if getattr(e, name) is not None]
+        label += "" if points else " (never)"
         ax.plot([d for d, _ in points], [k for _, k in points], marker="o", label=label)
+        found += [k for _, k in points]
+    densities = sorted({e.density for e in earliest})
     ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_yscale("symlog", linthresh=1)
+    _ticks(ax.xaxis, densities)
+    ax.set_xlim(1.25 * densities[-1], densities[0] / 1.25)  # dense at the left, as in the paper
+    linthresh = min((k for k in found if k > 0), default=1)
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.set_ylim(-0.2 * linthresh, 1.3 * max(found, default=linthresh) or linthresh)
+    _ticks(ax.yaxis, sorted(set(found)) or [0])
     ax.set_xlabel("fraction of weights remaining (log axis)")
     ax.set_ylabel("rewind step k (median over samples)")
     ax.legend(fontsize="small")
-    ax.set_title(f"{title}\n{schema.DEFINITIONS['earliest_k']}", fontsize="small", wrap=True)
-    return fig
+    ax.set_title(f"{title}\n{schema.DEFINITIONS['earliest_k']}", fontsize="small")
+    return _fitted(fig)
 
 
 def plot_imp_density(
@@ -176,8 +238,6 @@ def plot_imp_density(
     """Figures 5/8: `metric` vs fraction of weights remaining, one line per method (IMP, random
     pruning, random reinitialisation). rows: {"method", "density", "mean", "std", "n"}.
     The x axis runs from dense (left) to sparse (right), on a log scale, as in the paper."""
-    from matplotlib.ticker import NullFormatter
-
     fig, axes = _figure()
     ax = axes[0][0]
     series = [
@@ -185,18 +245,16 @@ def plot_imp_density(
     ]
     _lines(ax, series, label=str)
     if dense is not None:
-        ax.axhline(dense, color="black", linestyle=":", label="dense network (mean)")
+        ax.axhline(dense, color="black", linestyle=":", label=DENSE)
         ax.axhspan(dense - dense_std, dense + dense_std, color="black", alpha=0.08, linewidth=0)
-    densities = sorted({r["density"] for r in rows})
     ax.set_xscale("log")
-    ax.set_xticks(densities, [f"{d:.3g}" for d in densities])
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _ticks(ax.xaxis, sorted({r["density"] for r in rows}))
     ax.invert_xaxis()
     ax.set_xlabel("fraction of weights remaining (log axis)")
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
     ax.set_title(f"{title}\nmean ± std over {_samples(series)}", fontsize="medium")
-    return fig
+    return _fitted(fig)
 
 
 def plot_plane(plane, title: str, *, metric: str = "error") -> Figure:
@@ -213,4 +271,4 @@ def plot_plane(plane, title: str, *, metric: str = "error") -> Figure:
     ax.set_ylabel(plane.labels[1])
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(f"{title}\n{plane.split} {metric}; BatchNorm: {plane.bn}", fontsize="medium")
-    return fig
+    return _fitted(fig)

@@ -1,32 +1,40 @@
 """Typed results that cross module boundaries: a pair's path, a fork, an IMP level, sweep rows.
 
-Workflows build them, the store keeps them as JSON artifacts (so a reused run returns the same
-object), and the CLI, plots and report read their fields instead of parsing string keys again.
+Workflows build them, the store keeps them as JSON artifacts (lmctrack.serial: so a reused run
+returns the same object, and each JSON carries its headline numbers), and the CLI, plots and
+report read their fields instead of parsing string keys again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from lmctrack import schema
 from lmctrack.schema import Stats
+from lmctrack.serial import Flat, known, to_dict
+from lmctrack.sweep_results import (
+    Earliest,
+    SparseRow,
+    SparseSweep,
+    Sweep,
+    SweepRow,
+    sparse_from_dict,
+    sweep_from_dict,
+)
 
-R = TypeVar("R", bound="Flat")
-
-
-def to_dict(result: Any) -> dict:
-    """A result as plain JSON-able data (nested dataclasses included)."""
-    return dataclasses.asdict(result)
-
-
-class Flat:
-    """A result whose JSON holds plain values only: its fields are the constructor's arguments."""
-
-    @classmethod
-    def from_dict(cls: type[R], data: dict) -> R:
-        return cls(**data)
+# The serialisation and the sweeps' results, importable from here as before.
+__all__ = [
+    "Earliest",
+    "Flat",
+    "SparseRow",
+    "SparseSweep",
+    "Sweep",
+    "SweepRow",
+    "sparse_from_dict",
+    "sweep_from_dict",
+    "to_dict",
+]
 
 
 @dataclass
@@ -69,6 +77,10 @@ class Pair(Flat):
         out.update({schema.metric(schema.DISTANCE, k): float(v) for k, v in self.distances.items()})
         return out
 
+    def headline(self) -> dict[str, float]:
+        """Its barriers per split (the paper's and Entezari's) and distances: its metrics."""
+        return self.metrics()
+
     def plot(self, title: str = "pair"):
         """Error and loss along the path, per split (a matplotlib Figure)."""
         from lmctrack.plots import plot_path
@@ -105,7 +117,12 @@ class Fork:
     distances: dict[str, list[float]]  # e.g. "Wk_to_W_T": one per copy, "W0_to_Wk": [d]
     tracked: dict[int, dict[str, Stats]] = field(default_factory=dict)  # Appendix C
     copy_errors: list[float] = field(default_factory=list)  # each copy's test error, in order
+    threshold: float = schema.STABLE_THRESHOLD  # instability.stable_threshold it was made with
     reused: bool = False
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.pairs[0].curves)
 
     def barriers(self, split: str) -> list[float]:
         return [p.error_barrier(split) for p in self.pairs]
@@ -115,6 +132,21 @@ class Fork:
 
     def stable(self, split: str, threshold: float) -> bool:
         return schema.stable(self.barrier(split).mean, threshold)
+
+    def headline(self) -> dict[str, float | bool]:
+        """The error barrier over its pairs per split (mean, std, median, n), the verdict at
+        its threshold, and the mean of each distance: the fork run's metrics."""
+        out: dict[str, float | bool] = {}
+        for split in self.splits:
+            stable = self.stable(split, self.threshold)
+            out.update(schema.barrier_metrics(split, self.barrier(split), stable))
+        out.update(
+            {
+                f"{schema.metric(schema.DISTANCE, k)}.mean": sum(v) / len(v)
+                for k, v in self.distances.items()
+            }
+        )
+        return out
 
     def plot(self):
         """Every pair's path (a matplotlib Figure)."""
@@ -131,7 +163,7 @@ class Fork:
 
     @classmethod
     def from_dict(cls, data: dict) -> Fork:
-        data = dict(data)
+        data = known(cls, data)
         data["pairs"] = [Pair.from_dict(p) for p in data["pairs"]]
         data["tracked"] = {
             int(step): {name: Stats(**s) for name, s in stats.items()}
@@ -167,6 +199,15 @@ class ImpRow:
     matching: bool
     within_one_std: bool
     baselines_matching: dict[str, bool]
+
+    def headline(self) -> dict[str, float | bool]:
+        """Each method's test accuracy over replicates, the drop and the verdict, as logged."""
+        out: dict[str, float | bool] = {
+            f"{m}.test_accuracy.{s}": getattr(a, s)
+            for m, a in self.accuracy.items()
+            for s in schema.STATS
+        }
+        return out | {"imp.accuracy_drop": self.drop, "imp.matching": self.matching}
 
 
 @dataclass
@@ -220,12 +261,12 @@ class Imp:
 
     @classmethod
     def from_dict(cls, data: dict) -> Imp:
-        data = dict(data)
+        data = known(cls, data)
         data["trainings"] = [Trained(**t) for t in data["trainings"]]
         data["rows"] = [
             ImpRow(
                 **{
-                    **r,
+                    **known(ImpRow, r),
                     "accuracy": {m: Stats(**s) for m, s in r["accuracy"].items()},
                     "dense": Stats(**r["dense"]),
                 }
@@ -234,163 +275,3 @@ class Imp:
         ]
         data["same_basin"] = [Pair.from_dict(p) for p in data["same_basin"]]
         return cls(**data)
-
-
-@dataclass
-class SweepRow:
-    """Figure 3 at one rewind step and split: the error barrier over inits x pairs."""
-
-    k: int
-    split: str
-    barrier: Stats
-    endpoint_error: float
-    stable: bool
-
-
-@dataclass
-class Sweep:
-    """The instability sweep (Figure 3, or Figure 4 with reset schedule)."""
-
-    run_id: str
-    model: str
-    bn: str
-    inits: list[int]
-    copy_seeds: list[int]
-    threshold: float
-    rows: list[SweepRow]
-    train_runs: list[str]
-    fork_runs: list[str]
-    reused_forks: int
-    wk_errors: dict[int, Stats] = field(default_factory=dict)  # Figure 11: test error of Wk itself
-    definitions: dict[str, str] = field(default_factory=lambda: dict(schema.DEFINITIONS))
-
-    def earliest_stable(self, split: str = "test") -> int | None:
-        return schema.earliest([(r.k, r.stable) for r in self.rows if r.split == split])
-
-    def plot(self, kind: str = "barrier"):
-        """Figure 3 (`barrier`) or Figure 11 (`wk_error`)."""
-        from lmctrack.plots import plot_instability, plot_wk_error
-
-        if kind == "wk_error":
-            return plot_wk_error(self.wk_errors, f"{self.model}: error of Wk (Figure 11)")
-        title = (
-            f"{self.model}: instability vs rewind step\n"
-            f"{len(self.inits)} inits x {len(self.copy_seeds)} copies"
-        )
-        return plot_instability(self.rows, title, bn=self.bn, threshold=self.threshold)
-
-    def to_frame(self):
-        """One row per (k, split): barrier statistics, endpoint error, verdict."""
-        import pandas as pd
-
-        return pd.DataFrame(
-            [
-                {
-                    "k": r.k,
-                    "split": r.split,
-                    **dataclasses.asdict(r.barrier),
-                    "endpoint_error": r.endpoint_error,
-                    "stable": r.stable,
-                }
-                for r in self.rows
-            ]
-        )
-
-
-@dataclass
-class SparseRow:
-    """Figures 6 and 7 at one density, rewind step and split."""
-
-    level: int
-    density: float
-    k: int
-    split: str
-    barrier: Stats
-    stable: bool
-    test_error: Stats  # of the subnetworks' copies
-    drop: float  # mean dense accuracy - mean accuracy of the copies
-    matching: bool
-
-
-@dataclass
-class Earliest:
-    """Figure 9 for one density: median over samples of the earliest stable / matching k."""
-
-    level: int
-    density: float
-    stable_from_k: float | None
-    matching_from_k: float | None
-    samples: int
-
-
-@dataclass
-class SparseSweep:
-    """Figures 6, 7 and 9, and the paper's claim decided from them."""
-
-    run_id: str
-    model: str
-    bn: str
-    rows: list[SparseRow]
-    earliest: list[Earliest]
-    dense_error: Stats
-    claim: str
-    claim_holds: bool | None
-    threshold: float = schema.STABLE_THRESHOLD
-    definitions: dict[str, str] = field(default_factory=lambda: dict(schema.DEFINITIONS))
-
-    def plot(self, kind: str = "barrier", split: str = "test"):
-        """Figure 6 (`barrier`), Figure 7 (`error`) or Figure 9 (`earliest`)."""
-        from lmctrack.plots import plot_earliest, plot_imp_rewind
-
-        if kind == "earliest":
-            return plot_earliest(self.earliest, f"{self.model}: Figure 9")
-        rows = [r for r in self.rows if r.split == split]
-        title = f"{self.model}: IMP subnetworks vs rewind step (bn={self.bn})"
-        if kind == "error":
-            series = [(r.density, r.k, r.test_error) for r in rows]
-            metric, reference = "test error of the subnetworks' copies", self.dense_error.mean
-        else:
-            series = [(r.density, r.k, r.barrier) for r in rows]
-            metric, reference = f"{split} error barrier", self.threshold
-        return plot_imp_rewind(series, title, metric=metric, reference=reference)
-
-    def to_frame(self):
-        """One row per (density, k, split): barrier, error, drop and the verdicts."""
-        import pandas as pd
-
-        return pd.DataFrame(
-            [
-                {
-                    "level": r.level,
-                    "density": r.density,
-                    "k": r.k,
-                    "split": r.split,
-                    "barrier_mean": r.barrier.mean,
-                    "barrier_std": r.barrier.std,
-                    "n": r.barrier.n,
-                    "stable": r.stable,
-                    "test_error": r.test_error.mean,
-                    "drop": r.drop,
-                    "matching": r.matching,
-                }
-                for r in self.rows
-            ]
-        )
-
-
-def sweep_from_dict(data: dict) -> Sweep:
-    data = dict(data)
-    data["rows"] = [SweepRow(**{**r, "barrier": Stats(**r["barrier"])}) for r in data["rows"]]
-    data["wk_errors"] = {int(k): Stats(**s) for k, s in data.get("wk_errors", {}).items()}
-    return Sweep(**data)
-
-
-def sparse_from_dict(data: dict) -> SparseSweep:
-    data = dict(data)
-    data["rows"] = [
-        SparseRow(**{**r, "barrier": Stats(**r["barrier"]), "test_error": Stats(**r["test_error"])})
-        for r in data["rows"]
-    ]
-    data["earliest"] = [Earliest(**e) for e in data["earliest"]]
-    data["dense_error"] = Stats(**data["dense_error"])
-    return SparseSweep(**data)

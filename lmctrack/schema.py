@@ -67,6 +67,8 @@ MATCHING_THRESHOLD = 0.002  # Section 4: an accuracy drop below 0.2% is matching
 # --- metric names ------------------------------------------------------------------------------
 ERROR_BARRIER = "error_barrier"
 LOSS_BARRIER = "loss_barrier_linear"
+STABLE = "stable"  # the verdict on a barrier, beside its statistics
+STATS = ("mean", "std", "median", "n")  # a Stats' numbers, in a metric's name: <name>.<stat>
 SPLITS = ("test", "train")
 ERROR, LOSS = "error", "loss"
 TEST_ERROR = "test_error"  # a trained network's test error (IMP levels, baselines)
@@ -131,6 +133,19 @@ class Stats:
             raise ValueError("statistics of no samples")
         std = statistics.pstdev(v) if len(v) > 1 else 0.0
         return cls(statistics.fmean(v), std, statistics.median(v), len(v))
+
+
+def barrier_metrics(split: str, barrier: Stats, stable: bool) -> dict[str, float | bool]:
+    """The error barrier over samples at one split and its verdict, named as their metrics:
+    e.g. test.error_barrier.mean (.std, .median, .n) and test.stable."""
+    name = metric(split, ERROR_BARRIER)
+    numbers: dict[str, float | bool] = {f"{name}.{s}": getattr(barrier, s) for s in STATS}
+    return {**numbers, metric(split, STABLE): stable}
+
+
+def stable_label(threshold: float) -> str:
+    """The stability threshold's words on a plot or in a table: e.g. 'stable below 2%'."""
+    return f"stable below {threshold:.0%}"
 
 
 def stable(barrier: float, threshold: float) -> bool:
@@ -200,6 +215,7 @@ DEFINITIONS.update(
 KIND_DISTILL = "distill"
 KIND_FOLLOWUP = "followup"
 DISTILLED_FILE = "distilled.safetensors"  # the distilled set: its artifact and default file name
+TENSORS = "tensors"  # data.name of a file of tensors: what `imp --prune-data FILE` loads it as
 DISTILLED_SHA256 = "distilled_sha256"  # run tag: sha256 of the written file
 DISTILLED_FINGERPRINT = "distilled_fingerprint"  # run tag: the dataset digest IMP's search logs
 REAL_DATA = "real"  # the follow-up's two mask searches

@@ -187,6 +187,13 @@ def test_cli_align_interpolate_repair_and_bad_input(project, runs, aligned):
     result = invoke(project, "interpolate", runs[0].final, aligned.uri, "--bn", "repair")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["bn"] == "repair"
+    both = invoke(project, "interpolate", runs[0].final, runs[1].final, "--align", "weight")
+    assert both.exit_code == 0, both.output
+    data = json.loads(both.stdout)
+    for kind in ("naive", "aligned"):  # the headline, named as the connect run's metrics
+        errors = data["paths"][kind]["curves"]["test"]["error"]
+        barrier = max(errors) - (errors[0] + errors[-1]) / 2
+        assert data["headline"][f"{kind}.test.error_barrier"] == pytest.approx(barrier)
     bad = invoke(project, "align", runs[0].final, runs[1].final, "--method", "hungarian")
     assert bad.exit_code != 0 and "align.method" in bad.output
     half = invoke(project, "connect", runs[0].final)

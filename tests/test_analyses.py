@@ -40,7 +40,7 @@ from lmctrack.plots import (
     save,
 )
 from lmctrack.prune import full_mask, prune_to_density
-from lmctrack.results import SweepRow, to_dict
+from lmctrack.results import Earliest, SparseRow, SparseSweep, Sweep, SweepRow, to_dict
 from lmctrack.schema import Stats
 from lmctrack.state import State
 
@@ -340,8 +340,8 @@ def test_plots_are_figures_saved_as_png_files(tmp_path):
     assert is_png(save(figure, tmp_path / "instability.png"))
 
     rewind = [(d, k, Stats(0.1 - d / 10, 0.01, 0.1, 3)) for d in (0.8, 0.2) for k in (0, 100)]
-    figure = plot_imp_rewind(rewind, "Figure 7", metric="test error", reference=0.05)
-    assert len(figure.axes[0].get_lines()) == 3  # two densities and the reference
+    figure = plot_imp_rewind(rewind, "Figure 7", metric="test error", dense=0.05)
+    assert len(figure.axes[0].get_lines()) == 3  # two densities and the dense network
     assert is_png(save(figure, tmp_path / "imp_rewind.png"))
 
     methods = [
@@ -366,3 +366,51 @@ def test_plots_are_figures_saved_as_png_files(tmp_path):
         {"Wk": (0.0, 0.0), "W_T1": (2.0, 0.0), "W_T2": (1.0, 1.5)},
     )
     assert is_png(save(plot_plane(surface, "plane", metric="loss"), tmp_path / "plane.png"))
+
+
+def _cut_titles(figure) -> list[str]:
+    """The titles (the figure's and its axes') that run past the figure's edge, as drawn."""
+    figure.draw_without_rendering()
+    found = [figure._suptitle, *(ax.title for ax in figure.axes)]
+    return [
+        t.get_text()
+        for t in found
+        if t is not None
+        and t.get_text()
+        and not (t.get_window_extent().x0 >= 0 and t.get_window_extent().x1 <= figure.bbox.width)
+    ]
+
+
+@pytest.mark.parametrize("model", ["mnist1d_cnn_mnist1d", "resnet20_cifar10_warmup_cifar10"])
+def test_every_figure_the_pipeline_saves_keeps_its_titles_inside(tmp_path, model):
+    """The sparse sweep's title ran past the right edge ("(bn=reset" cut off in the PNG) and its
+    threshold line was labelled "reference": every figure of the pipeline, saved, keeps every
+    title inside, and the threshold reads the same as on Figure 3."""
+    stats = Stats(0.03, 0.01, 0.03, 4)
+    sweep = Sweep(
+        "run", model, "reset", [0, 1], [1, 2], 0.02,
+        [SweepRow(k, "test", stats, 0.1, False) for k in (0, 50)], [], [], 0,
+        {0: stats, 50: stats},
+    )  # fmt: skip
+    sparse = SparseSweep(
+        "run", model, "reset",
+        [SparseRow(1, 0.8, k, "test", stats, False, stats, 0.01, False) for k in (0, 50)],
+        [Earliest(1, 0.8, 50.0, None, 1)], stats, "claim", None,
+    )  # fmt: skip
+    figures = {
+        "instability": sweep.plot(),
+        "wk_error": sweep.plot("wk_error"),
+        "sparse_instability": sparse.plot("barrier"),
+        "sparse_error": sparse.plot("error"),
+        "earliest": sparse.plot("earliest"),
+    }
+    for name, figure in figures.items():
+        assert is_png(save(figure, tmp_path / f"{name}.png"))
+        assert _cut_titles(figure) == [], name
+    labels = {
+        name: [t.get_text() for t in figures[name].axes[0].get_legend().get_texts()]
+        for name in ("instability", "sparse_instability")
+    }
+    assert "stable below 2%" in labels["instability"]
+    assert "stable below 2%" in labels["sparse_instability"]
+    assert not any("reference" in label for label in labels["sparse_instability"])

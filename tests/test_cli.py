@@ -101,6 +101,30 @@ def test_fork_by_run_and_step_registers_copies_and_reuses(project, trained):
     again = ok("fork", "--run-id", trained["run_id"], "--step", "20it", "--seeds", 3, "-q")
     assert again["reused"] and again["run_id"] == result["run_id"]
     assert project.versions() == before
+    assert again["headline"] == result["headline"]  # read back from the run's JSON, derived again
+
+
+def test_fork_json_carries_its_barriers_named_as_its_metrics(project, trained):
+    """`jq` on fork --json finds the barrier per pair and its statistics and verdict per fork,
+    under the names of the run's MLflow metrics, with the definitions they use."""
+    result = ok("fork", "--run-id", trained["run_id"], "--step", "20it", "--seeds", 3, "-q")
+    barriers = []
+    for pair in result["pairs"]:
+        errors, headline = pair["curves"]["test"]["error"], pair["headline"]
+        barriers.append(max(errors) - (errors[0] + errors[-1]) / 2)
+        assert headline["test.error_barrier"] == pytest.approx(barriers[-1])
+        assert "test.loss_barrier_linear" in headline
+        logged = project.store.run_metrics(pair["run_id"])
+        assert {k: logged[k] for k in headline} == pytest.approx(headline)
+    summary = result["headline"]
+    assert summary["test.error_barrier.mean"] == pytest.approx(sum(barriers) / 3)
+    assert summary["test.error_barrier.n"] == 3 and "test.error_barrier.median" in summary
+    assert summary["test.stable"] == (summary["test.error_barrier.mean"] < 0.02)
+    logged = project.store.run_metrics(result["run_id"])
+    assert {k: logged[k] for k in summary} == pytest.approx(
+        {k: float(v) for k, v in summary.items()}
+    )
+    assert "sup_a E(a)" in result["definitions"]["error_barrier"]
 
 
 def test_fork_of_several_steps_trains_them_together_and_reuses_each(trained):
@@ -263,6 +287,10 @@ BAD_INPUTS = {
         "names no run_id",
     ),
     "--out is a file": (["train", "-q", "--out", "params.yaml"], "--out params.yaml is a file"),
+    "a copy count past any study": (  # was 20,000 claim files, then too many open files
+        ["fork", "--run-id", "R", "--step", "20it", "--seeds", "100000"],
+        "100000 copies make 4,999,950,000 pairs to train and interpolate",
+    ),
     "override of a setting the run decided": (
         ["fork", "--run-id", "R", "--step", "20it", "-s", "train.lr=0.05"],
         "the source run was made with train.lr=0.1",
@@ -281,6 +309,7 @@ def test_bad_input_is_one_clear_line_and_loses_nothing(project, bad, case):
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
     assert message in lines[0]
     assert project.versions() == before
+    assert not list((project.folder / ".lmctrack" / "claims").glob("*"))  # no claim left behind
 
 
 def test_ui_fails_with_one_line_when_its_port_is_taken(project):

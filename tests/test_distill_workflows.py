@@ -73,6 +73,27 @@ def inputs(store, run_id: str) -> tuple[set[tuple[str, str]], set[str]]:
     return datasets, {m.model_id for m in got.model_inputs}
 
 
+def sources(store, run_id: str) -> dict[str, dict]:
+    """A run's dataset inputs by name: their source (JSON) and context (train, distilled)."""
+    return {
+        d.dataset.name: {
+            **json.loads(d.dataset.source),
+            "context": {t.key: t.value for t in d.tags}["mlflow.data.context"],
+        }
+        for d in store.client.get_run(run_id).inputs.dataset_inputs
+    }
+
+
+def names_the_distillation(source: dict, distilled) -> bool:
+    """The source a person can follow: the file's path and the run that made it."""
+    return (
+        source["path"] == str(Path(distilled.path).resolve())
+        and source["run_id"] == distilled.run_id
+        and source["artifact"] == f"runs:/{distilled.run_id}/{schema.DISTILLED_FILE}"
+        and source["fingerprint"] == distilled.fingerprint
+    )
+
+
 @pytest.mark.slow
 def test_distill_writes_and_registers_the_set_with_its_lineage(ctx, distilled):
     content = Path(distilled.path).read_bytes()
@@ -83,7 +104,10 @@ def test_distill_writes_and_registers_the_set_with_its_lineage(ctx, distilled):
     assert tags[schema.DISTILLED_FINGERPRINT] == distilled.fingerprint
     datasets, models = inputs(ctx.store, distilled.run_id)
     assert ("mnist1d", ctx.dataset_fingerprint) in datasets  # the real data
-    assert ("tensors", distilled.fingerprint) in datasets  # the distilled set, by its digest
+    name = "distill mtt 2/class"  # the distilled set by the run that made it, not "tensors"
+    assert (name, distilled.fingerprint) in datasets
+    made = sources(ctx.store, distilled.run_id)[name]
+    assert names_the_distillation(made, distilled) and made["context"] == "distilled"
     experts = {ctx.store.describe(uri).model_id for uri in distilled.expert_states}
     assert len(distilled.expert_runs) == 2 and len(distilled.expert_states) == 2 * 3  # epochs 0-2
     assert models == experts
@@ -133,14 +157,30 @@ def test_the_distilled_file_drives_imp_with_lineage_back_to_the_experts(project,
         for p in ctx.store.describe(mask).parents
         if ctx.store.describe(p).tags["role"] == schema.SEARCH
     )
-    datasets, _ = inputs(ctx.store, ctx.store.describe(search).run_id)
-    assert ("tensors", distilled.fingerprint) in datasets
+    searched = sources(ctx.store, ctx.store.describe(search).run_id)
+    assert "tensors" not in searched
+    assert names_the_distillation(searched["distill mtt 2/class"], distilled)
+    assert searched["distill mtt 2/class"]["context"] == "train"
     experiment = ctx.store.client.get_experiment_by_name(ctx.model_name).experiment_id
     producers = ctx.store.client.search_runs(
         [experiment],
         f"tags.`{TAG_PREFIX}{schema.DISTILLED_FINGERPRINT}` = '{distilled.fingerprint}'",
     )
     assert {r.info.run_id for r in producers} >= {distilled.run_id}
+
+
+def test_a_file_no_run_made_is_named_by_its_stem_with_its_path(project, tmp_path):
+    """A file of tensors from elsewhere: its stem names it, its path is its source."""
+    file = tmp_path / "my_subset.safetensors"
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 40, generator=g), torch.arange(40) % 10
+    save_file({"x_train": x, "y_train": y}, file)
+    ctx = project.context("data.name=tensors", f"data.path={file}")
+    with ctx.run("reads the file") as run:
+        pass
+    (source,) = sources(ctx.store, run.id).items()
+    assert source[0] == "my_subset" and source[1]["path"] == str(file.resolve())
+    assert "run_id" not in source[1]
 
 
 def test_images_per_class_beyond_the_data_is_one_line_error(project):

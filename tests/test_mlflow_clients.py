@@ -25,12 +25,13 @@ from lmctrack.config import ModelConfig
 from lmctrack.models import build_model, prunable_names
 from lmctrack.state import State
 from lmctrack.store import Store
+from lmctrack.store.inputs import DataRef
 
 # End to end: real trainings, stores or subprocesses (seconds to minutes each).
 pytestmark = pytest.mark.slow
 
 ARCH = {"name": "mnist1d_cnn_bn", "width": None, "num_classes": 10, "input_shape": [40]}
-DATA = ("mnist1d", "d" * 64)
+DATA = DataRef("mnist1d", "d" * 64)
 
 # Loads a version through plain MLflow with every unpickler disabled; saves its logits as .npy
 # (no pickle for float arrays) and prints the signature's shapes and the input example's shape.
@@ -209,8 +210,8 @@ def test_the_rest_api_shows_kind_datasets_costs_and_schema(
             architecture=ARCH,
         )
     with store.run("legacy", "evaluate") as reader:
-        reader.log_dataset(*DATA)
-        reader.log_dataset(*DATA)  # once per run
+        reader.log_dataset(DATA)
+        reader.log_dataset(DATA)  # once per run
     port = _free_port()
     server = _serve(store, port)
     base = f"http://127.0.0.1:{port}/api/2.0/mlflow"

@@ -189,14 +189,31 @@ def test_a_claimant_whose_run_lands_late_waits_for_one_that_began_after_it(store
     assert log[1] == log[0].replace("did", "reused")
 
 
-@pytest.mark.slow  # three claimants polling claim runs
-def test_claim_runs_hold_many_keys_at_once_and_wait_only_on_shared_ones(store: Store) -> None:
+def test_a_claim_left_without_its_lock_is_removed_and_does_not_block(store: Store) -> None:
+    folder = store.root / "claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gone-1.claim").write_text(json.dumps({"keys": ["k"], "choosing": True}))
+    with store.claim(["k"]):
+        pass
+    assert _claim_files(store) == []
+
+
+@pytest.mark.slow  # three claimants polling claim runs or the claims folder
+@pytest.mark.parametrize("protocol", ["file claims", "claim runs"])
+def test_claims_hold_many_keys_at_once_and_wait_only_on_shared_ones(
+    store: Store, protocol: str
+) -> None:
     """{a, b} holds first; {b, c} shares b and waits for it; {d} shares nothing and does not."""
     events: list[str] = []
     first_holds, release = threading.Event(), threading.Event()
 
+    def claim(keys: list[str]):
+        if protocol == "file claims":
+            return store.claim(keys)
+        return run_claim(Store(store.tracking_uri), keys, poll=0.05)
+
     def claimant(keys: list[str], hold: threading.Event | None = None) -> None:
-        with run_claim(Store(store.tracking_uri), keys, poll=0.05):
+        with claim(keys):
             events.append("+" + "".join(sorted(keys)))
             if hold is not None:
                 first_holds.set()
@@ -215,6 +232,9 @@ def test_claim_runs_hold_many_keys_at_once_and_wait_only_on_shared_ones(store: S
     for t in (first, sharing):
         t.join(30)
     assert events.index("-ab") < events.index("+bc") and events[:2] == ["+ab", "+d"]
+    if protocol == "file claims":
+        assert _claim_files(store) == []
+        return
     claims = store.client.get_experiment_by_name("lmctrack.claims").experiment_id
     runs = store.client.search_runs([claims])
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
@@ -222,6 +242,58 @@ def test_claim_runs_hold_many_keys_at_once_and_wait_only_on_shared_ones(store: S
         "b",
         "c",
     }
+
+
+def _claim_files(store: Store) -> list[str]:
+    folder = store.root / "claims"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_a_claim_of_thousands_of_keys_opens_one_file_and_leaves_none(store: Store) -> None:
+    """A fork of 5000 copies claims 5001 keys: one open file for all of them (not one per key,
+    which ran out of file descriptors), and nothing left in the claims folder afterwards."""
+    keys = [f"copy-{i}" for i in range(5000)]
+    before = len(os.listdir("/proc/self/fd"))
+    with store.claim(keys):
+        assert len(os.listdir("/proc/self/fd")) <= before + 1
+        assert len(_claim_files(store)) <= 2
+    assert _claim_files(store) == []
+
+
+def test_a_failure_inside_a_claim_leaves_no_claim_files(store: Store) -> None:
+    with pytest.raises(RuntimeError, match="training failed"), store.claim(["a", "b"]):
+        raise RuntimeError("training failed")
+    assert _claim_files(store) == []
+    with store.claim(["b"]):  # and the keys are free again
+        pass
+    assert _claim_files(store) == []
+
+
+def test_a_killed_claimant_neither_blocks_the_next_nor_leaves_its_files(store: Store) -> None:
+    """The kernel drops a killed holder's lock: the next claimant of the key goes ahead at once
+    and removes what the dead one left."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from lmctrack.store import Store\n"
+            f"with Store({store.tracking_uri!r}).claim(['shared']):\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert len(_claim_files(store)) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    started = time.monotonic()
+    with store.claim(["shared"]):
+        assert time.monotonic() - started < 5
+    assert _claim_files(store) == []
 
 
 # ---- 4: integrity ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 from lmctrack.errors import LmcError
 from lmctrack.state import WEIGHTS_FILE, State
 from lmctrack.store import Store, default_tracking_uri, project_root
+from lmctrack.store.inputs import DataRef
 
 MODEL = "lenet_tiny"
 
@@ -69,7 +70,7 @@ def chain(store: Store) -> dict[str, str]:
     """W0 -> Wk -> W_T registered by one run, each the parent of the next, plus a mask."""
     with store.run("exp", "train", params={"train": {"lr": 0.1}}, tags={"kind": "train"}) as run:
         seeds = {"init_seed": "1", "data_order_seed": "2", "augment_seed": "3", "config_hash": "h1"}
-        data = ("mnist1d", "f" * 64)
+        data = DataRef("mnist1d", "f" * 64)
         w0 = run.save_state(
             _state(0), model_name=MODEL, role="init", step=0, tags=seeds, dataset=data
         )
@@ -387,8 +388,8 @@ def test_experiments_get_the_training_kind_and_runs_their_cost(store: Store) -> 
     kind = ("mlflow.experimentKind", "custom_model_development")
     store.client.create_experiment("made_before")
     with store.run("made_before", "reader") as run:
-        run.log_dataset("mnist1d", "e" * 64)
-        run.log_dataset("mnist1d", "e" * 64)
+        run.log_dataset(DataRef("mnist1d", "e" * 64))
+        run.log_dataset(DataRef("mnist1d", "e" * 64))
         busy = time.process_time()
         while time.process_time() - busy < 0.05:  # CPU work the run's cost must count
             pass

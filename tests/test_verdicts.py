@@ -3,13 +3,14 @@ stable, matching, within one std, the earliest k per sample and its median (Figu
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
 
 from lmctrack import schema
 from lmctrack.config import Params
-from lmctrack.results import Fork, Pair, Trained
+from lmctrack.results import Fork, Pair, Trained, sparse_from_dict, to_dict
 from lmctrack.schema import Stats
 from lmctrack.workflows.sparse import summarize
 
@@ -149,3 +150,27 @@ def test_a_failed_claim_says_which_half_failed():
     claim = summarize(_ctx(), "run", stable_not_matching, dense).claim
     assert "matching only where stable (the abstract's claim): yes" in claim.lower()
     assert "matching wherever stable: no" in claim
+
+
+def test_every_result_json_carries_its_headline_and_reads_back_without_it():
+    """A fork's and a sparse sweep's JSON hold the barriers, their statistics and verdicts under
+    the metric names; reading the JSON back (reuse) ignores them and rebuilds the same result."""
+    fork = _fork(100, [0.01, 0.05, 0.03], [0.1] * 3)
+    data = json.loads(json.dumps(to_dict(fork)))
+    assert data["headline"]["test.error_barrier.mean"] == pytest.approx(0.03)
+    assert data["headline"]["test.error_barrier.median"] == pytest.approx(0.03)
+    assert (
+        data["headline"]["test.error_barrier.n"] == 3 and data["headline"]["test.stable"] is False
+    )
+    assert [p["headline"]["test.error_barrier"] for p in data["pairs"]] == pytest.approx(
+        [0.01, 0.05, 0.03]
+    )
+    assert data["definitions"]["error_barrier"] == schema.DEFINITIONS["error_barrier"]
+    assert Fork.from_dict(data) == fork
+    sweep = summarize(
+        _ctx(), "run", [_at(0, 0.05, 0.1), _at(25, 0.01, 0.1)], {0: Stats(0.9, 0, 0.9, 3)}
+    )
+    data = json.loads(json.dumps(to_dict(sweep)))
+    assert [r["headline"]["test.stable"] for r in data["rows"]] == [False, True]
+    assert "imp.matching" in data["rows"][0]["headline"]
+    assert sparse_from_dict(data) == sweep

@@ -3,7 +3,6 @@ baselines, the instability sweeps and the report. Each parses, calls one workflo
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -97,7 +96,7 @@ def fork(
         for r in results
         for name, uri in (("run_id", r.run_id), *[("W_T", c) for c in r.copies])
     ]
-    output = results[0] if len(results) == 1 else {"forks": [asdict(r) for r in results]}
+    output = results[0] if len(results) == 1 else {"forks": results}
     opts.finish(ctx, "fork.json", output, lines)
 
 

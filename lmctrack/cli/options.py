@@ -181,13 +181,12 @@ def step_of(text: str):
 
 
 def emit(result: Any, as_json: bool, lines: list[tuple[str, str]]) -> None:
-    """URIs (or the whole result as JSON) on stdout, for shells and DVC stages."""
-    from dataclasses import asdict, is_dataclass
+    """URIs (or the whole result as JSON, with its headline numbers) on stdout, for shells
+    and DVC stages."""
+    from lmctrack.results import to_dict
 
     if as_json:
-        typer.echo(
-            json.dumps(asdict(result) if is_dataclass(result) else result, indent=2, default=str)
-        )
+        typer.echo(json.dumps(to_dict(result), indent=2, default=str))
     else:
         for name, value in lines:
             typer.echo(f"{name}\t{value}")
@@ -209,9 +208,9 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 def write(ctx: Context, name: str, result: Any) -> None:
     """The command's result as JSON in --out (a DVC stage's output)."""
-    from dataclasses import asdict, is_dataclass
+    from lmctrack.results import to_dict
 
-    ctx.write_output(name, asdict(result) if is_dataclass(result) else result)
+    ctx.write_output(name, to_dict(result))
 
 
 # The options commands share, declared once (see `command`): WORKSPACE by default, and --bn for

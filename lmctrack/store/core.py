@@ -245,6 +245,22 @@ class Store(Registry):
         fine = (r for r in runs if r.data.tags.get(TAG_PREFIX + CORRUPT) != "true")
         return next((r.info.run_id for r in fine), None)
 
+    def tagged_run(self, tag: str, value: str) -> tuple[str, str] | None:
+        """The newest finished run in any experiment whose lmctrack tag `tag` is `value`: its id
+        and name (e.g. the distillation that made a file, found by the file's digest)."""
+        if not KEY.match(value):
+            raise LmcError(f"'{value}' is not a tag value to search by; pass a hex digest")
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        runs = self.client.search_runs(
+            experiments,
+            filter_string=(
+                f"tags.`{TAG_PREFIX}{tag}` = '{value}' and attributes.status = 'FINISHED'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return (runs[0].info.run_id, runs[0].info.run_name) if runs else None
+
     def claim(self, keys: Collection[str]) -> AbstractContextManager[None]:
         """Hold the claims on keys (e.g. config hashes) while doing their work: a second
         claimant of any of them waits until the first is done, then should find its finished

@@ -33,6 +33,7 @@ from lmctrack.store import pyfunc
 from lmctrack.store.backend import deferred, flatten, prefixed, retry_busy, unprefixed, write_errors
 from lmctrack.store.cost import Meter
 from lmctrack.store.files import safe_name, sha256, writable_folder
+from lmctrack.store.inputs import DataRef
 from lmctrack.store.registry import StateInfo, tagged
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ class Run:
         self.experiment = experiment
         self.experiment_id = experiment_id
         self._client = store.client
-        self._datasets: set[tuple[str, str]] = set()
+        self._datasets: set[tuple[str, str]] = set()  # (name, fingerprint) logged
         self._state_names: set[str] = set()
         self._tables: list[dict[str, str]] = []  # listed in MLFLOW_LOGGED_ARTIFACTS
         self._pending: list[Metric] = []
@@ -188,7 +189,7 @@ class Run:
         step: int | None,
         tags: dict[str, str],
         parents: Sequence[str] = (),
-        dataset: tuple[str, str] | None = None,
+        dataset: DataRef | None = None,
         key: str | None = None,
         architecture: dict[str, Any] | None = None,
     ) -> str:
@@ -264,22 +265,23 @@ class Run:
         version_tags = {**version_tags, **prefixed({"sha256": json.dumps(digests)})}
         return self.store._register(model_name, model, self.id, version_tags)
 
-    def log_dataset(self, name: str, fingerprint: str) -> None:
-        """Record a dataset this run read (once per run), for runs that register no state."""
-        self._log_inputs([], (name, fingerprint))
+    def log_dataset(self, dataset: DataRef) -> None:
+        """Record a dataset this run read or made (once per run)."""
+        self._log_inputs([], dataset)
 
     def log_input_states(self, uris: Sequence[str]) -> None:
         """Record states this run read (e.g. the endpoints it interpolated) as model inputs."""
         self._log_inputs([self.store.describe(uri) for uri in uris], None)
 
-    def _log_inputs(self, states: Sequence[StateInfo], dataset: tuple[str, str] | None) -> None:
-        new_dataset = dataset is not None and tuple(dataset) not in self._datasets
-        datasets = [self._dataset_input(*dataset)] if new_dataset else []
+    def _log_inputs(self, states: Sequence[StateInfo], dataset: DataRef | None) -> None:
+        known = None if dataset is None else (dataset.name, dataset.fingerprint)
+        new_dataset = known is not None and known not in self._datasets
+        datasets = [self._dataset_input(dataset)] if new_dataset else []
         models = [LoggedModelInput(info.model_id) for info in states if info.model_id]
         if datasets or models:
             retry_busy(lambda: self._client.log_inputs(self.id, datasets, models))
         if new_dataset:
-            self._datasets.add(tuple(dataset))
+            self._datasets.add(known)
 
     def _state_name(self, role: str, step: int | None) -> str:
         """A logged-model name unique in this run, so runs:/<run_id>/<name> finds it."""
@@ -338,7 +340,11 @@ class Run:
         self.store._delete_copies(models, kept, self._client.delete_logged_model)
 
     @staticmethod
-    def _dataset_input(name: str, fingerprint: str) -> DatasetInput:
-        source = json.dumps({"name": name, "fingerprint": fingerprint})
-        dataset = Dataset(name=name, digest=fingerprint[:36], source_type="lmctrack", source=source)
-        return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])
+    def _dataset_input(ref: DataRef) -> DatasetInput:
+        dataset = Dataset(
+            name=ref.name,
+            digest=ref.fingerprint[:36],
+            source_type="lmctrack",
+            source=ref.source_json(),
+        )
+        return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", ref.context)])

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import torch
 
-from lmctrack.config import Params, config_hash
+from lmctrack import schema
+from lmctrack.config import DataConfig, Params, config_hash
 from lmctrack.errors import LmcError
 from lmctrack.executor import Executor, executor
 from lmctrack.progress import Board
+from lmctrack.store.inputs import DataRef
 from lmctrack.train import resolve_device
 from lmctrack.user_config import BUILTIN_DATA
 
@@ -89,8 +91,15 @@ class Context:
     def run(self, label: str, *, parent=None, params: dict | None = None, tags=None) -> Iterator:
         """A run in this network's experiment that records the dataset it reads as an input."""
         with self.store.run(self.model_name, label, parent=parent, params=params, tags=tags) as run:
-            run.log_dataset(self.params.data.name, self.dataset_fingerprint)
+            run.log_dataset(self.data_ref)
             yield run
+
+    @property
+    def data_ref(self) -> DataRef:
+        """This context's dataset as runs record it (looked up once)."""
+        if not hasattr(self, "_data_ref"):
+            self._data_ref = data_ref(self.store, self.params.data, self.dataset_fingerprint)
+        return self._data_ref
 
     def error(self, state, split: str = "test") -> float:
         """The error of a state on a split (the mask applied; BatchNorm in eval mode)."""
@@ -108,6 +117,30 @@ class Context:
         path = self.out / name
         path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
         return path
+
+
+def data_ref(store, data: DataConfig, fingerprint: str) -> DataRef:
+    """A built-in dataset by its name; a file of tensors by the run that made it (a
+    distillation, found by the file's digest) or else by the file's stem, with its path."""
+    if data.name != schema.TENSORS or data.path is None:
+        return DataRef(data.name, fingerprint)
+    path = Path(data.path).expanduser().resolve()
+    made = store.tagged_run(schema.DISTILLED_FINGERPRINT, fingerprint)
+    if made is None:
+        return DataRef(path.stem, fingerprint, json.dumps({"path": str(path)}))
+    return made_by(path, fingerprint, *made)
+
+
+def made_by(path: Path, fingerprint: str, run_id: str, run_name: str, context="train") -> DataRef:
+    """A file of tensors a run produced: named by that run, found at `path` and among the run's
+    artifacts."""
+    source = {
+        "path": str(path),
+        "run_id": run_id,
+        "run_name": run_name,
+        "artifact": f"runs:/{run_id}/{path.name}",
+    }
+    return DataRef(run_name, fingerprint, json.dumps(source), context)
 
 
 def open_store(params: Params):

@@ -21,6 +21,7 @@ from itertools import combinations
 from lmctrack import schema
 from lmctrack.results import Pair, to_dict
 from lmctrack.schema import Stats
+from lmctrack.serial import known
 from lmctrack.workflows import jobs
 from lmctrack.workflows.align import align
 from lmctrack.workflows.common import Context
@@ -46,10 +47,19 @@ class Connection:
     def barrier(self, kind: str, split: str) -> float:
         return self.paths[kind].error_barrier(split)
 
+    def headline(self) -> dict[str, float]:
+        """Each path kind's error barrier per split (naive, aligned, aligned + REPAIR), named as
+        the connect run's metrics."""
+        return {
+            f"{kind}.{schema.metric(split, schema.ERROR_BARRIER)}": pair.error_barrier(split)
+            for kind, pair in self.paths.items()
+            for split in pair.curves
+        }
+
     @classmethod
     def from_dict(cls, data: dict) -> Connection:
         paths = {kind: Pair.from_dict(p) for kind, p in data["paths"].items()}
-        return cls(**{**data, "paths": paths})
+        return cls(**{**known(cls, data), "paths": paths})
 
 
 @dataclass
@@ -73,6 +83,20 @@ class Connect:
     def barrier(self, kind: str, split: str, width: int | None = None) -> Stats:
         """The error barrier of one path kind over the pairs at one width."""
         return Stats.of(c.barrier(kind, split) for c in self.connections if c.width == width)
+
+    def headline(self) -> dict[str, dict[str, float]]:
+        """Per width (its value, or "default"): each path kind's error barrier over the pairs
+        per split, mean and std, named as the sweep run's metrics at that width."""
+        return {str(width or "default"): self.barriers(width) for width in self.widths}
+
+    def barriers(self, width: int | None) -> dict[str, float]:
+        return {
+            f"{kind}.{schema.metric(split, schema.ERROR_BARRIER)}.{stat}": getattr(s, stat)
+            for kind in self.kinds
+            for split in self.splits
+            for s in [self.barrier(kind, split, width)]
+            for stat in ("mean", "std")
+        }
 
     def rows(self) -> list[list]:
         """Table rows: width, path kind, split, mean, std, n."""
@@ -104,7 +128,7 @@ class Connect:
     @classmethod
     def from_dict(cls, data: dict) -> Connect:
         connections = [Connection.from_dict(c) for c in data["connections"]]
-        return cls(**{**data, "connections": connections})
+        return cls(**{**known(cls, data), "connections": connections})
 
 
 def _with(ctx: Context, *, bn: str | None = None, width: int | None = None) -> Context:
@@ -165,13 +189,7 @@ def connect_two(
     ) as run:
         (connection,) = connect_pairs(ctx, run, [(ctx, a_uri, b_uri, "")], kinds=kinds)
         run.log_input_states([a_uri, b_uri, connection.aligned])
-        run.log_metrics(
-            {
-                f"{kind}.{schema.metric(split, schema.ERROR_BARRIER)}": pair.error_barrier(split)
-                for kind, pair in connection.paths.items()
-                for split in pair.curves
-            }
-        )
+        run.log_metrics(connection.headline())
     return connection
 
 
@@ -233,16 +251,7 @@ def _sweep(ctx: Context, key: str, seeds, runs: dict) -> Connect:
         )
         run.log_input_states([uri for c in connections for uri in (c.a, c.b, c.aligned)])
         for width in result.widths:
-            run.log_metrics(
-                {
-                    f"{kind}.{schema.metric(split, schema.ERROR_BARRIER)}.{stat}": getattr(s, stat)
-                    for kind in result.kinds
-                    for split in result.splits
-                    for s in [result.barrier(kind, split, width)]
-                    for stat in ("mean", "std")
-                },
-                step=width or 0,
-            )
+            run.log_metrics(result.barriers(width), step=width or 0)
         run.log_json(to_dict(result), CONNECT_ARTIFACT)
         for figure in figures(ctx, result):
             run.log_file(figure, "plots")

@@ -32,12 +32,12 @@ from lmctrack.distill import (
 )
 from lmctrack.distill.synthetic import class_indices, tensor_dataset
 from lmctrack.results import Flat, to_dict
+from lmctrack.schema import TENSORS
 from lmctrack.workflows import jobs
-from lmctrack.workflows.common import Context
+from lmctrack.workflows.common import Context, made_by
 from lmctrack.workflows.train import TrainedRun, train_runs
 
 DISTILL_ARTIFACT = "distill.json"
-TENSORS = "tensors"  # data.name of a file of tensors: what `imp --prune-data FILE` loads it as
 
 
 @dataclass
@@ -89,9 +89,9 @@ def distill(ctx: Context, out: Path) -> Distillation:
         params = {"method": cfg.method, "images_per_class": cfg.images_per_class}
         label = f"distill {cfg.method} {cfg.images_per_class}/class"
         with jobs.recorded(ctx, label, key=key, kind=schema.KIND_DISTILL, params=params) as run:
-            run.log_dataset(p.data.name, ctx.dataset_fingerprint)
+            run.log_dataset(ctx.data_ref)
             run.log_input_states(states)
-            result = register(ctx, run, distilled, path, experts, states)
+            result = register(ctx, run, label, distilled, path, experts, states)
             result.seconds = {
                 "experts": expert_seconds,
                 "matching": distilled.seconds,
@@ -172,7 +172,13 @@ def learn(ctx: Context, experts: list[list[dict]]) -> Distilled:
 
 
 def register(
-    ctx: Context, run, distilled: Distilled, path: Path, experts: list[TrainedRun], states
+    ctx: Context,
+    run,
+    label: str,
+    distilled: Distilled,
+    path: Path,
+    experts: list[TrainedRun],
+    states,
 ) -> Distillation:
     """Write the file, log it (dataset, artifact, sha256) and its quality on the producing run."""
     from lmctrack.data import load_dataset
@@ -180,7 +186,7 @@ def register(
     cfg = ctx.params.distill
     sha = write_distilled(path, distilled, tensor_dataset(ctx.dataset))
     fingerprint = load_dataset(DataConfig(name=TENSORS, path=str(path))).fingerprint()
-    run.log_dataset(TENSORS, fingerprint)
+    run.log_dataset(made_by(path.resolve(), fingerprint, run.id, label, context="distilled"))
     run.log_file(path)
     run.set_tags({schema.DISTILLED_SHA256: sha, schema.DISTILLED_FINGERPRINT: fingerprint})
     run.log_curve("matching_loss", distilled.losses)

@@ -342,8 +342,8 @@ def _log(ctx: Context, run, result: Followup, search) -> None:
     from lmctrack.plots import save
 
     result.run_id = run.id
-    run.log_dataset(ctx.params.data.name, ctx.dataset_fingerprint)
-    run.log_dataset(search.data.params.data.name, search.fingerprint(ctx))
+    run.log_dataset(ctx.data_ref)
+    run.log_dataset(search.data.data_ref)
     run.log_input_states([result.wk] + [uri for s in result.sides for uri in (s.mask, s.trained)])
     metrics = {"more_stable": float(result.more_stable), "dense.barrier": result.dense.mean}
     for side in result.sides:

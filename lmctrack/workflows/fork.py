@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 from lmctrack import schema
+from lmctrack.errors import LmcError
 from lmctrack.results import Fork, Pair
 from lmctrack.schema import Stats
 from lmctrack.state import State
@@ -21,6 +22,7 @@ from lmctrack.workflows.interpolate import interpolate_pairs, log_pair
 from lmctrack.workflows.work import Book, work
 
 FORK_ARTIFACT = "fork.json"
+MAX_COPIES = 1000  # 499,500 pairs, each a logged run: more is a mistyped count, not a study
 
 
 def forks(ctx: Context, plans: list[Plan]) -> list[Fork]:
@@ -97,6 +99,12 @@ def plan(
     """Load Wk (and apply a mask), and name the work: the fork's and each copy's key."""
     from lmctrack.prune import check_mask
 
+    if len(seeds) > MAX_COPIES:
+        pairs = len(seeds) * (len(seeds) - 1) // 2
+        raise LmcError(
+            f"{len(seeds)} copies make {pairs:,} pairs to train and interpolate; a fork takes "
+            f"at most {MAX_COPIES} copies: ask for fewer (--seeds, instability.copies)"
+        )
     state = ctx.store.load_state(source)
     if mask is not None:
         state = State(state.weights, ctx.store.load_state(mask).mask)
@@ -220,16 +228,9 @@ def record(
         distances=distances,
         tracked=_track(ctx, run, plan, trained) if plan.track else {},
         copy_errors=[ctx.error(state) for _, state in copies],
+        threshold=ctx.params.instability.stable_threshold,
     )
-    summary = {}
-    for split in pairs[0].curves:
-        stats = result.barrier(split)
-        for stat in ("mean", "std", "median"):
-            summary[f"{schema.metric(split, schema.ERROR_BARRIER)}.{stat}"] = getattr(stats, stat)
-    summary.update(
-        {f"{schema.metric(schema.DISTANCE, k)}.mean": sum(v) / len(v) for k, v in distances.items()}
-    )
-    run.log_metrics(summary)
+    run.log_metrics(result.headline())
     return result
 
 

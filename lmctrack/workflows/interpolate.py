@@ -119,7 +119,7 @@ def log_pair(ctx: Context, parent, label: str, pair: Pair) -> Pair:
             "interpolation.json",
         )
         pair.run_id = run.id
-        run.log_json({**to_dict(pair), "definitions": schema.DEFINITIONS}, "pair.json")
+        run.log_json(to_dict(pair), "pair.json")
         figure = ctx.scratch() / f"{run.id}_path.png"
         save(plot_path({label: pair}, f"{label} (bn={pair.bn})"), figure)
         run.log_file(figure, "plots")

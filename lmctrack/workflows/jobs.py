@@ -161,7 +161,7 @@ def register(
     a crashed run already registered. `trained_here`: the run trained it, on this context's
     dataset or on `data`'s."""
     data = data or ctx
-    dataset = (data.params.data.name, data.dataset_fingerprint) if trained_here else None
+    dataset = data.data_ref if trained_here else None
     return run.save_state(
         state,
         model_name=ctx.model_name,
