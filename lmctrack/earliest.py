@@ -82,7 +82,7 @@ class Search:
         level = f"{self.confidence:.0%}"
         lower, upper = self.interval
         if self.k_star is None:
-            text = f"no candidate is stable (up to {self.candidates[-1]}it)"
+            text = f"no candidate was shown stable (up to {self.candidates[-1]}it)"
         elif lower is None and self.k_star == self.candidates[0]:
             text = f"earliest stable k = {self.k_star}it: stable at the first candidate"
         else:

@@ -115,7 +115,7 @@ def test_a_barrier_on_the_threshold_is_undecided_and_the_interval_widens():
 def test_no_stable_candidate_is_said_plainly():
     result = search(GRID, Fake({k: 0.3 for k in GRID}), BUDGET, threshold=0.02)
     assert result.k_star is None and result.interval == (500, None)
-    assert "no candidate is stable" in result.summary()
+    assert "no candidate was shown stable" in result.summary()
 
 
 def test_a_budget_must_start_with_a_pair():

@@ -1,0 +1,129 @@
+"""`lmctrack find-k` end to end on a tiny project (real trainings, a real sqlite store): the
+probes' verdicts follow their intervals, every copy is a registered state descending from the
+run's Wk, the `instability` sweep reuses the forks, the cost is counted, outputs are written,
+and bad input ends in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from lmctrack import earliest, schema
+from lmctrack.cli import app
+from lmctrack.workflows.find_k import candidates, find_k
+from lmctrack.workflows.imp_chain import SameData
+from lmctrack.workflows.instability import instability
+from lmctrack.workflows.train import registered_run
+
+# End to end: real trainings, stores or subprocesses (seconds to minutes each).
+pytestmark = pytest.mark.slow
+
+PNG = b"\x89PNG\r\n\x1a\n"
+CANDIDATES = ["0it", "10it", "20it", "50it"]
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def project(new_project):
+    """One init of 3 copies per probe, a second init's 3 when undecided (max 6 copies)."""
+    project = new_project(
+        "findk", instability={"inits": 1, "copies": 3, "max_copies": 6, "candidates": CANDIDATES}
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(project.folder)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield project
+
+
+@pytest.fixture(scope="module")
+def printed(project) -> dict:
+    result = invoke("find-k", "-q", "--out", "outputs/find_k", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_each_probe_is_decided_by_its_interval_and_k_star_is_the_earliest_stable(printed):
+    search = printed["search"]
+    assert search["candidates"] == [0, 10, 20, 50]
+    probes = search["probes"]
+    assert probes[0]["k"] == 0  # the first probe is the first candidate
+    for p in probes:
+        assert p["copies"] in (3, 6) and len(p["barriers"]) == p["copies"] // 3 * 3  # 3 pairs/init
+        assert p["low"] <= p["mean"] <= p["high"]
+        assert p["decision"] == earliest.decide(p["low"], p["high"], search["threshold"])
+    stable = sorted(p["k"] for p in probes if p["decision"] == earliest.STABLE)
+    assert search["k_star"] == (stable[0] if stable else None)
+    inits = max(p["copies"] for p in probes) // 3
+    assert len(printed["train_runs"]) == inits
+    assert printed["trainings"] == inits + sum(p["copies"] for p in probes)
+    assert printed["grid_trainings"] == 2 + 4 * 6  # at max_copies: 2 inits, 4 x 6 copies
+
+
+def test_every_copy_descends_from_the_runs_wk_and_the_sweep_reuses_the_forks(project, printed):
+    ctx = project.context()
+    run = registered_run(ctx.store, printed["train_runs"][0], ctx.total_steps)
+    assert set(candidates(ctx)) <= set(run.states)  # one training registered every candidate
+    probed = sorted({p["k"] for p in printed["search"]["probes"]})
+    sweep = instability(
+        project.context(f"instability.rewind_steps=[{','.join(f'{k}it' for k in probed)}]")
+    )
+    assert sweep.reused_forks == len(probed)  # the same forks: nothing trained again
+    for k, fork_run in zip(probed, sweep.fork_runs, strict=True):
+        assert fork_run in printed["fork_runs"]
+        fork = json.loads(ctx.store.run_artifact(fork_run, "fork.json").read_text())
+        for uri in fork["copies"]:
+            parents = [node.info.uri for node in ctx.store.lineage(uri).parents]
+            assert parents == [run.at(k)]
+
+
+def test_outputs_for_dvc(project, printed):
+    out = project.folder / "outputs" / "find_k"
+    assert (out / "find_k.png").read_bytes()[:8] == PNG
+    metrics = json.loads((out / "find_k_metrics.json").read_text())
+    assert metrics["k_star"] == printed["search"]["k_star"]
+    assert metrics["fraction"] == pytest.approx(printed["trainings"] / printed["grid_trainings"])
+    lines = (out / "find_k.csv").read_text().splitlines()
+    assert lines[0] == "k,role,copies,pairs,mean,low,high,decision"
+    assert len(lines) == 1 + len(printed["search"]["probes"])
+    assert json.loads((out / "find_k.json").read_text())["run_id"] == printed["run_id"]
+
+
+def test_stable_at_the_first_candidate_stops_after_one_probe(project, printed):
+    versions = project.versions()
+    result = find_k(project.context("instability.stable_threshold=0.99"))
+    assert [p.k for p in result.search.probes] == [0] and result.k_star == 0
+    assert result.trainings == 1 + 3 and project.versions() == versions  # all reused
+
+
+def test_imp_finds_the_earliest_stable_k_of_the_subnetwork_and_says_if_it_matches(project):
+    ctx = project.context("imp.levels=1", "instability.candidates=[0it,20it]")
+    result = find_k(ctx, SameData())
+    net = result.subnetwork
+    assert net is not None and net.level == 1 and net.density == pytest.approx(0.8, abs=0.01)
+    assert set(net.drop) == {p.k for p in result.search.probes}
+    for fork_run in result.fork_runs:
+        fork = json.loads(ctx.store.run_artifact(fork_run, "fork.json").read_text())
+        assert ctx.store.describe(fork["source"]).tags[schema.ROLE] == schema.MASK
+    if result.k_star is not None:
+        assert ("not matching" in result.summary()) != net.matching(result.k_star)
+    assert result.grid_trainings == 2 + 2 * 2 * (3 + 2)  # per init and k: 3 copies, 2 IMP levels
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-s", "instability.candidates=[0it,100it]"], "before T = 100it"),
+        (["-s", "instability.max_copies=2"], "below instability.copies"),
+        (["--density", "0.5"], "add --imp"),
+        (["--imp", "--density", "1.5"], "not a fraction"),
+    ],
+)
+def test_bad_input_is_one_line(project, args, message):
+    result = invoke("find-k", "-q", *args)
+    assert result.exit_code != 0
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
