@@ -154,8 +154,8 @@ class InstabilityConfig(Section):
     max_copies: int | None = Field(
         None,
         ge=2,
-        description="find-k: most copies at one k, `copies` per init, init after init "
-        "(None: inits x copies, the grid's)",
+        description="find-k: most copies of one Wk a probe forks, one added at a time "
+        "(None: inits x copies, the grid's trainings at one k)",
     )
 
     @model_validator(mode="after")

@@ -30,7 +30,7 @@ def invoke(*args: object):
 
 @pytest.fixture(scope="module")
 def project(new_project):
-    """One init of 3 copies per probe, a second init's 3 when undecided (max 6 copies)."""
+    """3 copies per probe, one more at a time while undecided, up to 6."""
     project = new_project(
         "findk", instability={"inits": 1, "copies": 3, "max_copies": 6, "candidates": CANDIDATES}
     )
@@ -53,32 +53,30 @@ def test_each_probe_is_decided_by_its_interval_and_k_star_is_the_earliest_stable
     probes = search["probes"]
     assert probes[0]["k"] == 0  # the first probe is the first candidate
     for p in probes:
-        assert p["copies"] in (3, 6) and len(p["barriers"]) == p["copies"] // 3 * 3  # 3 pairs/init
+        assert 3 <= p["copies"] <= 6 and len(p["barriers"]) == p["copies"] * (p["copies"] - 1) // 2
         assert p["low"] <= p["mean"] <= p["high"]
         assert p["decision"] == earliest.decide(p["low"], p["high"], search["threshold"])
     stable = sorted(p["k"] for p in probes if p["decision"] == earliest.STABLE)
     assert search["k_star"] == (stable[0] if stable else None)
-    inits = max(p["copies"] for p in probes) // 3
-    assert len(printed["train_runs"]) == inits
-    assert printed["trainings"] == inits + sum(p["copies"] for p in probes)
-    assert printed["grid_trainings"] == 2 + 4 * 6  # at max_copies: 2 inits, 4 x 6 copies
+    assert printed["trainings"] == 1 + sum(p["copies"] for p in probes)
+    assert printed["grid_trainings"] == 1 + 4 * 3  # the sweep: 1 init, 4 candidates x 3 copies
 
 
 def test_every_copy_descends_from_the_runs_wk_and_the_sweep_reuses_the_forks(project, printed):
     ctx = project.context()
-    run = registered_run(ctx.store, printed["train_runs"][0], ctx.total_steps)
+    run = registered_run(ctx.store, printed["train_run"], ctx.total_steps)
     assert set(candidates(ctx)) <= set(run.states)  # one training registered every candidate
     probed = sorted({p["k"] for p in printed["search"]["probes"]})
-    sweep = instability(
-        project.context(f"instability.rewind_steps=[{','.join(f'{k}it' for k in probed)}]")
-    )
-    assert sweep.reused_forks == len(probed)  # the same forks: nothing trained again
-    for k, fork_run in zip(probed, sweep.fork_runs, strict=True):
-        assert fork_run in printed["fork_runs"]
+    for k, fork_run in zip(probed, printed["fork_runs"], strict=True):
         fork = json.loads(ctx.store.run_artifact(fork_run, "fork.json").read_text())
         for uri in fork["copies"]:
             parents = [node.info.uri for node in ctx.store.lineage(uri).parents]
             assert parents == [run.at(k)]
+    versions = project.versions()
+    steps = ",".join(f"{k}it" for k in probed)
+    sweep = instability(project.context(f"instability.rewind_steps=[{steps}]"))
+    assert project.versions() == versions  # every copy the sweep needs was trained by find-k
+    assert sweep.reused_forks == len(probed)  # each probe's first 3 copies: the sweep's fork
 
 
 def test_outputs_for_dvc(project, printed):
@@ -111,7 +109,7 @@ def test_imp_finds_the_earliest_stable_k_of_the_subnetwork_and_says_if_it_matche
         assert ctx.store.describe(fork["source"]).tags[schema.ROLE] == schema.MASK
     if result.k_star is not None:
         assert ("not matching" in result.summary()) != net.matching(result.k_star)
-    assert result.grid_trainings == 2 + 2 * 2 * (3 + 2)  # per init and k: 3 copies, 2 IMP levels
+    assert result.grid_trainings == 1 + 2 * (3 + 2)  # per k: 3 copies, IMP levels 0 and 1
 
 
 @pytest.mark.parametrize(

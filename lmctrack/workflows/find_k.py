@@ -1,16 +1,19 @@
 """`lmctrack find-k`: the earliest stable rewind step k* of this network (or of its IMP subnetwork
 at one density), by the search of lmctrack.earliest, forking only the candidates it probes.
 
-One training per init registers Wk at every candidate (a finished run is extended, not
-retrained). A probe forks `instability.copies` copies of the first init's Wk and adds one more
-init's copies at a time while the interval of the mean barrier straddles the threshold (at most
-`instability.max_copies`): the forks are exactly those of the `instability` sweep (same states,
-same seeds, same keys), so a later sweep reuses them, and every copy is a registered state.
+One training (the base seeds) registers Wk at every candidate (a finished run is extended, not
+retrained). A probe forks `instability.copies` copies of Wk and adds one copy at a time while the
+interval of the mean barrier over pairs straddles the threshold, up to `instability.max_copies`
+(by default inits x copies: never more trainings at one k than the grid spends there). The
+samples are the pairs of one init's copies, not the grid's inits x pairs: the search answers for
+this training's Wk. Its forks are `lmctrack fork --seeds N` forks, the copies registered states
+whose trainings a later `instability` sweep reuses (the first `copies` seeds are the sweep's).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 
 from lmctrack import earliest, schema
@@ -41,8 +44,7 @@ class Subnetwork:
 @dataclass
 class FindK:
     """The earliest stable k and what it cost: `trainings` (every training the answer needs,
-    the inits' W0 -> W_T included) vs `grid_trainings`, every candidate forked with the most
-    copies the search may take (by default inits x copies: the `instability` sweep's)."""
+    W0 -> W_T included) vs `grid_trainings`, the `instability` sweep of every candidate."""
 
     run_id: str
     model: str
@@ -53,7 +55,7 @@ class FindK:
     max_copies: int
     trainings: int
     grid_trainings: int
-    train_runs: list[str]
+    train_run: str
     fork_runs: list[str]
     subnetwork: Subnetwork | None = None
     definitions: dict[str, str] = field(default_factory=lambda: dict(schema.DEFINITIONS))
@@ -115,10 +117,9 @@ def budget(ctx: Context) -> Budget:
     if maximum < inst.copies:
         raise LmcError(
             f"instability.max_copies ({maximum}) is below instability.copies ({inst.copies}), "
-            "the copies of one init; raise it or set it to null (inits x copies)"
+            "the copies a probe starts with; raise it or set it to null (inits x copies)"
         )
-    whole = maximum // inst.copies * inst.copies  # copies come init by init
-    return Budget(start=inst.copies, step=inst.copies, maximum=whole)
+    return Budget(start=inst.copies, step=1, maximum=maximum)
 
 
 def density_sets(params: Params, density: float | None) -> list[str]:
@@ -132,8 +133,11 @@ def density_sets(params: Params, density: float | None) -> list[str]:
 
 
 class Probing:
-    """The barriers the search asks for: forks of Wk (or of IMP's subnetwork of Wk) of the
-    first `copies // instability.copies` inits, each init trained once when first needed."""
+    """The barriers the search asks for: `copies` copies of Wk of one training (the base seeds;
+    or of IMP's subnetwork of that Wk), noise seeds 1..copies, as `lmctrack fork --seeds`. A
+    probe that needs more samples adds one copy, which brings as many new pairs as there are
+    copies already: the cheapest samples there are (a new init costs a training from W0 and
+    two copies for one pair)."""
 
     def __init__(self, ctx: Context, ks: list[int], search=None) -> None:
         self.ctx, self.ks, self.search = ctx, ks, search  # search: IMP's mask search (--imp)
@@ -141,49 +145,43 @@ class Probing:
         self.split = "test" if "test" in inst.splits else inst.splits[0]
         track = ctx.steps(inst.track_every) if inst.track_every else None
         self.options = {"reset_schedule": inst.reset_schedule, "track_every": track}
-        self.runs: list[TrainedRun] = []
-        self.forks: dict[int, list[Fork]] = {}
+        self.run: TrainedRun | None = None
+        self.forks: dict[int, Fork] = {}
         self.drops: dict[int, float] = {}
         self.density: float | None = None
 
     def barriers(self, k: int, copies: int) -> list[float]:
-        inits = copies // self.ctx.params.instability.copies
-        while len(self.runs) < inits:  # one more init: W0 -> W_T registering every candidate
-            seed = sweep_seeds(self.ctx, len(self.runs) + 1)[-1]
+        if self.run is None:  # one training, W0 -> W_T, registering Wk at every candidate
             steps = [Step(it=c) for c in self.ks]
-            self.runs += train_runs(self.ctx, [seed], extra_steps=steps)
-        sources = [run.at(k) for run in self.runs[:inits]]
-        dense = self._subnetworks(sources) if self.search is not None else None
-        plans = [
-            algorithm1.plan(self.ctx, s, seeds=copy_seeds(self.ctx), **self.options)
-            for s in sources
-        ]
-        forks = self.forks[k] = algorithm1.forks(self.ctx, plans)
+            self.run = train_runs(self.ctx, sweep_seeds(self.ctx, 1), extra_steps=steps)[0]
+        source, dense = self.run.at(k), None
+        if self.search is not None:
+            source, dense = self._subnetwork(source)
+        seeds = copy_seeds(self.ctx, copies)
+        fork = self.forks[k] = algorithm1.fork(self.ctx, source, seeds=seeds, **self.options)
         if dense is not None:
-            drops = [d - (1 - e) for d, f in zip(dense, forks) for e in f.copy_errors]
-            self.drops[k] = sum(drops) / len(drops)
-        return [b for f in forks for b in f.barriers(self.split)]
+            self.drops[k] = statistics.fmean(dense - (1 - e) for e in fork.copy_errors)
+        return fork.barriers(self.split)
 
-    def _subnetworks(self, sources: list[str]) -> list[float]:
-        """IMP from each Wk (one replicate, as the sparse sweep): `sources` become its last
-        level's subnetworks (Wk, m); returns each init's dense accuracy (IMP's level 0)."""
-        found = imps(self.ctx, list(sources), self.search, with_baselines=False, replicates=1)
-        sources[:] = [result.levels()[-1].start for result in found]
-        self.density = found[0].levels()[-1].density
-        return [1 - result.levels()[0].test_error for result in found]
+    def _subnetwork(self, wk: str) -> tuple[str, float]:
+        """IMP from Wk (one replicate, as the sparse sweep): its last level's subnetwork
+        (Wk, m) and the dense accuracy it is compared with (IMP's level 0, trained from Wk)."""
+        found = imps(self.ctx, [wk], self.search, with_baselines=False, replicates=1)[0]
+        subnetwork = found.levels()[-1]
+        self.density = subnetwork.density
+        return subnetwork.start, 1 - found.levels()[0].test_error
+
+    def imp_trainings(self) -> int:
+        return cfg_levels(self.ctx.params.imp) + 1 if self.search is not None else 0
 
     def trainings(self, search: Search) -> int:
-        """Every training the answer needs: the inits' runs, IMP's levels, the copies."""
-        per_init = self.ctx.params.instability.copies
-        imp = cfg_levels(self.ctx.params.imp) + 1 if self.search is not None else 0
-        return len(self.runs) + sum(p.copies + p.copies // per_init * imp for p in search.probes)
+        """Every training the answer needs: the one run, IMP's levels, the copies."""
+        return 1 + sum(p.copies + self.imp_trainings() for p in search.probes)
 
     def grid_trainings(self) -> int:
-        """The full grid at the search's most copies: every candidate forked with them."""
-        copies = self.ctx.params.instability.copies
-        inits = budget(self.ctx).maximum // copies
-        imp = cfg_levels(self.ctx.params.imp) + 1 if self.search is not None else 0
-        return inits + len(self.ks) * inits * (copies + imp)
+        """The full grid: the `instability` sweep of every candidate (inits x copies each)."""
+        inst = self.ctx.params.instability
+        return inst.inits + len(self.ks) * inst.inits * (inst.copies + self.imp_trainings())
 
 
 def find_k(ctx: Context, search=None) -> FindK:
@@ -223,8 +221,8 @@ def find_k(ctx: Context, search=None) -> FindK:
             max_copies=budget(ctx).maximum,
             trainings=probing.trainings(found),
             grid_trainings=probing.grid_trainings(),
-            train_runs=[r.run_id for r in probing.runs],
-            fork_runs=[f.run_id for k in sorted(probing.forks) for f in probing.forks[k]],
+            train_run=probing.run.run_id,
+            fork_runs=[probing.forks[k].run_id for k in sorted(probing.forks)],
             subnetwork=subnetwork,
         )
         for p in found.probes:
@@ -294,7 +292,7 @@ COLORS = {
 def plot_search(result: FindK):
     """Each probed k: the mean barrier and its interval, colored by the verdict (a square: the
     check above k*); dotted: the candidates left unprobed; the band: where k* lies."""
-    from matplotlib.ticker import PercentFormatter
+    from matplotlib.ticker import NullLocator, PercentFormatter
 
     from lmctrack.plots import _figure, _rewind_axis
 
@@ -332,8 +330,11 @@ def plot_search(result: FindK):
     first = min([k for k in s.candidates if k > 0], default=1)
     ax.set_xlim(-0.4 * first, s.candidates[-1] * 1.5 if s.candidates[-1] else 1)
     ax.set_xticks(s.candidates, [str(k) for k in s.candidates], fontsize=7)
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_yscale("symlog", linthresh=s.threshold / 2)
-    low, high = ax.get_ylim()
+    ends = [v for p in s.probes for v in (p.low, p.mean, p.high) if math.isfinite(v)]
+    low, high = min(0.0, *ends) - s.threshold / 10, max(s.threshold, *ends) * 1.6
+    ax.set_ylim(low, high)
     marks = [0, s.threshold / 4, s.threshold / 2, s.threshold, 0.05, 0.1, 0.2, 0.5, 1.0]
     ax.set_yticks([y for y in marks if low <= y <= high])
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
