@@ -51,7 +51,7 @@ class FindK:
     split: str
     bn: str
     search: Search
-    copies: int  # per init
+    copies: int  # copies a probe starts with (instability.copies)
     max_copies: int
     trainings: int
     grid_trainings: int
