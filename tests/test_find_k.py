@@ -10,10 +10,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+import lmctrack as lmc
 from lmctrack import earliest, schema
 from lmctrack.cli import app
-from lmctrack.workflows.find_k import candidates, find_k
-from lmctrack.workflows.imp_chain import SameData
+from lmctrack.workflows.find_k import candidates
 from lmctrack.workflows.instability import instability
 from lmctrack.workflows.train import registered_run
 
@@ -93,14 +93,15 @@ def test_outputs_for_dvc(project, printed):
 
 def test_stable_at_the_first_candidate_stops_after_one_probe(project, printed):
     versions = project.versions()
-    result = find_k(project.context("instability.stable_threshold=0.99"))
+    result = lmc.find_k(params=project.params_file, sets={"instability.stable_threshold": 0.99})
     assert [p.k for p in result.search.probes] == [0] and result.k_star == 0
     assert result.trainings == 1 + 3 and project.versions() == versions  # all reused
 
 
 def test_imp_finds_the_earliest_stable_k_of_the_subnetwork_and_says_if_it_matches(project):
-    ctx = project.context("imp.levels=1", "instability.candidates=[0it,20it]")
-    result = find_k(ctx, SameData())
+    sets = {"instability.candidates": ["0it", "20it"]}
+    result = lmc.find_k(imp=True, density=0.8, params=project.params_file, sets=sets)
+    ctx = project.context()
     net = result.subnetwork
     assert net is not None and net.level == 1 and net.density == pytest.approx(0.8, abs=0.01)
     assert set(net.drop) == {p.k for p in result.search.probes}
