@@ -126,3 +126,7 @@ def test_bad_input_is_one_line(project, args, message):
     result = invoke("find-k", "-q", *args)
     assert result.exit_code != 0
     assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_default_candidates_are_0_and_powers_of_two_up_to_half_of_t(project):
+    assert candidates(project.context("instability.candidates=null")) == [0, 1, 2, 4, 8, 16, 32]

@@ -101,7 +101,7 @@ def candidates(ctx: Context) -> list[int]:
     steps = ctx.params.instability.candidates
     total = ctx.total_steps
     if steps is None:
-        return [0] + [2**i for i in range(int(math.log2(max(total // 2, 1))) + 1)]
+        return [0] + [2**i for i in range(total.bit_length()) if 2**i <= total // 2]
     ks = sorted({ctx.steps(s) for s in steps})
     if not ks or ks[-1] >= total:
         raise LmcError(
