@@ -21,6 +21,7 @@ API = (
     "interpolate",
     "imp",
     "instability",
+    "find_k",
     "align",
     "load",
     "states",

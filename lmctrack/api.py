@@ -16,12 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmctrack.config import Params
 from lmctrack.results import Fork, Imp, Pair, SparseSweep, Sweep
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.session import session
 from lmctrack.workflows.train import TrainedRun
+
+if TYPE_CHECKING:
+    from lmctrack.workflows.find_k import FindK
 
 ParamsLike = Path | str | Params | None
 
@@ -159,6 +163,25 @@ def instability(
         return sparse_instability(ctx) if sparse else sweep(ctx, mask=mask)
 
 
+def find_k(
+    *,
+    imp: bool = False,
+    density: float | None = None,
+    params: ParamsLike = None,
+    sets: Mapping[str, object] | None = None,
+) -> FindK:
+    """The earliest stable rewind step among instability.candidates, by bisection with copies
+    added until a confidence interval decides; with `imp`, of the IMP subnetwork at `density`."""
+    from lmctrack.config import resolve
+    from lmctrack.workflows.find_k import density_sets
+    from lmctrack.workflows.find_k import find_k as search
+    from lmctrack.workflows.imp_chain import mask_search
+
+    more = density_sets(resolve(params, _sets(sets)), density)
+    with session(params, _sets(sets) + more) as ctx:
+        return search(ctx, mask_search(ctx) if imp else None)
+
+
 def align(
     a: str,
     b: str,
@@ -209,6 +232,7 @@ def _store_params(params: ParamsLike) -> Params:
 
 __all__ = [
     "align",
+    "find_k",
     "fork",
     "forks",
     "imp",

@@ -180,6 +180,18 @@ class InstabilityConfig(Section):
         description="train examples to recompute BatchNorm statistics or measure REPAIR's "
         "(None: all)",
     )
+    candidates: list[StepField] | None = Field(
+        None, description="find-k: rewind steps searched (None: 0 and 2^i it up to T/2)"
+    )
+    confidence: float = Field(
+        0.95, gt=0, lt=1, description="find-k: level of the interval of the mean barrier"
+    )
+    max_copies: int | None = Field(
+        None,
+        ge=2,
+        description="find-k: most copies of one Wk a probe forks, one added at a time "
+        "(None: inits x copies, the grid's trainings at one k)",
+    )
 
     @model_validator(mode="after")
     def _tracks(self) -> InstabilityConfig:

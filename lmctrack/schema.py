@@ -52,6 +52,7 @@ KIND_IMP = "imp"
 KIND_IMP_TRAINING = "imp-training"
 KIND_INSTABILITY = "instability"
 KIND_SPARSE = "sparse-instability"
+KIND_FIND_K = "find-k"  # the search for the earliest stable rewind step
 
 # --- IMP methods: the paper's subnetworks and its two baselines --------------------------------
 IMP = "imp"

@@ -1,0 +1,53 @@
+"""`lmctrack find-k`: the earliest stable rewind step, by bisection with as many copies as it
+takes to decide, and what it cost against the full grid."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from lmctrack.cli.options import Common, command, load, table
+
+
+@command("find-k")
+def find_k(
+    imp: Annotated[
+        bool, typer.Option("--imp", help="the IMP subnetwork at --density, and is it matching")
+    ] = False,
+    density: Annotated[
+        float | None,
+        typer.Option(
+            "--density", help="--imp: weights kept (the nearest IMP level; default imp.levels)"
+        ),
+    ] = None,
+    *,
+    opts: Common,
+) -> None:
+    """The earliest stable rewind step k* among instability.candidates: bisection, a
+    confidence interval at each probed k, copies added while it straddles the threshold."""
+    from lmctrack.errors import LmcError
+    from lmctrack.workflows import find_k as workflow
+
+    if density is not None and not imp:
+        raise LmcError("--density picks the IMP subnetwork; add --imp")
+    more = workflow.density_sets(load(opts.params, opts.sets), density)
+    with opts.workspace(more=more) as ctx:
+        search = None
+        if imp:
+            from lmctrack.workflows.imp_chain import mask_search
+
+            search = mask_search(ctx)
+        result = workflow.find_k(ctx, search)
+    table(
+        f"find-k: {result.model} (bn={result.bn}, {result.split} barrier)",
+        ["k", "role", "copies", "pairs", "mean", "low", "high", "decision"],
+        [
+            [f"{p.k}it", p.role, p.copies, len(p.barriers), p.mean, p.low, p.high, p.decision]
+            for p in result.search.probes
+        ],
+    )
+    typer.echo(result.summary(), err=True)
+    typer.echo(result.cost(), err=True)
+    k_star = "none" if result.k_star is None else f"{result.k_star}it"
+    opts.finish(ctx, "find_k.json", result, [("run_id", result.run_id), ("k_star", k_star)])
