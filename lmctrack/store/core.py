@@ -13,6 +13,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 
 from lmctrack.errors import LmcError
+from lmctrack.store import copies
 from lmctrack.store.backend import (
     connect,
     deferred,
@@ -24,7 +25,8 @@ from lmctrack.store.backend import (
     unprefixed,
     write_errors,
 )
-from lmctrack.store.claims import file_claim, run_claim
+from lmctrack.store.claims import CLAIMS, file_claim, run_claim
+from lmctrack.store.copies import delete_copies
 from lmctrack.store.files import confined, is_local, local_path, safe_name
 from lmctrack.store.location import (
     STORE_DIR,
@@ -65,6 +67,7 @@ class Store(Registry):
         self._verified: set[str] = set()
         self._open: dict[str, Run] = {}  # runs of this process with metrics maybe buffered
         self._reaped: set[str] = set()  # experiments whose dead owners' runs were ended
+        self._copies = copies.Copies()  # what create requests made since the store settled
         self.client = connect(self.tracking_uri, self.root)
 
     # ---- runs -------------------------------------------------------------------------------
@@ -105,11 +108,13 @@ class Store(Registry):
             info = retry_busy(
                 lambda: self.client.create_run(experiment_id, tags=run_tags, run_name=name)
             ).info
-            if request:  # a RUNNING copy nobody ends; a claim run's would hold against its owner
+            if request and experiment == CLAIMS:  # its copy would hold against its owner
                 deferred(
                     self.client,
                     lambda: self._delete_run_copies(experiment_id, request, info.run_id),
                 )
+            elif request:  # a RUNNING copy nobody ends, deleted when the store settles
+                self._copies.made("runs", request, info.run_id, experiment_id)
         run = Run(self, info.run_id, experiment, experiment_id, info.artifact_uri)
         if params:
             try:
@@ -122,11 +127,15 @@ class Store(Registry):
 
     def _delete_run_copies(self, experiment_id: str, request: dict[str, str], kept: str) -> None:
         copies = self.client.search_runs([experiment_id], tagged(request))
-        self._delete_copies((r.info.run_id for r in copies), kept, self.client.delete_run)
+        delete_copies((r.info.run_id for r in copies), kept, self.client.delete_run)
 
     def settle(self) -> None:
         """Wait until what this process wrote is stored: writes to a tracking server go in the
-        background (store.backend.ServerClient). Raises the first write that failed."""
+        background (store.backend.ServerClient), and the copies that re-sent create requests
+        made are deleted (store.copies). Raises the first write that failed."""
+        batch = self._copies.take()
+        if batch is not None:
+            deferred(self.client, lambda: copies.delete(self.client, batch))
         settle(self.client)
 
     def _experiment_id(self, name: str) -> str:

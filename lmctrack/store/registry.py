@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from lmctrack.store.backend import (
     retry_busy,
     unprefixed,
 )
+from lmctrack.store.copies import Copies, link
 from lmctrack.store.files import confined, is_local, local_folder, local_path, sha256
 from lmctrack.store.location import TAG_PREFIX
 
@@ -51,7 +51,6 @@ _ALIAS_URI = re.compile(rf"^models:/{_NAME}@(?P<alias>[\w-]+)$")
 RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+?)/?$")
 KEY = re.compile(r"^[\w.:-]+$")
 CORRUPT = "corrupt"
-REQUEST = "request"  # tags what one create request made (Registry._request)
 
 
 def tagged(tags: dict[str, str]) -> str:
@@ -99,6 +98,7 @@ class Registry:
     _versions: dict[str, StateInfo]
     _verified: set[str]
     _registered: set[str]
+    _copies: Copies
 
     def _search_versions(self, filter_string: str) -> list[ModelVersion]:
         found: list[ModelVersion] = []
@@ -136,54 +136,15 @@ class Registry:
                 await_creation_for=0,
             )
         )
-        if self.root is None:
-            mv = self._sole_version(mv, model.model_id)
+        if self.root is None:  # a copy a re-sent request made goes when the store settles
+            self._copies.made_version(mv, model.model_id)
         if not isinstance(self.client, ServerClient):  # a server links them itself (MLflow 3)
-            self._link(model.model_id, mv)
+            link(self.client, model.model_id, mv)
         return self._remember(mv)
 
-    def _link(self, model_id: str, mv: ModelVersion) -> None:
-        """Tag the logged model with the version made of it: the UI links the two, and a
-        runs:/<run_id>/<name> URI resolves to the version through it."""
-        versions = json.dumps([{"name": mv.name, "version": int(mv.version)}])
-        link = {MLFLOW_MODEL_VERSIONS: versions}
-        retry_busy(lambda: self.client.set_logged_model_tags(model_id, link))
-
     def _request(self) -> dict[str, str]:
-        """A tag naming one create request, over HTTP only: MLflow's client sends a request again
-        when its answer is lost (a read timeout or a 5xx under load), so what the first request
-        created exists too, and is found by this tag (see _delete_copies)."""
-        return {TAG_PREFIX + REQUEST: uuid.uuid4().hex} if self.root is None else {}
-
-    def _delete_copies(
-        self, found: Iterable[str], kept: str, delete: Callable[[str], object]
-    ) -> None:
-        """Delete every id in found but kept: the copies a re-sent create request made."""
-        for copy in found:
-            if copy != kept:
-                try:
-                    delete(copy)
-                except MlflowException as e:
-                    if not not_found(e):  # a re-sent delete finds it gone
-                        raise
-
-    def _sole_version(self, mv: ModelVersion, model_id: str) -> ModelVersion:
-        """The one version of a logged model's files: a version re-sent after a lost answer
-        (see _request) exists twice; the earliest stays, later ones are deleted."""
-        same = self._search_versions(
-            f"name = '{_quoted(mv.name, 'model')}' AND tags.`{TAG_PREFIX}model_id` = '{model_id}'"
-        )
-        same.sort(key=lambda v: int(v.version))
-        if not same:
-            return mv
-        self._delete_copies(
-            (v.version for v in same),
-            same[0].version,
-            lambda version: self.client.delete_model_version(mv.name, version),
-        )
-        if len(same) > 1:  # the server linked the logged model to every copy
-            self._link(model_id, same[0])
-        return same[0]
+        """A tag naming one create request, over HTTP only (store.copies)."""
+        return self._copies.request() if self.root is None else {}
 
     def _remember(self, mv: ModelVersion) -> StateInfo:
         tags = unprefixed(mv.tags)

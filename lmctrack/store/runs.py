@@ -33,7 +33,7 @@ from lmctrack.store import pyfunc
 from lmctrack.store.backend import deferred, flatten, prefixed, retry_busy, unprefixed, write_errors
 from lmctrack.store.cost import Meter
 from lmctrack.store.files import safe_name, sha256, writable_folder
-from lmctrack.store.registry import StateInfo, tagged
+from lmctrack.store.registry import StateInfo
 
 if TYPE_CHECKING:
     from lmctrack.store.core import Store
@@ -74,9 +74,13 @@ class Run:
         self.experiment_id = experiment_id
         self._client = store.client
         self._datasets: set[tuple[str, str]] = set()
+        self._model_inputs: set[str] = set()
         self._state_names: set[str] = set()
         self._tables: list[dict[str, str]] = []  # listed in MLFLOW_LOGGED_ARTIFACTS
         self._pending: list[Metric] = []
+        # inputs and outputs, sent with the metrics: one request each per flush, not per state
+        self._inputs: tuple[list[DatasetInput], list[LoggedModelInput]] = ([], [])
+        self._outputs: list[LoggedModelOutput] = []
         self._flushed = time.monotonic()
         self._meter = Meter()
         store._open[run_id] = self
@@ -127,7 +131,14 @@ class Run:
             self.log_metrics({key: value}, step=i)
 
     def flush(self, tags: dict[str, str] | None = None) -> None:
-        """Send the buffered metrics now, and `tags` with them (one request when both fit)."""
+        """Send the buffered metrics now, and `tags` with them (one request when both fit), and
+        the inputs and outputs recorded since the last flush (one request each)."""
+        (datasets, models), self._inputs = self._inputs, ([], [])
+        if datasets or models:
+            retry_busy(lambda: self._client.log_inputs(self.id, datasets, models))
+        outputs, self._outputs = self._outputs, []
+        if outputs:
+            retry_busy(lambda: self._client.log_outputs(self.id, outputs))
         batch, self._pending = self._pending, []
         run_tags = [RunTag(k, v) for k, v in prefixed(tags or {}).items()]
         if len(batch) + len(run_tags) > _FLUSH_SIZE:
@@ -218,9 +229,8 @@ class Run:
             else:
                 info = self.store.describe(found)
             self._log_inputs(parent_infos, dataset)
-            outputs = [LoggedModelOutput(info.model_id, step or 0)] if info.model_id else []
-            if outputs:
-                retry_busy(lambda: self._client.log_outputs(self.id, outputs))
+            if info.model_id:
+                self._outputs.append(LoggedModelOutput(info.model_id, step or 0))
         return info.uri
 
     @staticmethod
@@ -273,13 +283,14 @@ class Run:
         self._log_inputs([self.store.describe(uri) for uri in uris], None)
 
     def _log_inputs(self, states: Sequence[StateInfo], dataset: tuple[str, str] | None) -> None:
-        new_dataset = dataset is not None and tuple(dataset) not in self._datasets
-        datasets = [self._dataset_input(*dataset)] if new_dataset else []
-        models = [LoggedModelInput(info.model_id) for info in states if info.model_id]
-        if datasets or models:
-            retry_busy(lambda: self._client.log_inputs(self.id, datasets, models))
-        if new_dataset:
+        """Recorded at the next flush (every few seconds, and when the run ends)."""
+        if dataset is not None and tuple(dataset) not in self._datasets:
+            self._inputs[0].append(self._dataset_input(*dataset))
             self._datasets.add(tuple(dataset))
+        for model_id in dict.fromkeys(info.model_id for info in states if info.model_id):
+            if model_id not in self._model_inputs:
+                self._inputs[1].append(LoggedModelInput(model_id))
+                self._model_inputs.add(model_id)
 
     def _state_name(self, role: str, step: int | None) -> str:
         """A logged-model name unique in this run, so runs:/<run_id>/<name> finds it."""
@@ -307,8 +318,8 @@ class Run:
                 model_type="lmctrack.state",
             )
         )
-        if request:  # a copy would stay PENDING, without files, in the experiment's models
-            deferred(self._client, lambda: self._delete_model_copies(request, model.model_id))
+        if request:  # a copy stays PENDING, without files, until the store settles
+            self.store._copies.made("models", request, model.model_id, self.experiment_id)
         try:
             with writable_folder(model.artifact_location, self.store.tracking_uri) as folder:
                 files = state_files.save_state(state, folder)
@@ -331,11 +342,6 @@ class Run:
             raise
         retry_busy(lambda: self._client.finalize_logged_model(model.model_id, "READY"))
         return model, digests
-
-    def _delete_model_copies(self, request: dict[str, str], kept: str) -> None:
-        copies = self._client.search_logged_models([self.experiment_id], tagged(request))
-        models = (m.model_id for m in copies)
-        self.store._delete_copies(models, kept, self._client.delete_logged_model)
 
     @staticmethod
     def _dataset_input(name: str, fingerprint: str) -> DatasetInput:
