@@ -28,6 +28,7 @@ from lmctrack.store.backend import (
 from lmctrack.store.claims import CLAIMS, file_claim, run_claim
 from lmctrack.store.copies import delete_copies
 from lmctrack.store.files import confined, is_local, local_path, safe_name
+from lmctrack.store.held import Held
 from lmctrack.store.location import (
     STORE_DIR,
     TAG_PREFIX,
@@ -68,6 +69,7 @@ class Store(Registry):
         self._open: dict[str, Run] = {}  # runs of this process with metrics maybe buffered
         self._reaped: set[str] = set()  # experiments whose dead owners' runs were ended
         self._copies = copies.Copies()  # what create requests made since the store settled
+        self._held = Held()  # states registered into a tracking server, to read back
         self.client = connect(self.tracking_uri, self.root)
 
     # ---- runs -------------------------------------------------------------------------------
@@ -185,6 +187,9 @@ class Store(Registry):
         return found.experiment_id
 
     def _get_run(self, run_id: str):
+        """The run as the store holds it, with what this process buffered for it sent first."""
+        if run_id in self._open:
+            self._open[run_id].flush()
         try:
             return self.client.get_run(run_id)
         except MlflowException as e:
@@ -280,8 +285,6 @@ class Store(Registry):
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         """The latest value of each metric of the run."""
-        if run_id in self._open:
-            self._open[run_id].flush()
         return dict(self._get_run(run_id).data.metrics)
 
     def run_artifact(self, run_id: str, name: str) -> Path:

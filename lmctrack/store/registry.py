@@ -33,6 +33,7 @@ from lmctrack.store.backend import (
 )
 from lmctrack.store.copies import Copies, link
 from lmctrack.store.files import confined, is_local, local_folder, local_path, sha256
+from lmctrack.store.held import Held
 from lmctrack.store.location import TAG_PREFIX
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ class Registry:
     _verified: set[str]
     _registered: set[str]
     _copies: Copies
+    _held: Held
 
     def _search_versions(self, filter_string: str) -> list[ModelVersion]:
         found: list[ModelVersion] = []
@@ -316,7 +318,10 @@ class Registry:
 
     def load_state(self, uri: str) -> State:
         """Read a state's safetensors files (never unpickles), verified: the registered sha256
-        of every file, then finite values."""
+        of every file, then finite values. A state this process registered into a tracking
+        server is given from memory (store.held)."""
+        if (held := self._held.get(uri)) is not None:
+            return held
         with self._files(uri) as folder:
             if not (folder / state_files.WEIGHTS_FILE).is_file():
                 raise LmcError(f"{uri} holds no lmctrack state; {self._state_hint(uri)}")

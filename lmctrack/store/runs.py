@@ -78,6 +78,7 @@ class Run:
         self._state_names: set[str] = set()
         self._tables: list[dict[str, str]] = []  # listed in MLFLOW_LOGGED_ARTIFACTS
         self._pending: list[Metric] = []
+        self._params: dict[str, str] = {}  # sent with the metrics
         # inputs and outputs, sent with the metrics: one request each per flush, not per state
         self._inputs: tuple[list[DatasetInput], list[LoggedModelInput]] = ([], [])
         self._outputs: list[LoggedModelOutput] = []
@@ -112,10 +113,12 @@ class Run:
                 raise
 
     def log_params(self, params: dict[str, Any]) -> None:
+        """Buffered like metrics: sent in their batch (a read of the run through the store sends
+        them first). A param given again with another value is sent apart, for MLflow to refuse."""
         flat = flatten(params)
-        if flat:
-            batch = [Param(k, v) for k, v in flat.items()]
-            retry_busy(lambda: self._client.log_batch(self.id, params=batch))
+        if any(self._params.get(k, v) != v for k, v in flat.items()):
+            self.flush()
+        self._params.update(flat)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Buffered: sent in one batch every few seconds and when the run ends (cheap to call
@@ -131,21 +134,24 @@ class Run:
             self.log_metrics({key: value}, step=i)
 
     def flush(self, tags: dict[str, str] | None = None) -> None:
-        """Send the buffered metrics now, and `tags` with them (one request when both fit), and
-        the inputs and outputs recorded since the last flush (one request each)."""
+        """Send the buffered params and metrics now, and `tags` with them (one request while
+        MLflow's batch limits allow), and the inputs and outputs recorded since the last flush
+        (one request each)."""
         (datasets, models), self._inputs = self._inputs, ([], [])
         if datasets or models:
             retry_busy(lambda: self._client.log_inputs(self.id, datasets, models))
         outputs, self._outputs = self._outputs, []
         if outputs:
             retry_busy(lambda: self._client.log_outputs(self.id, outputs))
-        batch, self._pending = self._pending, []
+        metrics, self._pending = self._pending, []
+        params, self._params = [Param(k, v) for k, v in self._params.items()], {}
         run_tags = [RunTag(k, v) for k, v in prefixed(tags or {}).items()]
-        if len(batch) + len(run_tags) > _FLUSH_SIZE:
-            self.set_tags(tags or {})
-            run_tags = []
-        if batch or run_tags:
-            retry_busy(lambda: self._client.log_batch(self.id, metrics=batch, tags=run_tags))
+        if metrics or params or run_tags:  # MLflow's client splits them at the batch limits
+            retry_busy(
+                lambda: self._client.log_batch(
+                    self.id, metrics=metrics, params=params, tags=run_tags
+                )
+            )
         self._flushed = time.monotonic()
 
     def log_json(self, obj: Any, name: str) -> None:
@@ -226,6 +232,8 @@ class Run:
             if found is None:
                 meta = self._version_tags(state, role, step, tags, parent_infos, key, arch)
                 info = self._register(state, model_name, role, step, meta, arch)
+                if self.store.root is None:  # what reading it back from the server would give
+                    self.store._held.put(info.uri, state)
             else:
                 info = self.store.describe(found)
             self._log_inputs(parent_infos, dataset)
