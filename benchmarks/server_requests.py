@@ -8,7 +8,11 @@ requests.Session) is counted in this process, by method and path; the registered
 counted in the registry afterwards. The sweeps run one after another on fresh seeds, the first
 into an empty store (it also creates the experiments), so nothing is reused.
 
-    python benchmarks/server_requests.py [--sweeps 2]
+With --direct the server does not proxy artifacts: the clients write the files into its artifact
+root themselves (a shared file system here; an s3:// root works the same way), so what the
+server gets is the bookkeeping alone (runs, metrics, lineage, versions).
+
+    python benchmarks/server_requests.py [--sweeps 2] [--direct]
 """
 
 from __future__ import annotations
@@ -97,16 +101,21 @@ def report(label: str, sent: Requests, states: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", type=int, default=2, help="sweeps on fresh seeds, one by one")
+    parser.add_argument(
+        "--direct", action="store_true", help="artifacts written by the clients, not proxied"
+    )
     args = parser.parse_args()
     print(machine())
     folder, data_root, server = scratch("project"), scratch("data"), scratch("server")
     write_mnist1d(data_root, TINY_SAMPLES)
     (server / "artifacts").mkdir()
     backend = f"sqlite:///{server / 'mlflow.db'}"
-    with services.mlflow_server(backend, server / "artifacts") as mlflow_server:
+    artifacts = server / "artifacts"
+    with services.mlflow_server(backend, artifacts, proxied=not args.direct) as mlflow_server:
         params = {**tiny_params(data_root), "store": {"tracking_uri": mlflow_server.url}}
         (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        print(f"mlflow server on sqlite at {mlflow_server.url}; local processes train")
+        files = f"clients write files into {artifacts}" if args.direct else "files proxied"
+        print(f"mlflow server on sqlite at {mlflow_server.url} ({files}); local processes train")
         for i in range(args.sweeps):
             sent, states = sweep(folder, mlflow_server.url, 100 + i * SEED_STRIDE)
             report(f"sweep {i + 1}{' (empty store)' if i == 0 else ''}", sent, states)

@@ -121,15 +121,27 @@ def delete(client: MlflowClient, batch: Batch) -> None:
             )
         )
         _drop(((r.data.tags, r.info.run_id) for r in runs), batch.runs, client.delete_run)
-    for made in _made(batch.models):
-        models = _paged(
+    models = [
+        model
+        for made in _made(batch.models)
+        for model in _paged(
             lambda token, made=made: client.search_logged_models(
                 experiments, made, max_results=100, page_token=token
             )
         )
-        _drop(((m.tags, m.model_id) for m in models), batch.models, client.delete_logged_model)
-    if batch.versions:
-        _drop_versions(client, batch.versions)
+    ]
+    _drop(((m.tags, m.model_id) for m in models), batch.models, client.delete_logged_model)
+    # a tracking server tags each logged model with every version made of it: copies show there
+    linked = {m.model_id: json.loads(m.tags.get(MLFLOW_MODEL_VERSIONS, "[]")) for m in models}
+    for model_id, mine in batch.versions.items():
+        if model_id not in linked:  # made in a batch before: ask the registry
+            _drop_versions(client, batch.versions)
+            return
+        kept = (mine.name, str(mine.version))
+        others = [(v["name"], str(v["version"])) for v in linked[model_id]]
+        if others != [kept]:
+            delete_copies(others, kept, lambda copy: client.delete_model_version(*copy))
+            link(client, model_id, mine)
 
 
 def _made(requests: dict[str, str]) -> list[str]:

@@ -10,6 +10,7 @@ from collections.abc import Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 
+from mlflow.entities import Experiment
 from mlflow.exceptions import MlflowException
 
 from lmctrack.errors import LmcError
@@ -25,8 +26,7 @@ from lmctrack.store.backend import (
     unprefixed,
     write_errors,
 )
-from lmctrack.store.claims import CLAIMS, file_claim, run_claim
-from lmctrack.store.copies import delete_copies
+from lmctrack.store.claims import file_claim, run_claim
 from lmctrack.store.files import confined, is_local, local_path, safe_name
 from lmctrack.store.held import Held
 from lmctrack.store.location import (
@@ -38,7 +38,7 @@ from lmctrack.store.location import (
     sqlite_uri,
 )
 from lmctrack.store.owners import owner_is_dead, owner_tags
-from lmctrack.store.registry import CORRUPT, KEY, Registry, StateInfo, tagged
+from lmctrack.store.registry import CORRUPT, KEY, Registry, StateInfo
 from lmctrack.store.runs import Run
 
 _RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
@@ -63,7 +63,7 @@ class Store(Registry):
         self.root: Path | None = db.parent if db is not None else None
         self._experiments: dict[str, str] = {}  # made ready for runs by _experiment_id
         self._found: dict[str, str] = {}  # seen by _existing_experiment
-        self._registered: set[str] = set()
+        self._looked_up: dict[str, Experiment] = {}  # ... and its experiment, once
         self._versions: dict[str, StateInfo] = {}
         self._verified: set[str] = set()
         self._open: dict[str, Run] = {}  # runs of this process with metrics maybe buffered
@@ -110,12 +110,8 @@ class Store(Registry):
             info = retry_busy(
                 lambda: self.client.create_run(experiment_id, tags=run_tags, run_name=name)
             ).info
-            if request and experiment == CLAIMS:  # its copy would hold against its owner
-                deferred(
-                    self.client,
-                    lambda: self._delete_run_copies(experiment_id, request, info.run_id),
-                )
-            elif request:  # a RUNNING copy nobody ends, deleted when the store settles
+            if request:  # a RUNNING copy nobody ends, deleted when the store settles (a claim
+                # run's, which would hold against its owner, when the claim sees it)
                 self._copies.made("runs", request, info.run_id, experiment_id)
         run = Run(self, info.run_id, experiment, experiment_id, info.artifact_uri)
         if params:
@@ -126,10 +122,6 @@ class Store(Registry):
                 run._terminate("FAILED", failing=True)
                 raise
         return run
-
-    def _delete_run_copies(self, experiment_id: str, request: dict[str, str], kept: str) -> None:
-        copies = self.client.search_runs([experiment_id], tagged(request))
-        delete_copies((r.info.run_id for r in copies), kept, self.client.delete_run)
 
     def settle(self) -> None:
         """Wait until what this process wrote is stored: writes to a tracking server go in the
@@ -145,7 +137,7 @@ class Store(Registry):
         the model-training kind (given to experiments created before, when missing)."""
         if name in self._experiments:
             return self._experiments[name]
-        experiment = self.client.get_experiment_by_name(name)
+        experiment = self._looked_up.pop(name, None) or self.client.get_experiment_by_name(name)
         if experiment is None:
             location = None
             if self.root is not None:
@@ -182,6 +174,7 @@ class Store(Registry):
         found = self.client.get_experiment_by_name(name)
         if found is None:
             return None
+        self._looked_up[name] = found  # for _experiment_id, without asking again
         if found.lifecycle_stage == "active":
             self._found[name] = found.experiment_id
         return found.experiment_id

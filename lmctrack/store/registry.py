@@ -54,11 +54,6 @@ KEY = re.compile(r"^[\w.:-]+$")
 CORRUPT = "corrupt"
 
 
-def tagged(tags: dict[str, str]) -> str:
-    """A search filter for what carries all of tags (ids and hex digests: nothing to quote)."""
-    return " AND ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-
-
 def _quoted(value: str, what: str) -> str:
     """A value for a search filter: MLflow's filter strings cannot escape quotes."""
     if "'" in value or "\\" in value:
@@ -98,7 +93,6 @@ class Registry:
     root: Path | None
     _versions: dict[str, StateInfo]
     _verified: set[str]
-    _registered: set[str]
     _copies: Copies
     _held: Held
 
@@ -118,26 +112,33 @@ class Registry:
         self, model_name: str, model: LoggedModel, run_id: str, tags: dict[str, str]
     ) -> StateInfo:
         """A new version of model_name holding the logged model's files."""
-        if model_name not in self._registered:
+        version_tags = {**tags, f"{TAG_PREFIX}model_id": model.model_id}
+
+        def create() -> ModelVersion:
+            # The artifact location as source (not models:/<model_id>): MLflow's sqlite registry
+            # resolves model-id sources through the process-global tracking URI.
+            return retry_busy(
+                lambda: self.client.create_model_version(
+                    model_name,
+                    source=model.artifact_location,
+                    run_id=run_id,
+                    tags=version_tags,
+                    model_id=model.model_id,
+                    await_creation_for=0,
+                )
+            )
+
+        try:  # the registered model exists but for the first state of a network
+            mv = create()
+        except MlflowException as e:
+            if not not_found(e):
+                raise
             try:
                 retry_busy(lambda: self.client.create_registered_model(model_name))
             except MlflowException as e:
                 if not exists_already(e):
                     raise
-            self._registered.add(model_name)
-        version_tags = {**tags, f"{TAG_PREFIX}model_id": model.model_id}
-        # The artifact location as source (not models:/<model_id>): MLflow's sqlite registry
-        # resolves model-id sources through the process-global tracking URI.
-        mv = retry_busy(
-            lambda: self.client.create_model_version(
-                model_name,
-                source=model.artifact_location,
-                run_id=run_id,
-                tags=version_tags,
-                model_id=model.model_id,
-                await_creation_for=0,
-            )
-        )
+            mv = create()
         if self.root is None:  # a copy a re-sent request made goes when the store settles
             self._copies.made_version(mv, model.model_id)
         if not isinstance(self.client, ServerClient):  # a server links them itself (MLflow 3)
@@ -170,7 +171,17 @@ class Registry:
         one that fails verification is marked corrupt and passed over."""
         if not KEY.match(key):
             raise LmcError(f"state key '{key}' must be letters, digits, '.', ':', '_' or '-'")
-        versions = self._search_versions(f"tags.`{TAG_PREFIX}state_key` = '{key}'")
+        return self._verified_first(
+            self._search_versions(f"tags.`{TAG_PREFIX}state_key` = '{key}'")
+        )
+
+    def _keyed(self, work: str) -> list[ModelVersion]:
+        """The versions registered under any key `<work>:<part>`: one search for all the states
+        of one piece of work (a training registers each of its Wk)."""
+        return self._search_versions(f"tags.`{TAG_PREFIX}state_key` LIKE '{work}:%'")
+
+    def _verified_first(self, versions: list[ModelVersion]) -> str | None:
+        """The earliest of the versions not marked corrupt whose files verify."""
         versions.sort(key=lambda mv: (mv.creation_timestamp, int(mv.version)))
         for mv in versions:
             info = self._remember(mv)

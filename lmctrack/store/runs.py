@@ -33,9 +33,12 @@ from lmctrack.store import pyfunc
 from lmctrack.store.backend import deferred, flatten, prefixed, retry_busy, unprefixed, write_errors
 from lmctrack.store.cost import Meter
 from lmctrack.store.files import safe_name, sha256, writable_folder
-from lmctrack.store.registry import StateInfo
+from lmctrack.store.location import TAG_PREFIX
+from lmctrack.store.registry import KEY, StateInfo
 
 if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
     from lmctrack.store.core import Store
 
 _FLUSH_SIZE = 1000  # buffered metrics sent at once (MLflow's batch limit)
@@ -75,6 +78,9 @@ class Run:
         self._client = store.client
         self._datasets: set[tuple[str, str]] = set()
         self._model_inputs: set[str] = set()
+        self._keyed: dict[str, list[ModelVersion]] = {}  # by work: versions registered under it
+        self._saved: dict[str, str] = {}  # state key -> URI, of the states this run registered
+        self._tags: dict[str, str] = {}  # sent with the metrics
         self._state_names: set[str] = set()
         self._tables: list[dict[str, str]] = []  # listed in MLFLOW_LOGGED_ARTIFACTS
         self._pending: list[Metric] = []
@@ -145,7 +151,8 @@ class Run:
             retry_busy(lambda: self._client.log_outputs(self.id, outputs))
         metrics, self._pending = self._pending, []
         params, self._params = [Param(k, v) for k, v in self._params.items()], {}
-        run_tags = [RunTag(k, v) for k, v in prefixed(tags or {}).items()]
+        tags, self._tags = {**self._tags, **(tags or {})}, {}
+        run_tags = [RunTag(k, v) for k, v in prefixed(tags).items()]
         if metrics or params or run_tags:  # MLflow's client splits them at the batch limits
             retry_busy(
                 lambda: self._client.log_batch(
@@ -167,8 +174,7 @@ class Run:
         self._write(name, json.dumps({"columns": columns, "data": data}).encode())
         if (entry := {"path": name, "type": "table"}) not in self._tables:
             self._tables.append(entry)
-            listed = RunTag(MLFLOW_LOGGED_ARTIFACTS, json.dumps(self._tables))
-            retry_busy(lambda: self._client.log_batch(self.id, tags=[listed]))
+            self._tags[MLFLOW_LOGGED_ARTIFACTS] = json.dumps(self._tables)
 
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         name = Path(path).name
@@ -228,18 +234,33 @@ class Run:
         arch = None if architecture is None else pyfunc.architecture(architecture)
         parent_infos = [self.store.describe(p) for p in parents]
         with self.store._state_lock(key), write_errors(self.store.tracking_uri):
-            found = self.store.find_state(key) if key is not None else None
+            found = self._found_state(key) if key is not None else None
             if found is None:
                 meta = self._version_tags(state, role, step, tags, parent_infos, key, arch)
                 info = self._register(state, model_name, role, step, meta, arch)
                 if self.store.root is None:  # what reading it back from the server would give
                     self.store._held.put(info.uri, state)
+                if key is not None:
+                    self._saved[key] = info.uri
             else:
                 info = self.store.describe(found)
             self._log_inputs(parent_infos, dataset)
             if info.model_id:
                 self._outputs.append(LoggedModelOutput(info.model_id, step or 0))
         return info.uri
+
+    def _found_state(self, key: str) -> str | None:
+        """Store.find_state(key), from one search per piece of work in this run: the versions
+        under every key `<work>:<part>` (a new claimant registers none of them meanwhile)."""
+        work, sep, _ = key.rpartition(":")
+        if key in self._saved:
+            return self._saved[key]
+        if not sep or not KEY.match(key):
+            return self.store.find_state(key)
+        if work not in self._keyed:
+            self._keyed[work] = self.store._keyed(work)
+        tag = f"{TAG_PREFIX}state_key"
+        return self.store._verified_first([v for v in self._keyed[work] if v.tags.get(tag) == key])
 
     @staticmethod
     def _version_tags(
