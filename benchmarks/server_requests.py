@@ -12,7 +12,10 @@ With --direct the server does not proxy artifacts: the clients write the files i
 root themselves (a shared file system here; an s3:// root works the same way), so what the
 server gets is the bookkeeping alone (runs, metrics, lineage, versions).
 
-    python benchmarks/server_requests.py [--sweeps 2] [--direct]
+With --inits N the sweep has N inits instead of 2 (7 states each): what a command costs once
+(experiments, claims, reaping, the searches for copies) then weighs less per state.
+
+    python benchmarks/server_requests.py [--sweeps 2] [--direct] [--inits 2]
 """
 
 from __future__ import annotations
@@ -81,13 +84,14 @@ def registered(tracking_uri: str) -> int:
     return len(client.search_model_versions(max_results=10000))
 
 
-def sweep(folder: Path, tracking_uri: str, seed: int) -> tuple[Requests, int]:
+def sweep(folder: Path, tracking_uri: str, seed: int, inits: int) -> tuple[Requests, int]:
     """One reduced instability sweep through lmctrack.api; its requests and the new states."""
     import lmctrack as lmc
 
     before = registered(tracking_uri)
+    sets = {"seeds.init": seed, "instability.inits": inits}
     with chdir(folder), Requests() as sent:
-        lmc.instability(params=folder / "params.yaml", sets={"seeds.init": seed})  # settles
+        lmc.instability(params=folder / "params.yaml", sets=sets)  # settles
     return sent, registered(tracking_uri) - before
 
 
@@ -104,6 +108,7 @@ def main() -> None:
     parser.add_argument(
         "--direct", action="store_true", help="artifacts written by the clients, not proxied"
     )
+    parser.add_argument("--inits", type=int, default=2, help="the sweep's inits (reduced: 2)")
     args = parser.parse_args()
     print(machine())
     folder, data_root, server = scratch("project"), scratch("data"), scratch("server")
@@ -117,7 +122,8 @@ def main() -> None:
         files = f"clients write files into {artifacts}" if args.direct else "files proxied"
         print(f"mlflow server on sqlite at {mlflow_server.url} ({files}); local processes train")
         for i in range(args.sweeps):
-            sent, states = sweep(folder, mlflow_server.url, 100 + i * SEED_STRIDE)
+            seed = 100 + i * max(SEED_STRIDE, args.inits)
+            sent, states = sweep(folder, mlflow_server.url, seed, args.inits)
             report(f"sweep {i + 1}{' (empty store)' if i == 0 else ''}", sent, states)
 
 
