@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -33,9 +33,10 @@ if TYPE_CHECKING:
 
 REQUEST = "request"  # the tag naming one create request
 _PAGE = 10000
+T = TypeVar("T")
 
 
-def delete_copies(found: Iterable[str], kept: str, delete: Callable[[str], object]) -> None:
+def delete_copies(found: Iterable[T], kept: T, delete: Callable[[T], object]) -> None:
     """Delete every id in found but kept (a re-sent delete finds it gone)."""
     for copy in found:
         if copy != kept:
