@@ -38,7 +38,6 @@ import time
 from contextlib import ExitStack, chdir
 from pathlib import Path
 
-import requests
 import torch
 import yaml
 
@@ -48,6 +47,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import services  # noqa: E402
 from common import machine, scratch  # noqa: E402
 from conftest import TINY_SAMPLES, tiny_params  # noqa: E402
+from server_requests import Requests  # noqa: E402
 
 from lmctrack.workflows.datasets import write_mnist1d  # noqa: E402
 
@@ -208,26 +208,6 @@ def measure_sweeps(
                 f"  a fresh Ray worker imports for {worker_imports():.1f} s of CPU; each command's "
                 "workers are new processes (warm-up overlaps their imports with the driver's)"
             )
-
-
-class Requests:
-    """The HTTP requests this process sends (every MLflow client call and artifact transfer goes
-    through requests.Session): what a sweep asks of the tracking server."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._send = requests.Session.request
-
-    def __enter__(self) -> Requests:
-        def counted(session, *args, **kwargs):
-            self.count += 1
-            return self._send(session, *args, **kwargs)
-
-        requests.Session.request = counted
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        requests.Session.request = self._send
 
 
 def measure_in_driver(repeats: int, ray_address: str, tracking_uri: str, steps: str) -> None:

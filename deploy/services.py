@@ -135,15 +135,27 @@ class MlflowServer:
     around the Flask app) or gunicorn (the Flask app alone; benchmarks/cluster.py --server)."""
 
     def __init__(
-        self, backend_uri: str, artifacts: Path, workers: int = 1, front: str = "uvicorn"
+        self,
+        backend_uri: str,
+        artifacts: Path,
+        workers: int = 1,
+        front: str = "uvicorn",
+        proxied: bool = True,
     ) -> None:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log = artifacts.parent / f"mlflow-server-{self.port}.log"
+        # proxied: files go through the server; else clients write `artifacts` themselves (a
+        # shared file system; an s3:// root works the same way), and the server never sees them
+        where = (
+            ("--artifacts-destination", str(artifacts))
+            if proxied
+            else ("--no-serve-artifacts", "--default-artifact-root", str(artifacts))
+        )
         self._argv = [
             *(sys.executable, "-m", "mlflow", "server"),
             *("--backend-store-uri", backend_uri),
-            *("--artifacts-destination", str(artifacts)),
+            *where,
             *("--host", HOST, "--port", str(self.port), "--workers", str(workers)),
             *FRONTS[front],
         ]
@@ -172,10 +184,14 @@ class MlflowServer:
 
 @contextmanager
 def mlflow_server(
-    backend_uri: str, artifacts: Path, workers: int = 1, front: str = "uvicorn"
+    backend_uri: str,
+    artifacts: Path,
+    workers: int = 1,
+    front: str = "uvicorn",
+    proxied: bool = True,
 ) -> Iterator[MlflowServer]:
     """A started MlflowServer (see there), stopped when the block ends."""
-    server = MlflowServer(backend_uri, artifacts, workers, front)
+    server = MlflowServer(backend_uri, artifacts, workers, front, proxied)
     server.start()
     try:
         yield server

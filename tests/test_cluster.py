@@ -454,8 +454,9 @@ def _resend(monkeypatch, client, method: str) -> None:
 
 
 def test_a_version_whose_answer_was_lost_and_request_resent_is_registered_once(server, monkeypatch):
-    """The state is still one version, the one the caller gets and loads, of one logged model
-    (a copy of which would stay PENDING, without files, among the experiment's models)."""
+    """Once the store settles the state is one version, the one the caller got and loads, of one
+    logged model (a copy of which would stay PENDING, without files, among the experiment's
+    models); the copies are found by one search per kind (store.copies)."""
     store = Store(server.url)
     _resend(monkeypatch, store.client, "create_model_version")
     _resend(monkeypatch, store.client, "create_logged_model")
@@ -464,8 +465,9 @@ def test_a_version_whose_answer_was_lost_and_request_resent_is_registered_once(s
         uri = run.save_state(
             State(weights), model_name="resent", role="final", step=1, tags={}, key="resent-1"
         )
+    store.settle()
     versions = store.client.search_model_versions("name = 'resent'")
-    assert [f"models:/resent/{v.version}" for v in versions] == [uri] == ["models:/resent/1"]
+    assert [f"models:/resent/{v.version}" for v in versions] == [uri] == ["models:/resent/2"]
     assert torch.equal(store.load_state(uri).weights["w"], weights["w"])
     assert store.find_state("resent-1") == uri
     models = store.client.search_logged_models([run.experiment_id])
@@ -473,7 +475,7 @@ def test_a_version_whose_answer_was_lost_and_request_resent_is_registered_once(s
         (store.describe(uri).model_id, "READY")
     ]
     # the server linked the logged model to both versions; it names only the one kept
-    assert json.loads(models[0].tags["mlflow.modelVersions"]) == [{"name": "resent", "version": 1}]
+    assert json.loads(models[0].tags["mlflow.modelVersions"]) == [{"name": "resent", "version": 2}]
     assert Store(server.url).describe(f"runs:/{run.id}/final-1").uri == uri
 
 
@@ -507,6 +509,7 @@ def test_a_run_whose_answer_was_lost_and_request_resent_exists_once(server, monk
     claimant.start()
     claimant.join(60)
     assert taken.is_set() and not claimant.is_alive()
+    store.settle()  # the run's copy is deleted when the store settles (a claim run's at once)
     runs = store.client.search_runs([run.experiment_id])
     assert [(r.info.run_id, r.info.status) for r in runs] == [(run.id, "FINISHED")]
     claims = store.client.get_experiment_by_name("lmctrack.claims").experiment_id

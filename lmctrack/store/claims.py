@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmctrack.store.backend import unprefixed
+from lmctrack.store.copies import REQUEST, delete_copies
 
 if TYPE_CHECKING:
     from lmctrack.store.view import StoreView
@@ -151,11 +152,18 @@ def run_claim(
 
 def _run_tickets(store: StoreView, mine: str, wanted: set[str]) -> dict[str, int | None]:
     """The tickets of the other live claim runs that share a key with wanted (None while one is
-    choosing; 0 for a run of a version without tickets)."""
+    choosing; 0 for a run of a version without tickets). A copy of mine that a re-sent request
+    made (store.copies) would hold against me: it is deleted instead."""
     found: dict[str, int | None] = {}
-    for run in store.running(CLAIMS):
+    running = store.running(CLAIMS)
+    request = next(
+        (unprefixed(r.data.tags).get(REQUEST) for r in running if r.info.run_id == mine), None
+    )
+    for run in running:
         tags = unprefixed(run.data.tags)
-        if run.info.run_id != mine and claimed_keys(tags) & wanted:
+        if run.info.run_id != mine and request and tags.get(REQUEST) == request:
+            delete_copies([run.info.run_id], mine, store.client.delete_run)
+        elif run.info.run_id != mine and claimed_keys(tags) & wanted:
             choosing = tags.get(CHOOSING) == "true"
             found[run.info.run_id] = None if choosing else int(tags.get(TICKET, 0))
     return found

@@ -10,9 +10,11 @@ from collections.abc import Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 
+from mlflow.entities import Experiment
 from mlflow.exceptions import MlflowException
 
 from lmctrack.errors import LmcError
+from lmctrack.store import copies
 from lmctrack.store.backend import (
     connect,
     deferred,
@@ -26,6 +28,7 @@ from lmctrack.store.backend import (
 )
 from lmctrack.store.claims import file_claim, run_claim
 from lmctrack.store.files import confined, is_local, local_path, safe_name
+from lmctrack.store.held import Held
 from lmctrack.store.location import (
     STORE_DIR,
     TAG_PREFIX,
@@ -35,7 +38,7 @@ from lmctrack.store.location import (
     sqlite_uri,
 )
 from lmctrack.store.owners import owner_is_dead, owner_tags
-from lmctrack.store.registry import CORRUPT, KEY, Registry, StateInfo, tagged
+from lmctrack.store.registry import CORRUPT, KEY, Registry, StateInfo
 from lmctrack.store.runs import Run
 
 _RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
@@ -60,11 +63,13 @@ class Store(Registry):
         self.root: Path | None = db.parent if db is not None else None
         self._experiments: dict[str, str] = {}  # made ready for runs by _experiment_id
         self._found: dict[str, str] = {}  # seen by _existing_experiment
-        self._registered: set[str] = set()
+        self._looked_up: dict[str, Experiment] = {}  # ... and its experiment, once
         self._versions: dict[str, StateInfo] = {}
         self._verified: set[str] = set()
         self._open: dict[str, Run] = {}  # runs of this process with metrics maybe buffered
         self._reaped: set[str] = set()  # experiments whose dead owners' runs were ended
+        self._copies = copies.Copies()  # what create requests made since the store settled
+        self._held = Held()  # states registered into a tracking server, to read back
         self.client = connect(self.tracking_uri, self.root)
 
     # ---- runs -------------------------------------------------------------------------------
@@ -105,11 +110,9 @@ class Store(Registry):
             info = retry_busy(
                 lambda: self.client.create_run(experiment_id, tags=run_tags, run_name=name)
             ).info
-            if request:  # a RUNNING copy nobody ends; a claim run's would hold against its owner
-                deferred(
-                    self.client,
-                    lambda: self._delete_run_copies(experiment_id, request, info.run_id),
-                )
+            if request:  # a RUNNING copy nobody ends, deleted when the store settles (a claim
+                # run's, which would hold against its owner, when the claim sees it)
+                self._copies.made("runs", request, info.run_id, experiment_id)
         run = Run(self, info.run_id, experiment, experiment_id, info.artifact_uri)
         if params:
             try:
@@ -120,13 +123,13 @@ class Store(Registry):
                 raise
         return run
 
-    def _delete_run_copies(self, experiment_id: str, request: dict[str, str], kept: str) -> None:
-        copies = self.client.search_runs([experiment_id], tagged(request))
-        self._delete_copies((r.info.run_id for r in copies), kept, self.client.delete_run)
-
     def settle(self) -> None:
         """Wait until what this process wrote is stored: writes to a tracking server go in the
-        background (store.backend.ServerClient). Raises the first write that failed."""
+        background (store.backend.ServerClient), and the copies that re-sent create requests
+        made are deleted (store.copies). Raises the first write that failed."""
+        batch = self._copies.take()
+        if batch is not None:
+            deferred(self.client, lambda: copies.delete(self.client, batch))
         settle(self.client)
 
     def _experiment_id(self, name: str) -> str:
@@ -134,7 +137,7 @@ class Store(Registry):
         the model-training kind (given to experiments created before, when missing)."""
         if name in self._experiments:
             return self._experiments[name]
-        experiment = self.client.get_experiment_by_name(name)
+        experiment = self._looked_up.pop(name, None) or self.client.get_experiment_by_name(name)
         if experiment is None:
             location = None
             if self.root is not None:
@@ -171,11 +174,15 @@ class Store(Registry):
         found = self.client.get_experiment_by_name(name)
         if found is None:
             return None
+        self._looked_up[name] = found  # for _experiment_id, without asking again
         if found.lifecycle_stage == "active":
             self._found[name] = found.experiment_id
         return found.experiment_id
 
     def _get_run(self, run_id: str):
+        """The run as the store holds it, with what this process buffered for it sent first."""
+        if run_id in self._open:
+            self._open[run_id].flush()
         try:
             return self.client.get_run(run_id)
         except MlflowException as e:
@@ -287,8 +294,6 @@ class Store(Registry):
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         """The latest value of each metric of the run."""
-        if run_id in self._open:
-            self._open[run_id].flush()
         return dict(self._get_run(run_id).data.metrics)
 
     def run_artifact(self, run_id: str, name: str) -> Path:

@@ -23,6 +23,8 @@ from lmctrack.store.location import TAG_PREFIX
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from lmctrack.store.held import Held
+
 
 class Loading:
     """The loading half of the registry (mixed in): needs client, tracking_uri, root, _get_run,
@@ -33,6 +35,7 @@ class Loading:
     root: Path | None
     _versions: dict[str, StateInfo]
     _verified: set[str]
+    _held: Held
 
     def _location(self, uri: str) -> str:
         """Artifact URI of the folder that holds a state's files."""
@@ -73,7 +76,10 @@ class Loading:
 
     def load_state(self, uri: str) -> State:
         """Read a state's safetensors files (never unpickles), verified: the registered sha256
-        of every file, then finite values."""
+        of every file, then finite values. A state this process registered into a tracking
+        server is given from memory (store.held)."""
+        if (held := self._held.get(uri)) is not None:
+            return held
         with self._files(uri) as folder:
             if not (folder / state_files.WEIGHTS_FILE).is_file():
                 raise LmcError(f"{uri} holds no lmctrack state; {self._state_hint(uri)}")

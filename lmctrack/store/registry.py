@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +24,8 @@ from lmctrack.store.backend import (
     retry_busy,
     unprefixed,
 )
+from lmctrack.store.copies import Copies, link
+from lmctrack.store.held import Held
 from lmctrack.store.info import CORRUPT, RUNS_URI, URI_HELP, LineageNode, StateInfo
 from lmctrack.store.loading import Loading
 from lmctrack.store.location import TAG_PREFIX
@@ -43,12 +43,6 @@ _NAME = r"(?P<name>(?!\.+[/@])[^/@:'\"]+)"  # a model name, never '.' or '..'
 _VERSION_URI = re.compile(rf"^models:/{_NAME}/(?P<version>\d+)$")
 _ALIAS_URI = re.compile(rf"^models:/{_NAME}@(?P<alias>[\w-]+)$")
 KEY = re.compile(r"^[\w.:-]+$")
-REQUEST = "request"  # tags what one create request made (Registry._request)
-
-
-def tagged(tags: dict[str, str]) -> str:
-    """A search filter for what carries all of tags (ids and hex digests: nothing to quote)."""
-    return " AND ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
 
 
 def _quoted(value: str, what: str) -> str:
@@ -66,7 +60,8 @@ class Registry(Loading):
     root: Path | None
     _versions: dict[str, StateInfo]
     _verified: set[str]
-    _registered: set[str]
+    _copies: Copies
+    _held: Held
 
     def _search_versions(self, filter_string: str) -> list[ModelVersion]:
         found: list[ModelVersion] = []
@@ -84,74 +79,42 @@ class Registry(Loading):
         self, model_name: str, model: LoggedModel, run_id: str, tags: dict[str, str]
     ) -> StateInfo:
         """A new version of model_name holding the logged model's files."""
-        if model_name not in self._registered:
+        version_tags = {**tags, f"{TAG_PREFIX}model_id": model.model_id}
+
+        def create() -> ModelVersion:
+            # The artifact location as source (not models:/<model_id>): MLflow's sqlite registry
+            # resolves model-id sources through the process-global tracking URI.
+            return retry_busy(
+                lambda: self.client.create_model_version(
+                    model_name,
+                    source=model.artifact_location,
+                    run_id=run_id,
+                    tags=version_tags,
+                    model_id=model.model_id,
+                    await_creation_for=0,
+                )
+            )
+
+        try:  # the registered model exists but for the first state of a network
+            mv = create()
+        except MlflowException as e:
+            if not not_found(e):
+                raise
             try:
                 retry_busy(lambda: self.client.create_registered_model(model_name))
             except MlflowException as e:
                 if not exists_already(e):
                     raise
-            self._registered.add(model_name)
-        version_tags = {**tags, f"{TAG_PREFIX}model_id": model.model_id}
-        # The artifact location as source (not models:/<model_id>): MLflow's sqlite registry
-        # resolves model-id sources through the process-global tracking URI.
-        mv = retry_busy(
-            lambda: self.client.create_model_version(
-                model_name,
-                source=model.artifact_location,
-                run_id=run_id,
-                tags=version_tags,
-                model_id=model.model_id,
-                await_creation_for=0,
-            )
-        )
-        if self.root is None:
-            mv = self._sole_version(mv, model.model_id)
+            mv = create()
+        if self.root is None:  # a copy a re-sent request made goes when the store settles
+            self._copies.made_version(mv, model.model_id)
         if not isinstance(self.client, ServerClient):  # a server links them itself (MLflow 3)
-            self._link(model.model_id, mv)
+            link(self.client, model.model_id, mv)
         return self._remember(mv)
 
-    def _link(self, model_id: str, mv: ModelVersion) -> None:
-        """Tag the logged model with the version made of it: the UI links the two, and a
-        runs:/<run_id>/<name> URI resolves to the version through it."""
-        versions = json.dumps([{"name": mv.name, "version": int(mv.version)}])
-        link = {MLFLOW_MODEL_VERSIONS: versions}
-        retry_busy(lambda: self.client.set_logged_model_tags(model_id, link))
-
     def _request(self) -> dict[str, str]:
-        """A tag naming one create request, over HTTP only: MLflow's client sends a request again
-        when its answer is lost (a read timeout or a 5xx under load), so what the first request
-        created exists too, and is found by this tag (see _delete_copies)."""
-        return {TAG_PREFIX + REQUEST: uuid.uuid4().hex} if self.root is None else {}
-
-    def _delete_copies(
-        self, found: Iterable[str], kept: str, delete: Callable[[str], object]
-    ) -> None:
-        """Delete every id in found but kept: the copies a re-sent create request made."""
-        for copy in found:
-            if copy != kept:
-                try:
-                    delete(copy)
-                except MlflowException as e:
-                    if not not_found(e):  # a re-sent delete finds it gone
-                        raise
-
-    def _sole_version(self, mv: ModelVersion, model_id: str) -> ModelVersion:
-        """The one version of a logged model's files: a version re-sent after a lost answer
-        (see _request) exists twice; the earliest stays, later ones are deleted."""
-        same = self._search_versions(
-            f"name = '{_quoted(mv.name, 'model')}' AND tags.`{TAG_PREFIX}model_id` = '{model_id}'"
-        )
-        same.sort(key=lambda v: int(v.version))
-        if not same:
-            return mv
-        self._delete_copies(
-            (v.version for v in same),
-            same[0].version,
-            lambda version: self.client.delete_model_version(mv.name, version),
-        )
-        if len(same) > 1:  # the server linked the logged model to every copy
-            self._link(model_id, same[0])
-        return same[0]
+        """A tag naming one create request, over HTTP only (store.copies)."""
+        return self._copies.request() if self.root is None else {}
 
     def _remember(self, mv: ModelVersion) -> StateInfo:
         tags = unprefixed(mv.tags)
@@ -175,7 +138,17 @@ class Registry(Loading):
         one that fails verification is marked corrupt and passed over."""
         if not KEY.match(key):
             raise LmcError(f"state key '{key}' must be letters, digits, '.', ':', '_' or '-'")
-        versions = self._search_versions(f"tags.`{TAG_PREFIX}state_key` = '{key}'")
+        return self._verified_first(
+            self._search_versions(f"tags.`{TAG_PREFIX}state_key` = '{key}'")
+        )
+
+    def _keyed(self, work: str) -> list[ModelVersion]:
+        """The versions registered under any key `<work>:<part>`: one search for all the states
+        of one piece of work (a training registers each of its Wk)."""
+        return self._search_versions(f"tags.`{TAG_PREFIX}state_key` LIKE '{work}:%'")
+
+    def _verified_first(self, versions: list[ModelVersion]) -> str | None:
+        """The earliest of the versions not marked corrupt whose files verify."""
         versions.sort(key=lambda mv: (mv.creation_timestamp, int(mv.version)))
         for mv in versions:
             info = self._remember(mv)

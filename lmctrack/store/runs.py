@@ -34,9 +34,12 @@ from lmctrack.store.backend import deferred, flatten, prefixed, retry_busy, unpr
 from lmctrack.store.cost import Meter
 from lmctrack.store.files import safe_name, sha256, writable_folder
 from lmctrack.store.inputs import DataRef
-from lmctrack.store.registry import StateInfo, tagged
+from lmctrack.store.location import TAG_PREFIX
+from lmctrack.store.registry import KEY, StateInfo
 
 if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
     from lmctrack.store.view import StoreView
 
 _FLUSH_SIZE = 1000  # buffered metrics sent at once (MLflow's batch limit)
@@ -75,9 +78,17 @@ class Run:
         self.experiment_id = experiment_id
         self._client = store.client
         self._datasets: set[tuple[str, str]] = set()  # (name, fingerprint) logged
+        self._model_inputs: set[str] = set()
+        self._keyed: dict[str, list[ModelVersion]] = {}  # by work: versions registered under it
+        self._saved: dict[str, str] = {}  # state key -> URI, of the states this run registered
+        self._tags: dict[str, str] = {}  # sent with the metrics
         self._state_names: set[str] = set()
         self._tables: list[dict[str, str]] = []  # listed in MLFLOW_LOGGED_ARTIFACTS
         self._pending: list[Metric] = []
+        self._params: dict[str, str] = {}  # sent with the metrics
+        # inputs and outputs, sent with the metrics: one request each per flush, not per state
+        self._inputs: tuple[list[DatasetInput], list[LoggedModelInput]] = ([], [])
+        self._outputs: list[LoggedModelOutput] = []
         self._flushed = time.monotonic()
         self._meter = Meter()
         store._open[run_id] = self
@@ -109,10 +120,12 @@ class Run:
                 raise
 
     def log_params(self, params: dict[str, Any]) -> None:
+        """Buffered like metrics: sent in their batch (a read of the run through the store sends
+        them first). A param given again with another value is sent apart, for MLflow to refuse."""
         flat = flatten(params)
-        if flat:
-            batch = [Param(k, v) for k, v in flat.items()]
-            retry_busy(lambda: self._client.log_batch(self.id, params=batch))
+        if any(self._params.get(k, v) != v for k, v in flat.items()):
+            self.flush()
+        self._params.update(flat)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Buffered: sent in one batch every few seconds and when the run ends (cheap to call
@@ -128,14 +141,25 @@ class Run:
             self.log_metrics({key: value}, step=i)
 
     def flush(self, tags: dict[str, str] | None = None) -> None:
-        """Send the buffered metrics now, and `tags` with them (one request when both fit)."""
-        batch, self._pending = self._pending, []
-        run_tags = [RunTag(k, v) for k, v in prefixed(tags or {}).items()]
-        if len(batch) + len(run_tags) > _FLUSH_SIZE:
-            self.set_tags(tags or {})
-            run_tags = []
-        if batch or run_tags:
-            retry_busy(lambda: self._client.log_batch(self.id, metrics=batch, tags=run_tags))
+        """Send the buffered params and metrics now, and `tags` with them (one request while
+        MLflow's batch limits allow), and the inputs and outputs recorded since the last flush
+        (one request each)."""
+        (datasets, models), self._inputs = self._inputs, ([], [])
+        if datasets or models:
+            retry_busy(lambda: self._client.log_inputs(self.id, datasets, models))
+        outputs, self._outputs = self._outputs, []
+        if outputs:
+            retry_busy(lambda: self._client.log_outputs(self.id, outputs))
+        metrics, self._pending = self._pending, []
+        params, self._params = [Param(k, v) for k, v in self._params.items()], {}
+        tags, self._tags = {**self._tags, **(tags or {})}, {}
+        run_tags = [RunTag(k, v) for k, v in prefixed(tags).items()]
+        if metrics or params or run_tags:  # MLflow's client splits them at the batch limits
+            retry_busy(
+                lambda: self._client.log_batch(
+                    self.id, metrics=metrics, params=params, tags=run_tags
+                )
+            )
         self._flushed = time.monotonic()
 
     def log_json(self, obj: Any, name: str) -> None:
@@ -151,8 +175,7 @@ class Run:
         self._write(name, json.dumps({"columns": columns, "data": data}).encode())
         if (entry := {"path": name, "type": "table"}) not in self._tables:
             self._tables.append(entry)
-            listed = RunTag(MLFLOW_LOGGED_ARTIFACTS, json.dumps(self._tables))
-            retry_busy(lambda: self._client.log_batch(self.id, tags=[listed]))
+            self._tags[MLFLOW_LOGGED_ARTIFACTS] = json.dumps(self._tables)
 
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         name = Path(path).name
@@ -212,17 +235,33 @@ class Run:
         arch = None if architecture is None else pyfunc.architecture(architecture)
         parent_infos = [self.store.describe(p) for p in parents]
         with self.store._state_lock(key), write_errors(self.store.tracking_uri):
-            found = self.store.find_state(key) if key is not None else None
+            found = self._found_state(key) if key is not None else None
             if found is None:
                 meta = self._version_tags(state, role, step, tags, parent_infos, key, arch)
                 info = self._register(state, model_name, role, step, meta, arch)
+                if self.store.root is None:  # what reading it back from the server would give
+                    self.store._held.put(info.uri, state)
+                if key is not None:
+                    self._saved[key] = info.uri
             else:
                 info = self.store.describe(found)
             self._log_inputs(parent_infos, dataset)
-            outputs = [LoggedModelOutput(info.model_id, step or 0)] if info.model_id else []
-            if outputs:
-                retry_busy(lambda: self._client.log_outputs(self.id, outputs))
+            if info.model_id:
+                self._outputs.append(LoggedModelOutput(info.model_id, step or 0))
         return info.uri
+
+    def _found_state(self, key: str) -> str | None:
+        """Store.find_state(key), from one search per piece of work in this run: the versions
+        under every key `<work>:<part>` (a new claimant registers none of them meanwhile)."""
+        work, sep, _ = key.rpartition(":")
+        if key in self._saved:
+            return self._saved[key]
+        if not sep or not KEY.match(key):
+            return self.store.find_state(key)
+        if work not in self._keyed:
+            self._keyed[work] = self.store._keyed(work)
+        tag = f"{TAG_PREFIX}state_key"
+        return self.store._verified_first([v for v in self._keyed[work] if v.tags.get(tag) == key])
 
     @staticmethod
     def _version_tags(
@@ -274,14 +313,15 @@ class Run:
         self._log_inputs([self.store.describe(uri) for uri in uris], None)
 
     def _log_inputs(self, states: Sequence[StateInfo], dataset: DataRef | None) -> None:
+        """Recorded at the next flush (every few seconds, and when the run ends)."""
         known = None if dataset is None else (dataset.name, dataset.fingerprint)
-        new_dataset = known is not None and known not in self._datasets
-        datasets = [self._dataset_input(dataset)] if new_dataset else []
-        models = [LoggedModelInput(info.model_id) for info in states if info.model_id]
-        if datasets or models:
-            retry_busy(lambda: self._client.log_inputs(self.id, datasets, models))
-        if new_dataset:
+        if known is not None and known not in self._datasets:
+            self._inputs[0].append(self._dataset_input(dataset))
             self._datasets.add(known)
+        for model_id in dict.fromkeys(info.model_id for info in states if info.model_id):
+            if model_id not in self._model_inputs:
+                self._inputs[1].append(LoggedModelInput(model_id))
+                self._model_inputs.add(model_id)
 
     def _state_name(self, role: str, step: int | None) -> str:
         """A logged-model name unique in this run, so runs:/<run_id>/<name> finds it."""
@@ -309,8 +349,8 @@ class Run:
                 model_type="lmctrack.state",
             )
         )
-        if request:  # a copy would stay PENDING, without files, in the experiment's models
-            deferred(self._client, lambda: self._delete_model_copies(request, model.model_id))
+        if request:  # a copy stays PENDING, without files, until the store settles
+            self.store._copies.made("models", request, model.model_id, self.experiment_id)
         try:
             with writable_folder(model.artifact_location, self.store.tracking_uri) as folder:
                 files = state_files.save_state(state, folder)
@@ -333,11 +373,6 @@ class Run:
             raise
         retry_busy(lambda: self._client.finalize_logged_model(model.model_id, "READY"))
         return model, digests
-
-    def _delete_model_copies(self, request: dict[str, str], kept: str) -> None:
-        copies = self._client.search_logged_models([self.experiment_id], tagged(request))
-        models = (m.model_id for m in copies)
-        self.store._delete_copies(models, kept, self._client.delete_logged_model)
 
     @staticmethod
     def _dataset_input(ref: DataRef) -> DatasetInput:
