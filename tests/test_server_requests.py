@@ -24,6 +24,7 @@ from server_requests import Requests  # noqa: E402
 
 from lmctrack.state import State  # noqa: E402
 from lmctrack.store import Store  # noqa: E402
+from lmctrack.store.inputs import DataRef  # noqa: E402
 
 ARCH = {"name": "mnist1d_cnn", "width": None, "num_classes": 10, "input_shape": [40]}
 # one run (create, one batch of its params, metrics and tags, inputs, outputs, end), one state
@@ -66,7 +67,7 @@ def test_one_registration_sends_at_most_its_budget_of_requests(server) -> None:
                 step=100,
                 tags={"copy": "1"},
                 parents=[parent],
-                dataset=("mnist1d", "f" * 64),
+                dataset=DataRef("mnist1d", "f" * 64),
                 key="budget-1",
                 architecture=ARCH,
             )
