@@ -1,6 +1,6 @@
 """The paper's two baselines for an IMP subnetwork (Wk, m), trained like it from step k:
 
-- random pruning: m shuffled within each layer (same per-layer sparsity) on Wk;
+- random pruning: m drawn at random within each layer (same per-layer sparsity) on Wk;
 - random reinitialization: m on a fresh initialization (Figure 22 and the reference
   implementation start it at k; `imp.reinit_start: zero` starts it at 0, recorded in its tags).
 
@@ -20,10 +20,11 @@ from lmctrack.workflows.imp_chain import sparsity_tags
 
 
 def random_pruned(sub: State, seed: int, strategy: str = "layerwise") -> State:
-    """The random-pruning baseline of a subnetwork: the same per-layer sparsity, shuffled."""
-    from lmctrack.prune import random_prune
+    """The random-pruning baseline of a subnetwork: the same per-layer sparsity, its weights
+    chosen by the registry's random criterion."""
+    from lmctrack.prune import CRITERIA, RANDOM, prune_like
 
-    return State(sub.weights, random_prune(sub.mask, seed, strategy))
+    return State(sub.weights, prune_like(sub.weights, sub.mask, CRITERIA[RANDOM], seed, strategy))
 
 
 def reinitialized(ctx: Context, sub: State, init_seed: int) -> State:
