@@ -4,6 +4,7 @@ masks that hold in training."""
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -169,33 +170,39 @@ def test_random_criterion_prunes_only_remaining_weights_at_random():
     assert all(torch.equal(again[n], once[n]) for n in SHAPES)
 
 
-def largest_first(weights, mask, generator):
+def keep_smallest(weights, mask, generator):
     """A criterion of one function: keep the smallest |w| (the reverse of magnitude)."""
     return {name: -weights[name].abs() for name in mask}
 
 
 def test_a_new_criterion_is_one_function_and_one_entry(monkeypatch):
-    monkeypatch.setitem(CRITERIA, "largest_first", largest_first)
+    monkeypatch.setitem(CRITERIA, "keep_smallest", keep_smallest)
     weights = make_weights(4)
     mask = full_mask(weights, list(SHAPES))
-    new = prune_to_density(weights, mask, 0.4, "global", criterion("largest_first"))
+    new = prune_to_density(weights, mask, 0.4, "global", criterion("keep_smallest"))
     dropped = torch.cat([weights[n].abs()[~new[n]] for n in SHAPES])
     survivors = torch.cat([weights[n].abs()[new[n]] for n in SHAPES])
     assert kept(new) == 20 and survivors.max() <= dropped.min()
 
 
-def test_the_users_criterion_by_import_path(tmp_path, monkeypatch):
+def test_the_users_criterion_by_import_path_or_plugin(tmp_path, monkeypatch):
     (tmp_path / "my_criteria.py").write_text(
         "def smallest(weights, mask, generator):\n    return {n: -weights[n].abs() for n in mask}\n"
     )
+    plugin = tmp_path / "myplug-0.1.dist-info"  # an installed distribution's entry point
+    plugin.mkdir()
+    (plugin / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n")
+    (plugin / "entry_points.txt").write_text(
+        "[lmctrack.pruning]\nsmallest = my_criteria:smallest\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_criteria", raising=False)
     weights = make_weights(4)
     mask = full_mask(weights, list(SHAPES))
-    mine = prune_fraction(weights, mask, 0.5, "global", criterion("my_criteria:smallest"))
-    assert all(
-        torch.equal(mine[n], prune_to_density(weights, mask, 0.5, "global", largest_first)[n])
-        for n in SHAPES
-    )
+    expected = prune_to_density(weights, mask, 0.5, "global", keep_smallest)
+    for name in ("my_criteria:smallest", "smallest"):
+        mine = prune_fraction(weights, mask, 0.5, "global", criterion(name))
+        assert all(torch.equal(mine[n], expected[n]) for n in SHAPES)
     with pytest.raises(
         LmcError, match="imp.criterion 'my_criteria:nope': my_criteria has no attribute"
     ):
