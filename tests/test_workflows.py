@@ -354,7 +354,9 @@ def test_a_criterion_of_one_function_and_one_entry_drives_an_imp_level(
 ):
     monkeypatch.setitem(CRITERIA, "keep_smallest", keep_smallest)
     params = ("imp.replicates=1", "imp.levels=1")
-    mine = imp(project.context(*params, "imp.criterion=keep_smallest"), run.at(20))
+    mine = imp(
+        project.context(*params, "imp.criterion=keep_smallest"), run.at(20), with_baselines=False
+    )
     dense, level = mine.levels(0)
     mask = ctx.store.load_state(level.start).mask
     w_t = ctx.store.load_state(dense.trained).weights

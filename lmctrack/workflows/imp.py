@@ -55,7 +55,7 @@ def imps(
         every = [chain for per_work in chains for chain in per_work]
         for level in range(cfg_levels(cfg) + 1):  # line 4: level 0 is the dense network
             train_level(ctx, every, level)  # line 5: train m ⊙ Wk to T under fresh noise u'
-            if level < cfg_levels(cfg):  # line 6: prune the lowest-magnitude remaining weights
+            if level < cfg_levels(cfg):  # line 6: prune the lowest-scoring remaining weights
                 search.search(ctx, every, level)
                 for chain in every:
                     chain.mask = prune(ctx, chain, level)

@@ -60,12 +60,12 @@ class Chain:
 def prune(ctx: Context, chain: Chain, level: int) -> Mask:
     """Line 6: remove `fraction` of the remaining weights, those imp.criterion scores lowest
     (the paper: smallest |W_T|), or, one-shot, keep `density` of them at once. A criterion that
-    draws (random) draws for this chain and level alone."""
+    draws (random) draws for this Wk, replicate and level alone."""
     from lmctrack.prune import criterion, prune_fraction, prune_to_density
 
     cfg = ctx.params.imp
     score, weights, mask = criterion(cfg.criterion), chain.pruned_from, chain.mask
-    seed = jobs.noise_seed(ctx.params.seeds.init, chain.replicate, level, "prune")
+    seed = jobs.noise_seed(chain.key, chain.replicate, level, "prune")
     if cfg.one_shot:
         return prune_to_density(weights, mask, cfg.density, cfg.strategy, score, seed)
     return prune_fraction(weights, mask, cfg.fraction, cfg.strategy, score, seed)
