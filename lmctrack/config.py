@@ -207,6 +207,9 @@ class ImpConfig(Section):
     one_shot: bool = False
     density: float | None = Field(None, gt=0, lt=1)
     strategy: Literal["global", "layerwise"] = "global"
+    criterion: str = Field(
+        "magnitude", description="prune by: magnitude, random (prune.CRITERIA) or 'pkg.mod:fn'"
+    )
     matching_threshold: float = Field(
         schema.MATCHING_THRESHOLD, ge=0, description="accuracy drop below this matches"
     )

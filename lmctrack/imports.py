@@ -1,5 +1,6 @@
 """The user's own code by name: an import path ('package.module:Attr'), an installed plugin's
-entry point (groups `lmctrack.models`, `lmctrack.datasets`), or a torchvision model builder.
+entry point (groups `lmctrack.models`, `lmctrack.datasets`, `lmctrack.pruning`), or a torchvision
+model builder.
 
 Only a name is recorded with a state (its architecture tag, its run's params), never a pickle, so
 a network must be importable wherever the state is loaded: objects defined in `__main__` (a
@@ -17,6 +18,7 @@ from lmctrack.errors import LmcError
 
 MODELS_GROUP = "lmctrack.models"
 DATASETS_GROUP = "lmctrack.datasets"
+PRUNING_GROUP = "lmctrack.pruning"
 TORCHVISION = "torchvision"
 _MOVE = "move it into an importable module (a .py file on PYTHONPATH or an installed package)"
 

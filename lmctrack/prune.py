@@ -1,9 +1,14 @@
-"""Pruning masks: magnitude pruning (IMP's step), random pruning (the baseline), and keeping a
-mask in force while a sparse network trains.
+"""Pruning masks: the registry of pruning criteria (magnitude, IMP's; random, the baseline's),
+pruning by one of them, and keeping a mask in force while a sparse network trains.
 
 Conventions of the reference implementation (open_lth 'sparse_global'): only the prunable
 tensors (conv / linear weights) carry a mask; each IMP level removes a fraction of the weights
 that REMAIN, ranked by |w| across all prunable layers; pruned weights stay pruned.
+
+A criterion only scores weights (higher is kept); which tensors are ranked together ('global' or
+'layerwise') and how many survive is decided here, so a new criterion is one function and one
+entry of CRITERIA (or the user's own, by 'package.module:function' or a `lmctrack.pruning`
+plugin) and works for iterative and one-shot pruning alike.
 """
 
 from __future__ import annotations
@@ -17,9 +22,41 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from lmctrack.errors import LmcError
+from lmctrack.imports import PRUNING_GROUP, is_user_name, resolve
 from lmctrack.state import Mask
 
 STRATEGIES = ("global", "layerwise")
+
+Weights = dict[str, torch.Tensor]
+Criterion = Callable[[Weights, Mask, torch.Generator], Weights]
+"""(weights, mask, generator) -> a score per weight of each masked tensor; the highest are kept.
+The generator is seeded per pruning step, for criteria that draw."""
+
+
+def magnitude(weights: Weights, mask: Mask, generator: torch.Generator) -> Weights:
+    """IMP's criterion (the paper's): keep the weights of largest |w|."""
+    return {name: weights[name].detach().abs() for name in mask}
+
+
+def random(weights: Weights, mask: Mask, generator: torch.Generator) -> Weights:
+    """The random-pruning baseline's criterion: uniform scores, drawn in name order."""
+    return {name: torch.rand(mask[name].shape, generator=generator) for name in sorted(mask)}
+
+
+MAGNITUDE, RANDOM = "magnitude", "random"
+CRITERIA: dict[str, Criterion] = {MAGNITUDE: magnitude, RANDOM: random}
+
+
+def criterion(name: str) -> Criterion:
+    """The criterion `name` stands for: a CRITERIA entry, a plugin or 'package.module:function'."""
+    if name in CRITERIA:
+        return CRITERIA[name]
+    if is_user_name(name, PRUNING_GROUP):
+        return resolve(name, PRUNING_GROUP, "imp.criterion")
+    raise LmcError(
+        f"unknown pruning criterion '{name}'; set imp.criterion to one of: {', '.join(CRITERIA)}, "
+        "an installed lmctrack.pruning plugin's name, or your own as 'package.module:function'"
+    )
 
 
 def full_mask(weights: dict[str, torch.Tensor], prunable: Sequence[str]) -> Mask:
@@ -124,78 +161,117 @@ def _kept(mask: Mask, names: Sequence[str]) -> int:
     return sum(int(mask[name].sum()) for name in names)
 
 
-def _keep_largest(
-    weights: dict[str, torch.Tensor], mask: Mask, names: Sequence[str], keep: int, out: Mask
-) -> None:
-    """Into `out`, keep the `keep` remaining weights of `names` with the largest |w|.
+def _scores(weights: Weights, mask: Mask, score: Criterion, seed: int) -> Weights:
+    """The criterion's scores, checked: one per weight of every masked tensor."""
+    found = score(weights, mask, torch.Generator().manual_seed(seed))
+    name = getattr(score, "__name__", repr(score))
+    for tensor, m in mask.items():
+        if tensor not in found or tuple(found[tensor].shape) != tuple(m.shape):
+            raise LmcError(
+                f"pruning criterion {name} gives no score of shape {tuple(m.shape)} for "
+                f"'{tensor}'; return a tensor shaped like each masked weight"
+            )
+    return found
+
+
+def _keep_largest(scores: Weights, mask: Mask, names: Sequence[str], keep: int, out: Mask) -> None:
+    """Into `out`, keep the `keep` remaining weights of `names` with the highest scores.
 
     Ties are broken by position (tensors in `names` order, then flattened index): among equal
-    magnitudes the earlier weight is pruned first, so the result is deterministic.
+    scores the earlier weight is pruned first, so the result is deterministic.
     """
     kept = torch.cat([mask[name].detach().cpu().reshape(-1) for name in names])
-    scores = torch.cat([weights[name].detach().cpu().abs().reshape(-1) for name in names])
+    ranked = torch.cat([scores[name].detach().cpu().float().reshape(-1) for name in names])
     remaining = kept.nonzero().squeeze(1)
-    order = torch.sort(scores[remaining], stable=True).indices
+    order = torch.sort(ranked[remaining], stable=True).indices
     new = kept.clone()
     new[remaining[order[: remaining.numel() - keep]]] = False
     for name, part in zip(names, new.split([mask[name].numel() for name in names]), strict=True):
         out[name] = part.reshape(mask[name].shape).to(mask[name].device)
 
 
-def magnitude_prune(
-    weights: dict[str, torch.Tensor], mask: Mask, fraction: float = 0.2, strategy: str = "global"
+def _prune(
+    weights: Weights,
+    mask: Mask,
+    strategy: str,
+    score: Criterion,
+    seed: int,
+    keep: Callable[[list[str]], int],
 ) -> Mask:
-    """One IMP level: remove ceil(fraction * remaining) of the remaining weights with smallest |w|.
+    """In each group of tensors ranked together, keep the `keep(names)` best-scoring weights."""
+    check_mask(mask, weights)
+    groups = _groups(mask, strategy)
+    scores = _scores(weights, mask, score, seed)
+    out: Mask = {}
+    for names in groups:
+        _keep_largest(scores, mask, names, keep(names), out)
+    return out
+
+
+def prune_fraction(
+    weights: Weights,
+    mask: Mask,
+    fraction: float = 0.2,
+    strategy: str = "global",
+    score: Criterion = magnitude,
+    seed: int = 0,
+) -> Mask:
+    """One IMP level: remove ceil(fraction * remaining) of the remaining weights, those the
+    criterion scores lowest.
 
     'global' ranks all prunable weights together (open_lth's sparse_global); 'layerwise' prunes
     each tensor by the same fraction of what it has left.
     """
     if not 0 <= fraction < 1:
         raise LmcError(f"pruning fraction {fraction} is not in [0, 1); use e.g. 0.2")
-    check_mask(mask, weights)
-    out: Mask = {}
-    for names in _groups(mask, strategy):
+
+    def keep(names: list[str]) -> int:
         remaining = _kept(mask, names)
         # round() first so that e.g. 0.1 * 30 counts as 3, not ceil(3.0000000000000004) = 4.
-        remove = math.ceil(round(fraction * remaining, 9))
-        _keep_largest(weights, mask, names, remaining - remove, out)
-    return out
+        return remaining - math.ceil(round(fraction * remaining, 9))
+
+    return _prune(weights, mask, strategy, score, seed, keep)
+
+
+def magnitude_prune(
+    weights: Weights, mask: Mask, fraction: float = 0.2, strategy: str = "global"
+) -> Mask:
+    """The paper's IMP level: prune_fraction by smallest |w|."""
+    return prune_fraction(weights, mask, fraction, strategy, magnitude)
 
 
 def prune_to_density(
-    weights: dict[str, torch.Tensor], mask: Mask, density: float, strategy: str = "global"
+    weights: Weights,
+    mask: Mask,
+    density: float,
+    strategy: str = "global",
+    score: Criterion = magnitude,
+    seed: int = 0,
 ) -> Mask:
-    """One-shot pruning: keep round(density * total) weights by |w| (per tensor for 'layerwise')."""
+    """One-shot pruning: keep round(density * total) weights, those the criterion scores highest
+    (per tensor for 'layerwise')."""
     if not 0 < density <= 1:
         raise LmcError(f"density {density} is not in (0, 1]; use the fraction of weights to keep")
-    check_mask(mask, weights)
-    out: Mask = {}
-    for names in _groups(mask, strategy):
-        keep = round(density * sum(mask[name].numel() for name in names))
-        remaining = _kept(mask, names)
-        if keep > remaining:
+
+    def keep(names: list[str]) -> int:
+        count = round(density * sum(mask[name].numel() for name in names))
+        if count > (remaining := _kept(mask, names)):
             raise LmcError(
-                f"density {density} keeps {keep} weights but the mask has only {remaining} left; "
-                "prune a denser mask or ask for a lower density"
+                f"density {density} keeps {count} weights but the mask has only {remaining} "
+                "left; prune a denser mask or ask for a lower density"
             )
-        _keep_largest(weights, mask, names, keep, out)
-    return out
+        return count
+
+    return _prune(weights, mask, strategy, score, seed, keep)
 
 
-def random_prune(mask: Mask, seed: int, strategy: str = "layerwise") -> Mask:
-    """Random-pruning baseline with the same sparsity as `mask`.
-
-    'layerwise' shuffles each tensor's mask (every layer keeps its density exactly); 'global'
-    keeps the same total count at positions drawn uniformly over all prunable weights.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    out: Mask = {}
-    for names in _groups(mask, strategy):
-        flat = torch.cat([mask[name].detach().cpu().reshape(-1) for name in names])
-        shuffled = flat[torch.randperm(flat.numel(), generator=generator)]
-        for name, part in zip(names, shuffled.split([mask[n].numel() for n in names]), strict=True):
-            out[name] = part.reshape(mask[name].shape).to(mask[name].device)
-    return out
+def prune_like(
+    weights: Weights, mask: Mask, score: Criterion, seed: int, strategy: str = "layerwise"
+) -> Mask:
+    """A mask as sparse as `mask` (in each tensor for 'layerwise', in total for 'global') chosen
+    afresh among all the weights by the criterion: with `random`, the random-pruning baseline."""
+    dense = {name: torch.ones_like(m, dtype=torch.bool) for name, m in mask.items()}
+    return _prune(weights, dense, strategy, score, seed, lambda names: _kept(mask, names))
 
 
 def _parameters(model: nn.Module, mask: Mask) -> dict[str, nn.Parameter]:

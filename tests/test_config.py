@@ -6,6 +6,7 @@ import pytest
 
 from lmctrack.config import Params, Step, config_hash, iterations_per_epoch, load_params
 from lmctrack.errors import LmcError
+from lmctrack.workflows.imp_chain import pruning_settings
 
 
 @pytest.mark.parametrize(
@@ -145,3 +146,17 @@ def test_a_rejected_value_names_where_it_came_from(tmp_path: Path):
     assert "--set" not in message.split(";")[0]
     with pytest.raises(LmcError, match=r"^--set train.momentum=2: "):
         load_params(None, ["train.momentum=2"])
+
+
+def test_pruning_keys_of_configs_without_a_criterion_are_unchanged():
+    """Runs stored before imp.criterion existed are still found: the same hashes as then."""
+    fields = ("fraction", "one_shot", "density", "strategy", "reinit_start")
+    assert config_hash(pruning_settings(Params(), *fields)) == "a8ef1d8c23829497"
+    layerwise = Params(imp={"strategy": "layerwise"})
+    assert config_hash(pruning_settings(layerwise, *fields)) == "a26979bf4ee7e645"
+    assert config_hash(pruning_settings(Params(), "fraction", "strategy")) == "a87720de90418ae7"
+    assert pruning_settings(Params(imp={"criterion": "magnitude"}), *fields) == pruning_settings(
+        Params(), *fields
+    )
+    random = Params(imp={"criterion": "random"})
+    assert pruning_settings(random, *fields)["criterion"] == "random"

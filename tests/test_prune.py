@@ -1,8 +1,10 @@
-"""Masks: exact IMP counts, ties, one-shot density, random baselines, masks that hold in training."""
+"""Masks: exact IMP counts, ties, one-shot density, random baselines, the criteria registry,
+masks that hold in training."""
 
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -10,15 +12,19 @@ from torch import nn
 
 from lmctrack.errors import LmcError
 from lmctrack.prune import (
+    CRITERIA,
+    RANDOM,
     apply_mask,
     check_mask,
+    criterion,
     density,
     full_mask,
     keep_masked,
     layer_densities,
     magnitude_prune,
+    prune_fraction,
+    prune_like,
     prune_to_density,
-    random_prune,
 )
 
 torch.set_num_threads(1)
@@ -128,6 +134,11 @@ def test_prune_to_density_keeps_rounded_count():
         prune_to_density(weights, one_shot, 0.5)
 
 
+def random_prune(mask, seed: int, strategy: str = "layerwise"):
+    """The random-pruning baseline (baselines.random_pruned) on these weights."""
+    return prune_like(make_weights(), mask, CRITERIA[RANDOM], seed, strategy)
+
+
 def test_random_prune_layerwise_keeps_each_layer_density():
     weights = make_weights(5)
     mask = magnitude_prune(weights, full_mask(weights, list(SHAPES)), 0.5, strategy="layerwise")
@@ -142,9 +153,77 @@ def test_random_prune_layerwise_keeps_each_layer_density():
 
 def test_random_prune_global_keeps_total_count():
     big = {"x": torch.ones(400, dtype=torch.bool), "y": torch.zeros(400, dtype=torch.bool)}
-    shuffled = random_prune(big, seed=0, strategy="global")
+    weights = {"x": torch.randn(400), "y": torch.randn(400)}
+    shuffled = prune_like(weights, big, CRITERIA[RANDOM], 0, "global")
     assert kept(shuffled) == 400
     assert 0.3 < layer_densities(shuffled)["y"] < 0.7  # positions drawn over all prunable weights
+
+
+def test_random_criterion_prunes_only_remaining_weights_at_random():
+    weights = make_weights(2)
+    mask = magnitude_prune(weights, full_mask(weights, list(SHAPES)), 0.5)
+    once = prune_fraction(weights, mask, 0.2, "global", criterion(RANDOM), seed=3)
+    assert kept(once) == 25 - math.ceil(0.2 * 25)
+    assert all(bool((once[n] <= mask[n]).all()) for n in SHAPES)  # pruned weights stay pruned
+    assert any(not torch.equal(once[n], magnitude_prune(weights, mask, 0.2)[n]) for n in SHAPES)
+    again = prune_fraction(weights, mask, 0.2, "global", criterion(RANDOM), seed=3)
+    assert all(torch.equal(again[n], once[n]) for n in SHAPES)
+
+
+def keep_smallest(weights, mask, generator):
+    """A criterion of one function: keep the smallest |w| (the reverse of magnitude)."""
+    return {name: -weights[name].abs() for name in mask}
+
+
+def test_a_new_criterion_is_one_function_and_one_entry(monkeypatch):
+    monkeypatch.setitem(CRITERIA, "keep_smallest", keep_smallest)
+    weights = make_weights(4)
+    mask = full_mask(weights, list(SHAPES))
+    new = prune_to_density(weights, mask, 0.4, "global", criterion("keep_smallest"))
+    dropped = torch.cat([weights[n].abs()[~new[n]] for n in SHAPES])
+    survivors = torch.cat([weights[n].abs()[new[n]] for n in SHAPES])
+    assert kept(new) == 20 and survivors.max() <= dropped.min()
+
+
+def test_the_users_criterion_by_import_path_or_plugin(tmp_path, monkeypatch):
+    (tmp_path / "my_criteria.py").write_text(
+        "def smallest(weights, mask, generator):\n    return {n: -weights[n].abs() for n in mask}\n"
+    )
+    plugin = tmp_path / "myplug-0.1.dist-info"  # an installed distribution's entry point
+    plugin.mkdir()
+    (plugin / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n")
+    (plugin / "entry_points.txt").write_text(
+        "[lmctrack.pruning]\nsmallest = my_criteria:smallest\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_criteria", raising=False)
+    weights = make_weights(4)
+    mask = full_mask(weights, list(SHAPES))
+    expected = prune_to_density(weights, mask, 0.5, "global", keep_smallest)
+    for name in ("my_criteria:smallest", "smallest"):
+        mine = prune_fraction(weights, mask, 0.5, "global", criterion(name))
+        assert all(torch.equal(mine[n], expected[n]) for n in SHAPES)
+    with pytest.raises(
+        LmcError, match="imp.criterion 'my_criteria:nope': my_criteria has no attribute"
+    ):
+        criterion("my_criteria:nope")
+
+
+def flat_c(weights, mask, generator):
+    """A criterion that scores c.weight flattened: the wrong shape."""
+    return {n: weights[n].reshape(-1) if n == "c.weight" else weights[n].abs() for n in mask}
+
+
+def test_an_unknown_or_misshapen_criterion_is_a_one_line_error():
+    with pytest.raises(
+        LmcError, match="unknown pruning criterion 'taylor'.*magnitude, random"
+    ) as e:
+        criterion("taylor")
+    assert "\n" not in str(e.value)
+    weights = make_weights()
+    mask = full_mask(weights, list(SHAPES))
+    with pytest.raises(LmcError, match="no score of shape \\(5, 6\\) for 'c.weight'"):
+        prune_fraction(weights, mask, 0.2, "global", flat_c)
 
 
 def test_apply_mask_zeroes_pruned_weights_only():

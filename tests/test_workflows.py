@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from lmctrack.config import Step
+from lmctrack.errors import LmcError
 from lmctrack.models import prunable_names
-from lmctrack.prune import layer_densities
+from lmctrack.prune import CRITERIA, layer_densities
 from lmctrack.runner import TrainJob, run_job
 from lmctrack.train import Noise
 from lmctrack.workflows.fork import fork
@@ -341,6 +342,37 @@ def test_imp_resumes_from_finished_levels_and_reuses_a_finished_run(project, ctx
     before = project.versions()
     again = imp(project.context("imp.replicates=2", "imp.levels=3"), run.at(20))
     assert again.reused and again.run_id == three.run_id and project.versions() == before
+
+
+def keep_smallest(weights, mask, generator):
+    """A pruning criterion in one function: the reverse of magnitude."""
+    return {name: -weights[name].abs() for name in mask}
+
+
+def test_a_criterion_of_one_function_and_one_entry_drives_an_imp_level(
+    monkeypatch, project, ctx, run, imp_levels
+):
+    monkeypatch.setitem(CRITERIA, "keep_smallest", keep_smallest)
+    params = ("imp.replicates=1", "imp.levels=1")
+    mine = imp(
+        project.context(*params, "imp.criterion=keep_smallest"), run.at(20), with_baselines=False
+    )
+    dense, level = mine.levels(0)
+    mask = ctx.store.load_state(level.start).mask
+    w_t = ctx.store.load_state(dense.trained).weights
+    survivors = torch.cat([w_t[n].abs()[mask[n]] for n in mask])
+    dropped = torch.cat([w_t[n].abs()[~mask[n]] for n in mask])
+    assert survivors.max() <= dropped.min()  # pruned by the criterion, not by magnitude
+    assert level.density == pytest.approx(0.8, abs=1e-3)
+    magnitude = ctx.store.load_state(imp_levels[1].levels(0)[1].start).mask
+    assert not same(mask, magnitude)
+
+
+def test_an_unknown_criterion_is_refused_before_any_work(project, run, imp_levels):
+    before = project.versions()
+    with pytest.raises(LmcError, match="unknown pruning criterion 'taylor'.*magnitude, random"):
+        imp(project.context("imp.criterion=taylor"), run.at(20))
+    assert project.versions() == before
 
 
 def test_fork_of_a_subnetwork_keeps_its_mask(ctx, run, imp_levels):

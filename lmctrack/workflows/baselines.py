@@ -1,10 +1,10 @@
 """The paper's two baselines for an IMP subnetwork (Wk, m), trained like it from step k:
 
-- random pruning: m shuffled within each layer (same per-layer sparsity) on Wk;
+- random pruning: m drawn at random within each layer (same per-layer sparsity) on Wk;
 - random reinitialization: m on a fresh initialization (Figure 22 and the reference
   implementation start it at k; `imp.reinit_start: zero` starts it at 0, recorded in its tags).
 
-Each baseline of each replicate and level draws its own shuffle, init and SGD noise.
+Each baseline of each replicate and level draws its own random mask, init and SGD noise.
 """
 
 from __future__ import annotations
@@ -20,10 +20,19 @@ from lmctrack.workflows.imp_chain import sparsity_tags
 
 
 def random_pruned(sub: State, seed: int, strategy: str = "layerwise") -> State:
-    """The random-pruning baseline of a subnetwork: the same per-layer sparsity, shuffled."""
-    from lmctrack.prune import random_prune
+    """The random-pruning baseline of a subnetwork: the same per-layer sparsity, its weights
+    chosen by the registry's random criterion."""
+    from lmctrack.prune import CRITERIA, RANDOM, prune_like
 
-    return State(sub.weights, random_prune(sub.mask, seed, strategy))
+    return State(sub.weights, prune_like(sub.weights, sub.mask, CRITERIA[RANDOM], seed, strategy))
+
+
+def drawn_by(method: str) -> tuple[str, ...]:
+    """What names a baseline's draw in its key: random pruning scores the weights with the
+    registry's random criterion (keys made when it shuffled the mask stand for another draw)."""
+    from lmctrack.prune import RANDOM
+
+    return (method, RANDOM) if method == schema.RANDOM_PRUNE else (method,)
 
 
 def reinitialized(ctx: Context, sub: State, init_seed: int) -> State:
@@ -44,7 +53,7 @@ def baselines(
     for t in (t for t in imp if t.level > 0 and (chosen is None or t.level in chosen)):
         mask = ctx.store.load_state(t.start).mask
         for method in (schema.RANDOM_PRUNE, schema.RANDOM_REINIT):
-            key = config_hash(chain_key, t.replicate, t.level, method)
+            key = config_hash(chain_key, t.replicate, t.level, *drawn_by(method))
             parts = (ctx.params.seeds.init, t.replicate, t.level, method)
             if method == schema.RANDOM_PRUNE:
                 start, step = (
@@ -145,7 +154,7 @@ def _register_start(ctx: Context, source: str, state: State, method: str, seed: 
     info = ctx.store.describe(source)
     level = int(info.tags.get(schema.LEVEL, 0))
     step = int(info.tags.get(schema.STEP, 0))
-    key = config_hash(source, method, seed)
+    key = config_hash(source, *drawn_by(method), seed)
     with jobs.recorded(
         ctx, method.replace("_", " "), key=key, kind=method, params={"source": source, "seed": seed}
     ) as run:

@@ -29,6 +29,7 @@ from lmctrack.workflows.analyses import hessian, plane
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.fork import fork
 from lmctrack.workflows.imp import imp
+from lmctrack.workflows.imp_chain import pruning_settings
 
 FOLLOWUP_ARTIFACT = "followup.json"
 FIGURE = "followup.png"
@@ -173,8 +174,7 @@ def followup(ctx: Context, wk: str, prune_data: DataConfig) -> Followup:
     key = config_hash(
         ctx.training_hash(wk, search.fingerprint(ctx)),
         cfg,
-        ctx.params.imp.model_dump(mode="json", include={"fraction", "strategy"})
-        | ctx.params.prune.model_dump(mode="json", exclude_defaults=True),
+        pruning_settings(ctx.params, "fraction", "strategy"),
         [inst.alphas, inst.bn],
         schema.KIND_FOLLOWUP,
     )

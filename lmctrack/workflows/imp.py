@@ -16,7 +16,14 @@ from lmctrack.config import config_hash
 from lmctrack.results import Imp
 from lmctrack.workflows.baselines import baselines
 from lmctrack.workflows.common import Context
-from lmctrack.workflows.imp_chain import Chain, MaskSearch, SameData, prune, train_level
+from lmctrack.workflows.imp_chain import (
+    Chain,
+    MaskSearch,
+    SameData,
+    prune,
+    pruning_settings,
+    train_level,
+)
 from lmctrack.workflows.imp_table import same_basin, table, write_plots
 from lmctrack.workflows.work import Book, work
 
@@ -48,10 +55,10 @@ def imps(
         every = [chain for per_work in chains for chain in per_work]
         for level in range(cfg_levels(cfg) + 1):  # line 4: level 0 is the dense network
             train_level(ctx, every, level)  # line 5: train m ⊙ Wk to T under fresh noise u'
-            if level < cfg_levels(cfg):  # line 6: prune the lowest-magnitude remaining weights
+            if level < cfg_levels(cfg):  # line 6: prune the lowest-scoring remaining weights
                 search.search(ctx, every, level)
                 for chain in every:
-                    chain.mask = prune(cfg, chain.pruned_from, chain.mask)
+                    chain.mask = prune(ctx, chain, level)
         for w, per_work in zip(book.todo, chains, strict=True):  # line 7: return (Wk, m)
             result = tabulate(ctx, book, w, per_work, with_baselines, single=len(works) == 1)
             book.finish(w, result)
@@ -93,10 +100,9 @@ class Work:
     ) -> Work:
         cfg = ctx.params.imp
         k = int(ctx.store.describe(wk_uri).tags.get(schema.STEP, 0))
-        pruning = cfg.model_dump(
-            mode="json",
-            include={"fraction", "one_shot", "density", "strategy", "reinit_start"},
-        ) | ctx.params.prune.model_dump(mode="json", exclude_defaults=True)
+        pruning = pruning_settings(
+            ctx.params, "fraction", "one_shot", "density", "strategy", "reinit_start"
+        )
         chain = ctx.training_hash(wk_uri, pruning, search.fingerprint(ctx), "imp")
         levels = cfg_levels(cfg)
         key = config_hash(chain, levels, replicates, with_baselines)

@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 
 from lmctrack import schema
-from lmctrack.config import ImpConfig, config_hash
+from lmctrack.config import Params, config_hash
 from lmctrack.results import Trained
 from lmctrack.state import Mask, State
 from lmctrack.train import Noise
@@ -57,14 +57,31 @@ class Chain:
         return config_hash(self.key, self.replicate, level, *what)
 
 
-def prune(cfg: ImpConfig, weights: Weights, mask: Mask) -> Mask:
-    """Line 6: remove `fraction` of the remaining weights with the smallest |W_T| (or, one-shot,
-    keep `density` of them at once)."""
-    from lmctrack.prune import magnitude_prune, prune_to_density
+def prune(ctx: Context, chain: Chain, level: int) -> Mask:
+    """Line 6: remove `fraction` of the remaining weights, those imp.criterion scores lowest
+    (the paper: smallest |W_T|), or, one-shot, keep `density` of them at once. A criterion that
+    draws (random) draws for this Wk, replicate and level alone."""
+    from lmctrack.prune import criterion, prune_fraction, prune_to_density
 
+    cfg = ctx.params.imp
+    score, weights, mask = criterion(cfg.criterion), chain.pruned_from, chain.mask
+    seed = jobs.noise_seed(chain.key, chain.replicate, level, "prune")
     if cfg.one_shot:
-        return prune_to_density(weights, mask, cfg.density, cfg.strategy)
-    return magnitude_prune(weights, mask, cfg.fraction, cfg.strategy)
+        return prune_to_density(weights, mask, cfg.density, cfg.strategy, score, seed)
+    return prune_fraction(weights, mask, cfg.fraction, cfg.strategy, score, seed)
+
+
+def pruning_settings(params: Params, *fields: str) -> dict:
+    """What decides IMP's masks, for work keys: these imp fields, imp.criterion unless it is
+    magnitude (so keys made before criteria existed, and the runs stored under them, still hold)
+    and prune's non-default settings. An unknown criterion is refused here, before any work."""
+    from lmctrack.prune import MAGNITUDE, criterion
+
+    criterion(params.imp.criterion)
+    chosen = {*fields, *(["criterion"] if params.imp.criterion != MAGNITUDE else [])}
+    return params.imp.model_dump(mode="json", include=chosen) | params.prune.model_dump(
+        mode="json", exclude_defaults=True
+    )
 
 
 def sparsity_tags(level: int, mask: Mask | None) -> dict[str, str]:
