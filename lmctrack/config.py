@@ -1,15 +1,13 @@
 """params.yaml, validated: every section is a pydantic model that rejects unknown keys.
 
-Also the Step type of the reference implementation ('2000it', '160ep', '120ep50it') and the
-canonical hash that identifies equal work.
+Also the canonical hash that identifies equal work. The Step type ('2000it', '160ep') lives in
+lmctrack.steps and is re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
@@ -17,10 +15,8 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -29,47 +25,9 @@ from pydantic import (
 
 from lmctrack import schema
 from lmctrack.errors import LmcError, existing_file
+from lmctrack.steps import Step, StepField
+from lmctrack.steps import iterations_per_epoch as iterations_per_epoch  # re-exported
 from lmctrack.user_config import QuietDefaults, data_name
-
-_STEP_RE = re.compile(r"^(?:(\d+)ep)?(?:(\d+)it)?$")
-
-
-class Step(BaseModel):
-    """A point in training: `ep` epochs plus `it` iterations (iterations per epoch = ceil(N/batch))."""
-
-    model_config = ConfigDict(frozen=True)
-    ep: int = 0
-    it: int = 0
-
-    @classmethod
-    def parse(cls, value: Any) -> Step:
-        if isinstance(value, Step):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return cls(it=value)
-        if isinstance(value, dict):
-            return cls(**value)
-        text = str(value).strip()
-        match = _STEP_RE.match(text)
-        if not text or match is None:
-            raise ValueError(f"'{value}' is not a step: write '2000it', '160ep' or '120ep50it'")
-        return cls(ep=int(match.group(1) or 0), it=int(match.group(2) or 0))
-
-    def iterations(self, iterations_per_epoch: int) -> int:
-        """This step as an iteration count."""
-        return self.ep * iterations_per_epoch + self.it
-
-    def __str__(self) -> str:
-        if self.ep and self.it:
-            return f"{self.ep}ep{self.it}it"
-        return f"{self.ep}ep" if self.ep else f"{self.it}it"
-
-
-StepField = Annotated[Step, BeforeValidator(Step.parse), PlainSerializer(str, return_type=str)]
-
-
-def iterations_per_epoch(num_examples: int, batch_size: int) -> int:
-    return math.ceil(num_examples / batch_size)
 
 
 class Section(BaseModel):
