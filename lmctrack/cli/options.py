@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_
 import typer
 
 from lmctrack.errors import LmcError, existing_file
-from lmctrack.overrides import Overrides, option
+from lmctrack.overrides import Overrides, option, parse_sets
 
 if TYPE_CHECKING:
     from lmctrack.api import Context
@@ -277,9 +277,8 @@ class Common:
     trains: bool = False  # the command takes --backend: it runs trainings or other Ray tasks
 
     def overrides(self, more: Mapping[str, Any] | None = None) -> Overrides:
-        """`--set` (parsed here, once), then the command's options, then `more`: typed."""
-        from lmctrack.overrides import parse_sets
-
+        """`--set` (parsed here, once), then `more`, then the command's own options: typed, the
+        last value of a key wins."""
         return parse_sets(self.sets) | (more or {}) | (self.options or {})
 
     def workspace(
