@@ -7,22 +7,26 @@
     net, info = lmc.load(fork.copies[0])                # an nn.Module (mask applied) + its tags
 
 Every function takes `params` (a params.yaml path, a Params object, or None for ./params.yaml)
-and `sets` overrides as keyword arguments, e.g. `lmc.train(sets={"train.lr": 0.05})`; `fork` and
-`interpolate` also run in a context already open (`ctx`: the CLI's workspace) instead.
+and typed `sets` overrides as keyword arguments, e.g. `lmc.train(sets={"train.lr": 0.05})`
+(validated by pydantic, no string round trip), or runs in a context already open (`ctx`: the
+CLI's workspace). The CLI calls these functions and nothing else, so the two cannot drift.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmctrack.config import Params
+from lmctrack.overrides import Overrides, overrides
 from lmctrack.results import Fork, Imp, Pair, SparseSweep, Sweep
+from lmctrack.workflows import report as tables  # noqa: F401  (the CLI's tables of results)
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.session import session
-from lmctrack.workflows.train import TrainedRun
+from lmctrack.workflows.train import TrainedRun, state_name  # noqa: F401
 
 if TYPE_CHECKING:
     from lmctrack.workflows.find_k import FindK
@@ -30,34 +34,40 @@ if TYPE_CHECKING:
 ParamsLike = Path | str | Params | None
 
 
-def _sets(sets: Mapping[str, object] | None) -> list[str]:
-    import json
-
-    return [
-        f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (sets or {}).items()
-    ]
-
-
-def _within(
-    ctx: Context | None, params: ParamsLike, sets: Mapping[str, object] | None, state: str
+def within(
+    ctx: Context | None,
+    params: ParamsLike,
+    sets: Mapping[str, object] | None,
+    state: str | None = None,
+    run_id: str | None = None,
 ) -> AbstractContextManager[Context]:
     """`ctx` when the caller has one open (then `params` and `sets` are its own), else a session
-    of `params` for the run that produced `state`."""
-    return nullcontext(ctx) if ctx is not None else session(params, _sets(sets), state=state)
+    of `params` with the typed overrides `sets`, for the run that produced `state` or `run_id`."""
+    if ctx is not None:
+        return nullcontext(ctx)
+    return session(params, sets, state=state, run_id=run_id)
+
+
+def _updated(ctx: Context, sets: Mapping[str, object]) -> Context:
+    """`ctx` with settings that change neither the data nor the network overridden (validated)."""
+    from lmctrack.config import resolve
+
+    return dataclasses.replace(ctx, params=resolve(ctx.params, sets)) if sets else ctx
 
 
 def _own(
     sets: Mapping[str, object] | None, model: Callable | str | None, data: Callable | str | None
-) -> dict[str, object]:
+) -> Overrides:
     """`sets` with model.name / data.name set to the import path of the user's own class or
     factory (only a name is recorded, so it must be importable where the states are loaded)."""
     from lmctrack.imports import import_path
 
-    out = dict(sets or {})
-    for key, obj in (("model.name", model), ("data.name", data)):
-        if obj is not None:
-            out[key] = obj if isinstance(obj, str) else import_path(obj, key)
-    return out
+    own = {
+        key: obj if isinstance(obj, str) else import_path(obj, key)
+        for key, obj in (("model.name", model), ("data.name", data))
+        if obj is not None
+    }
+    return overrides(sets) | own
 
 
 def train(
@@ -66,19 +76,28 @@ def train(
     sets: Mapping[str, object] | None = None,
     model: Callable | str | None = None,
     data: Callable | str | None = None,
+    ctx: Context | None = None,
 ) -> TrainedRun:
     """Train W0 to W_T, registering W0, every rewind state Wk and W_T (reused when done).
     `model` / `data`: your own network class (or factory) and dataset factory, e.g.
     `lmc.train(model=MyNet, data=make_data)`, as `sets={"model.name": "mypkg.nets:MyNet"}`."""
     from lmctrack.workflows.train import train_run
 
-    with session(params, _sets(_own(sets, model, data))) as ctx:
+    with within(ctx, params, _own(sets, model, data)) as ctx:
         return train_run(ctx)
+
+
+def trained(run_id: str, *, params: ParamsLike = None, ctx: Context | None = None) -> TrainedRun:
+    """A registered training by its run id: its states W0, Wk, W_T by step (`.at(k)`)."""
+    from lmctrack.workflows.train import registered_run
+
+    with within(ctx, params, None, run_id=run_id) as ctx:
+        return registered_run(ctx.store, run_id, ctx.total_steps)
 
 
 def fork(
     source: str,
-    seeds: int = 2,
+    seeds: int | None = None,
     *,
     mask: str | None = None,
     reset_schedule: bool = False,
@@ -87,8 +106,8 @@ def fork(
     sets: Mapping[str, object] | None = None,
     ctx: Context | None = None,
 ) -> Fork:
-    """Algorithm 1 from a state URI: `seeds` copies (noise seeds 1..seeds), every pair
-    interpolated."""
+    """Algorithm 1 from a state URI: `seeds` copies (noise seeds 1..seeds; None:
+    instability.copies), every pair interpolated."""
     return forks(
         [source],
         seeds,
@@ -103,7 +122,7 @@ def fork(
 
 def forks(
     sources: Sequence[str],
-    seeds: int = 2,
+    seeds: int | None = None,
     *,
     mask: str | None = None,
     reset_schedule: bool = False,
@@ -117,9 +136,9 @@ def forks(
     from lmctrack.workflows.fork import forks as algorithm1
     from lmctrack.workflows.fork import plan
 
-    with _within(ctx, params, sets, sources[0]) as ctx:
+    with within(ctx, params, sets, sources[0]) as ctx:
         options = {"mask": mask, "reset_schedule": reset_schedule, "track_every": track_every}
-        seed_list = list(range(1, seeds + 1))
+        seed_list = list(range(1, (seeds or ctx.params.instability.copies) + 1))
         return algorithm1(ctx, [plan(ctx, s, seeds=seed_list, **options) for s in sources])
 
 
@@ -136,16 +155,24 @@ def interpolate(
     endpoint keeps its own mask."""
     from lmctrack.workflows.interpolate import interpolate as linear
 
-    with _within(ctx, params, sets, a) as ctx:
+    with within(ctx, params, sets, a) as ctx:
         return linear(ctx, a, b, mask_mode="each" if each_mask else "same")
 
 
-def imp(source: str, *, params: ParamsLike = None, sets: Mapping[str, object] | None = None) -> Imp:
-    """Algorithm 2 from the registered state Wk (`imp` section of the params), with baselines."""
+def imp(
+    source: str,
+    *,
+    params: ParamsLike = None,
+    sets: Mapping[str, object] | None = None,
+    ctx: Context | None = None,
+) -> Imp:
+    """Algorithm 2 from the registered state Wk (`imp` section of the params), with baselines;
+    the masks are searched on imp.prune_data when set (e.g. a distilled set)."""
     from lmctrack.workflows.imp import imp as algorithm2
+    from lmctrack.workflows.imp_chain import mask_search
 
-    with session(params, _sets(sets), state=source) as ctx:
-        return algorithm2(ctx, source)
+    with within(ctx, params, sets, source) as ctx:
+        return algorithm2(ctx, source, mask_search(ctx))
 
 
 def instability(
@@ -154,13 +181,15 @@ def instability(
     mask: str | None = None,
     params: ParamsLike = None,
     sets: Mapping[str, object] | None = None,
+    ctx: Context | None = None,
 ) -> Sweep | SparseSweep:
     """The Figure 3 sweep; with `sparse=True` the sparse sweep (Figures 6, 7, 9 and the claim)."""
+    from lmctrack.workflows.imp_chain import mask_search
     from lmctrack.workflows.instability import instability as sweep
     from lmctrack.workflows.sparse import sparse_instability
 
-    with session(params, _sets(sets)) as ctx:
-        return sparse_instability(ctx) if sparse else sweep(ctx, mask=mask)
+    with within(ctx, params, sets) as ctx:
+        return sparse_instability(ctx, mask_search(ctx)) if sparse else sweep(ctx, mask=mask)
 
 
 def find_k(
@@ -169,16 +198,16 @@ def find_k(
     density: float | None = None,
     params: ParamsLike = None,
     sets: Mapping[str, object] | None = None,
+    ctx: Context | None = None,
 ) -> FindK:
     """The earliest stable rewind step among instability.candidates, by bisection with copies
     added until a confidence interval decides; with `imp`, of the IMP subnetwork at `density`."""
-    from lmctrack.config import resolve
     from lmctrack.workflows.find_k import density_sets
     from lmctrack.workflows.find_k import find_k as search
     from lmctrack.workflows.imp_chain import mask_search
 
-    more = density_sets(resolve(params, _sets(sets)), density)
-    with session(params, _sets(sets) + more) as ctx:
+    with within(ctx, params, sets) as ctx:
+        ctx = _updated(ctx, density_sets(ctx.params, density))
         return search(ctx, mask_search(ctx) if imp else None)
 
 
@@ -190,12 +219,13 @@ def align(
     seed: int | None = None,
     params: ParamsLike = None,
     sets: Mapping[str, object] | None = None,
+    ctx: Context | None = None,
 ):
     """B with its hidden units permuted to match A (Git Re-Basin), registered with parents B, A;
     the function is checked before registering. Returns the typed `Aligned` result."""
     from lmctrack.workflows.align import align as permute
 
-    with session(params, _sets(sets), state=a) as ctx:
+    with within(ctx, params, sets, a) as ctx:
         return permute(ctx, a, b, method=method, seed=seed)
 
 
@@ -209,25 +239,39 @@ def load(uri: str, *, params: ParamsLike = None):
         return network, ctx.store.describe(uri)
 
 
-def states(*, model: str | None = None, params: ParamsLike = None, **tags: object) -> list:
+def states(
+    *,
+    model: str | None = None,
+    params: ParamsLike = None,
+    sets: Mapping[str, object] | None = None,
+    **tags: object,
+) -> list:
     """Registered states whose tags match, newest first: e.g. `states(role="trained", step=3000)`."""
-    from lmctrack.workflows.common import open_store
-
-    store = open_store(_store_params(params))
+    store = open_store(params, sets)
     return store.search_states(model=model, **{k: str(v) for k, v in tags.items()})
 
 
-def lineage(uri: str, *, params: ParamsLike = None):
+def lineage(uri: str, *, params: ParamsLike = None, sets: Mapping[str, object] | None = None):
     """The ancestry tree of a state: a LineageNode with `.info` and `.parents`."""
-    from lmctrack.workflows.common import open_store
-
-    return open_store(_store_params(params)).lineage(uri)
+    return open_store(params, sets).lineage(uri)
 
 
-def _store_params(params: ParamsLike) -> Params:
+def open_store(params: ParamsLike = None, sets: Mapping[str, object] | None = None):
+    """The store of these params (store.tracking_uri), without loading data or a network."""
     from lmctrack.config import resolve
+    from lmctrack.workflows.common import open_store as opened
 
-    return resolve(params)
+    return opened(resolve(params, sets))
+
+
+def __getattr__(name: str):
+    """The tools beyond the two algorithms (connect, hessian, distill, ...) live in
+    lmctrack.api_extras; they are reached here too."""
+    from lmctrack import api_extras
+
+    if name in api_extras.__all__:
+        return getattr(api_extras, name)
+    raise AttributeError(f"module 'lmctrack.api' has no attribute {name!r}")
 
 
 __all__ = [

@@ -1,15 +1,14 @@
 """params.yaml, validated: every section is a pydantic model that rejects unknown keys.
 
-Also the Step type of the reference implementation ('2000it', '160ep', '120ep50it') and the
-canonical hash that identifies equal work.
+Also the canonical hash that identifies equal work. The Step type ('2000it', '160ep') lives in
+lmctrack.steps and is re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
@@ -17,10 +16,8 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -29,47 +26,10 @@ from pydantic import (
 
 from lmctrack import schema
 from lmctrack.errors import LmcError, existing_file
+from lmctrack.overrides import apply, describe, overrides
+from lmctrack.steps import Step, StepField
+from lmctrack.steps import iterations_per_epoch as iterations_per_epoch  # re-exported
 from lmctrack.user_config import QuietDefaults, data_name
-
-_STEP_RE = re.compile(r"^(?:(\d+)ep)?(?:(\d+)it)?$")
-
-
-class Step(BaseModel):
-    """A point in training: `ep` epochs plus `it` iterations (iterations per epoch = ceil(N/batch))."""
-
-    model_config = ConfigDict(frozen=True)
-    ep: int = 0
-    it: int = 0
-
-    @classmethod
-    def parse(cls, value: Any) -> Step:
-        if isinstance(value, Step):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return cls(it=value)
-        if isinstance(value, dict):
-            return cls(**value)
-        text = str(value).strip()
-        match = _STEP_RE.match(text)
-        if not text or match is None:
-            raise ValueError(f"'{value}' is not a step: write '2000it', '160ep' or '120ep50it'")
-        return cls(ep=int(match.group(1) or 0), it=int(match.group(2) or 0))
-
-    def iterations(self, iterations_per_epoch: int) -> int:
-        """This step as an iteration count."""
-        return self.ep * iterations_per_epoch + self.it
-
-    def __str__(self) -> str:
-        if self.ep and self.it:
-            return f"{self.ep}ep{self.it}it"
-        return f"{self.ep}ep" if self.ep else f"{self.it}it"
-
-
-StepField = Annotated[Step, BeforeValidator(Step.parse), PlainSerializer(str, return_type=str)]
-
-
-def iterations_per_epoch(num_examples: int, batch_size: int) -> int:
-    return math.ceil(num_examples / batch_size)
 
 
 class Section(BaseModel):
@@ -140,7 +100,7 @@ class TrainConfig(Section):
     final_lr: float = Field(0.0, ge=0, description="linear_decay: learning rate reached at T")
     rewind_steps: list[StepField] = Field(default_factory=list, description="states Wk to register")
     eval_every: StepField | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where networks train")
 
     @model_validator(mode="after")
     def _trains(self) -> TrainConfig:
@@ -163,7 +123,7 @@ class InstabilityConfig(Section):
     rewind_steps: list[StepField] = Field(default_factory=lambda: [Step(it=0)])
     inits: int = Field(3, gt=0)
     copies: int = Field(3, ge=2, description="copies per state; every pair is interpolated")
-    alphas: int = Field(30, ge=2)
+    alphas: int = Field(30, ge=2, description="points on a path, both ends included")
     splits: list[Literal["test", "train"]] = Field(default_factory=lambda: ["test", "train"])
     bn: Literal["interpolate", "reset", "repair"] = "reset"
     reset_schedule: bool = False
@@ -201,11 +161,11 @@ class InstabilityConfig(Section):
 
 
 class ImpConfig(Section):
-    rewind: StepField = Field(default_factory=Step)
-    levels: int = Field(5, ge=1)
+    rewind: StepField = Field(default_factory=Step, description="rewind step k, e.g. 500it")
+    levels: int = Field(5, ge=1, description="pruning levels (density (1 - fraction)^L)")
     fraction: float = Field(0.2, gt=0, lt=1)
-    one_shot: bool = False
-    density: float | None = Field(None, gt=0, lt=1)
+    one_shot: bool = Field(False, description="prune to imp.density at once")
+    density: float | None = Field(None, gt=0, lt=1, description="one-shot: weights kept")
     strategy: Literal["global", "layerwise"] = "global"
     criterion: str = Field(
         "magnitude", description="prune by: magnitude, random (prune.CRITERIA) or 'pkg.mod:fn'"
@@ -260,7 +220,7 @@ class AlignConfig(Section):
     """Networks from different inits compared modulo a permutation of their hidden units (Git
     Re-Basin), and the `lmctrack connect` sweeps."""
 
-    method: Literal["weight", "activation"] = "weight"
+    method: Literal["weight", "activation"] = Field("weight", description="units matched by")
     seed: int = Field(0, description="weight matching: seed of the order of its layer updates")
     inits: int = Field(2, ge=2, description="connect: networks from init seeds base, base+1, ...")
     widths: list[Annotated[int, Field(gt=0)]] = Field(
@@ -285,7 +245,7 @@ class DistillConfig(Section):
     """`lmctrack distill`: a few synthetic examples per class (MTT or DM; lmctrack.distill) and
     their quality: test accuracy of a network trained only on them vs on a random real subset."""
 
-    method: Literal["mtt", "dm"] = "mtt"
+    method: Literal["mtt", "dm"] = Field("mtt", description="distillation by")
     images_per_class: int = Field(10, ge=1)
     init: Literal["real", "noise"] = "real"
     seed: int = 0
@@ -340,48 +300,12 @@ class Params(Section):
         return self
 
 
-def _describe(error: ValidationError, source: str, overrides: dict[str, str]) -> str:
-    """One line naming the field, the problem and where the value came from: the `--set` that
-    wrote it (the last one on that field), else the params file."""
-    first = error.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    value = first.get("input")
-    shown = f" (got {value!r})" if first["type"] != "extra_forbidden" and value is not None else ""
-    extra = f" and {len(error.errors()) - 1} more" if len(error.errors()) > 1 else ""
-    set_by = [k for k in overrides if field == k or field.startswith(f"{k}.")]
-    if set_by:
-        key = set_by[-1]
-        return (
-            f"--set {key}={overrides[key]}: {field}: {msg}{shown}{extra}; fix the value and re-run"
-        )
-    return f"{source}: {field}: {msg}{shown}{extra}; fix that field and re-run"
+Sets = Mapping[str, Any] | Sequence[str] | None
 
 
-def _set_path(tree: dict, dotted: str, raw: str) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise LmcError(f"--set {dotted}: '{key}' is not a section")
-        node = child
-    try:
-        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
-        raise LmcError(
-            f"--set {dotted}={raw}: the value is not valid YAML; quote it or fix the brackets, "
-            f"e.g. --set {dotted}=[0it,100it]"
-        ) from None
-
-
-def load_params(
-    path: Path | None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
-) -> Params:
-    """Read params.yaml (or `base`, or the defaults, when path is None) and apply
-    `section.key=value` overrides."""
+def load_params(path: Path | None, sets: Sets = (), base: dict | None = None) -> Params:
+    """Read params.yaml (or `base`, or the defaults, when path is None) and apply the overrides:
+    typed `{"section.key": value}` (lmctrack.overrides), or `section.key=value` strings."""
     tree: dict[str, Any] = json.loads(json.dumps(base)) if base else {}
     source = "defaults" if base is None else "params"
     if path is not None:
@@ -398,23 +322,16 @@ def load_params(
                 f"{path}: expected sections (data:, model:, train:, ...) at the top level"
             )
         tree = loaded or {}
-    written: dict[str, str] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise LmcError(f"--set '{item}': write section.key=value, e.g. --set train.lr=0.05")
-        key, raw = (part.strip() for part in item.split("=", 1))
-        _set_path(tree, key, raw)
-        written.pop(key, None)  # the last --set of a key is the one in force
-        written[key] = raw
+    typed = overrides(sets)
+    apply(tree, typed)
     try:
         return Params.model_validate(tree)
     except ValidationError as e:
-        raise LmcError(_describe(e, source, written)) from None
+        raise LmcError(describe(e, source, typed)) from None
 
 
-def resolve(params: Path | str | Params | None, sets: list[str] | None = None) -> Params:
+def resolve(params: Path | str | Params | None, sets: Sets = None) -> Params:
     """Params from a file (default ./params.yaml when present) or an object, with overrides."""
-    sets = list(sets or [])
     if isinstance(params, Params):
         return load_params(None, sets, base=params.model_dump(mode="json")) if sets else params
     path = Path(params) if params is not None else None

@@ -53,3 +53,5 @@ def test_load_gives_the_registered_network_and_its_tags(new_project):
     assert lmc.train(params).run_id == run.run_id  # reused
     fork = lmc.fork(run.at(20), seeds=2, params=params, sets={"instability.alphas": 3})
     assert len(fork.pairs[0].alphas) == 3 and list(fork.to_frame()["k"]) == [20]
+    by_params = lmc.fork(run.at(20), params=params, sets={"instability.copies": 3})
+    assert len(by_params.copies) == 3  # no seeds: instability.copies

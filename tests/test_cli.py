@@ -104,6 +104,16 @@ def test_fork_by_run_and_step_registers_copies_and_reuses(project, trained):
     assert again["headline"] == result["headline"]  # read back from the run's JSON, derived again
 
 
+def test_fork_without_seeds_forks_instability_copies(project, trained):
+    """No --seeds: the params' instability.copies decide (here 3, as the fork above: reused)."""
+    result = ok("fork", "--run-id", trained["run_id"], "--step", "20it", "--seeds", 3, "-q")
+    before = project.versions()
+    by_params = ok("fork", "--run-id", trained["run_id"], "--step", "20it", "-q",
+                   "-s", "instability.copies=3")  # fmt: skip
+    assert len(by_params["copies"]) == 3 and by_params["run_id"] == result["run_id"]
+    assert project.versions() == before
+
+
 def test_fork_json_carries_its_barriers_named_as_its_metrics(project, trained):
     """`jq` on fork --json finds the barrier per pair and its statistics and verdict per fork,
     under the names of the run's MLflow metrics, with the definitions they use."""

@@ -7,20 +7,13 @@ from typing import Annotated
 
 import typer
 
-from lmctrack.cli.options import WORKSPACE, Common, command, table
+from lmctrack.cli.options import WORKSPACE, Common, command, param, table
 from lmctrack.errors import LmcError
+from lmctrack.overrides import option
 
-MethodOpt = Annotated[
-    str | None, typer.Option("--method", help="weight | activation (default: align.method)")
-]
-SeedOpt = Annotated[
-    int | None, typer.Option("--seed", help="order of weight matching's updates (align.seed)")
-]
-
-
-def _align_sets(method: str | None, seed: int | None) -> list[str]:
-    sets = [f"align.method={method}"] if method is not None else []
-    return sets + ([f"align.seed={seed}"] if seed is not None else [])
+MethodOpt = param("align.method", "--method")
+SeedOpt = param("align.seed", "--seed")
+InitsOpt = param("align.inits", "--inits", "networks per width")
 
 
 def connection_table(title: str, connection) -> None:
@@ -46,10 +39,10 @@ def align(
     """Permute B's hidden units to match A and register it (parents B, A; function checked).
 
     The permutation is a safetensors artifact of the registering run; asking again reuses it."""
-    from lmctrack.workflows.align import align as permute
+    from lmctrack import api
 
-    with opts.workspace(more=_align_sets(method, seed), state=uri_a) as ctx:
-        result = permute(ctx, uri_a, uri_b)
+    with opts.workspace(state=uri_a) as ctx:
+        result = api.align(uri_a, uri_b, ctx=ctx)
     table(
         f"{uri_b} aligned to {uri_a}",
         ["method", "seed", "max logit diff", "reused"],
@@ -64,7 +57,7 @@ def connect(
     uri_b: Annotated[str | None, typer.Argument(help="a state from another init")] = None,
     method: MethodOpt = None,
     seed: SeedOpt = None,
-    inits: Annotated[int | None, typer.Option("--inits", help="networks per width")] = None,
+    inits: InitsOpt = None,
     widths: Annotated[
         str | None, typer.Option("--widths", help="width sweep: model.width values, e.g. 16,64")
     ] = None,
@@ -75,18 +68,15 @@ def connect(
 
     Without states: align.inits networks trained from different inits, every pair, at every
     width of --widths (the width sweep); tables, plots and the typed result in --out."""
-    from lmctrack.workflows.connect import connect as sweep
-    from lmctrack.workflows.connect import connect_two
+    from lmctrack import api
 
     if (uri_a is None) != (uri_b is None):
         raise LmcError("give two states A B, or none for the sweep over inits")
-    sets = _align_sets(method, seed)
-    sets += [f"align.inits={inits}"] if inits is not None else []
-    sets += [f"align.widths=[{widths}]"] if widths is not None else []
     if uri_a is not None and (inits is not None or widths is not None):
         raise LmcError("--inits and --widths set up the sweep; drop them, or drop A and B")
-    with opts.workspace(more=sets, state=uri_a) as ctx:
-        result = sweep(ctx) if uri_a is None else connect_two(ctx, uri_a, uri_b)
+    sweep = option("align.widths", widths and widths.split(","), "--widths")
+    with opts.workspace(more=sweep, state=uri_a) as ctx:
+        result = api.connect(uri_a, uri_b, ctx=ctx)
     if uri_a is not None:
         connection_table(f"{uri_a} -> {uri_b}", result)
         opts.finish(ctx, "connect.json", result, [("aligned", result.aligned)])
@@ -116,10 +106,10 @@ def transport(
 
     The permutation is --by's (an aligned state), else that of --to aligned to --from; the mask,
     in B's unit order on B's weights, is registered with parents B, the mask and the alignment."""
-    from lmctrack.workflows.align import transport as carry
+    from lmctrack import api
 
-    with opts.workspace(more=_align_sets(method, seed), state=target) as ctx:
-        result = carry(ctx, source, target, by=by)
+    with opts.workspace(state=target) as ctx:
+        result = api.transport(source, target, by=by, ctx=ctx)
     table(
         f"mask of {source} on {target}",
         ["density", "alignment", "reused"],

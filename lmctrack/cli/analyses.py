@@ -28,10 +28,10 @@ def hessian(
     opts: Common,
 ) -> None:
     """Hessian diagonal of the train loss at a state (Hutchinson), logged with its histogram."""
-    from lmctrack.workflows.analyses import hessian as estimate
+    from lmctrack import api
 
     with opts.workspace(state=uri) as ctx:
-        result = estimate(ctx, uri, samples=samples, limit=limit, seed=seed)
+        result = api.hessian(uri, samples=samples, limit=limit, seed=seed, ctx=ctx)
     s = result.summary
     layers = sorted(k for k in s if k.startswith(LAYER_MEAN))
     table(
@@ -69,10 +69,10 @@ def plane(
     opts: Common,
 ) -> None:
     """Error and loss on the plane through three states (e.g. Wk, W_T copy 1, W_T copy 2)."""
-    from lmctrack.workflows.analyses import plane as through
+    from lmctrack import api
 
     def evaluate(ctx):
-        return through(ctx, origin, uri_a, uri_b, grid=grid, margin=margin, split=split)
+        return api.plane(origin, uri_a, uri_b, grid=grid, margin=margin, split=split, ctx=ctx)
 
     _plane(opts, origin, f"plane through {origin}, {uri_a}, {uri_b}", evaluate)
 
@@ -88,9 +88,9 @@ def plane_random(
     opts: Common,
 ) -> None:
     """Error and loss along two filter-normalised random directions around one state."""
-    from lmctrack.workflows.analyses import random_plane
+    from lmctrack import api
 
     def evaluate(ctx):
-        return random_plane(ctx, uri, grid=grid, span=span, seed=seed, split=split)
+        return api.random_plane(uri, grid=grid, span=span, seed=seed, split=split, ctx=ctx)
 
     _plane(opts, uri, f"random directions around {uri} (seed {seed}, span {span})", evaluate)

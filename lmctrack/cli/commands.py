@@ -16,22 +16,35 @@ from lmctrack.cli.options import (
     app,
     command,
     guarded,
+    param,
     prune_data_file,
     run_id_of,
     step_of,
     table,
 )
 from lmctrack.errors import LmcError
+from lmctrack.overrides import Overrides
+
+# The options that set a params key, declared from its field (type, help, default).
+SeedsOpt = param("instability.copies", "--seeds", "number of copies (noise seeds 1..N)")
+AlphasOpt = param("instability.alphas", "--alphas")
+SplitsOpt = param("instability.splits", "--split", "test and/or train (repeatable)")
+AlignOpt = param("align.method", "--align", "weight | activation: also B aligned to A")
+RewindOpt = param("imp.rewind", "--rewind")
+LevelsOpt = param("imp.levels", "--levels")
+ReplicatesOpt = param("imp.replicates", "--replicates")
+OneShotOpt = param("imp.one_shot", "--one-shot")
+DensityOpt = param("imp.density", "--density")
 
 
 @command()
 def train(opts: Common) -> None:
     """Train W0 to W_T; register W0, every rewind state Wk, and W_T as model versions."""
-    from lmctrack.workflows.train import state_name, train_run
+    from lmctrack import api
 
     with opts.workspace() as ctx:
-        run = train_run(ctx)
-    states = {state_name(s, run.total): uri for s, uri in sorted(run.states.items())}
+        run = api.train(ctx=ctx)
+    states = {api.state_name(s, run.total): uri for s, uri in sorted(run.states.items())}
     result = {"run_id": run.run_id, "reused": run.reused, "states": states}
     opts.finish(ctx, "train.json", result, [("run_id", run.run_id), *states.items()])
 
@@ -45,7 +58,7 @@ def fork(
     ] = None,
     source: Annotated[str | None, typer.Option("--from", help="any state URI instead")] = None,
     mask: Annotated[str | None, typer.Option("--mask", help="URI of a mask to apply")] = None,
-    seeds: Annotated[int, typer.Option("--seeds", help="number of copies (noise seeds 1..N)")] = 2,
+    seeds: SeedsOpt = None,
     reset_schedule: Annotated[
         bool, typer.Option("--reset-schedule", help="copies train all T steps (Figure 4)")
     ] = False,
@@ -60,10 +73,8 @@ def fork(
     Several --step values (or --step all: every Wk the run registered) fork in one go: all
     copies share one pool of workers."""
     from lmctrack import api
-    from lmctrack.workflows.report import fork_table
-    from lmctrack.workflows.train import registered_run
 
-    if seeds < 2:
+    if seeds is not None and seeds < 2:
         raise LmcError("--seeds must be at least 2: instability compares copies pairwise")
     run_id = run_id_of(run_id)
     if (run_id is None) == (source is None):
@@ -74,7 +85,7 @@ def fork(
         )
     with opts.workspace(state=source, run_id=run_id) as ctx:
         if source is None:
-            run = registered_run(ctx.store, run_id, ctx.total_steps)
+            run = api.trained(run_id, ctx=ctx)
             if step == ["all"]:
                 sources = run.rewind_states
             else:
@@ -83,13 +94,13 @@ def fork(
             sources = [source]
         track = _positive_steps(ctx, track_every, "--track-every")
         results = api.forks(
-            sources, seeds, mask=mask, reset_schedule=reset_schedule, track_every=track, ctx=ctx
+            sources, mask=mask, reset_schedule=reset_schedule, track_every=track, ctx=ctx
         )
         threshold = ctx.params.instability.stable_threshold
     for result in results:
         table(
             f"fork of {result.source} (k={result.k}, bn={result.bn})",
-            *fork_table(result, threshold),
+            *api.tables.fork_table(result, threshold),
         )
     lines = [
         (name, uri)
@@ -113,31 +124,21 @@ def _positive_steps(ctx, text: str | None, option: str) -> int | None:
 def interpolate(
     uri_a: Annotated[str, typer.Argument(help="first state (alpha = 0)")],
     uri_b: Annotated[str, typer.Argument(help="second state (alpha = 1)")],
-    alphas: Annotated[
-        int | None, typer.Option("--alphas", help="points, both ends included")
-    ] = None,
-    split: Annotated[list[str] | None, typer.Option("--split", help="test and/or train")] = None,
+    alphas: AlphasOpt = None,
+    split: SplitsOpt = None,
     each_mask: Annotated[
         bool, typer.Option("--each-mask", help="endpoints keep their own (different) masks")
     ] = False,
-    align: Annotated[
-        str | None, typer.Option("--align", help="weight | activation: also B aligned to A")
-    ] = None,
+    align: AlignOpt = None,
     *,
     opts: Common,
 ) -> None:
     """Evaluate the linear path between two states; report the error and loss barriers."""
-    from lmctrack import api
+    from lmctrack import api, schema
 
-    sets = [f"instability.alphas={alphas}"] if alphas is not None else []
-    sets += [f"instability.splits=[{','.join(split)}]"] if split else []
-    sets += [f"align.method={align}"] if align else []
-    with opts.workspace(more=sets, state=uri_a) as ctx:
+    with opts.workspace(state=uri_a) as ctx:
         if align:  # naive and aligned paths side by side (Git Re-Basin)
-            from lmctrack import schema
-            from lmctrack.workflows.connect import connect_two
-
-            both = connect_two(ctx, uri_a, uri_b, kinds=(schema.NAIVE, schema.PERMUTED))
+            both = api.connect(uri_a, uri_b, kinds=(schema.NAIVE, schema.PERMUTED), ctx=ctx)
         else:
             pair = api.interpolate(uri_a, uri_b, each_mask=each_mask, ctx=ctx)
     if align:
@@ -164,20 +165,13 @@ def instability(
     opts: Common,
 ) -> None:
     """The Figure-3 sweep (inits x copies per rewind step); with --imp, the sparse sweep."""
-    from lmctrack.workflows import report
+    from lmctrack import api
+    from lmctrack.api import tables as report
 
     if imp and mask:
         raise LmcError("--imp finds its own masks at every rewind step; drop --mask")
     with opts.workspace() as ctx:
-        if imp:
-            from lmctrack.workflows.imp_chain import mask_search
-            from lmctrack.workflows.sparse import sparse_instability
-
-            result = sparse_instability(ctx, mask_search(ctx))
-        else:
-            from lmctrack.workflows.instability import instability as sweep
-
-            result = sweep(ctx, mask=mask)
+        result = api.instability(sparse=imp, mask=mask, ctx=ctx)
     if imp:
         table("IMP subnetworks vs rewind step (Figures 6, 7)", *report.sparse_table(result))
         table("Figure 9: earliest stable / matching k (median)", *report.earliest_table(result))
@@ -192,49 +186,33 @@ def instability(
 def imp(
     run_id: RunIdOpt = None,
     source: Annotated[str | None, typer.Option("--from", help="URI of Wk instead")] = None,
-    rewind: Annotated[
-        str | None, typer.Option("--rewind", help="rewind step k, e.g. 500it")
-    ] = None,
-    levels: Annotated[int | None, typer.Option("--levels", help="levels (density 0.8^L)")] = None,
-    replicates: Annotated[
-        int | None, typer.Option("--replicates", help="IMP runs, each with its own noise")
-    ] = None,
-    one_shot: Annotated[
-        bool, typer.Option("--one-shot", help="prune to --density at once")
-    ] = False,
-    density: Annotated[float | None, typer.Option("--density", help="one-shot: kept")] = None,
+    rewind: RewindOpt = None,
+    levels: LevelsOpt = None,
+    replicates: ReplicatesOpt = None,
+    one_shot: OneShotOpt = False,
+    density: DensityOpt = None,
     prune_data: PruneDataOpt = None,
     *,
     opts: Common,
 ) -> None:
     """Algorithm 2: IMP with rewinding, replicated, with the random baselines and Table 2."""
-    from lmctrack.workflows import report
-    from lmctrack.workflows.imp import imp as algorithm2
-    from lmctrack.workflows.imp_chain import mask_search
-    from lmctrack.workflows.train import registered_run
+    from lmctrack import api
+    from lmctrack.api import tables as report
 
-    sets = []
-    for key, value in (
-        ("levels", levels),
-        ("replicates", replicates),
-        ("density", density),
-        ("rewind", rewind),
-    ):
-        sets += [f"imp.{key}={value}"] if value is not None else []
-    sets += ["imp.one_shot=true"] if one_shot else []
     prune_data_file(prune_data)
-    if prune_data is not None:
-        sets += ["imp.prune_data.name=tensors", f"imp.prune_data.path={prune_data}"]
+    data = {"imp.prune_data.name": "tensors", "imp.prune_data.path": str(prune_data)}
+    flag = f"--prune-data {prune_data}"
+    more = Overrides(data, dict.fromkeys(data, flag)) if prune_data is not None else None
     run_id = run_id_of(run_id)
     if (source is None) == (run_id is None):
         raise LmcError(
             "give either --run-id RUN (with --rewind STEP) or --from URI of Wk (not both)"
         )
-    with opts.workspace(more=sets, state=source, run_id=run_id) as ctx:
+    with opts.workspace(more=more, state=source, run_id=run_id) as ctx:
         if source is None:
             k = ctx.steps(ctx.params.imp.rewind)
-            source = registered_run(ctx.store, run_id, ctx.total_steps).at(k)
-        result = algorithm2(ctx, source, mask_search(ctx))
+            source = api.trained(run_id, ctx=ctx).at(k)
+        result = api.imp(source, ctx=ctx)
     table(f"IMP rewinding to {result.k}it (n = {result.replicates})", *report.imp_table(result))
     if result.same_basin:
         table("same basin? consecutive levels interpolated", *report.basin_table(result))
@@ -262,12 +240,12 @@ def prune(
     opts: Common,
 ) -> None:
     """Register the random-pruning baseline of a subnetwork (same sparsity, random positions)."""
-    from lmctrack.workflows.baselines import register_random_prune
+    from lmctrack import api
 
     if not random:
         raise LmcError("magnitude pruning is done level by level by `lmctrack imp`; use --random")
     with opts.workspace(state=source) as ctx:
-        typer.echo(register_random_prune(ctx, source, seed, strategy))
+        typer.echo(api.random_prune(source, seed, strategy, ctx=ctx))
 
 
 @command(options=("params", "set_"))
@@ -278,10 +256,10 @@ def reinit(
     opts: Common,
 ) -> None:
     """Register the random-reinitialization baseline: the mask on a fresh initialization."""
-    from lmctrack.workflows.baselines import register_reinit
+    from lmctrack import api
 
     with opts.workspace(state=source) as ctx:
-        typer.echo(register_reinit(ctx, source, seed))
+        typer.echo(api.reinit(source, seed, ctx=ctx))
 
 
 @app.command()
@@ -295,8 +273,8 @@ def report(
     ),
 ) -> None:
     """Collect the pipeline's results into report.md and summary.json (DVC metrics)."""
-    from lmctrack.workflows.report import report as write_report
+    from lmctrack import api
 
-    summary = write_report(outputs, out)
+    summary = api.report(outputs, out)
     typer.echo(str(out / "report.md"))
     table("summary", ["metric", "value"], [[k, v] for k, v in summary.items()])

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lmctrack.cli.options import Common, command, load, table
+from lmctrack.cli.options import Common, command, table
 
 
 @command("find-k")
@@ -26,19 +26,13 @@ def find_k(
 ) -> None:
     """The earliest stable rewind step k* among instability.candidates: bisection, a
     confidence interval at each probed k, copies added while it straddles the threshold."""
+    from lmctrack import api
     from lmctrack.errors import LmcError
-    from lmctrack.workflows import find_k as workflow
 
     if density is not None and not imp:
         raise LmcError("--density picks the IMP subnetwork; add --imp")
-    more = workflow.density_sets(load(opts.params, opts.sets), density)
-    with opts.workspace(more=more) as ctx:
-        search = None
-        if imp:
-            from lmctrack.workflows.imp_chain import mask_search
-
-            search = mask_search(ctx)
-        result = workflow.find_k(ctx, search)
+    with opts.workspace() as ctx:
+        result = api.find_k(imp=imp, density=density, ctx=ctx)
     table(
         f"find-k: {result.model} (bn={result.bn}, {result.split} barrier)",
         ["k", "role", "copies", "pairs", "mean", "low", "high", "decision"],

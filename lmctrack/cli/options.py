@@ -1,8 +1,8 @@
 """What every command shares: the Typer apps, the option types, the one way to open a workspace
 (params, store, dataset, progress display), and how results are printed.
 
-Heavy libraries (torch, mlflow, pydantic models) are imported inside functions so that
-`lmctrack --help` answers at once.
+Heavy libraries (torch, mlflow) are imported inside functions so that `lmctrack --help` answers
+at once; the params models are read at import, to declare the options that mirror them (`param`).
 """
 
 from __future__ import annotations
@@ -11,19 +11,20 @@ import functools
 import inspect
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
 
 from lmctrack.errors import LmcError, existing_file
+from lmctrack.overrides import Overrides, option, parse_sets
 
 if TYPE_CHECKING:
-    from lmctrack.config import Params
-    from lmctrack.workflows.common import Context
+    from lmctrack.api import Context
 
 app = typer.Typer(
     help="Linear mode connectivity and the lottery ticket hypothesis, tracked in MLflow.",
@@ -59,10 +60,55 @@ OutOpt = Annotated[
     Path | None,
     typer.Option("--out", help="folder for DVC outputs: URIs, metrics JSON, plots, CSV"),
 ]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")]
-BackendOpt = Annotated[
-    str | None, typer.Option("--backend", help="local | ray: where trainings run (runner.backend)")
-]
+
+
+@dataclass(frozen=True)
+class Param:
+    """Marks a CLI option that sets the params key `key`: `command` turns its value into a typed
+    override (named by `flag` in errors); not given, the params decide."""
+
+    key: str
+    flag: str
+
+
+def param(key: str, flag: str, help: str | None = None) -> Any:
+    """The option of `flag`, declared once from the pydantic field of `key` (section.key): its
+    type, its help (the field's description unless `help`), and the params default it falls
+    back to. A boolean field becomes an on-switch."""
+    from lmctrack.config import Params
+
+    section, name = key.split(".")
+    spec = Params.model_fields[section].annotation.model_fields[name]
+    default = spec.get_default(call_default_factory=True)
+    kinds = {a for a in _alternatives(spec.annotation) if a is not type(None)}
+    choices = [c for kind in kinds for c in get_args(kind) if get_origin(kind) is Literal]
+    text = help or spec.description or name.replace("_", " ")
+    shown = f"{text}: {' | '.join(choices)}" if choices and help is None else text
+    note = f"{shown} (params {key}, default {_shown(default)})"
+    if kinds == {bool}:
+        return Annotated[bool, typer.Option(flag, help=note), Param(key, flag)]
+    kind = next(iter(kinds)) if len(kinds) == 1 and kinds <= {int, float} else str
+    if any(get_origin(k) is list for k in kinds):
+        kind = list[str]
+    return Annotated[kind | None, typer.Option(flag, help=note), Param(key, flag)]
+
+
+def _alternatives(annotation: Any) -> tuple:
+    """The types a field accepts: the members of a union, else the annotation itself."""
+    return get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+
+
+def _shown(default: Any) -> str:
+    """A default as params.yaml writes it."""
+    if isinstance(default, list):
+        return "[" + ", ".join(map(str, default)) + "]"
+    if default is None or isinstance(default, bool):
+        return {None: "null", True: "true", False: "false"}[default]
+    return str(default)
+
+
+DeviceOpt = param("train.device", "--device")
+BackendOpt = param("runner.backend", "--backend", "where trainings run: local | ray")
 JsonOpt = Annotated[
     bool, typer.Option("--json/--no-json", help="print the full result as JSON on stdout")
 ]
@@ -70,10 +116,9 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars"
 RunIdOpt = Annotated[
     str | None, typer.Option("--run-id", help="a run of `lmctrack train`, or its train.json")
 ]
-BnOpt = Annotated[
-    str | None,
-    typer.Option("--bn", help="interpolate | reset | repair: BatchNorm statistics on the path"),
-]
+BnOpt = param(
+    "instability.bn", "--bn", "interpolate | reset | repair: BatchNorm statistics on the path"
+)
 SplitOpt = Annotated[str, typer.Option("--split", help="test | train")]
 PruneDataOpt = Annotated[
     Path | None,
@@ -112,13 +157,6 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def load(path: Path | None, sets: list[str] | None, device: str | None = None) -> Params:
-    """params.yaml (or ./params.yaml when present) with the `--set` overrides applied."""
-    from lmctrack.config import resolve
-
-    return resolve(path, list(sets or []) + ([f"train.device={device}"] if device else []))
-
-
 def run_id_of(value: str | None) -> str | None:
     """A run id, or a JSON file written by `--out` (e.g. outputs/train/train.json) naming one."""
     if value is None or not value.endswith(".json"):
@@ -140,29 +178,27 @@ def run_id_of(value: str | None) -> str | None:
 @contextmanager
 def workspace(
     params: Path | None,
-    sets: list[str] | None,
+    sets: Overrides,
     *,
-    device: str | None = None,
     out: Path | None = None,
     quiet: bool = True,
     state: str | None = None,
     run_id: str | None = None,
     trains: bool = False,
 ) -> Iterator[Context]:
-    """The session a command works in (workflows.session), with a live progress display on a
+    """The session a command works in (api.session), with a live progress display on a
     terminal unless --quiet. A command that `trains` with runner.backend=ray warms the Ray
     workers up first (cluster.warm_up), so that they import torch while this process does."""
     from lmctrack.config import resolve
     from lmctrack.store import preload
 
     preload()  # MLflow's import overlaps torch's and the dataset's (Store waits for it)
-    sets = list(sets or []) + ([f"train.device={device}"] if device else [])
     if trains:
         from lmctrack.executor import executor
 
         executor(resolve(params, sets).runner).warm_up()
+    from lmctrack.api import session
     from lmctrack.progress import board
-    from lmctrack.workflows.session import session
 
     with (
         board(enabled=not quiet and sys.stderr.isatty()) as progress,
@@ -234,20 +270,27 @@ class Common:
 
     params: Path | None = None
     sets: list[str] = field(default_factory=list)
-    device: str | None = None
-    backend: str | None = None
+    options: Overrides | None = None  # the command's options that set params keys (`param`)
     out: Path | None = None
     as_json: bool = False
     quiet: bool = True
-    bn: str | None = None  # instability.bn: BatchNorm statistics along paths and on planes
     trains: bool = False  # the command takes --backend: it runs trainings or other Ray tasks
 
-    def workspace(self, *, more: list[str] = (), state: str | None = None, run_id=None):
-        chosen = {"runner.backend": self.backend, "instability.bn": self.bn}
+    def overrides(self, more: Mapping[str, Any] | None = None) -> Overrides:
+        """`--set` (parsed here, once), then `more`, then the command's own options: typed, the
+        last value of a key wins."""
+        return parse_sets(self.sets) | (more or {}) | (self.options or {})
+
+    def workspace(
+        self,
+        *,
+        more: Mapping[str, Any] | None = None,
+        state: str | None = None,
+        run_id: str | None = None,
+    ):
         return workspace(
             self.params,
-            [*self.sets, *more, *[f"{key}={value}" for key, value in chosen.items() if value]],
-            device=self.device,
+            self.overrides(more),
             out=self.out,
             quiet=self.quiet,
             state=state,
@@ -263,6 +306,25 @@ class Common:
         emit(result, self.as_json, lines)
 
 
+def _params_of(parameter: inspect.Parameter) -> Param | None:
+    """The params key an option sets, when it was declared with `param`."""
+    return next(
+        (m for m in getattr(parameter.annotation, "__metadata__", ()) if isinstance(m, Param)), None
+    )
+
+
+def chosen(parameters: list[inspect.Parameter], values: dict[str, Any]) -> Overrides:
+    """The options given on the command line that set params keys, as typed overrides named by
+    their flags (an on-switch left off, or an option not given, sets nothing)."""
+    out = Overrides()
+    for p in parameters:
+        marker = _params_of(p)
+        value = values.get(p.name)
+        if marker is not None and value is not None and value is not False:
+            out = out | option(marker.key, value, marker.flag)
+    return out
+
+
 def command(
     name: str | None = None,
     *,
@@ -271,7 +333,8 @@ def command(
     on: typer.Typer = app,
 ) -> Callable:
     """Register `fn(..., opts: Common)` as a command taking its own options plus the shared
-    `options`, guarded so that user-fixable failures print one line."""
+    `options`, guarded so that user-fixable failures print one line. Options declared with
+    `param` become typed overrides of their params keys (`opts.options`)."""
 
     def register(fn: Callable) -> Callable:
         signature = inspect.signature(fn, eval_str=True)
@@ -292,12 +355,10 @@ def command(
             opts = Common(
                 params=given.get("params"),
                 sets=list(given.get("set_") or []),
-                device=given.get("device"),
-                backend=given.get("backend"),
+                options=chosen([*own, *shared], {**kwargs, **given}),
                 out=given.get("out"),
                 as_json=given.get("as_json", as_json),
                 quiet=given.get("quiet", True),
-                bn=given.get("bn"),
                 trains="backend" in options,
             )
             return fn(**kwargs, opts=opts)

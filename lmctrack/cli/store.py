@@ -7,14 +7,15 @@ from typing import Annotated
 
 import typer
 
-from lmctrack.cli.options import ParamsOpt, SetOpt, app, data_app, guarded, load
+from lmctrack.cli.options import ParamsOpt, SetOpt, app, data_app, guarded
 from lmctrack.errors import LmcError
 
 
 def _store(params: Path | None, sets: list[str] | None):
-    from lmctrack.workflows.common import open_store
+    from lmctrack import api
+    from lmctrack.overrides import parse_sets
 
-    return open_store(load(params, sets))
+    return api.open_store(params, parse_sets(sets or ()))
 
 
 @app.command()
@@ -52,7 +53,10 @@ def lineage(
         for parent in node.parents:
             grow(tree.add(label(parent)), parent)
 
-    root = _store(params, set_).lineage(uri)
+    from lmctrack import api
+    from lmctrack.overrides import parse_sets
+
+    root = api.lineage(uri, params=params, sets=parse_sets(set_ or ()))
     tree = Tree(label(root))
     grow(tree, root)
     console.print(tree)
@@ -113,9 +117,9 @@ def data_mnist1d(
     samples: Annotated[int, typer.Option("--samples", help="examples (train + test)")] = 20000,
 ) -> None:
     """Generate MNIST-1D locally into ROOT/mnist1d/ (deterministic)."""
-    from lmctrack.workflows.datasets import write_mnist1d
+    from lmctrack import api
 
-    typer.echo(str(write_mnist1d(root, samples)))
+    typer.echo(str(api.mnist1d(root, samples)))
 
 
 @data_app.command("import")
@@ -128,6 +132,6 @@ def data_import(
     root: Annotated[Path, typer.Option("--root", help="data folder")] = Path("data"),
 ) -> None:
     """Copy a local dataset into ROOT in torchvision's layout and `dvc add` it."""
-    from lmctrack.workflows.datasets import import_dataset
+    from lmctrack import api
 
-    typer.echo(str(import_dataset(name, source, root)))
+    typer.echo(str(api.import_dataset(name, source, root)))

@@ -20,6 +20,7 @@ from lmctrack import earliest, schema
 from lmctrack.config import Params, Step
 from lmctrack.earliest import Budget, Search
 from lmctrack.errors import LmcError
+from lmctrack.overrides import Overrides
 from lmctrack.results import Fork, to_dict
 from lmctrack.workflows import fork as algorithm1
 from lmctrack.workflows.common import Context
@@ -122,14 +123,14 @@ def budget(ctx: Context) -> Budget:
     return Budget(start=inst.copies, step=1, maximum=maximum)
 
 
-def density_sets(params: Params, density: float | None) -> list[str]:
+def density_sets(params: Params, density: float | None) -> Overrides:
     """--density as the IMP level whose density (1 - imp.fraction)^level is nearest to it."""
     if density is None:
-        return []
+        return Overrides()
     if not 0 < density < 1:
         raise LmcError(f"--density {density} is not a fraction of weights kept; use e.g. 0.33")
     level = max(1, round(math.log(density) / math.log(1 - params.imp.fraction)))
-    return [f"imp.levels={level}"]
+    return Overrides({"imp.levels": level}, {"imp.levels": f"--density {density}"})
 
 
 class Probing:

@@ -1,5 +1,5 @@
 """Opening the context a piece of work runs in, for the CLI and the Python API alike: the params
-(params.yaml with `section.key=value` overrides, or those of the run that produced a given
+(params.yaml with typed `{"section.key": value}` overrides, or those of the run that produced a given
 state), the store, the dataset and the progress board."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from lmctrack.config import Params, resolve
+from lmctrack.config import Params, Sets, resolve
 from lmctrack.errors import LmcError
+from lmctrack.overrides import Overrides, overrides
 from lmctrack.progress import Board
 from lmctrack.workflows.common import Context, make_context, open_store, params_of_run
 
@@ -18,18 +19,17 @@ from lmctrack.workflows.common import Context, make_context, open_store, params_
 RUN_SECTIONS = ("data", "model", "train", "seeds")
 
 
-def from_run(user: Params, made: Params, sets: list[str]) -> Params:
+def from_run(user: Params, made: Params, sets: Overrides) -> Params:
     """Continue a run: its data, model, training and seeds; the caller's other sections. An
     explicit override of a setting the run decided, to another value, is refused, not ignored."""
-    for item in sets:
-        key = item.split("=", 1)[0].strip()
+    for key in sets:
         section, _, field = key.partition(".")
         if section in RUN_SECTIONS and key != "train.device":
             mine = getattr(getattr(user, section), field, None)
             theirs = getattr(getattr(made, section), field, None)
             if mine != theirs:
                 raise LmcError(
-                    f"--set {key}: the source run was made with {section}.{field}={theirs}; "
+                    f"{sets.origin(key)}: the source run was made with {section}.{field}={theirs}; "
                     f"these settings come from the run, so drop the override or train a new run"
                 )
     train = made.train.model_copy(update={"device": user.train.device})
@@ -40,7 +40,7 @@ def from_run(user: Params, made: Params, sets: list[str]) -> Params:
 @contextmanager
 def session(
     params: Path | str | Params | None = None,
-    sets: list[str] | None = None,
+    sets: Sets = None,
     *,
     board: Board | None = None,
     out: Path | None = None,
@@ -51,11 +51,12 @@ def session(
     when given), the store, the dataset; always closed."""
     if out is not None and out.exists() and not out.is_dir():
         raise LmcError(f"--out {out} is a file; give a folder (it is created when missing)")
+    sets = overrides(sets)
     cfg = resolve(params, sets)
     store = open_store(cfg)
     producer = store.describe(state).run_id if state else run_id
     if producer:
-        cfg = from_run(cfg, params_of_run(store, producer), list(sets or []))
+        cfg = from_run(cfg, params_of_run(store, producer), sets)
     ctx = make_context(cfg, board=board or Board(None), store=store, out=out)
     try:
         yield ctx
