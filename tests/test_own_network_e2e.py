@@ -55,7 +55,7 @@ def trained(project) -> dict:
     return ok("train", "-q")
 
 
-def test_own_network_goes_through_every_analysis(project, trained):
+def test_own_network_goes_through_every_analysis(project, trained, monkeypatch):
     states = trained["states"]
     assert list(states) == ["W0", "W20", "W_T"]
     from ownnet.data import blobs
@@ -85,6 +85,8 @@ def test_own_network_goes_through_every_analysis(project, trained):
     hessian = invoke("hessian", states["W_T"], "--samples", 3, "--limit", 64)
     assert hessian.exit_code == 0, hessian.output
     network, info = lmc.load(states["W_T"], params=project.params_file)
+    # set_tracking_uri exports MLFLOW_TRACKING_URI: undone after the test (later subprocesses)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", project.store.tracking_uri)
     mlflow.set_tracking_uri(project.store.tracking_uri)
     x = torch.randn(5, 3, 8, 8)
     logits = mlflow.pyfunc.load_model(states["W_T"]).predict(x.numpy().astype(np.float32))
