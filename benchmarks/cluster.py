@@ -49,7 +49,7 @@ from common import machine, scratch  # noqa: E402
 from conftest import TINY_SAMPLES, tiny_params  # noqa: E402
 from server_requests import Requests  # noqa: E402
 
-from lmctrack.workflows.datasets import write_mnist1d  # noqa: E402
+from lmctrack.workflows.data_files import write_mnist1d  # noqa: E402
 
 TRAININGS = 10  # 2 inits trained to T, then 2 inits x 2 rewind steps x 2 copies
 SEED_STRIDE = 10  # more than the sweep's inits

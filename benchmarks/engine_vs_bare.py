@@ -155,7 +155,7 @@ def tracking_share(overrides: list[str]) -> None:
     seconds_import, _ = timed(lambda: [importlib.import_module(m) for m in MLFLOW_MODULES])
     from lmctrack.store import Run, Store
     from lmctrack.workflows.common import make_context
-    from lmctrack.workflows.train import train_run
+    from lmctrack.workflows.training_run import train_run
 
     timer = StoreTimer(Store, Run)
     uri = f"sqlite:///{scratch('store') / 'mlflow.db'}"

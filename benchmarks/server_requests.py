@@ -38,7 +38,7 @@ import services  # noqa: E402
 from common import machine, scratch  # noqa: E402
 from conftest import TINY_SAMPLES, tiny_params  # noqa: E402
 
-from lmctrack.workflows.datasets import write_mnist1d  # noqa: E402
+from lmctrack.workflows.data_files import write_mnist1d  # noqa: E402
 
 SEED_STRIDE = 10  # more than the sweep's inits: no two sweeps share an init
 # the ids inside artifact paths, so that one file's upload counts with the others of its kind

@@ -25,7 +25,7 @@ from lmctrack.models import build_model
 from lmctrack.progress import board
 from lmctrack.state import State
 from lmctrack.train import Noise
-from lmctrack.workflows.interpolate import PathSettings, path_between
+from lmctrack.workflows.paths import PathSettings, path_between
 
 CPU = torch.device("cpu")
 

@@ -23,7 +23,7 @@ from lmctrack.config import Params, load_params
 from lmctrack.progress import Board
 from lmctrack.store import Store
 from lmctrack.workflows.common import Context, make_context
-from lmctrack.workflows.datasets import write_mnist1d
+from lmctrack.workflows.data_files import write_mnist1d
 
 TINY_SAMPLES = 1000
 

@@ -19,10 +19,10 @@ from lmctrack.interpolate import linear_path
 from lmctrack.models import prunable_names
 from lmctrack.prune import full_mask, layer_densities, magnitude_prune
 from lmctrack.state import State
-from lmctrack.workflows.align import align, load_permutation, transport
+from lmctrack.workflows.alignment import align, load_permutation, transport
 from lmctrack.workflows.connect import Connect, connect, connect_two
 from lmctrack.workflows.instability import sweep_seeds
-from lmctrack.workflows.train import train_runs
+from lmctrack.workflows.training_run import train_runs
 
 # End to end: real trainings, stores or subprocesses (seconds to minutes each).
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ from lmctrack.state import State
 from lmctrack.store import Store
 from lmctrack.workflows.analyses import DIAGONAL_FILE, hessian, plane, random_plane
 from lmctrack.workflows.common import make_context
-from lmctrack.workflows.train import train_run
+from lmctrack.workflows.training_run import train_run
 
 # End to end: real trainings, stores or subprocesses (seconds to minutes each).
 pytestmark = pytest.mark.slow

@@ -37,7 +37,7 @@ from lmctrack.data import (
     seeded_generator,
 )
 from lmctrack.errors import LmcError
-from lmctrack.workflows.datasets import import_dataset, write_mnist1d
+from lmctrack.workflows.data_files import import_dataset, write_mnist1d
 
 torch.set_num_threads(1)
 

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from lmctrack import schema
 from lmctrack.cli import app
 from lmctrack.store import TAG_PREFIX
-from lmctrack.workflows.distill import distill
+from lmctrack.workflows.distillation import distill
 from lmctrack.workflows.followup import followup
-from lmctrack.workflows.train import train_run
+from lmctrack.workflows.training_run import train_run
 
 # End to end: real trainings, stores or subprocesses (seconds to minutes each).
 pytestmark = pytest.mark.slow

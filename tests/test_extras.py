@@ -33,7 +33,7 @@ from lmctrack.train import Noise, train
 from lmctrack.workflows.fork import FORK_ARTIFACT
 from lmctrack.workflows.fork import fork as run_fork
 from lmctrack.workflows.imp import imp
-from lmctrack.workflows.train import train_run
+from lmctrack.workflows.training_run import train_run
 
 # End to end: real trainings, stores or subprocesses (seconds to minutes each).
 pytestmark = pytest.mark.slow

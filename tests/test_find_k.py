@@ -15,7 +15,7 @@ from lmctrack import earliest, schema
 from lmctrack.cli import app
 from lmctrack.workflows.find_k import candidates
 from lmctrack.workflows.instability import instability
-from lmctrack.workflows.train import registered_run
+from lmctrack.workflows.training_run import registered_run
 
 # End to end: real trainings, stores or subprocesses (seconds to minutes each).
 pytestmark = pytest.mark.slow

@@ -54,7 +54,7 @@ DRILLS: dict[str, tuple[Callable, float]] = {
 
 @pytest.mark.parametrize("drill", DRILLS)
 def test_killed_imp_reruns_to_every_state_registered_once(new_project, drill):
-    from lmctrack.workflows.train import train_run
+    from lmctrack.workflows.training_run import train_run
 
     project = new_project(f"drill_{drill.replace(' ', '_')}")
     run = train_run(project.context())

@@ -12,7 +12,8 @@ import pytest
 import typer
 
 import lmctrack.cli
-from lmctrack import api, api_extras
+from lmctrack import api
+from lmctrack.api import extras as api_extras
 from lmctrack.cli import app
 from lmctrack.cli.options import chosen
 from lmctrack.config import Step, load_params

@@ -19,7 +19,7 @@ from lmctrack.train import Noise
 from lmctrack.workflows.fork import fork
 from lmctrack.workflows.imp import imp
 from lmctrack.workflows.instability import instability
-from lmctrack.workflows.train import registered_run, train_run
+from lmctrack.workflows.training_run import registered_run, train_run
 
 # End to end: real trainings, stores or subprocesses (seconds to minutes each).
 pytestmark = pytest.mark.slow

@@ -23,11 +23,11 @@ from lmctrack.results import Pair, to_dict
 from lmctrack.schema import Stats
 from lmctrack.serial import known
 from lmctrack.workflows import jobs
-from lmctrack.workflows.align import align
+from lmctrack.workflows.alignment import align
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.instability import sweep_seeds
-from lmctrack.workflows.interpolate import interpolate_pairs, log_pair, path_settings
-from lmctrack.workflows.train import train_runs
+from lmctrack.workflows.paths import interpolate_pairs, log_pair, path_settings
+from lmctrack.workflows.training_run import train_runs
 
 CONNECT_ARTIFACT = "connect.json"
 _BN = {schema.PERMUTED_REPAIR: "repair"}  # the path kinds whose BatchNorm policy is fixed

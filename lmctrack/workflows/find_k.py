@@ -26,7 +26,7 @@ from lmctrack.workflows import fork as algorithm1
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.imp import cfg_levels, imps
 from lmctrack.workflows.instability import copy_seeds, sweep_seeds
-from lmctrack.workflows.train import TrainedRun, train_runs
+from lmctrack.workflows.training_run import TrainedRun, train_runs
 
 
 @dataclass

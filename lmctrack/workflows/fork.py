@@ -18,7 +18,7 @@ from lmctrack.train import Noise
 from lmctrack.training_job import JobResult
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
-from lmctrack.workflows.interpolate import interpolate_pairs, log_pair
+from lmctrack.workflows.paths import interpolate_pairs, log_pair
 from lmctrack.workflows.work import Book, work
 
 FORK_ARTIFACT = "fork.json"
@@ -29,7 +29,7 @@ def forks(ctx: Context, plans: list[Plan]) -> list[Fork]:
     """Algorithm 1 for each planned state Wk; a sweep's copies all train in one pool, and all
     its pairs are interpolated at once (as Ray tasks when runner.backend is ray). A finished
     identical fork is reused (work.work does the bookkeeping: claims, reuse, runs, records)."""
-    # Wk = A^{0->k}(W0, u) was trained and registered by `train` (workflows/train.py: train_runs)
+    # Wk = A^{0->k}(W0, u) was trained and registered by `train` (workflows/training_run.py: train_runs)
     with work(ctx, plans, kind=schema.KIND_FORK, artifact=FORK_ARTIFACT, result=Fork) as book:
         # Lines 1-2: train copies of Wk to W_T^i, copy i under its own SGD noise u_i.
         trained, copies = train_copies(ctx, book)

@@ -50,7 +50,7 @@ def imps(
     replicates = replicates or cfg.replicates
     works = [Work.of(ctx, uri, search, with_baselines, replicates) for uri in wk_uris]
     with work(ctx, works, kind=schema.KIND_IMP, artifact=IMP_ARTIFACT, result=Imp) as book:
-        # Lines 1, 3: W0 trained to Wk = A^{0->k}(W0, u) by `train` (workflows/train.py)
+        # Lines 1, 3: W0 trained to Wk = A^{0->k}(W0, u) by `train` (workflows/training_run.py)
         chains = dense_chains(ctx, book, replicates)  # line 2: m = 1, per replicate
         every = [chain for per_work in chains for chain in per_work]
         for level in range(cfg_levels(cfg) + 1):  # line 4: level 0 is the dense network

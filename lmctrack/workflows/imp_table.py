@@ -11,7 +11,7 @@ from lmctrack.results import Imp, ImpRow, Pair, Trained
 from lmctrack.schema import Stats
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.imp_chain import Chain
-from lmctrack.workflows.interpolate import interpolate_pairs, log_pair
+from lmctrack.workflows.paths import interpolate_pairs, log_pair
 
 
 def accuracy(trainings: list[Trained], method: str, level: int) -> Stats | None:

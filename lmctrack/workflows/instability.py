@@ -16,7 +16,7 @@ from lmctrack.results import Fork, Sweep, SweepRow, to_dict
 from lmctrack.schema import Stats
 from lmctrack.workflows import fork as algorithm1
 from lmctrack.workflows.common import Context
-from lmctrack.workflows.train import train_runs
+from lmctrack.workflows.training_run import train_runs
 
 
 def instability(ctx: Context, *, mask: str | None = None) -> Sweep:

@@ -21,7 +21,7 @@ from lmctrack.workflows.common import Context
 from lmctrack.workflows.imp import imps
 from lmctrack.workflows.imp_chain import MaskSearch
 from lmctrack.workflows.instability import copy_seeds, rewind_ks, sweep_seeds
-from lmctrack.workflows.train import train_runs
+from lmctrack.workflows.training_run import train_runs
 
 
 def sparse_instability(ctx: Context, search: MaskSearch | None = None) -> SparseSweep:

@@ -1,8 +1,8 @@
 """The Python API beyond the paper's two algorithms, as the CLI calls it: alignment across inits
 (Git Re-Basin), loss-landscape analyses, dataset distillation and the 2023 follow-up, the
-random baselines, the report and the data folder. Reached as `lmctrack.api.<name>` too.
+random baselines, the report and the data folder (lmctrack.api re-exports them).
 
-Each function takes `params` and typed `sets` like those of lmctrack.api, or `ctx`: a context
+Each function takes `params` and typed `sets` like those of lmctrack.api.paper, or `ctx`: a context
 already open (the CLI's workspace).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from lmctrack.api import ParamsLike, within
+from lmctrack.api.paper import ParamsLike, within
 from lmctrack.workflows.common import Context
 
 Sets = Mapping[str, object] | None
@@ -49,7 +49,7 @@ def transport(
 ):
     """The mask of subnetwork `source` (init A) carried onto `target` (init B) through the
     permutation aligning them (`by`'s, an aligned state; else `target` aligned to `source`)."""
-    from lmctrack.workflows.align import transport as carry
+    from lmctrack.workflows.alignment import transport as carry
 
     with within(ctx, params, sets, target) as ctx:
         return carry(ctx, source, target, by=by)
@@ -118,7 +118,7 @@ def distill(
 ):
     """Distill the training set (distill.method: MTT or DM) into OUT/distilled.safetensors,
     registered with its lineage and its quality against a random real subset."""
-    from lmctrack.workflows.distill import distill as run_distill
+    from lmctrack.workflows.distillation import distill as run_distill
 
     with within(ctx, params, sets) as ctx:
         return run_distill(ctx, out)
@@ -135,10 +135,10 @@ def followup(
 ):
     """The 2023 follow-up from Wk (imp.rewind) of run `run_id` (trained when None): IMP on the
     real data vs on `prune_data` (distilled first, into `out`, when None), with its verdict."""
-    from lmctrack.api import train, trained
+    from lmctrack.api.paper import train, trained
     from lmctrack.config import DataConfig
-    from lmctrack.workflows.distill import TENSORS
-    from lmctrack.workflows.distill import distill as run_distill
+    from lmctrack.workflows.distillation import TENSORS
+    from lmctrack.workflows.distillation import distill as run_distill
     from lmctrack.workflows.followup import distilled_search
     from lmctrack.workflows.followup import followup as compare
 
@@ -194,14 +194,14 @@ def report(outputs: Path = Path("outputs"), out: Path = Path("outputs/report")) 
 
 def mnist1d(root: Path = Path("data"), samples: int = 20000) -> Path:
     """Generate MNIST-1D locally into ROOT/mnist1d/ (deterministic)."""
-    from lmctrack.workflows.datasets import write_mnist1d
+    from lmctrack.workflows.data_files import write_mnist1d
 
     return write_mnist1d(root, samples)
 
 
 def import_dataset(name: str, source: Path, root: Path = Path("data")) -> Path:
     """Copy a local dataset into ROOT in torchvision's layout and `dvc add` it."""
-    from lmctrack.workflows.datasets import import_dataset as copy_in
+    from lmctrack.workflows.data_files import import_dataset as copy_in
 
     return copy_in(name, source, root)
 

@@ -1,16 +1,5 @@
-"""The Python API for notebooks: the functions the CLI calls, returning typed results.
-
-    import lmctrack as lmc
-    run = lmc.train()                                   # W0, Wk, W_T of params.yaml
-    fork = lmc.fork(run.at(100), seeds=3)               # Algorithm 1
-    fork.plot(); fork.to_frame()
-    net, info = lmc.load(fork.copies[0])                # an nn.Module (mask applied) + its tags
-
-Every function takes `params` (a params.yaml path, a Params object, or None for ./params.yaml)
-and typed `sets` overrides as keyword arguments, e.g. `lmc.train(sets={"train.lr": 0.05})`
-(validated by pydantic, no string round trip), or runs in a context already open (`ctx`: the
-CLI's workspace). The CLI calls these functions and nothing else, so the two cannot drift.
-"""
+"""The paper's procedures in the Python API: train, Algorithms 1 and 2, the sweeps, find-k,
+alignment, and reading states back (lmctrack.api re-exports them)."""
 
 from __future__ import annotations
 
@@ -26,7 +15,7 @@ from lmctrack.results import Fork, Imp, Pair, SparseSweep, Sweep
 from lmctrack.workflows import report as tables  # noqa: F401  (the CLI's tables of results)
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.session import session
-from lmctrack.workflows.train import TrainedRun, state_name  # noqa: F401
+from lmctrack.workflows.training_run import TrainedRun, state_name  # noqa: F401
 
 if TYPE_CHECKING:
     from lmctrack.workflows.find_k import FindK
@@ -81,7 +70,7 @@ def train(
     """Train W0 to W_T, registering W0, every rewind state Wk and W_T (reused when done).
     `model` / `data`: your own network class (or factory) and dataset factory, e.g.
     `lmc.train(model=MyNet, data=make_data)`, as `sets={"model.name": "mypkg.nets:MyNet"}`."""
-    from lmctrack.workflows.train import train_run
+    from lmctrack.workflows.training_run import train_run
 
     with within(ctx, params, _own(sets, model, data)) as ctx:
         return train_run(ctx)
@@ -89,7 +78,7 @@ def train(
 
 def trained(run_id: str, *, params: ParamsLike = None, ctx: Context | None = None) -> TrainedRun:
     """A registered training by its run id: its states W0, Wk, W_T by step (`.at(k)`)."""
-    from lmctrack.workflows.train import registered_run
+    from lmctrack.workflows.training_run import registered_run
 
     with within(ctx, params, None, run_id=run_id) as ctx:
         return registered_run(ctx.store, run_id, ctx.total_steps)
@@ -153,7 +142,7 @@ def interpolate(
 ) -> Pair:
     """The linear path between two registered states, logged as a run; with `each_mask` each
     endpoint keeps its own mask."""
-    from lmctrack.workflows.interpolate import interpolate as linear
+    from lmctrack.workflows.paths import interpolate as linear
 
     with within(ctx, params, sets, a) as ctx:
         return linear(ctx, a, b, mask_mode="each" if each_mask else "same")
@@ -223,7 +212,7 @@ def align(
 ):
     """B with its hidden units permuted to match A (Git Re-Basin), registered with parents B, A;
     the function is checked before registering. Returns the typed `Aligned` result."""
-    from lmctrack.workflows.align import align as permute
+    from lmctrack.workflows.alignment import align as permute
 
     with within(ctx, params, sets, a) as ctx:
         return permute(ctx, a, b, method=method, seed=seed)
@@ -262,16 +251,6 @@ def open_store(params: ParamsLike = None, sets: Mapping[str, object] | None = No
     from lmctrack.workflows.common import open_store as opened
 
     return opened(resolve(params, sets))
-
-
-def __getattr__(name: str):
-    """The tools beyond the two algorithms (connect, hessian, distill, ...) live in
-    lmctrack.api_extras; they are reached here too."""
-    from lmctrack import api_extras
-
-    if name in api_extras.__all__:
-        return getattr(api_extras, name)
-    raise AttributeError(f"module 'lmctrack.api' has no attribute {name!r}")
 
 
 __all__ = [

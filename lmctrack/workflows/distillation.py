@@ -35,7 +35,7 @@ from lmctrack.results import Flat, to_dict
 from lmctrack.schema import TENSORS
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context, made_by
-from lmctrack.workflows.train import TrainedRun, train_runs
+from lmctrack.workflows.training_run import TrainedRun, train_runs
 
 DISTILL_ARTIFACT = "distill.json"
 

@@ -1,5 +1,6 @@
-"""No import cycles in lmctrack/: every import counts, module-level and inside functions (a lazy
-import only hides a cycle until the function runs)."""
+"""The package's shape: no import cycles in lmctrack/ (every import counts, module-level and
+inside functions: a lazy import only hides a cycle until the function runs), small modules, and
+names that say their layer."""
 
 from __future__ import annotations
 
@@ -97,3 +98,22 @@ def test_lmctrack_has_no_import_cycle():
     graph = import_graph()
     assert "lmctrack.workflows.fork" in graph and graph["lmctrack.workflows.fork"]
     assert cycles(graph) == []
+
+
+def test_no_module_is_over_400_lines():
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in ROOT.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 400
+    }
+    assert long == {}
+
+
+def test_no_workflow_module_shares_an_engine_modules_name():
+    """workflows/ composes the engine; a shared name (train, interpolate, ...) hides which is
+    which at every import."""
+    workflows = {p.stem for p in (ROOT / "workflows").glob("*.py")} - {"__init__"}
+    engine = {p.stem for p in ROOT.glob("*.py")} | {p.name for p in ROOT.iterdir() if p.is_dir()}
+    for package in ("data", "models", "store", "align", "distill"):
+        engine |= {p.stem for p in (ROOT / package).glob("*.py")}
+    assert workflows & engine == set()
