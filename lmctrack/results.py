@@ -207,7 +207,7 @@ class ImpRow:
             for m, a in self.accuracy.items()
             for s in schema.STATS
         }
-        return out | {"imp.accuracy_drop": self.drop, "imp.matching": self.matching}
+        return out | {schema.IMP_ACCURACY_DROP: self.drop, schema.IMP_MATCHING: self.matching}
 
 
 @dataclass

@@ -76,6 +76,7 @@ TEST_ERROR = "test_error"  # a trained network's test error (IMP levels, baselin
 STEPS_PER_SECOND = "steps_per_second"  # a training's speed
 WK_TEST_ERROR = "Wk.test_error.mean"  # Figure 11: the test error of Wk itself, over the inits
 IMP_ACCURACY_DROP = "imp.accuracy_drop"  # dense minus IMP test accuracy, per level
+IMP_MATCHING = "imp.matching"  # the matching verdict at that level
 TEST_ACCURACY_MEAN = "test_accuracy.mean"  # per method (IMP, a baseline), per level
 TRACKED = "tracked"  # Appendix C: a barrier between copies during their training
 BASIN = "basin"  # the same-basin check between consecutive IMP levels

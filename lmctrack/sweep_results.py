@@ -100,7 +100,7 @@ class SparseRow:
     def headline(self) -> dict[str, float | bool]:
         """The barrier's statistics and both verdicts (stable, matching) at this density and k."""
         numbers = schema.barrier_metrics(self.split, self.barrier, self.stable)
-        return numbers | {"imp.accuracy_drop": self.drop, "imp.matching": self.matching}
+        return numbers | {schema.IMP_ACCURACY_DROP: self.drop, schema.IMP_MATCHING: self.matching}
 
 
 @dataclass
@@ -160,7 +160,7 @@ class SparseSweep:
                     "barrier_std": r.barrier.std,
                     "n": r.barrier.n,
                     "stable": r.stable,
-                    "test_error": r.test_error.mean,
+                    schema.TEST_ERROR: r.test_error.mean,
                     "drop": r.drop,
                     "matching": r.matching,
                 }
