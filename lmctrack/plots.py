@@ -49,9 +49,11 @@ def _titles(fig: Figure) -> list:
 
 def _fitted(fig: Figure) -> Figure:
     """Wrap every title that runs past the figure's edge onto more lines (a long model name or
-    definition would otherwise be cut off in the PNG), at the size the figure is saved."""
+    definition would otherwise be cut off in the PNG), measured at the resolution it is saved
+    at: text widths do not scale exactly with the resolution."""
     import textwrap
 
+    fig.set_dpi(DPI)
     for _ in range(3):  # wrapping moves the layout; a title that moved is measured again
         fig.draw_without_rendering()
         cut = False
