@@ -16,9 +16,11 @@
    notebook runs sweeps): Ray's workers start once, so what is left is the per-training cost
    of Ray and of the server, with the HTTP requests each sweep sent and the driver process's
    own CPU (what of the server's cost is the client's).
-2. The tracking server under N concurrent writers (separate processes, each a Store client):
-   every writer opens runs and registers small states with keys; registrations per second, p50
-   and p95 latency, and a count of what the registry holds afterwards (no lost writes).
+2. The tracking server under N concurrent writers (separate processes, each a Store client;
+   benchmarks/server_writers.py): every writer opens runs and registers states with keys and
+   lineage; registrations per second, p50 and p95 latency, and a count of what the registry
+   holds afterwards (no lost writes). benchmarks/capacity.py measures the same with the server
+   on a core of its own.
 
     python benchmarks/cluster.py [--quick] [--repeats R] [--writers 8,32] [--each K]
                                  [--steps 100it,400it] [--split] [--in-driver]
@@ -28,7 +30,6 @@
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import resource
 import statistics
@@ -38,7 +39,6 @@ import time
 from contextlib import ExitStack, chdir
 from pathlib import Path
 
-import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,7 @@ import services  # noqa: E402
 from common import machine, scratch  # noqa: E402
 from conftest import TINY_SAMPLES, tiny_params  # noqa: E402
 from server_requests import Requests  # noqa: E402
+from server_writers import measure_writers  # noqa: E402
 
 from lmctrack.workflows.data_files import write_mnist1d  # noqa: E402
 
@@ -252,72 +253,6 @@ def measure_in_driver(repeats: int, ray_address: str, tracking_uri: str, steps: 
         "  Ray + server's CPU on the machine's cores bounds that ratio from above whatever "
         f"overlaps: {ceiling(local, statistics.median(cpus[SETUPS[-1][0]])):.2f}"
     )
-
-
-# ---- the tracking server under concurrent writers -------------------------------------------
-
-
-def _writer(tracking_uri: str, writer: int, each: int, tag: str, start, out) -> None:
-    """One client: `each` runs, each registering one small keyed state; latencies to `out`."""
-    torch.set_num_threads(1)
-    from lmctrack.state import State
-    from lmctrack.store import Store
-
-    store = Store(tracking_uri)
-    weights = {"w": torch.randn(64, 64), "b": torch.zeros(64)}
-    start.wait()
-    latencies = []
-    for i in range(each):
-        began = time.perf_counter()
-        with store.run("bench_writers", f"w{writer}-{i}") as run:
-            run.save_state(
-                State(weights),
-                model_name="bench_writers",
-                role="final",
-                step=i,
-                tags={"bench": tag},
-                key=f"{tag}-{writer}-{i}",
-            )
-        store.settle()  # a registration counts once all of it is stored
-        latencies.append(time.perf_counter() - began)
-    out.put(latencies)
-
-
-def measure_writers(tracking_uri: str, counts: list[int], each: int) -> None:
-    from lmctrack.store import Store
-
-    ctx = mp.get_context("fork")
-    Store(tracking_uri)  # import MLflow once, before forking
-    print(f"tracking server, each writer {each} runs x 1 registered state (64x64 floats):")
-    for n in counts:
-        tag = f"n{n}-{time.time_ns()}"
-        start, out = ctx.Event(), ctx.Queue()
-        procs = [
-            ctx.Process(target=_writer, args=(tracking_uri, w, each, tag, start, out))
-            for w in range(n)
-        ]
-        for p in procs:
-            p.start()
-        time.sleep(2 + n * 0.2)  # every writer connected and waiting
-        load_before = os.getloadavg()[0]
-        began = time.perf_counter()
-        start.set()
-        latencies = [x for _ in procs for x in out.get(timeout=1800)]
-        seconds = time.perf_counter() - began
-        for p in procs:
-            p.join()
-        every = Store(tracking_uri).client.search_model_versions(
-            "name = 'bench_writers'", max_results=10000
-        )
-        found = [v for v in every if v.tags.get("lmctrack.bench") == tag]
-        keys = {v.tags.get("lmctrack.state_key") for v in found}
-        q = statistics.quantiles(latencies, n=20)
-        print(
-            f"  N={n:>2}: {len(latencies) / seconds:5.1f} registrations/s, "
-            f"p50 {statistics.median(latencies):.2f} s, p95 {q[18]:.2f} s; registry holds "
-            f"{len(found)} of {n * each} ({len(keys)} distinct keys); "
-            f"load {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
-        )
 
 
 def main() -> None:

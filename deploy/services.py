@@ -176,6 +176,11 @@ class MlflowServer:
             self.stop()
             raise
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, also its process group's (its workers are in it)."""
+        return None if self._proc is None else self._proc.pid
+
     def stop(self) -> None:
         """Stop it as a lab would (SIGTERM: requests in flight are answered first)."""
         if self._proc is not None:
