@@ -12,11 +12,14 @@ timed on a fresh Store (nothing cached), median of --repeats:
   find_run of a config hash;
 - a fork's registration (one run, one keyed state with its parent).
 
-Each should stay under a second and not grow with N. The MLflow UI's model page is not timed
-here. The store: a local sqlite one (default), or `--server sqlite|postgres`: an `mlflow server`
-on sqlite or PostgreSQL on 127.0.0.1 (deploy/services.py).
+Each should stay under a second and not grow with N. `--ui` also loads the MLflow UI's page of
+the registered model in headless Chromium (a fresh profile, through a server on the store) and
+prints its wall time and how many versions the page lists. The store: a local sqlite one
+(default), or `--server sqlite|postgres`: an `mlflow server` on sqlite or PostgreSQL on 127.0.0.1
+(deploy/services.py).
 
     python benchmarks/registry_scale.py [--states 10000] [--server sqlite|postgres] [--repeats 5]
+                                        [--ui]
 """
 
 from __future__ import annotations
@@ -138,6 +141,7 @@ def main() -> None:
     parser.add_argument("--states", type=int, default=10000)
     parser.add_argument("--server", choices=["sqlite", "postgres"], default=None)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ui", action="store_true", help="time the model page in Chromium")
     args = parser.parse_args()
     print(machine())
     folder = scratch("registry")
@@ -154,6 +158,34 @@ def main() -> None:
             uri = stack.enter_context(services.mlflow_server(db, folder / "artifacts")).url
         print(f"store: {uri}")
         measure(uri, args.states, args.repeats)
+        if args.ui:
+            if not uri.startswith("http"):
+                uri = stack.enter_context(services.mlflow_server(uri, folder / "artifacts")).url
+            model_page(uri, folder / "browser")
+
+
+def model_page(url: str, profile: Path) -> None:
+    """The registered model's page as a person opens it: wall time until Chromium has run the
+    page's scripts (a virtual-time budget of 20 s), and the version rows it shows."""
+    import re
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        print("  model page in the UI: no chromium installed (apt-get install chromium)")
+        return
+    began = time.perf_counter()
+    page = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+         "--virtual-time-budget=20000", "--dump-dom", f"{url}/#/models/{MODEL}"],
+        capture_output=True, text=True, timeout=300,
+    ).stdout  # fmt: skip
+    seconds = time.perf_counter() - began
+    rows = len(re.findall(r">Version \d+<", page))
+    print(
+        f"  model page in the UI (headless Chromium)  {seconds:6.1f} s, {rows} version rows shown"
+    )
 
 
 if __name__ == "__main__":
