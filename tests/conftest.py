@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import gc
 import sqlite3
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -68,6 +68,15 @@ class Project:
 
     def context(self, *overrides: str) -> Context:
         return make_context(self.params(*overrides), board=Board(None), store=self.store)
+
+    @contextmanager
+    def entered(self) -> Iterator[Project]:
+        """This project as the working directory, as a user runs the CLI in it: its params.yaml
+        and its own store (no tracking URI from the environment)."""
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(self.folder)
+            mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+            yield self
 
     def versions(self) -> list[str]:
         """Every registered state version, as models:/name/version."""

@@ -54,9 +54,7 @@ def aligned(ctx, runs):
 
 
 def invoke(project, *args: object):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(project.folder)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with project.entered():
         return CliRunner().invoke(app, [str(a) for a in args])
 
 

@@ -40,9 +40,7 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def project(new_project):
     """A project folder as the working directory (the CLI finds params.yaml there)."""
     project = new_project("cli")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(project.folder)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with project.entered():
         yield project
 
 

@@ -48,9 +48,7 @@ SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_U
 def project(new_project):
     """One init, 2 copies, rewind steps 0it and 20it, 2 IMP levels; the working directory."""
     project = new_project("extras", instability={"inits": 1})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(project.folder)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with project.entered():
         yield project
 
 

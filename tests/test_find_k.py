@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
+from test_cli import invoke, ok
 
 import lmctrack as lmc
 from lmctrack import earliest, schema
-from lmctrack.cli import app
 from lmctrack.workflows.find_k import candidates
 from lmctrack.workflows.instability import instability
 from lmctrack.workflows.training_run import registered_run
@@ -24,27 +23,19 @@ PNG = b"\x89PNG\r\n\x1a\n"
 CANDIDATES = ["0it", "10it", "20it", "50it"]
 
 
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
 def project(new_project):
     """3 copies per probe, one more at a time while undecided, up to 6."""
     project = new_project(
         "findk", instability={"inits": 1, "copies": 3, "max_copies": 6, "candidates": CANDIDATES}
     )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(project.folder)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with project.entered():
         yield project
 
 
 @pytest.fixture(scope="module")
 def printed(project) -> dict:
-    result = invoke("find-k", "-q", "--out", "outputs/find_k", "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return ok("find-k", "-q", "--out", "outputs/find_k")
 
 
 def test_each_probe_is_decided_by_its_interval_and_k_star_is_the_earliest_stable(printed):

@@ -4,17 +4,14 @@ built-in network; torchvision's resnet18 by name; refusals of code lmctrack cann
 
 from __future__ import annotations
 
-import json
-
 import mlflow
 import numpy as np
 import pytest
 import torch
 from own_package import DATA, MODEL, install, uninstall
-from typer.testing import CliRunner
+from test_cli import invoke, ok
 
 import lmctrack as lmc
-from lmctrack.cli import app
 from lmctrack.models import prunable_names
 
 # End to end: real trainings on real stores (a minute or two in all).
@@ -29,23 +26,11 @@ OWN = {
 }
 
 
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(*args: object) -> dict:
-    result = invoke(*args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
 @pytest.fixture(scope="module")
 def project(new_project, tmp_path_factory):
     folder = install(tmp_path_factory.mktemp("own_e2e"))
     project = new_project("own", **OWN)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(project.folder)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with project.entered():
         yield project
     uninstall(folder)
 
