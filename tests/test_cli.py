@@ -102,6 +102,18 @@ def test_fork_by_run_and_step_registers_copies_and_reuses(project, trained):
     assert again["headline"] == result["headline"]  # read back from the run's JSON, derived again
 
 
+def test_a_fork_with_more_copies_trains_only_the_new_ones(project, trained):
+    """Copies that an earlier fork of the same state finished are found (one search for all of
+    them) and reused; only the copy it did not make is trained and registered."""
+    two = ok("fork", "--run-id", trained["run_id"], "--step", "20it", "--seeds", 2, "-q")
+    before = project.versions()
+    five = ok("fork", "--run-id", trained["run_id"], "--step", "20it", "--seeds", 5, "-q")
+    assert not five["reused"] and five["run_id"] != two["run_id"]
+    assert five["copies"][:2] == two["copies"]
+    new = set(project.versions()) - set(before)  # copy 5 at least; no fork above made it
+    assert five["copies"][-1] in new and new <= set(five["copies"][2:])
+
+
 def test_fork_without_seeds_forks_instability_copies(project, trained):
     """No --seeds: the params' instability.copies decide (here 3, as the fork above: reused)."""
     result = ok("fork", "--run-id", trained["run_id"], "--step", "20it", "--seeds", 3, "-q")

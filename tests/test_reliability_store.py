@@ -85,6 +85,33 @@ def test_a_state_key_is_registered_once(store: Store) -> None:
     assert [o.model_id for o in outputs] == [store.describe(uri).model_id]  # adopted, linked
 
 
+@pytest.mark.parametrize("left", ["failed", "deleted"])
+def test_work_found_by_shared_params_still_adopts_what_a_failed_run_registered(
+    store: Store, left: str
+) -> None:
+    """find_runs looks up many pieces of work in one search and lets those without any run skip
+    the search for earlier states; a piece whose run failed (or was deleted) after registering
+    its state is not among them: its re-run adopts the state instead of registering it twice."""
+    source = {"source": "models:/net/1"}
+    with pytest.raises(RuntimeError), store.run("exp", "doomed", params=source,
+                                                tags={"config_hash": "aaa"}) as doomed:  # fmt: skip
+        uri = doomed.save_state(_state(0), model_name=MODEL, role="trained", step=9, tags={},
+                                key="aaa:W_T")  # fmt: skip
+        raise RuntimeError("the copy's run dies after registering its W_T")
+    if left == "deleted":
+        store.client.delete_run(doomed.id)
+    assert store.find_runs("exp", ["aaa", "bbb"], source) == {}  # nothing finished
+    assert "bbb" in store.unregistered and "aaa" not in store.unregistered
+    states = {}
+    for key in ("aaa", "bbb"):
+        with store.run("exp", "again", params=source, tags={"config_hash": key}) as again:
+            states[key] = again.save_state(_state(1), model_name=MODEL, role="trained", step=9,
+                                           tags={}, key=f"{key}:W_T")  # fmt: skip
+    assert states["aaa"] == uri and len(_versions(store)) == 2
+    assert store.find_runs("exp", ["aaa", "bbb", "ccc"], source).keys() == {"aaa", "bbb"}
+    assert store.unregistered == {"ccc"}
+
+
 @pytest.mark.slow
 def test_kill_after_registration_adopts_the_state_and_reaps_the_run(store: Store) -> None:
     script = f"""

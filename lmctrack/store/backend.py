@@ -105,6 +105,17 @@ def retry_busy(call: Callable[[], T]) -> T:
     return call()
 
 
+def paged(search: Callable[[str | None], Any]) -> list:
+    """Every page of an MLflow search, `search(page_token)` giving one page."""
+    found, token = [], None
+    while True:
+        page = search(token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
 def _cannot_write(error: BaseException) -> bool:
     if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
         return True

@@ -19,13 +19,13 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from lmctrack.store.backend import not_found, retry_busy
+from lmctrack.store.backend import not_found, paged, retry_busy
 from lmctrack.store.location import TAG_PREFIX
 
 if TYPE_CHECKING:
@@ -52,16 +52,6 @@ def link(client: MlflowClient, model_id: str, mv: ModelVersion) -> None:
     runs:/<run_id>/<name> URI resolves to the version through it."""
     versions = json.dumps([{"name": mv.name, "version": int(mv.version)}])
     retry_busy(lambda: client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: versions}))
-
-
-def _paged(search: Callable[[str | None], Any]) -> list:
-    found, token = [], None
-    while True:
-        page = search(token)
-        found.extend(page)
-        token = page.token
-        if not token:
-            return found
 
 
 @dataclass
@@ -116,7 +106,7 @@ def delete(client: MlflowClient, batch: Batch) -> None:
     """Delete the copies the batch's re-sent requests made: one search per kind."""
     experiments = sorted(batch.experiments)
     for made in _made(batch.runs):
-        runs = _paged(
+        runs = paged(
             lambda token, made=made: client.search_runs(
                 experiments, made, max_results=_PAGE, page_token=token
             )
@@ -125,7 +115,7 @@ def delete(client: MlflowClient, batch: Batch) -> None:
     models = [
         model
         for made in _made(batch.models)
-        for model in _paged(
+        for model in paged(
             lambda token, made=made: client.search_logged_models(
                 experiments, made, max_results=100, page_token=token
             )
@@ -162,7 +152,7 @@ def _drop(found: Iterable[tuple[dict, str]], kept: dict[str, str], delete: Calla
 def _drop_versions(client: MlflowClient, kept: dict[str, ModelVersion]) -> None:
     """Versions of the same logged model but the kept one; its logged model re-linked."""
     runs = ", ".join(sorted({f"'{mv.run_id}'" for mv in kept.values()}))
-    found = _paged(
+    found = paged(
         lambda token: client.search_model_versions(
             f"run_id IN ({runs})", max_results=_PAGE, page_token=token
         )

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 
-from mlflow.entities import Experiment
+from mlflow.entities import Experiment, ViewType
 from mlflow.exceptions import MlflowException
 
 from lmctrack.errors import LmcError
@@ -20,6 +20,7 @@ from lmctrack.store.backend import (
     deferred,
     exists_already,
     not_found,
+    paged,
     prefixed,
     retry_busy,
     settle,
@@ -63,7 +64,8 @@ class Store(Registry):
         self.root: Path | None = db.parent if db is not None else None
         self._experiments: dict[str, str] = {}  # made ready for runs by _experiment_id
         self._found: dict[str, str] = {}  # seen by _existing_experiment
-        self._looked_up: dict[str, Experiment] = {}  # ... and its experiment, once
+        self._looked_up: dict[str, Experiment | None] = {}  # ... and what it found, once
+        self.unregistered: set[str] = set()  # work keys no state is registered under (find_runs)
         self._versions: dict[str, StateInfo] = {}
         self._verified: set[str] = set()
         self._open: dict[str, Run] = {}  # runs of this process with metrics maybe buffered
@@ -137,7 +139,10 @@ class Store(Registry):
         the model-training kind (given to experiments created before, when missing)."""
         if name in self._experiments:
             return self._experiments[name]
-        experiment = self._looked_up.pop(name, None) or self.client.get_experiment_by_name(name)
+        if name in self._looked_up:  # None: it was not there a moment ago, so create it
+            experiment = self._looked_up.pop(name)
+        else:
+            experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             location = None
             if self.root is not None:
@@ -172,9 +177,9 @@ class Store(Registry):
         if known is not None:
             return known
         found = self.client.get_experiment_by_name(name)
+        self._looked_up[name] = found  # for _experiment_id, without asking again
         if found is None:
             return None
-        self._looked_up[name] = found  # for _experiment_id, without asking again
         if found.lifecycle_stage == "active":
             self._found[name] = found.experiment_id
         return found.experiment_id
@@ -235,22 +240,49 @@ class Store(Registry):
             raise LmcError(f"unknown run status '{status}'; use one of {', '.join(_RUN_STATUSES)}")
         if not KEY.match(config_hash):
             raise LmcError(f"'{config_hash}' is not a config hash; pass the hex digest")
+        where = f"tags.`{TAG_PREFIX}config_hash` = '{config_hash}'"
+        return _newest(self._search(experiment, f"{where} and attributes.status = '{status}'")).get(
+            config_hash
+        )
+
+    def find_runs(
+        self, experiment: str, config_hashes: Collection[str], params: dict[str, str]
+    ) -> dict[str, str]:
+        """The newest finished run of each config hash, by hash, among the runs logged with
+        these params: one search for work that shares them (every copy of one state) instead of
+        one per hash (find_run). A hash without any run (deleted ones included) has no state
+        registered under it either, since its run registers them: its states are registered
+        without searching for earlier ones (Run.save_state)."""
+        if any("'" in value for value in params.values()):  # not expressible in a filter
+            found = {key: self.find_run(experiment, key) for key in config_hashes}
+            return {key: run_id for key, run_id in found.items() if run_id is not None}
+        where = " and ".join(f"params.`{name}` = '{value}'" for name, value in params.items())
+        runs = self._search(experiment, where, ViewType.ALL)
+        seen = {run.data.tags.get(TAG_PREFIX + "config_hash") for run in runs}
+        self.unregistered = (self.unregistered | set(config_hashes)) - seen
+        newest = _newest(
+            r for r in runs if r.info.status == "FINISHED" and r.info.lifecycle_stage == "active"
+        )
+        return {key: newest[key] for key in config_hashes if key in newest}
+
+    def _search(self, experiment: str, where: str, view: int = ViewType.ACTIVE_ONLY) -> list:
+        """The experiment's runs matching `where`, newest first, after reaping dead owners'
+        runs at this Store's first look into it."""
         experiment_id = self._existing_experiment(experiment)
         if experiment_id is None:
-            return None
+            return []
         if experiment not in self._reaped:
             self.reap(experiment)
-        runs = self.client.search_runs(
-            [experiment_id],
-            filter_string=(
-                f"tags.`{TAG_PREFIX}config_hash` = '{config_hash}' "
-                f"and attributes.status = '{status}'"
-            ),
-            order_by=["attributes.start_time DESC"],
-            max_results=1000,
+        return paged(
+            lambda token: self.client.search_runs(
+                [experiment_id],
+                filter_string=where,
+                run_view_type=view,
+                order_by=["attributes.start_time DESC"],
+                max_results=1000,
+                page_token=token,
+            )
         )
-        fine = (r for r in runs if r.data.tags.get(TAG_PREFIX + CORRUPT) != "true")
-        return next((r.info.run_id for r in fine), None)
 
     def tagged_run(self, tag: str, value: str) -> tuple[str, str] | None:
         """The newest finished run in any experiment whose lmctrack tag `tag` is `value`: its id
@@ -353,3 +385,13 @@ class Store(Registry):
             argv += ["--default-artifact-root", (self.root / "artifacts").as_uri()]
         # one web worker: a local UI for one researcher starts in seconds instead of ~30 s
         return [*argv, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+
+def _newest(runs: Iterable) -> dict[str, str]:
+    """Config hash -> the first of the runs with it (newest first), corrupt ones passed over."""
+    newest: dict[str, str] = {}
+    for run in runs:
+        tags = run.data.tags
+        if tags.get(TAG_PREFIX + CORRUPT) != "true":
+            newest.setdefault(tags.get(TAG_PREFIX + "config_hash", ""), run.info.run_id)
+    return newest

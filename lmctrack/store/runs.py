@@ -243,6 +243,7 @@ class Run:
                     self.store._held.put(info.uri, state)
                 if key is not None:
                     self._saved[key] = info.uri
+                    self.store.unregistered.discard(key.rpartition(":")[0])
             else:
                 info = self.store.describe(found)
             self._log_inputs(parent_infos, dataset)
@@ -258,6 +259,8 @@ class Run:
             return self._saved[key]
         if not sep or not KEY.match(key):
             return self.store.find_state(key)
+        if work in self.store.unregistered:
+            return None
         if work not in self._keyed:
             self._keyed[work] = self.store._keyed(work)
         tag = f"{TAG_PREFIX}state_key"

@@ -124,17 +124,26 @@ def train_copies(
 ) -> tuple[dict[str, JobResult], list[list[tuple[str, State]]]]:
     """Lines 1-2 for every fork still to do: its copies train in one pool, then each copy's W_T
     is registered under the fork's run (a copy an earlier fork finished is reused)."""
-    trained = jobs.train_all(ctx, [job for p in book.todo for job in copy_trainings(ctx, p)])
+    done = {p.key: finished_copies(ctx, p) for p in book.todo}
+    todo = [job for p in book.todo for job in copy_trainings(ctx, p, done[p.key])]
+    trained = jobs.train_all(ctx, todo)
     copies = [
-        [register_copy(ctx, book.run(p), p, i, trained) for i in range(len(p.seeds))]
+        [register_copy(ctx, book.run(p), p, i, trained, done[p.key]) for i in range(len(p.seeds))]
         for p in book.todo
     ]
     return trained, copies
 
 
-def copy_trainings(ctx: Context, plan: Plan) -> list:
-    """The copies still to train: those that no earlier fork of the same state finished (copies
-    tracked during training are always retrained: their snapshots are not stored)."""
+def finished_copies(ctx: Context, plan: Plan) -> dict[str, str]:
+    """The plan's copies that an earlier fork of the same state finished: their runs by copy key
+    (one search for all of them; none when tracked: their snapshots are not stored)."""
+    if plan.track:
+        return {}
+    return jobs.finished_among(ctx, plan.copy_keys, source=plan.source)
+
+
+def copy_trainings(ctx: Context, plan: Plan, done: dict[str, str]) -> list:
+    """The copies still to train: those not `done` by an earlier fork of the same state."""
     schedule = ctx.total_steps if plan.reset_schedule else None
     return [
         jobs.training(
@@ -148,18 +157,17 @@ def copy_trainings(ctx: Context, plan: Plan) -> list:
             schedule_total=schedule,
         )
         for seed, key in zip(plan.seeds, plan.copy_keys, strict=True)
-        if plan.track or jobs.finished(ctx, key) is None
+        if key not in done
     ]
 
 
 def register_copy(
-    ctx: Context, parent, plan: Plan, i: int, trained: dict[str, JobResult]
+    ctx: Context, parent, plan: Plan, i: int, trained: dict[str, JobResult], done: dict[str, str]
 ) -> tuple[str, State]:
     """Copy i's W_T: registered with Wk (and the mask) as parents, or the one registered before."""
     key, seed = plan.copy_keys[i], plan.seeds[i]
     if key not in trained:
-        run_id = jobs.finished(ctx, key)
-        uri = ctx.store.run_states(run_id)[-1].uri
+        uri = ctx.store.run_states(done[key])[-1].uri
         return uri, ctx.store.load_state(uri)
     state = State(trained[key].weights, plan.state.mask)
     tags = {

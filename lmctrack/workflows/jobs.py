@@ -104,6 +104,12 @@ def finished(ctx: Context, key: str) -> str | None:
     return ctx.store.find_run(ctx.model_name, key)
 
 
+def finished_among(ctx: Context, keys: Sequence[str], **params: object) -> dict[str, str]:
+    """The finished runs of these pieces of work, by key, found by one search among the runs
+    logged with `params` (what the pieces share, e.g. the state they start from)."""
+    return ctx.store.find_runs(ctx.model_name, keys, {k: str(v) for k, v in params.items()})
+
+
 def reused(ctx: Context, key: str, artifact: str, result: type[T]) -> T | None:
     """The typed result of a finished identical piece of work, read back from its run's JSON."""
     run_id = finished(ctx, key)
