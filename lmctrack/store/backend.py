@@ -88,13 +88,18 @@ def exists_already(error: MlflowException) -> bool:
 
 
 def _is_busy(error: MlflowException) -> bool:
+    """sqlite's busy timeout ran out, or another writer recorded the same new dataset in the
+    experiment at the same moment (MLflow checks, then inserts, without a lock: sqlite says
+    UNIQUE constraint failed, PostgreSQL UniqueViolation on dataset_pk); tried again, the dataset
+    is found and linked."""
     text = str(error).lower()
-    return "database is locked" in text or "database table is locked" in text
+    lost_race = "datasets.experiment_id" in text or '"dataset_pk"' in text
+    return "database is locked" in text or "database table is locked" in text or lost_race
 
 
 def retry_busy(call: Callable[[], T]) -> T:
-    """A sqlite writer that waited out its busy timeout tries again instead of failing (a
-    failed transaction was rolled back, so trying again stores nothing twice)."""
+    """A writer that lost to another (store busy, the same new dataset) tries again instead of
+    failing (a failed transaction was rolled back, so trying again stores nothing twice)."""
     for attempt in range(_BUSY_RETRIES - 1):
         try:
             return call()
@@ -250,7 +255,7 @@ class ServerClient:
             @functools.wraps(attr)
             def write(*args: Any, **kwargs: Any) -> None:
                 args, kwargs = copy.deepcopy((args, kwargs))  # as they are now
-                self.later(lambda: attr(*args, **kwargs))
+                self.later(lambda: retry_busy(lambda: attr(*args, **kwargs)))
 
             return write
 
