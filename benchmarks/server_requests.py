@@ -8,14 +8,16 @@ requests.Session) is counted in this process, by method and path; the registered
 counted in the registry afterwards. The sweeps run one after another on fresh seeds, the first
 into an empty store (it also creates the experiments), so nothing is reused.
 
-With --direct the server does not proxy artifacts: the clients write the files into its artifact
-root themselves (a shared file system here; an s3:// root works the same way), so what the
-server gets is the bookkeeping alone (runs, metrics, lineage, versions).
+Two servers, one after the other (--files picks one): `direct`, the deployment for a cluster,
+where the server does not proxy artifacts and the clients write the files into its artifact root
+themselves (a shared file system here; an s3:// root works the same way), so what the server gets
+is the bookkeeping alone (runs, metrics, lineage, versions); and `proxied`, where every file is
+one more request to the server (MLflow's artifact proxy takes one file per request).
 
 With --inits N the sweep has N inits instead of 2 (7 states each): what a command costs once
 (experiments, claims, reaping, the searches for copies) then weighs less per state.
 
-    python benchmarks/server_requests.py [--sweeps 2] [--direct] [--inits 2]
+    python benchmarks/server_requests.py [--sweeps 2] [--files direct|proxied|both] [--inits 2]
 """
 
 from __future__ import annotations
@@ -106,25 +108,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", type=int, default=2, help="sweeps on fresh seeds, one by one")
     parser.add_argument(
-        "--direct", action="store_true", help="artifacts written by the clients, not proxied"
+        "--files",
+        choices=["direct", "proxied", "both"],
+        default="both",
+        help="direct: clients write files into the artifact root; proxied: through the server",
     )
     parser.add_argument("--inits", type=int, default=2, help="the sweep's inits (reduced: 2)")
     args = parser.parse_args()
     print(machine())
-    folder, data_root, server = scratch("project"), scratch("data"), scratch("server")
+    data_root = scratch("data")
     write_mnist1d(data_root, TINY_SAMPLES)
-    (server / "artifacts").mkdir()
-    backend = f"sqlite:///{server / 'mlflow.db'}"
+    modes = ["direct", "proxied"] if args.files == "both" else [args.files]
+    last = {mode: measure(mode, data_root, args.sweeps, args.inits) for mode in modes}
+    print(
+        "requests per registered state, the last sweep: "
+        + ", ".join(f"{last[mode]:.1f} with files {mode}" for mode in modes)
+    )
+
+
+def measure(mode: str, data_root: Path, sweeps: int, inits: int) -> float:
+    """The sweeps into a new server with files `mode`; the last sweep's requests per state."""
+    folder, server = scratch(f"project-{mode}"), scratch(f"server-{mode}")
     artifacts = server / "artifacts"
-    with services.mlflow_server(backend, artifacts, proxied=not args.direct) as mlflow_server:
+    artifacts.mkdir()
+    backend = f"sqlite:///{server / 'mlflow.db'}"
+    with services.mlflow_server(backend, artifacts, proxied=mode == "proxied") as mlflow_server:
         params = {**tiny_params(data_root), "store": {"tracking_uri": mlflow_server.url}}
         (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        files = f"clients write files into {artifacts}" if args.direct else "files proxied"
-        print(f"mlflow server on sqlite at {mlflow_server.url} ({files}); local processes train")
-        for i in range(args.sweeps):
-            seed = 100 + i * max(SEED_STRIDE, args.inits)
-            sent, states = sweep(folder, mlflow_server.url, seed, args.inits)
+        files = f"clients write files into {artifacts}" if mode == "direct" else "files proxied"
+        print(f"\nmlflow server on sqlite at {mlflow_server.url} ({files}); local processes train")
+        for i in range(sweeps):
+            seed = 100 + i * max(SEED_STRIDE, inits)
+            sent, states = sweep(folder, mlflow_server.url, seed, inits)
             report(f"sweep {i + 1}{' (empty store)' if i == 0 else ''}", sent, states)
+    return sent.count / max(states, 1)
 
 
 if __name__ == "__main__":
