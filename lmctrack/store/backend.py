@@ -88,10 +88,9 @@ def exists_already(error: MlflowException) -> bool:
 
 
 def _is_busy(error: MlflowException) -> bool:
-    """sqlite's busy timeout ran out, or another writer recorded the same new dataset in the
-    experiment at the same moment (MLflow checks, then inserts, without a lock: sqlite says
-    UNIQUE constraint failed, PostgreSQL UniqueViolation on dataset_pk); tried again, the dataset
-    is found and linked."""
+    """sqlite's busy timeout ran out, or another writer recorded the same new dataset at the same
+    moment (MLflow checks, then inserts: UNIQUE constraint failed / UniqueViolation on
+    dataset_pk); tried again, the dataset is found and linked."""
     text = str(error).lower()
     lost_race = "datasets.experiment_id" in text or '"dataset_pk"' in text
     return "database is locked" in text or "database table is locked" in text or lost_race
@@ -108,17 +107,6 @@ def retry_busy(call: Callable[[], T]) -> T:
                 raise
         time.sleep(0.05 * 2**attempt * (1 + random.random()))
     return call()
-
-
-def paged(search: Callable[[str | None], Any]) -> list:
-    """Every page of an MLflow search, `search(page_token)` giving one page."""
-    found, token = [], None
-    while True:
-        page = search(token)
-        found.extend(page)
-        token = page.token
-        if not token:
-            return found
 
 
 def _cannot_write(error: BaseException) -> bool:

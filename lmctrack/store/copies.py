@@ -19,13 +19,13 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from lmctrack.store.backend import not_found, paged, retry_busy
+from lmctrack.store.backend import not_found, retry_busy
 from lmctrack.store.location import TAG_PREFIX
 
 if TYPE_CHECKING:
@@ -52,6 +52,17 @@ def link(client: MlflowClient, model_id: str, mv: ModelVersion) -> None:
     runs:/<run_id>/<name> URI resolves to the version through it."""
     versions = json.dumps([{"name": mv.name, "version": int(mv.version)}])
     retry_busy(lambda: client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: versions}))
+
+
+def paged(search: Callable[[str | None], Any]) -> list:
+    """Every page of an MLflow search, `search(page_token)` giving one page."""
+    found, token = [], None
+    while True:
+        page = search(token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
 
 
 @dataclass

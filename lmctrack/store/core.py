@@ -20,7 +20,6 @@ from lmctrack.store.backend import (
     deferred,
     exists_already,
     not_found,
-    paged,
     prefixed,
     retry_busy,
     settle,
@@ -273,7 +272,7 @@ class Store(Registry):
             return []
         if experiment not in self._reaped:
             self.reap(experiment)
-        return paged(
+        return copies.paged(
             lambda token: self.client.search_runs(
                 [experiment_id],
                 filter_string=where,
