@@ -22,7 +22,7 @@ WRITERS, EXPERIMENTS = 8, 4
 DATA = DataRef("mnist1d", "f" * 64)
 
 
-@pytest.fixture(params=["sqlite", "server"])
+@pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.slow)])
 def tracking_uri(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'mlflow.db'}"
