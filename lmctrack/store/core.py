@@ -239,10 +239,8 @@ class Store(Registry):
             raise LmcError(f"unknown run status '{status}'; use one of {', '.join(_RUN_STATUSES)}")
         if not KEY.match(config_hash):
             raise LmcError(f"'{config_hash}' is not a config hash; pass the hex digest")
-        where = f"tags.`{TAG_PREFIX}config_hash` = '{config_hash}'"
-        return _newest(self._search(experiment, f"{where} and attributes.status = '{status}'")).get(
-            config_hash
-        )
+        where = f"tags.`{TAG_PREFIX}config_hash` = '{config_hash}' and attributes.status = "
+        return _newest(self._search(experiment, f"{where}'{status}'")).get(config_hash)
 
     def find_runs(
         self, experiment: str, config_hashes: Collection[str], params: dict[str, str]
