@@ -144,7 +144,7 @@ class InstabilityConfig(Section):
         None, description="find-k: rewind steps searched (None: 0 and 2^i it up to T/2)"
     )
     confidence: float = Field(
-        0.95, gt=0, lt=1, description="find-k: level of the interval of the mean barrier"
+        0.95, gt=0, lt=1, description="find-k: level of the one-sided bounds that decide"
     )
     max_copies: int | None = Field(
         None,

@@ -2,9 +2,12 @@
 
 Instability falls with k (the paper's Figures 3 and 9), so the earliest stable k among sorted
 candidates can be bisected. At each probed k the engine asks `barriers(k, copies)` for the error
-barriers of every pair of `copies` copies and decides only when the confidence interval of their
-mean lies entirely below (stable) or at or above (unstable) the threshold; while it straddles,
-more copies are asked for, up to a maximum, after which the probe is undecided. The first probe
+barriers of every pair of `copies` copies. Each verdict is a one-sided claim about their mean, so
+each is decided by a one-sided bound at the confidence level: stable when the upper bound lies
+below the threshold, unstable when the lower bound lies at or above it (each a one-sided t-test;
+together the two bounds are the two-sided interval at level 2 * confidence - 1, as in an
+equivalence test). While neither holds, more copies are asked for, up to a maximum, after which
+the probe is undecided. The first probe
 is the smallest candidate (a network stable at initialization costs one probe); after k* is
 found the next candidate above it is checked, and instability rising with k is reported as a
 violation of the assumption, never hidden. No training here: the workflow supplies `barriers`.
@@ -41,7 +44,8 @@ class Budget:
 
 @dataclass
 class Probe:
-    """One probed candidate: the barriers at the copies it took, their mean, interval, verdict."""
+    """One probed candidate: the barriers at the copies it took, their mean, its one-sided lower
+    and upper confidence bounds, and the verdict."""
 
     k: int
     copies: int
@@ -92,37 +96,38 @@ class Search:
             text += "; the search stopped there: no candidate above it was probed"
         if self.undecided:
             text += (
-                f"; undecided at k = {', '.join(f'{k}it' for k in self.undecided)} (the {level} "
-                "interval still straddles the threshold at the most copies)"
+                f"; undecided at k = {', '.join(f'{k}it' for k in self.undecided)} (its one-sided "
+                f"{level} bounds still lie either side of the threshold at the most copies)"
             )
         return text + ("; " + "; ".join(self.violations) if self.violations else "")
 
 
-def interval(values: Sequence[float], confidence: float) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval of the mean (one sample: unbounded)."""
+def bounds(values: Sequence[float], confidence: float) -> tuple[float, float, float]:
+    """The mean and its one-sided Student-t lower and upper confidence bounds at `confidence`
+    (one sample: unbounded)."""
     from scipy.stats import t
 
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, -math.inf, math.inf
-    half = t.ppf((1 + confidence) / 2, len(values) - 1) * statistics.stdev(values)
+    half = t.ppf(confidence, len(values) - 1) * statistics.stdev(values)
     half /= math.sqrt(len(values))
     return mean, mean - half, mean + half
 
 
 def decide(low: float, high: float, threshold: float) -> str:
-    """Stable when the whole interval is below the threshold (schema.stable: barrier < it),
-    unstable when it is all at or above it, else undecided."""
+    """Stable when the upper bound is below the threshold (schema.stable: barrier < it),
+    unstable when the lower bound is at or above it, else undecided."""
     return STABLE if high < threshold else UNSTABLE if low >= threshold else UNDECIDED
 
 
 def probe(
     k: int, barriers: Barriers, budget: Budget, threshold: float, confidence: float, role: str
 ) -> Probe:
-    """Measure k with more copies until the interval decides, or the budget is spent."""
+    """Measure k with more copies until a bound decides, or the budget is spent."""
     for copies in budget.ladder():
         values = list(barriers(k, copies))
-        mean, low, high = interval(values, confidence)
+        mean, low, high = bounds(values, confidence)
         decision = decide(low, high, threshold)
         if decision != UNDECIDED:
             break

@@ -14,8 +14,8 @@ from lmctrack.earliest import (
     UNDECIDED,
     UNSTABLE,
     Budget,
+    bounds,
     decide,
-    interval,
     search,
 )
 
@@ -41,11 +41,15 @@ def decisions(result) -> dict[int, str]:
     return {p.k: p.decision for p in result.probes}
 
 
-def test_interval_is_the_student_t_interval_of_the_mean():
-    mean, low, high = interval([0.01, 0.02, 0.03], 0.95)
+def test_bounds_are_the_one_sided_student_t_bounds_of_the_mean():
+    mean, low, high = bounds([0.01, 0.02, 0.03], 0.95)
     assert mean == pytest.approx(0.02)
-    assert high - mean == pytest.approx(4.302653 * 0.01 / math.sqrt(3), rel=1e-5)
-    assert interval([0.5], 0.95)[1:] == (-math.inf, math.inf)  # one sample decides nothing
+    half = 2.919986 * 0.01 / math.sqrt(3)  # t at 0.95 with 2 degrees of freedom: one-sided
+    assert (high - mean, mean - low) == (
+        pytest.approx(half, rel=1e-5),
+        pytest.approx(half, rel=1e-5),
+    )
+    assert bounds([0.5], 0.95)[1:] == (-math.inf, math.inf)  # one sample decides nothing
     assert decide(0.0, 0.019, 0.02) == STABLE
     assert decide(0.02, 0.05, 0.02) == UNSTABLE
     assert decide(0.01, 0.03, 0.02) == UNDECIDED

@@ -24,8 +24,8 @@ def find_k(
     *,
     opts: Common,
 ) -> None:
-    """The earliest stable rewind step k* among instability.candidates: bisection, a
-    confidence interval at each probed k, copies added while it straddles the threshold."""
+    """The earliest stable rewind step k* among instability.candidates: bisection, one-sided
+    confidence bounds at each probed k, copies added until one of them decides."""
     from lmctrack import api
     from lmctrack.errors import LmcError
 

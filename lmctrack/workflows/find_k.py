@@ -2,9 +2,10 @@
 at one density), by the search of lmctrack.earliest, forking only the candidates it probes.
 
 One training (the base seeds) registers Wk at every candidate (a finished run is extended, not
-retrained). A probe forks `instability.copies` copies of Wk and adds one copy at a time while the
-interval of the mean barrier over pairs straddles the threshold, up to `instability.max_copies`
-(by default inits x copies: never more trainings at one k than the grid spends there). The
+retrained). A probe forks `instability.copies` copies of Wk and adds one copy at a time while
+neither one-sided bound of the mean barrier over pairs decides, up to `instability.max_copies`
+(by default inits x copies: never more trainings at one k than the grid spends there). At k = 0
+the training itself is one of the copies: W0 trained under the run's own noise. The
 samples are the pairs of one init's copies, not the grid's inits x pairs: the search answers for
 this training's Wk. Its forks are `lmctrack fork --seeds N` forks, the copies registered states
 whose trainings a later `instability` sweep reuses (the first `copies` seeds are the sweep's).
@@ -45,7 +46,8 @@ class Subnetwork:
 @dataclass
 class FindK:
     """The earliest stable k and what it cost: `trainings` (every training the answer needs,
-    W0 -> W_T included) vs `grid_trainings`, the `instability` sweep of every candidate."""
+    W0 -> W_T included, counted once when it is also one of k = 0's copies: `run_as_copy`) vs
+    `grid_trainings`, the `instability` sweep of every candidate (whose k = 0 forks seeds 1..N)."""
 
     run_id: str
     model: str
@@ -59,6 +61,7 @@ class FindK:
     train_run: str
     fork_runs: list[str]
     subnetwork: Subnetwork | None = None
+    run_as_copy: bool = False
     definitions: dict[str, str] = field(default_factory=lambda: dict(schema.DEFINITIONS))
 
     @property
@@ -81,17 +84,18 @@ class FindK:
         return text
 
     def cost(self) -> str:
+        own = "; the run W0 -> W_T is one of k = 0's copies" if self.run_as_copy else ""
         return (
             f"trainings: {self.trainings} of the {self.grid_trainings} the full grid of "
-            f"{len(self.search.candidates)} candidates would take ({self.fraction:.0%})"
+            f"{len(self.search.candidates)} candidates would take ({self.fraction:.0%}){own}"
         )
 
     def plot(self):
-        """The probed points (mean and interval) over the candidate axis, with k*."""
+        """The probed points (mean and bounds) over the candidate axis, with k*."""
         return plot_search(self)
 
     def to_frame(self):
-        """One row per probe: k, role, copies, pairs, mean, interval, decision."""
+        """One row per probe: k, role, copies, pairs, mean, its bounds, decision."""
         import pandas as pd
 
         return pd.DataFrame(rows(self))
@@ -147,6 +151,7 @@ class Probing:
         track = ctx.steps(inst.track_every) if inst.track_every else None
         self.options = {"reset_schedule": inst.reset_schedule, "track_every": track}
         self.run: TrainedRun | None = None
+        self.taken: dict[int, int] = {}  # k -> copies that are the run's own training
         self.forks: dict[int, Fork] = {}
         self.drops: dict[int, float] = {}
         self.density: float | None = None
@@ -158,11 +163,26 @@ class Probing:
         source, dense = self.run.at(k), None
         if self.search is not None:
             source, dense = self._subnetwork(source)
-        seeds = copy_seeds(self.ctx, copies)
-        fork = self.forks[k] = algorithm1.fork(self.ctx, source, seeds=seeds, **self.options)
+        seeds, trained_by = self._seeds(k, copies)
+        self.taken[k] = len(trained_by)
+        fork = self.forks[k] = algorithm1.fork(
+            self.ctx, source, seeds=seeds, trained_by=trained_by, **self.options
+        )
         if dense is not None:
             self.drops[k] = statistics.fmean(dense - (1 - e) for e in fork.copy_errors)
         return fork.barriers(self.split)
+
+    def _seeds(self, k: int, copies: int) -> tuple[list[int], dict[int, str]]:
+        """The copies' noise seeds, and those the run already trained. At k = 0 the run is W0
+        trained under its noise; when that noise is one seed s (data order = augmentation, as by
+        default) it is, bit for bit, the copy with seed s, so that copy is taken, not trained
+        (tests/test_find_k.py checks the bits). Not for a subnetwork, nor a changed schedule or
+        tracked copies: the run is none of those."""
+        s, augment = self.ctx.params.seeds.data_order, self.ctx.params.seeds.augment
+        if k or self.search is not None or any(self.options.values()) or s != augment:
+            return copy_seeds(self.ctx, copies), {}
+        others = [c for c in copy_seeds(self.ctx, copies) if c != s][: copies - 1]
+        return [s, *others], {s: self.run.run_id}
 
     def _subnetwork(self, wk: str) -> tuple[str, float]:
         """IMP from Wk (one replicate, as the sparse sweep): its last level's subnetwork
@@ -176,8 +196,10 @@ class Probing:
         return cfg_levels(self.ctx.params.imp) + 1 if self.search is not None else 0
 
     def trainings(self, search: Search) -> int:
-        """Every training the answer needs: the one run, IMP's levels, the copies."""
-        return 1 + sum(p.copies + self.imp_trainings() for p in search.probes)
+        """Every training the answer needs: the one run, IMP's levels, the copies (but those that
+        are the run itself)."""
+        own = sum(self.taken.values())
+        return 1 + sum(p.copies + self.imp_trainings() for p in search.probes) - own
 
     def grid_trainings(self) -> int:
         """The full grid: the `instability` sweep of every candidate (inits x copies each)."""
@@ -225,6 +247,7 @@ def find_k(ctx: Context, search=None) -> FindK:
             train_run=probing.run.run_id,
             fork_runs=[probing.forks[k].run_id for k in sorted(probing.forks)],
             subnetwork=subnetwork,
+            run_as_copy=any(probing.taken.values()),
         )
         for p in found.probes:
             name = schema.metric(result.split, schema.ERROR_BARRIER)
@@ -291,7 +314,7 @@ COLORS = {
 
 
 def plot_search(result: FindK):
-    """Each probed k: the mean barrier and its interval, colored by the verdict (a square: the
+    """Each probed k: the mean barrier and its one-sided bounds, colored by the verdict (a square: the
     check above k*); dotted: the candidates left unprobed; the band: where k* lies."""
     from matplotlib.ticker import NullLocator, PercentFormatter
 
@@ -343,8 +366,8 @@ def plot_search(result: FindK):
     ax.legend(fontsize="x-small", loc="best")
     ax.set_title(
         f"{result.model}: the earliest stable rewind step (find-k)\n"
-        f"{len(s.probes)} of {len(s.candidates)} candidates probed: mean and "
-        f"{s.confidence:.0%} interval over pairs\n"
+        f"{len(s.probes)} of {len(s.candidates)} candidates probed: mean and one-sided "
+        f"{s.confidence:.0%} bounds over pairs\n"
         f"{result.trainings} trainings, the full grid {result.grid_trainings}",
         fontsize="medium",
     )

@@ -64,6 +64,7 @@ class Plan:
     track: list[int]
     key: str
     copy_keys: list[str] = field(default_factory=list)
+    trained_by: dict[str, str] = field(default_factory=dict)  # copy key -> the run that made it
 
     @property
     def start(self) -> int:
@@ -95,8 +96,12 @@ def plan(
     mask: str | None = None,
     reset_schedule: bool = False,
     track_every: int | None = None,
+    trained_by: dict[int, str] | None = None,
 ) -> Plan:
-    """Load Wk (and apply a mask), and name the work: the fork's and each copy's key."""
+    """Load Wk (and apply a mask), and name the work: the fork's and each copy's key.
+    `trained_by` names, by seed, copies that a finished run's own training already is, bit for bit
+    (find-k: the run W0 -> W_T is W0's copy under the run's noise); their W_T is taken, not
+    retrained. Untracked forks only: the run kept no snapshots."""
     from lmctrack.prune import check_mask
 
     if len(seeds) > MAX_COPIES:
@@ -116,7 +121,9 @@ def plan(
     common = (source, mask, reset_schedule, track)
     key = ctx.training_hash(*common, seeds, inst.alphas, inst.splits, inst.bn, "fork")
     copy_keys = [ctx.training_hash(*common, seed, "copy") for seed in seeds]
-    return Plan(source, mask, k, state, seeds, reset_schedule, track, key, copy_keys)
+    made = trained_by or {}
+    given = {key: made[seed] for seed, key in zip(seeds, copy_keys) if seed in made}
+    return Plan(source, mask, k, state, seeds, reset_schedule, track, key, copy_keys, given)
 
 
 def train_copies(
@@ -135,11 +142,13 @@ def train_copies(
 
 
 def finished_copies(ctx: Context, plan: Plan) -> dict[str, str]:
-    """The plan's copies that an earlier fork of the same state finished: their runs by copy key
-    (one search for all of them; none when tracked: their snapshots are not stored)."""
+    """The plan's copies that an earlier fork of the same state finished, or that the plan says a
+    run already made: their runs by copy key (one search for all of them; none when tracked:
+    their snapshots are not stored)."""
     if plan.track:
         return {}
-    return jobs.finished_among(ctx, plan.copy_keys, source=plan.source)
+    todo = [key for key in plan.copy_keys if key not in plan.trained_by]
+    return {**jobs.finished_among(ctx, todo, source=plan.source), **plan.trained_by}
 
 
 def copy_trainings(ctx: Context, plan: Plan, done: dict[str, str]) -> list:
