@@ -7,10 +7,9 @@ each is decided by a one-sided bound at the confidence level: stable when the up
 below the threshold, unstable when the lower bound lies at or above it (each a one-sided t-test;
 together the two bounds are the two-sided interval at level 2 * confidence - 1, as in an
 equivalence test). While neither holds, more copies are asked for, up to a maximum, after which
-the probe is undecided. The first probe
-is the smallest candidate (a network stable at initialization costs one probe); after k* is
-found the next candidate above it is checked, and instability rising with k is reported as a
-violation of the assumption, never hidden. No training here: the workflow supplies `barriers`.
+the probe is undecided. The first probe is the smallest candidate (a network stable at
+initialization costs one probe); after k* is found the next candidate above it is checked, and
+instability rising with k is reported as a violation of the assumption, never hidden. No training here: the workflow supplies `barriers`.
 """
 
 from __future__ import annotations

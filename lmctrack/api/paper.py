@@ -190,7 +190,8 @@ def find_k(
     ctx: Context | None = None,
 ) -> FindK:
     """The earliest stable rewind step among instability.candidates, by bisection with copies
-    added until a one-sided confidence bound decides; with `imp`, of the IMP subnetwork at `density`."""
+    added until a one-sided confidence bound decides; with `imp`, of the IMP subnetwork at
+    `density`."""
     from lmctrack.workflows.find_k import density_sets
     from lmctrack.workflows.find_k import find_k as search
     from lmctrack.workflows.imp_chain import mask_search
