@@ -160,3 +160,43 @@ def test_pruning_keys_of_configs_without_a_criterion_are_unchanged():
     )
     random = Params(imp={"criterion": "random"})
     assert pruning_settings(random, *fields)["criterion"] == "random"
+
+
+# Every section's hash of every built-in config, as lmctrack computed them at commit 6570c46: the
+# keys of stored work derive from them, so a new setting leaves its default out of the dump
+# (QuietDefaults), or work stored before is no longer found.
+SECTIONS = [
+    "data",
+    "model",
+    "train",
+    "seeds",
+    "instability",
+    "imp",
+    "prune",
+    "sparse",
+    "align",
+    "distill",
+    "followup",
+    "runner",
+    "store",
+]
+PINNED = {
+    "params.yaml": "142e1330e8f36f6a 0d4a9bf5c7f28bfd 03c16291524b2efe de649c485a00fcd1 af1e01d5be12ef77 d999e8f30c0dba8c 3baac4f396d8d8e1 6fa8ff2ac0a76cad 5d36e7d1608e40d8 c715460c75ea8676 5fb3ba764e02a238 776efb80951c29c1 4b8ad81ce423372b",
+    "configs/inception_v3_imagenet.yaml": "732e8bcddadd0fe9 05247e47f0cd2508 6dcb1b15e2734822 de649c485a00fcd1 74daa25073252b8d f4199115ef964efb 3baac4f396d8d8e1 0c315b30a348b076 5d36e7d1608e40d8 c715460c75ea8676 eedc4a1e2abd53d8 776efb80951c29c1 4b8ad81ce423372b",
+    "configs/lenet_mnist.yaml": "00dea22c6de1c8ac bc55815d3ceb21e4 296abb0464f95be2 de649c485a00fcd1 119ac47b6175f0d3 af87e4f24c73558b 3baac4f396d8d8e1 0c315b30a348b076 5d36e7d1608e40d8 c715460c75ea8676 eedc4a1e2abd53d8 776efb80951c29c1 4b8ad81ce423372b",
+    "configs/mnist1d_mlp.yaml": "142e1330e8f36f6a a89d5545eda3ec2a 1efe2384b8a030b3 de649c485a00fcd1 e2db34bbb324823d 3b0717808f477372 3baac4f396d8d8e1 0c315b30a348b076 5d36e7d1608e40d8 c715460c75ea8676 eedc4a1e2abd53d8 776efb80951c29c1 4b8ad81ce423372b",
+    "configs/resnet20_cifar10_low.yaml": "8981eeacf15dccaf 7db5045da72a5280 8bbaa474102256d5 de649c485a00fcd1 8433d696d744aaeb 1a1706f14735ac24 3baac4f396d8d8e1 0c315b30a348b076 5d36e7d1608e40d8 c715460c75ea8676 eedc4a1e2abd53d8 776efb80951c29c1 4b8ad81ce423372b",
+    "configs/resnet20_cifar10_standard.yaml": "8981eeacf15dccaf 7db5045da72a5280 31bdbb8b41f3b2c2 de649c485a00fcd1 8433d696d744aaeb 19078b3574252c91 3baac4f396d8d8e1 0c315b30a348b076 5d36e7d1608e40d8 c715460c75ea8676 eedc4a1e2abd53d8 776efb80951c29c1 4b8ad81ce423372b",
+    "configs/resnet20_cifar10_warmup.yaml": "8981eeacf15dccaf 7db5045da72a5280 173d368f9a163eae de649c485a00fcd1 8433d696d744aaeb 1a1706f14735ac24 3baac4f396d8d8e1 0c315b30a348b076 5d36e7d1608e40d8 c715460c75ea8676 eedc4a1e2abd53d8 776efb80951c29c1 4b8ad81ce423372b",
+    "configs/resnet50_imagenet.yaml": "732e8bcddadd0fe9 cc20fb86933ccf29 4763b32006a89ccb de649c485a00fcd1 8cb8782e2f40c485 4affada0b2b471d1 3baac4f396d8d8e1 0c315b30a348b076 5d36e7d1608e40d8 c715460c75ea8676 eedc4a1e2abd53d8 776efb80951c29c1 4b8ad81ce423372b",
+    "configs/vgg16_cifar10_low.yaml": "8981eeacf15dccaf ddb7e4c260f36565 5304e35734553fba de649c485a00fcd1 dadbf4d9aecebf53 a406fb122bc15f16 3baac4f396d8d8e1 0c315b30a348b076 5d36e7d1608e40d8 c715460c75ea8676 eedc4a1e2abd53d8 776efb80951c29c1 4b8ad81ce423372b",
+    "configs/vgg16_cifar10_standard.yaml": "8981eeacf15dccaf ddb7e4c260f36565 4919bba6bbbe0da1 de649c485a00fcd1 dadbf4d9aecebf53 147659c30840d0a6 3baac4f396d8d8e1 0c315b30a348b076 5d36e7d1608e40d8 c715460c75ea8676 eedc4a1e2abd53d8 776efb80951c29c1 4b8ad81ce423372b",
+    "configs/vgg16_cifar10_warmup.yaml": "8981eeacf15dccaf ddb7e4c260f36565 79df56d50b47f388 de649c485a00fcd1 dadbf4d9aecebf53 147659c30840d0a6 3baac4f396d8d8e1 0c315b30a348b076 5d36e7d1608e40d8 c715460c75ea8676 eedc4a1e2abd53d8 776efb80951c29c1 4b8ad81ce423372b",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_built_in_configs_hash_as_stores_recorded_them(name):
+    root = Path(__file__).parent.parent
+    p = load_params(root / name, [])
+    assert " ".join(config_hash(getattr(p, s)) for s in SECTIONS) == PINNED[name]
