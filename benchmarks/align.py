@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from lmctrack.align import activation_matching, permutation_spec, weight_matching
-from lmctrack.config import ModelConfig
-from lmctrack.models import build_model
+from lmctrack.config.params import ModelConfig
+from lmctrack.engine.align import activation_matching, permutation_spec, weight_matching
+from lmctrack.engine.models import build_model
 
 # (network, model.width, label): ResNet-20 at width multipliers 1 and 4, VGG-16 as in the paper
 CASES = (

@@ -112,7 +112,7 @@ def worker_imports() -> float:
     (Ray binds a worker process to one job); the local pool forks its workers from the driver,
     which has imported all of it already."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    code = "import ray, torch, lmctrack.runner, lmctrack.interpolate"
+    code = "import ray, torch, lmctrack.execution.local, lmctrack.engine.interpolate"
     subprocess.run([sys.executable, "-c", code], check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime

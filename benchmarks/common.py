@@ -16,9 +16,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from lmctrack.config import Params, load_params
-from lmctrack.data import generate_mnist1d, mnist1d_file
-from lmctrack.runner import usable_cores
+from lmctrack.config.params import Params, load_params
+from lmctrack.engine.data import generate_mnist1d, mnist1d_file
+from lmctrack.execution.local import usable_cores
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 _WORKDIR = tempfile.TemporaryDirectory(prefix="lmctrack-bench-")  # removed when the run exits

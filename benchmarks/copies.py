@@ -1,6 +1,6 @@
 """Concurrent copies: three copies of W0 (the default network, params.yaml) trained under their own
-SGD noise by lmctrack.runner.run_jobs, concurrently (forked single-thread workers) and one after
-another in this process (one thread, as the engine uses), interleaved. Target on a 2-core CPU:
+SGD noise by lmctrack.execution.local.run_jobs, concurrently (forked single-thread workers) and one
+after another in this process (one thread, as the engine uses), interleaved. Target on a 2-core CPU:
 concurrent/sequential wall time <= 0.6; the copies' weights must be bit-identical between modes.
 
 The concurrent runs happen under a live rich progress board (its refresh thread running while the
@@ -23,12 +23,12 @@ import torch
 from common import default_params, interleaved, machine, median_ratio, timed
 from rich.console import Console
 
-from lmctrack.config import Params
-from lmctrack.data import TensorDataset, load_dataset
-from lmctrack.models import build_model
-from lmctrack.progress import Board, board
-from lmctrack.runner import JobResult, TrainJob, default_workers, run_jobs, usable_cores
-from lmctrack.train import Noise
+from lmctrack.config.params import Params
+from lmctrack.engine.data import TensorDataset, load_dataset
+from lmctrack.engine.models import build_model
+from lmctrack.engine.train import Noise
+from lmctrack.execution.local import JobResult, TrainJob, default_workers, run_jobs, usable_cores
+from lmctrack.execution.progress import Board, board
 
 COPIES = 3
 CPU = torch.device("cpu")

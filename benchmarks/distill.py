@@ -1,7 +1,7 @@
 """The default distillation end to end: MNIST-1D, 10 examples per class, the default network.
 
-Times training the MTT experts (with lmctrack.train.train) against the matching itself, runs the
-cheap method (DM) too, and reports the standard quality figure for both: test accuracy of the
+Times training the MTT experts (with lmctrack.engine.train.train) against the matching itself, runs
+the cheap method (DM) too, and reports the standard quality figure for both: test accuracy of the
 network trained from scratch only on the distilled set vs on a random real subset of the same size,
 mean ± std over 3 seeds, one evaluation recipe for all.
 
@@ -21,9 +21,9 @@ import time
 import torch
 from common import default_params, machine
 
-from lmctrack.config import TrainConfig
-from lmctrack.data import load_dataset
-from lmctrack.distill import (
+from lmctrack.config.params import TrainConfig
+from lmctrack.engine.data import load_dataset
+from lmctrack.engine.distill import (
     DmParams,
     MttParams,
     distill_dm,
@@ -32,8 +32,8 @@ from lmctrack.distill import (
     evaluation_recipe,
     train_expert,
 )
-from lmctrack.models import build_model
-from lmctrack.train import Noise
+from lmctrack.engine.models import build_model
+from lmctrack.engine.train import Noise
 
 # The reference trains experts with plain SGD (no momentum): the student imitates that.
 EXPERT_RECIPE = TrainConfig(lr=0.05, momentum=0.0, batch_size=256, steps="11ep", device="cpu")

@@ -1,6 +1,7 @@
 """How much lmctrack costs on top of PyTorch, on the default network (params.yaml).
 
-1. Throughput of the training engine (lmctrack.train.train) against a minimal hand-written loop on
+1. Throughput of the training engine (lmctrack.engine.train.train) against a minimal hand-written
+loop on
    the same in-memory tensors, batch size, optimizer and randperm batching, in one process with one
    thread, interleaved. Target: engine/bare >= 0.9.
 2. The share of `lmctrack train`'s wall time spent in tracking and registration: the train workflow
@@ -38,11 +39,11 @@ from common import (
 )
 from torch import nn
 
-from lmctrack.config import Params
-from lmctrack.data import TensorDataset, load_dataset
-from lmctrack.models import build_model
-from lmctrack.progress import Board
-from lmctrack.train import Noise, train
+from lmctrack.config.params import Params
+from lmctrack.engine.data import TensorDataset, load_dataset
+from lmctrack.engine.models import build_model
+from lmctrack.engine.train import Noise, train
+from lmctrack.execution.progress import Board
 
 
 def bare_loop(model: nn.Module, data: TensorDataset, params: Params, steps: int) -> None:
@@ -195,11 +196,11 @@ import sys, time
 from pathlib import Path
 began = time.perf_counter()
 import lmctrack.store
-from lmctrack.config import load_params  # pydantic first: the thread imports it too
+from lmctrack.config.params import load_params  # pydantic first: the thread imports it too
 if sys.argv[1] == "preload":
     lmctrack.store.preload()
 from lmctrack.workflows.common import make_context
-from lmctrack.progress import Board
+from lmctrack.execution.progress import Board
 params = load_params(Path(sys.argv[2]), sys.argv[3:])
 ctx = make_context(params, board=Board(None))
 ctx.store.find_run(ctx.model_name, "0")

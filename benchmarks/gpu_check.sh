@@ -13,14 +13,14 @@ exec python - "$@" <<'PY'
 import dataclasses, sys, time
 import torch
 import torch.nn.functional as F
-from lmctrack.config import ModelConfig, load_params
-from lmctrack.data import Split, TensorDataset
-from lmctrack.interpolate import linear_path
-from lmctrack.models import build_model
-from lmctrack.progress import Board
-from lmctrack.runner import TrainJob, run_jobs
-from lmctrack.state import State
-from lmctrack.train import Noise, deterministic, train
+from lmctrack.config.params import ModelConfig, load_params
+from lmctrack.engine.data import Split, TensorDataset
+from lmctrack.engine.interpolate import linear_path
+from lmctrack.engine.models import build_model
+from lmctrack.execution.progress import Board
+from lmctrack.execution.local import TrainJob, run_jobs
+from lmctrack.engine.state import State
+from lmctrack.engine.train import Noise, deterministic, train
 
 smoke = "--cpu-smoke" in sys.argv
 if not smoke and not torch.cuda.is_available():

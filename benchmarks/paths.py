@@ -1,7 +1,7 @@
 """Interpolation paths: one pair of the default network (params.yaml), 30 alphas, train and test
 splits, bn=reset, evaluated one alpha at a time (the reference loop) and in stacked passes
-(lmctrack.batched), interleaved, in this process. Target: batched >= 3x faster; curves equal to
-1e-6. Peak memory of each mode is measured in a forked child (growth of its peak RSS).
+(lmctrack.engine.batched), interleaved, in this process. Target: batched >= 3x faster; curves equal
+to 1e-6. Peak memory of each mode is measured in a forked child (growth of its peak RSS).
 
     python benchmarks/paths.py [--quick] [--repeats R]
 """
@@ -16,10 +16,10 @@ import statistics
 import torch
 from common import default_params, interleaved, machine, median_ratio, timed
 
-from lmctrack.data import load_dataset
-from lmctrack.interpolate import linear_path
-from lmctrack.models import build_model
-from lmctrack.state import State
+from lmctrack.engine.data import load_dataset
+from lmctrack.engine.interpolate import linear_path
+from lmctrack.engine.models import build_model
+from lmctrack.engine.state import State
 
 
 def peak_growth_mb(fn) -> float:

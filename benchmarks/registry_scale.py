@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT / "deploy"))
 import services  # noqa: E402
 from common import machine, scratch  # noqa: E402
 
-from lmctrack import schema  # noqa: E402
-from lmctrack.state import State  # noqa: E402
+from lmctrack.config import schema  # noqa: E402
+from lmctrack.engine.state import State  # noqa: E402
 from lmctrack.store import Store  # noqa: E402
 
 MODEL = "scale_net"

@@ -28,9 +28,9 @@ def _writer(tracking_uri: str, writer: int, each: int, tag: str, start, out) -> 
     """One client: its W0 registered (not timed), then `each` runs, each registering one keyed
     state made from that W0, on the same dataset; latencies to `out`."""
     torch.set_num_threads(1)
-    from lmctrack.config import ModelConfig
-    from lmctrack.models import build_model
-    from lmctrack.state import State
+    from lmctrack.config.params import ModelConfig
+    from lmctrack.engine.models import build_model
+    from lmctrack.engine.state import State
     from lmctrack.store import Store
 
     store = Store(tracking_uri)

@@ -19,12 +19,12 @@ from collections.abc import Callable
 import torch
 from common import default_params, interleaved, machine, median_ratio
 
-import lmctrack.runner as runner
-from lmctrack.data import load_dataset
-from lmctrack.models import build_model
-from lmctrack.progress import board
-from lmctrack.state import State
-from lmctrack.train import Noise
+import lmctrack.execution.local as runner
+from lmctrack.engine.data import load_dataset
+from lmctrack.engine.models import build_model
+from lmctrack.engine.state import State
+from lmctrack.engine.train import Noise
+from lmctrack.execution.progress import board
 from lmctrack.workflows.paths import PathSettings, path_between
 
 CPU = torch.device("cpu")

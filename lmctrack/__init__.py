@@ -4,13 +4,12 @@
     net, info = lmc.load("models:/mnist1d_cnn_bn_mnist1d/3")
 
 The Python API (lmctrack.api) is imported on first use, so the command line starts without torch.
-Three API names are also engine modules (`lmctrack.train`, `lmctrack.interpolate`,
-`lmctrack.align`): on the package they mean the API function; import the modules' contents with
-`from lmctrack.train import ...`.
+The layers, each a package, from the bottom: config (params, names, verdict rules), engine (pure
+PyTorch), execution / results / store (where trainings run, typed results, MLflow), workflows
+(the paper's procedures), api, cli.
 """
 
-import sys
-import types
+import importlib
 
 __version__ = "0.1.0"
 
@@ -29,24 +28,12 @@ API = (
 )
 
 
-def _api_name(name: str) -> property:
-    def get(_package: types.ModuleType):
-        from lmctrack import api
-
-        return getattr(api, name)
-
-    def keep_submodule(package: types.ModuleType, module: types.ModuleType) -> None:
-        # The import system records a loaded submodule on its package; keep it aside so that the
-        # API function stays what `lmctrack.<name>` means.
-        package.__dict__.setdefault("_submodules", {})[name] = module
-
-    return property(get, keep_submodule)
+def __getattr__(name: str):
+    if name == "api" or name in API:
+        api = importlib.import_module("lmctrack.api")
+        return api if name == "api" else getattr(api, name)
+    raise AttributeError(f"module 'lmctrack' has no attribute '{name}'")
 
 
-class _Package(types.ModuleType):
-    """The lmctrack package, whose API names resolve to the API functions."""
-
-
-for _name in API:
-    setattr(_Package, _name, _api_name(_name))
-sys.modules[__name__].__class__ = _Package
+def __dir__() -> list[str]:
+    return sorted([*globals(), *API])

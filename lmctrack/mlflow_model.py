@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmctrack.config import ModelConfig
+from lmctrack.config.params import ModelConfig
+from lmctrack.engine.models import build_model
+from lmctrack.engine.state import load_state
 from lmctrack.errors import LmcError
-from lmctrack.models import build_model
-from lmctrack.state import load_state
 
 DESCRIPTION_FILE = "lmctrack.json"
 

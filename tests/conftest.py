@@ -19,8 +19,8 @@ import pytest
 import torch
 import yaml
 
-from lmctrack.config import Params, load_params
-from lmctrack.progress import Board
+from lmctrack.config.params import Params, load_params
+from lmctrack.execution.progress import Board
 from lmctrack.store import Store
 from lmctrack.workflows.common import Context, make_context
 from lmctrack.workflows.data_files import write_mnist1d

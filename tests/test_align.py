@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lmctrack.align import (
+from lmctrack.config.params import ModelConfig
+from lmctrack.engine.align import (
     activation_matching,
     align_states,
     apply_permutation,
@@ -18,10 +19,9 @@ from lmctrack.align import (
     random_permutation,
     weight_matching,
 )
-from lmctrack.config import ModelConfig
+from lmctrack.engine.models import MODELS, build_model, prunable_names
+from lmctrack.engine.state import State
 from lmctrack.errors import LmcError
-from lmctrack.models import MODELS, build_model, prunable_names
-from lmctrack.state import State
 
 torch.set_num_threads(1)
 
@@ -244,10 +244,10 @@ def test_units_an_unknown_operation_touches_are_left_in_place() -> None:
 def test_weight_matching_cuts_the_barrier_between_mlps_from_different_inits() -> None:
     """The science check (Git Re-Basin on MNIST-1D, MLP of width 512, SGD). Measured with this
     configuration: test-error barrier 35.7% naive, 11.4% after weight matching (~3 minutes)."""
-    from lmctrack.config import TrainConfig
-    from lmctrack.data import Split, TensorDataset, generate_mnist1d
-    from lmctrack.interpolate import linear_path
-    from lmctrack.train import Noise, train
+    from lmctrack.config.params import TrainConfig
+    from lmctrack.engine.data import Split, TensorDataset, generate_mnist1d
+    from lmctrack.engine.interpolate import linear_path
+    from lmctrack.engine.train import Noise, train
 
     raw = generate_mnist1d(5000)
     mean, std = raw["x_train"].mean(), raw["x_train"].std()

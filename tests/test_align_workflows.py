@@ -11,14 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lmctrack import schema
-from lmctrack.align import apply_permutation, check_function, permutation_spec
 from lmctrack.cli import app
+from lmctrack.config import schema
+from lmctrack.engine.align import apply_permutation, check_function, permutation_spec
+from lmctrack.engine.interpolate import linear_path
+from lmctrack.engine.models import prunable_names
+from lmctrack.engine.prune import full_mask, layer_densities, magnitude_prune
+from lmctrack.engine.state import State
 from lmctrack.errors import LmcError
-from lmctrack.interpolate import linear_path
-from lmctrack.models import prunable_names
-from lmctrack.prune import full_mask, layer_densities, magnitude_prune
-from lmctrack.state import State
 from lmctrack.workflows.alignment import align, load_permutation, transport
 from lmctrack.workflows.connect import Connect, connect, connect_two
 from lmctrack.workflows.instability import sweep_seeds

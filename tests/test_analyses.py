@@ -10,28 +10,32 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from lmctrack.analysis_results import Hessian, Landscape, PlanePoint
-from lmctrack.config import ModelConfig
-from lmctrack.data import Split, TensorDataset
-from lmctrack.errors import LmcError
-from lmctrack.evaluate import evaluate, load_into
-from lmctrack.hessian import (
+from lmctrack.config.params import ModelConfig
+from lmctrack.config.schema import Stats
+from lmctrack.engine.data import Split, TensorDataset
+from lmctrack.engine.evaluate import evaluate, load_into
+from lmctrack.engine.hessian import (
     hessian_diagonal,
     hutchinson_diagonal,
     loss_hvp,
     summary,
     trace,
 )
-from lmctrack.interpolate import PathResult, recompute_bn
-from lmctrack.landscape import (
+from lmctrack.engine.interpolate import PathResult, recompute_bn
+from lmctrack.engine.landscape import (
     Evaluation,
     Plane,
     filter_normalized_direction,
     plane,
     random_directions_plane,
 )
-from lmctrack.models import build_model, prunable_names
-from lmctrack.plots import (
+from lmctrack.engine.models import build_model, prunable_names
+from lmctrack.engine.prune import full_mask, prune_to_density
+from lmctrack.engine.state import State
+from lmctrack.errors import LmcError
+from lmctrack.results.analyses import Hessian, Landscape, PlanePoint
+from lmctrack.results.paper import Earliest, SparseRow, SparseSweep, Sweep, SweepRow, to_dict
+from lmctrack.results.plots import (
     DPI,
     plot_imp_density,
     plot_imp_rewind,
@@ -40,10 +44,6 @@ from lmctrack.plots import (
     plot_plane,
     save,
 )
-from lmctrack.prune import full_mask, prune_to_density
-from lmctrack.results import Earliest, SparseRow, SparseSweep, Sweep, SweepRow, to_dict
-from lmctrack.schema import Stats
-from lmctrack.state import State
 
 torch.set_num_threads(1)
 PNG = b"\x89PNG\r\n\x1a\n"

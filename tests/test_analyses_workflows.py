@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmctrack.analysis_results import Hessian, Landscape
-from lmctrack.config import ModelConfig, Params
+from lmctrack.config.params import ModelConfig, Params
+from lmctrack.engine.evaluate import evaluate, load_into
+from lmctrack.engine.models import build_model, prunable_names
+from lmctrack.engine.prune import full_mask, prune_to_density
+from lmctrack.engine.state import State
 from lmctrack.errors import LmcError
-from lmctrack.evaluate import evaluate, load_into
-from lmctrack.models import build_model, prunable_names
-from lmctrack.progress import Board
-from lmctrack.prune import full_mask, prune_to_density
-from lmctrack.state import State
+from lmctrack.execution.progress import Board
+from lmctrack.results.analyses import Hessian, Landscape
 from lmctrack.store import Store
 from lmctrack.workflows.analyses import DIAGONAL_FILE, hessian, plane, random_plane
 from lmctrack.workflows.common import make_context

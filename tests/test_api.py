@@ -12,7 +12,7 @@ import torch
 from test_extras import SUBPROCESS_ENV
 
 import lmctrack as lmc
-from lmctrack.evaluate import evaluate
+from lmctrack.engine.evaluate import evaluate
 
 # End to end: real trainings, stores or subprocesses (seconds to minutes each).
 pytestmark = pytest.mark.slow

@@ -11,17 +11,17 @@ import torch
 from datafiles import make_image_folder
 from rich.console import Console
 
-from lmctrack.batched import Copy, train_copies
-from lmctrack.config import DataConfig, ModelConfig, load_params
-from lmctrack.data import StreamedImageDataset, load_dataset
+from lmctrack.config.params import DataConfig, ModelConfig, load_params
+from lmctrack.engine.batched import Copy, train_copies
+from lmctrack.engine.data import StreamedImageDataset, load_dataset
+from lmctrack.engine.interpolate import linear_path
+from lmctrack.engine.models import build_model, prunable_names
+from lmctrack.engine.prune import full_mask, magnitude_prune
+from lmctrack.engine.state import State
+from lmctrack.engine.train import Noise, read_checkpoint, save_checkpoint, train
 from lmctrack.errors import LmcError
-from lmctrack.interpolate import linear_path
-from lmctrack.models import build_model, prunable_names
-from lmctrack.progress import board
-from lmctrack.prune import full_mask, magnitude_prune
-from lmctrack.runner import BATCHING_DECISIONS, TrainJob, run_job, run_jobs
-from lmctrack.state import State
-from lmctrack.train import Noise, read_checkpoint, save_checkpoint, train
+from lmctrack.execution.local import BATCHING_DECISIONS, TrainJob, run_job, run_jobs
+from lmctrack.execution.progress import board
 
 CPU = torch.device("cpu")
 STEPS = 100

@@ -11,11 +11,11 @@ import torch
 from typer.testing import CliRunner
 
 from lmctrack.cli import app
-from lmctrack.config import ModelConfig
-from lmctrack.evaluate import evaluate, load_into
-from lmctrack.models import build_model, prunable_names
-from lmctrack.prune import full_mask, layer_densities
-from lmctrack.state import State
+from lmctrack.config.params import ModelConfig
+from lmctrack.engine.evaluate import evaluate, load_into
+from lmctrack.engine.models import build_model, prunable_names
+from lmctrack.engine.prune import full_mask, layer_densities
+from lmctrack.engine.state import State
 
 # End to end: real trainings, stores or subprocesses (seconds to minutes each).
 pytestmark = pytest.mark.slow

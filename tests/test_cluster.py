@@ -49,25 +49,32 @@ RAY_TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
 os.environ.update({**services.RAY_LOOPBACK, **RAY_TOKEN})
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install -e ".[cluster]")')
 
-from lmctrack import cluster as ray_backend  # noqa: E402
-from lmctrack import schema  # noqa: E402
-from lmctrack.batched import checkpoint_step  # noqa: E402
-from lmctrack.config import DataConfig, ModelConfig, RunnerConfig, load_params  # noqa: E402
-from lmctrack.data import load_dataset  # noqa: E402
+from lmctrack.config.params import (  # noqa: E402
+    DataConfig,
+    ModelConfig,
+    RunnerConfig,
+    load_params,
+    schema,  # noqa: E402
+)
+from lmctrack.engine.batched import checkpoint_step  # noqa: E402
+from lmctrack.engine.data import load_dataset  # noqa: E402
+from lmctrack.engine.state import State  # noqa: E402
+from lmctrack.engine.train import Noise  # noqa: E402
 from lmctrack.errors import LmcError  # noqa: E402
-from lmctrack.executor import executor  # noqa: E402
-from lmctrack.progress import Board, board  # noqa: E402
-from lmctrack.runner import TrainJob, run_job, run_jobs  # noqa: E402
-from lmctrack.state import State  # noqa: E402
+from lmctrack.execution import cluster as ray_backend  # noqa: E402
+from lmctrack.execution.executor import executor  # noqa: E402
+from lmctrack.execution.local import TrainJob, run_job, run_jobs  # noqa: E402
+from lmctrack.execution.progress import Board, board  # noqa: E402
 from lmctrack.store import Store  # noqa: E402
-from lmctrack.train import Noise  # noqa: E402
 from lmctrack.workflows.connect import connect  # noqa: E402
 from lmctrack.workflows.imp import imp  # noqa: E402
 from lmctrack.workflows.instability import instability  # noqa: E402
 
 pytestmark = pytest.mark.slow
 CPU = torch.device("cpu")
-TASK_TITLE = "ray::_train"  # the process title of a Ray worker running lmctrack.cluster._train
+TASK_TITLE = (
+    "ray::_train"  # the process title of a Ray worker running lmctrack.execution.cluster._train
+)
 SWEEP = {"inits": 1}  # one W0 -> W_T, then 2 copies of W0 and of W20: 5 trainings, 2 pairs
 
 
@@ -225,11 +232,11 @@ def test_a_worker_killed_mid_training_is_retried_and_resumes(cluster, tmp_path):
 
 PROBE = """
 import sys, ray
-from lmctrack import cluster
-from lmctrack.config import RunnerConfig
+from lmctrack.execution import cluster
+from lmctrack.config.params import RunnerConfig
 runner = RunnerConfig(backend="ray", address=sys.argv[1])
 ray.get(cluster.warm_up(runner)) if sys.argv[2] == "warm" else cluster.connect(runner.address)
-probe = ray.remote(lambda: "lmctrack.training_job" in sys.modules).options(num_cpus=1)
+probe = ray.remote(lambda: "lmctrack.execution.job" in sys.modules).options(num_cpus=1)
 print(ray.get([probe.remote() for _ in range(4)]))
 """
 
@@ -251,7 +258,7 @@ def test_a_command_warms_its_workers_up_before_its_first_tasks(cluster, warm):
 
 CONNECT = """
 import sys
-from lmctrack import cluster
+from lmctrack.execution import cluster
 from lmctrack.errors import LmcError
 try:
     cluster.connect(sys.argv[1])
@@ -279,7 +286,7 @@ def test_a_driver_without_the_heads_token_is_told_the_cause_and_the_fix(cluster)
 
 LOCAL = """
 import ray
-from lmctrack import cluster
+from lmctrack.execution import cluster
 cluster.connect(None)
 print(ray.get(ray.remote(lambda: 6 * 7).remote()))
 """

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lmctrack.compare import (
+from lmctrack.config.params import DataConfig, ModelConfig
+from lmctrack.engine.compare import (
     compare_pair,
     cosine_distance,
     disagreement,
@@ -14,12 +15,11 @@ from lmctrack.compare import (
     loss_vector_distance,
     parameter_names,
 )
-from lmctrack.config import DataConfig, ModelConfig
-from lmctrack.data import load_dataset
+from lmctrack.engine.data import load_dataset
+from lmctrack.engine.evaluate import evaluate, load_into
+from lmctrack.engine.models import build_model, prunable_names
+from lmctrack.engine.state import State
 from lmctrack.errors import LmcError
-from lmctrack.evaluate import evaluate, load_into
-from lmctrack.models import build_model, prunable_names
-from lmctrack.state import State
 
 torch.set_num_threads(1)
 

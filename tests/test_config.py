@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lmctrack.config import Params, Step, config_hash, iterations_per_epoch, load_params
+from lmctrack.config.params import Params, Step, config_hash, iterations_per_epoch, load_params
 from lmctrack.errors import LmcError
 from lmctrack.workflows.imp_chain import pruning_settings
 

@@ -24,8 +24,8 @@ from datafiles import (
     make_tensors_file,
 )
 
-from lmctrack.config import DataConfig
-from lmctrack.data import (
+from lmctrack.config.params import DataConfig
+from lmctrack.engine.data import (
     MNIST_STATS,
     ORDER,
     Split,

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lmctrack.config import DataConfig, ModelConfig, TrainConfig
-from lmctrack.data import load_dataset
-from lmctrack.distill import (
+from lmctrack.config.params import DataConfig, ModelConfig, TrainConfig
+from lmctrack.engine.data import load_dataset
+from lmctrack.engine.distill import (
     DmParams,
     MttParams,
     Quality,
@@ -28,9 +28,9 @@ from lmctrack.distill import (
     trajectory_matching_loss,
     write_distilled,
 )
+from lmctrack.engine.models import build_model
+from lmctrack.engine.train import Noise, train
 from lmctrack.errors import LmcError
-from lmctrack.models import build_model
-from lmctrack.train import Noise, train
 
 CNN = ModelConfig(name="mnist1d_cnn")
 EXPERT = TrainConfig(lr=0.05, momentum=0.0, batch_size=100, steps="4ep", device="cpu")

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from lmctrack import schema
 from lmctrack.cli import app
+from lmctrack.config import schema
 from lmctrack.store import TAG_PREFIX
 from lmctrack.workflows.distillation import distill
 from lmctrack.workflows.followup import followup

@@ -1,4 +1,4 @@
-"""The search for the earliest stable rewind step (lmctrack.earliest), driven by fake barrier
+"""The search for the earliest stable rewind step (lmctrack.engine.earliest), driven by fake barrier
 functions: monotone, non-monotone (the violation is reported), noisy (copies are added) and a
 barrier on the threshold (undecided, said so)."""
 
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from lmctrack.earliest import (
+from lmctrack.engine.earliest import (
     CHECK,
     STABLE,
     UNDECIDED,

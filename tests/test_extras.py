@@ -24,12 +24,12 @@ from safetensors.torch import load_file, save_file
 from test_cli import invoke, ok, same
 from test_workflows import PNG, ancestors
 
-from lmctrack.config import DataConfig, ModelConfig, TrainConfig
-from lmctrack.data import generate_mnist1d, load_dataset, mnist1d_file
-from lmctrack.models import build_model, prunable_names
-from lmctrack.prune import full_mask, magnitude_prune
-from lmctrack.runner import TrainJob, run_job
-from lmctrack.train import Noise, train
+from lmctrack.config.params import DataConfig, ModelConfig, TrainConfig
+from lmctrack.engine.data import generate_mnist1d, load_dataset, mnist1d_file
+from lmctrack.engine.models import build_model, prunable_names
+from lmctrack.engine.prune import full_mask, magnitude_prune
+from lmctrack.engine.train import Noise, train
+from lmctrack.execution.local import TrainJob, run_job
 from lmctrack.workflows.fork import FORK_ARTIFACT
 from lmctrack.workflows.fork import fork as run_fork
 from lmctrack.workflows.imp import imp

@@ -12,7 +12,8 @@ import torch
 from test_cli import invoke, ok
 
 import lmctrack as lmc
-from lmctrack import earliest, schema
+from lmctrack.config import schema
+from lmctrack.engine import earliest
 from lmctrack.workflows import fork, jobs
 from lmctrack.workflows.find_k import candidates
 from lmctrack.workflows.instability import instability

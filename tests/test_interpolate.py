@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from lmctrack.data import Split, TensorDataset
-from lmctrack.errors import LmcError
-from lmctrack.evaluate import evaluate, load_into
-from lmctrack.interpolate import (
+from lmctrack.engine.data import Split, TensorDataset
+from lmctrack.engine.evaluate import evaluate, load_into
+from lmctrack.engine.interpolate import (
     check_compatible,
     error_barrier,
     interpolate_states,
@@ -17,7 +16,8 @@ from lmctrack.interpolate import (
     loss_barrier_linear,
     recompute_bn,
 )
-from lmctrack.state import State
+from lmctrack.engine.state import State
+from lmctrack.errors import LmcError
 
 torch.set_num_threads(1)
 
@@ -317,11 +317,11 @@ def test_batched_path_equals_the_per_alpha_loop(data, bn, make, masked):
 
 def test_batched_path_in_several_passes(data, monkeypatch):
     """A small memory budget splits the alphas over passes; the curves stay the same."""
-    import lmctrack.batched
+    import lmctrack.engine.batched
 
     a, b = state_of(conv_bn, 0), state_of(conv_bn, 1)
     whole = linear_path(conv_bn(), a, b, data, alphas=5, bn="reset", batched=True)
-    monkeypatch.setattr(lmctrack.batched, "MEMORY_BUDGET", 1)
-    assert lmctrack.batched.networks_per_pass(conv_bn(), data, 1000, "cpu") == 1
+    monkeypatch.setattr(lmctrack.engine.batched, "MEMORY_BUDGET", 1)
+    assert lmctrack.engine.batched.networks_per_pass(conv_bn(), data, 1000, "cpu") == 1
     chunked = linear_path(conv_bn(), a, b, data, alphas=5, bn="reset", batched=True)
     assert chunked.curves == whole.curves

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from lmctrack.config import ModelConfig
-from lmctrack.models import build_model, prunable_names
-from lmctrack.state import State
+from lmctrack.config.params import ModelConfig
+from lmctrack.engine.models import build_model, prunable_names
+from lmctrack.engine.state import State
 from lmctrack.store import Store
 from lmctrack.store.inputs import DataRef
 

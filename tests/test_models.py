@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from lmctrack.config import ModelConfig
+from lmctrack.config.params import ModelConfig
+from lmctrack.engine.models import MODELS, build_model, output_layer_name, prunable_names
 from lmctrack.errors import LmcError
-from lmctrack.models import MODELS, build_model, output_layer_name, prunable_names
 
 torch.set_num_threads(1)
 

@@ -16,9 +16,9 @@ from lmctrack import api
 from lmctrack.api import extras as api_extras
 from lmctrack.cli import app
 from lmctrack.cli.options import chosen
-from lmctrack.config import Step, load_params
+from lmctrack.config.overrides import Overrides, parse_sets
+from lmctrack.config.params import Step, load_params
 from lmctrack.errors import LmcError
-from lmctrack.overrides import Overrides, parse_sets
 
 COMMAND = typer.main.get_command(app)
 
@@ -40,7 +40,7 @@ def no_yaml(monkeypatch):
     def refuse(*_):
         raise AssertionError("a typed value was parsed as text")
 
-    monkeypatch.setattr("lmctrack.overrides.yaml.safe_load", refuse)
+    monkeypatch.setattr("lmctrack.config.overrides.yaml.safe_load", refuse)
 
 
 def test_an_option_reaches_the_params_typed(no_yaml):

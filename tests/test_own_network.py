@@ -9,14 +9,14 @@ import torch
 from own_package import DATA, MODEL, install, uninstall
 from torch import nn
 
-from lmctrack.align import permutation_spec
-from lmctrack.config import DataConfig, ModelConfig, Params, PruneConfig, load_params
-from lmctrack.data import TensorDataset, load_dataset
-from lmctrack.data.user import ItemDataset
+from lmctrack.config.imports import import_path
+from lmctrack.config.params import DataConfig, ModelConfig, Params, PruneConfig, load_params
+from lmctrack.engine.align import permutation_spec
+from lmctrack.engine.data import TensorDataset, load_dataset
+from lmctrack.engine.data.user import ItemDataset
+from lmctrack.engine.models import build_model, output_layer_name, prunable_names
 from lmctrack.errors import LmcError
-from lmctrack.imports import import_path
-from lmctrack.models import build_model, output_layer_name, prunable_names
-from lmctrack.progress import Board
+from lmctrack.execution.progress import Board
 from lmctrack.workflows.common import Context
 
 

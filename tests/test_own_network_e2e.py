@@ -12,7 +12,7 @@ from own_package import DATA, MODEL, install, uninstall
 from test_cli import invoke, ok
 
 import lmctrack as lmc
-from lmctrack.models import prunable_names
+from lmctrack.engine.models import prunable_names
 
 # End to end: real trainings on real stores (a minute or two in all).
 pytestmark = pytest.mark.slow

@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lmctrack.errors import LmcError
-from lmctrack.prune import (
+from lmctrack.engine.prune import (
     CRITERIA,
     RANDOM,
     apply_mask,
@@ -26,6 +25,7 @@ from lmctrack.prune import (
     prune_like,
     prune_to_density,
 )
+from lmctrack.errors import LmcError
 
 torch.set_num_threads(1)
 

@@ -21,8 +21,8 @@ import pytest
 import sqlalchemy
 import torch
 
+from lmctrack.engine.state import WEIGHTS_FILE, State
 from lmctrack.errors import LmcError
-from lmctrack.state import WEIGHTS_FILE, State
 from lmctrack.store import Store
 from lmctrack.store.claims import run_claim
 
@@ -116,7 +116,7 @@ def test_work_found_by_shared_params_still_adopts_what_a_failed_run_registered(
 def test_kill_after_registration_adopts_the_state_and_reaps_the_run(store: Store) -> None:
     script = f"""
 import os, torch
-from lmctrack.state import State
+from lmctrack.engine.state import State
 from lmctrack.store import Store
 store = Store({store.tracking_uri!r})
 with store.run("exp", "doomed", tags={{"config_hash": "abc"}}) as run:
@@ -493,7 +493,7 @@ def test_a_read_only_store_can_be_read_not_written(store: Store) -> None:
     script = f"""
 import json
 from lmctrack.errors import LmcError
-from lmctrack.state import State
+from lmctrack.engine.state import State
 from lmctrack.store import Store
 import torch
 store = Store({store.tracking_uri!r})

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from lmctrack.config import ModelConfig, TrainConfig
-from lmctrack.data import Split, TensorDataset
+from lmctrack.config.params import ModelConfig, TrainConfig
+from lmctrack.engine.data import Split, TensorDataset
+from lmctrack.engine.evaluate import evaluate
+from lmctrack.engine.models import build_model
+from lmctrack.engine.repair import Repair, channel_stats, repair
+from lmctrack.engine.train import Noise, train
 from lmctrack.errors import LmcError
-from lmctrack.evaluate import evaluate
-from lmctrack.models import build_model
-from lmctrack.repair import Repair, channel_stats, repair
-from lmctrack.train import Noise, train
 
 torch.set_num_threads(1)
 

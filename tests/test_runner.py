@@ -7,17 +7,17 @@ import pytest
 import torch
 from rich.console import Console
 
-from lmctrack.config import DataConfig, ModelConfig, load_params
-from lmctrack.data import load_dataset
-from lmctrack.progress import board
-from lmctrack.runner import (
+from lmctrack.config.params import DataConfig, ModelConfig, load_params
+from lmctrack.engine.data import load_dataset
+from lmctrack.engine.train import Noise
+from lmctrack.execution.local import (
     TrainJob,
     default_workers,
     map_in_processes,
     run_jobs,
     usable_cores,
 )
-from lmctrack.train import Noise
+from lmctrack.execution.progress import board
 
 # End to end: real trainings, stores or subprocesses (seconds to minutes each).
 pytestmark = pytest.mark.slow
@@ -71,9 +71,9 @@ def test_default_workers_keeps_cores_busy_without_oversubscribing_gpus():
 
 def _path_in(dataset, device, seeds: tuple[int, int]) -> tuple[int, dict]:
     """The linear path between two random inits, and the process that computed it."""
-    from lmctrack.interpolate import linear_path
-    from lmctrack.models import build_model
-    from lmctrack.state import State
+    from lmctrack.engine.interpolate import linear_path
+    from lmctrack.engine.models import build_model
+    from lmctrack.engine.state import State
 
     model = build_model(ModelConfig(name="mnist1d_cnn_bn"), 10, dataset.input_shape, 0)
     a, b = (

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import services  # noqa: E402
 from server_requests import Requests  # noqa: E402
 
-from lmctrack.state import State  # noqa: E402
+from lmctrack.engine.state import State  # noqa: E402
 from lmctrack.store import Store  # noqa: E402
 from lmctrack.store.inputs import DataRef  # noqa: E402
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
+from lmctrack.engine.state import WEIGHTS_FILE, State
 from lmctrack.errors import LmcError
-from lmctrack.state import WEIGHTS_FILE, State
 from lmctrack.store import Store, default_tracking_uri, project_root
 from lmctrack.store.inputs import DataRef
 
@@ -155,7 +155,7 @@ def test_every_uri_form_resolves_to_the_same_state(store: Store, chain: dict) ->
 
 
 def test_runs_uri_reads_a_plain_artifact_folder(store: Store, tmp_path: Path) -> None:
-    from lmctrack.state import save_state
+    from lmctrack.engine.state import save_state
 
     save_state(_state(7), tmp_path / "exported")
     with store.run("exp", "export") as run:

@@ -84,14 +84,19 @@ def test_the_detector_finds_cycles_and_lazy_relative_and_type_checking_imports()
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
-    modules = {"lmctrack.store", "lmctrack.store.core", "lmctrack.runner", "lmctrack.train"}
+    modules = {
+        "lmctrack.store",
+        "lmctrack.store.core",
+        "lmctrack.execution.local",
+        "lmctrack.engine.train",
+    }
     source = (
         "import os\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-        "    from lmctrack.runner import TrainJob\n"
-        "def f():\n    from lmctrack import train\n    from .core import Store\n"
+        "    from lmctrack.execution.local import TrainJob\n"
+        "def f():\n    from lmctrack.engine import train\n    from .core import Store\n"
     )
     found = _imports(source, "lmctrack.store.runs", "lmctrack.store", modules)
-    assert found == {"lmctrack.runner", "lmctrack.train", "lmctrack.store.core"}
+    assert found == {"lmctrack.execution.local", "lmctrack.engine.train", "lmctrack.store.core"}
 
 
 def test_lmctrack_has_no_import_cycle():
@@ -113,7 +118,90 @@ def test_no_workflow_module_shares_an_engine_modules_name():
     """workflows/ composes the engine; a shared name (train, interpolate, ...) hides which is
     which at every import."""
     workflows = {p.stem for p in (ROOT / "workflows").glob("*.py")} - {"__init__"}
-    engine = {p.stem for p in ROOT.glob("*.py")} | {p.name for p in ROOT.iterdir() if p.is_dir()}
-    for package in ("data", "models", "store", "align", "distill"):
-        engine |= {p.stem for p in (ROOT / package).glob("*.py")}
+    engine = {p.stem for p in (ROOT / "engine").rglob("*.py")} | {
+        p.name for p in (ROOT / "engine").iterdir() if p.is_dir()
+    }
     assert workflows & engine == set()
+
+
+# The layers from the bottom; a module imports its own layer's modules or lower layers' only, and
+# the packages of one layer do not import each other. The pyfunc loader belongs with the store.
+LAYERS = [
+    ["errors"],
+    ["config"],
+    ["engine"],
+    ["execution", "results", "store"],
+    ["workflows"],
+    ["api"],
+    ["cli"],
+    ["__main__", ""],  # `python -m lmctrack`, and the package's lazy API names
+]
+PLACE = {"mlflow_model": "store"}
+
+
+def package(module: str) -> str:
+    """The top-level part of lmctrack a module belongs to ('' for lmctrack itself)."""
+    first = module.split(".")[1] if "." in module else ""
+    return PLACE.get(first, first)
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    rank = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+    found = []
+    for module, imported in graph.items():
+        a = package(module)
+        for other in sorted(imported):
+            b = package(other)
+            if a == b:
+                continue
+            if a not in rank or b not in rank:
+                found.append(f"{module} -> {other}: a package outside the layers")
+            elif rank[b] > rank[a]:
+                found.append(f"{module} -> {other}: imports a higher layer")
+            elif rank[b] == rank[a]:
+                found.append(f"{module} -> {other}: imports a sibling of its layer")
+    return found
+
+
+def test_the_layering_check_finds_upward_sideways_and_unknown_imports():
+    graph = {
+        "lmctrack.engine.train": {"lmctrack.store.core", "lmctrack.config.params"},
+        "lmctrack.results.plots": {"lmctrack.execution.local", "lmctrack.engine.interpolate"},
+        "lmctrack.store.runs": {"lmctrack.mlflow_model", "lmctrack.helpers"},
+        "lmctrack.cli.commands": {"lmctrack.api.paper", "lmctrack.errors"},
+    }
+    assert layering_violations(graph) == [
+        "lmctrack.engine.train -> lmctrack.store.core: imports a higher layer",
+        "lmctrack.results.plots -> lmctrack.execution.local: imports a sibling of its layer",
+        "lmctrack.store.runs -> lmctrack.helpers: a package outside the layers",
+    ]
+
+
+def test_every_import_goes_down_the_layers():
+    assert layering_violations(import_graph()) == []
+
+
+def test_the_top_of_the_package_is_its_layers():
+    entries = sorted(p.name for p in ROOT.iterdir() if p.name != "__pycache__")
+    assert len(entries) <= 14, entries
+    assert {p.name for p in ROOT.iterdir() if p.is_dir()} - {"__pycache__"} == {
+        name for layer in LAYERS for name in layer
+    } - {"errors", "__main__", ""}
+
+
+def test_the_engine_knows_no_mlflow_and_no_store():
+    """The engine is pure PyTorch: it can be used, tested and read without a tracking store."""
+    found = []
+    for path in (ROOT / "engine").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [
+                f"{path.relative_to(ROOT)}: {n}"
+                for n in names
+                if n.split(".")[0] == "mlflow" or n.startswith("lmctrack.store")
+            ]
+    assert found == []

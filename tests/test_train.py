@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmctrack.config import DataConfig, ModelConfig, TrainConfig, load_params
-from lmctrack.data import load_dataset
-from lmctrack.models import build_model, prunable_names
-from lmctrack.prune import full_mask, magnitude_prune
-from lmctrack.train import Noise, learning_rate, train
+from lmctrack.config.params import DataConfig, ModelConfig, TrainConfig, load_params
+from lmctrack.engine.data import load_dataset
+from lmctrack.engine.models import build_model, prunable_names
+from lmctrack.engine.prune import full_mask, magnitude_prune
+from lmctrack.engine.train import Noise, learning_rate, train
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +136,9 @@ def test_mask_kept_through_training(data, optimizer):
     ],
 )
 def test_sgd_is_torch_sgd_bit_for_bit_and_its_state_loads_into_it(options):
-    """lmctrack.sgd.SGD steps exactly as torch.optim.SGD; its state_dict has torch's layout."""
-    from lmctrack.sgd import SGD
+    """lmctrack.engine.sgd.SGD steps exactly as torch.optim.SGD; its state_dict has torch's
+    layout."""
+    from lmctrack.engine.sgd import SGD
 
     torch.manual_seed(0)
     ours = torch.nn.Sequential(

@@ -1,4 +1,4 @@
-"""The verdict rules, defined once in lmctrack.schema, and the sparse sweep's use of them:
+"""The verdict rules, defined once in lmctrack.config.schema, and the sparse sweep's use of them:
 stable, matching, within one std, the earliest k per sample and its median (Figure 9)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from lmctrack import schema
-from lmctrack.config import Params
-from lmctrack.results import Fork, Pair, Trained, sparse_from_dict, to_dict
-from lmctrack.schema import Stats
+from lmctrack.config import schema
+from lmctrack.config.params import Params
+from lmctrack.config.schema import Stats
+from lmctrack.results.paper import Fork, Pair, Trained, sparse_from_dict, to_dict
 from lmctrack.workflows.sparse import summarize
 
 

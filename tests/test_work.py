@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lmctrack import schema
-from lmctrack.results import Flat
+from lmctrack.config import schema
+from lmctrack.results.paper import Flat
 from lmctrack.workflows.work import work
 
 

@@ -10,12 +10,12 @@ import math
 import pytest
 import torch
 
-from lmctrack.config import Step
+from lmctrack.config.params import Step
+from lmctrack.engine.models import prunable_names
+from lmctrack.engine.prune import CRITERIA, layer_densities
+from lmctrack.engine.train import Noise
 from lmctrack.errors import LmcError
-from lmctrack.models import prunable_names
-from lmctrack.prune import CRITERIA, layer_densities
-from lmctrack.runner import TrainJob, run_job
-from lmctrack.train import Noise
+from lmctrack.execution.local import TrainJob, run_job
 from lmctrack.workflows.fork import fork
 from lmctrack.workflows.imp import imp
 from lmctrack.workflows.instability import instability

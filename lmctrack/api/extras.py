@@ -28,7 +28,7 @@ def connect(
 ):
     """The paths between states A and B of different inits side by side (`kinds`: naive,
     aligned, aligned + REPAIR), or without A and B the sweep over align.inits and align.widths."""
-    from lmctrack import schema
+    from lmctrack.config import schema
     from lmctrack.workflows.connect import connect as sweep
     from lmctrack.workflows.connect import connect_two
 
@@ -136,7 +136,7 @@ def followup(
     """The 2023 follow-up from Wk (imp.rewind) of run `run_id` (trained when None): IMP on the
     real data vs on `prune_data` (distilled first, into `out`, when None), with its verdict."""
     from lmctrack.api.paper import train, trained
-    from lmctrack.config import DataConfig
+    from lmctrack.config.params import DataConfig
     from lmctrack.workflows.distillation import TENSORS
     from lmctrack.workflows.distillation import distill as run_distill
     from lmctrack.workflows.followup import distilled_search

@@ -9,9 +9,9 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmctrack.config import Params
-from lmctrack.overrides import Overrides, overrides
-from lmctrack.results import Fork, Imp, Pair, SparseSweep, Sweep
+from lmctrack.config.overrides import Overrides, overrides
+from lmctrack.config.params import Params
+from lmctrack.results.paper import Fork, Imp, Pair, SparseSweep, Sweep
 from lmctrack.workflows import report as tables  # noqa: F401  (the CLI's tables of results)
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.session import session
@@ -39,7 +39,7 @@ def within(
 
 def _updated(ctx: Context, sets: Mapping[str, object]) -> Context:
     """`ctx` with settings that change neither the data nor the network overridden (validated)."""
-    from lmctrack.config import resolve
+    from lmctrack.config.params import resolve
 
     return dataclasses.replace(ctx, params=resolve(ctx.params, sets)) if sets else ctx
 
@@ -49,7 +49,7 @@ def _own(
 ) -> Overrides:
     """`sets` with model.name / data.name set to the import path of the user's own class or
     factory (only a name is recorded, so it must be importable where the states are loaded)."""
-    from lmctrack.imports import import_path
+    from lmctrack.config.imports import import_path
 
     own = {
         key: obj if isinstance(obj, str) else import_path(obj, key)
@@ -222,7 +222,7 @@ def align(
 def load(uri: str, *, params: ParamsLike = None):
     """A registered state as a network (weights loaded, mask applied, eval mode) and its
     StateInfo (role, step, seeds and the other tags; parents)."""
-    from lmctrack.evaluate import load_into
+    from lmctrack.engine.evaluate import load_into
 
     with session(params, state=uri) as ctx:
         network = load_into(ctx.template().cpu(), ctx.store.load_state(uri)).eval()
@@ -248,7 +248,7 @@ def lineage(uri: str, *, params: ParamsLike = None, sets: Mapping[str, object] |
 
 def open_store(params: ParamsLike = None, sets: Mapping[str, object] | None = None):
     """The store of these params (store.tracking_uri), without loading data or a network."""
-    from lmctrack.config import resolve
+    from lmctrack.config.params import resolve
     from lmctrack.workflows.common import open_store as opened
 
     return opened(resolve(params, sets))

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from lmctrack.cli.options import WORKSPACE, Common, command, param, table
+from lmctrack.config.overrides import option
 from lmctrack.errors import LmcError
-from lmctrack.overrides import option
 
 MethodOpt = param("align.method", "--method")
 SeedOpt = param("align.seed", "--seed")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from lmctrack.cli.options import Common, SplitOpt, command, table
-from lmctrack.schema import LAYER_MEAN
+from lmctrack.config.schema import LAYER_MEAN
 
 OPTIONS = ("params", "set_", "device", "out", "as_json")
 PLANE_OPTIONS = (*OPTIONS, "bn")

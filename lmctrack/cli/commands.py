@@ -22,8 +22,8 @@ from lmctrack.cli.options import (
     step_of,
     table,
 )
+from lmctrack.config.overrides import Overrides
 from lmctrack.errors import LmcError
-from lmctrack.overrides import Overrides
 
 # The options that set a params key, declared from its field (type, help, default).
 SeedsOpt = param("instability.copies", "--seeds", "number of copies (noise seeds 1..N)")
@@ -134,7 +134,8 @@ def interpolate(
     opts: Common,
 ) -> None:
     """Evaluate the linear path between two states; report the error and loss barriers."""
-    from lmctrack import api, schema
+    from lmctrack import api
+    from lmctrack.config import schema
 
     with opts.workspace(state=uri_a) as ctx:
         if align:  # naive and aligned paths side by side (Git Re-Basin)

@@ -50,7 +50,7 @@ def distill(method: MethodOpt = None, *, opts: Common) -> None:
 
 
 def _quality_rows(result) -> list[list[str]]:
-    from lmctrack.distill.quality import percent
+    from lmctrack.engine.distill.quality import percent
 
     q = result.quality
     return [

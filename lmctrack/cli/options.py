@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_
 
 import typer
 
+from lmctrack.config.overrides import Overrides, option, parse_sets
 from lmctrack.errors import LmcError, existing_file
-from lmctrack.overrides import Overrides, option, parse_sets
 
 if TYPE_CHECKING:
     from lmctrack.api import Context
@@ -75,7 +75,7 @@ def param(key: str, flag: str, help: str | None = None) -> Any:
     """The option of `flag`, declared once from the pydantic field of `key` (section.key): its
     type, its help (the field's description unless `help`), and the params default it falls
     back to. A boolean field becomes an on-switch."""
-    from lmctrack.config import Params
+    from lmctrack.config.params import Params
 
     section, name = key.split(".")
     spec = Params.model_fields[section].annotation.model_fields[name]
@@ -151,7 +151,7 @@ def guarded(fn: Callable) -> Callable:
 
 
 def fail(message: str, code: int = 1) -> None:
-    from lmctrack.progress import console
+    from lmctrack.execution.progress import console
 
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -189,16 +189,16 @@ def workspace(
     """The session a command works in (api.session), with a live progress display on a
     terminal unless --quiet. A command that `trains` with runner.backend=ray warms the Ray
     workers up first (cluster.warm_up), so that they import torch while this process does."""
-    from lmctrack.config import resolve
+    from lmctrack.config.params import resolve
     from lmctrack.store import preload
 
     preload()  # MLflow's import overlaps torch's and the dataset's (Store waits for it)
     if trains:
-        from lmctrack.executor import executor
+        from lmctrack.execution.executor import executor
 
         executor(resolve(params, sets).runner).warm_up()
     from lmctrack.api import session
-    from lmctrack.progress import board
+    from lmctrack.execution.progress import board
 
     with (
         board(enabled=not quiet and sys.stderr.isatty()) as progress,
@@ -208,7 +208,7 @@ def workspace(
 
 
 def step_of(text: str):
-    from lmctrack.config import Step
+    from lmctrack.config.params import Step
 
     try:
         return Step.parse(text)
@@ -219,7 +219,7 @@ def step_of(text: str):
 def emit(result: Any, as_json: bool, lines: list[tuple[str, str]]) -> None:
     """URIs (or the whole result as JSON, with its headline numbers) on stdout, for shells
     and DVC stages."""
-    from lmctrack.results import to_dict
+    from lmctrack.results.paper import to_dict
 
     if as_json:
         typer.echo(json.dumps(to_dict(result), indent=2, default=str))
@@ -232,7 +232,7 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     """A rich table on stderr."""
     from rich.table import Table
 
-    from lmctrack.progress import console
+    from lmctrack.execution.progress import console
 
     t = Table(title=title)
     for column in columns:
@@ -244,7 +244,7 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 def write(ctx: Context, name: str, result: Any) -> None:
     """The command's result as JSON in --out (a DVC stage's output)."""
-    from lmctrack.results import to_dict
+    from lmctrack.results.paper import to_dict
 
     ctx.write_output(name, to_dict(result))
 

@@ -13,7 +13,7 @@ from lmctrack.errors import LmcError
 
 def _store(params: Path | None, sets: list[str] | None):
     from lmctrack import api
-    from lmctrack.overrides import parse_sets
+    from lmctrack.config.overrides import parse_sets
 
     return api.open_store(params, parse_sets(sets or ()))
 
@@ -28,8 +28,8 @@ def lineage(
     """Print the ancestry tree of a state (W_T -> Wk -> W0)."""
     from rich.tree import Tree
 
-    from lmctrack import schema
-    from lmctrack.progress import console
+    from lmctrack.config import schema
+    from lmctrack.execution.progress import console
 
     def label(node) -> str:
         t = node.info.tags
@@ -54,7 +54,7 @@ def lineage(
             grow(tree.add(label(parent)), parent)
 
     from lmctrack import api
-    from lmctrack.overrides import parse_sets
+    from lmctrack.config.overrides import parse_sets
 
     root = api.lineage(uri, params=params, sets=parse_sets(set_ or ()))
     tree = Tree(label(root))

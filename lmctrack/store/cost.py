@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from lmctrack.schema import COST_CPU, COST_DEVICE, COST_GPU_PEAK, COST_WALL
+from lmctrack.config.schema import COST_CPU, COST_DEVICE, COST_GPU_PEAK, COST_WALL
 
 WALL, CPU, GPU_PEAK, DEVICE = COST_WALL, COST_CPU, COST_GPU_PEAK, COST_DEVICE
 

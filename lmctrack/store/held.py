@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from lmctrack.state import State
+from lmctrack.engine.state import State
 
 _LIMIT = 256 * 2**20  # bytes: a few states of a large network, hundreds of a small one
 

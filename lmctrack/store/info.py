@@ -24,8 +24,8 @@ class StateInfo:
     model_id: str = ""  # the MLflow logged model that holds the files
     source: str = field(default="", repr=False)  # artifact location of the files
     sha256: dict[str, str] = field(default_factory=dict, repr=False)  # file name -> hash
-    # what lmctrack.models.build_model needs (name, width, num_classes, input_shape); empty for
-    # states registered without it
+    # what lmctrack.engine.models.build_model needs (name, width, num_classes, input_shape); empty
+    # for states registered without it
     architecture: dict = field(default_factory=dict, repr=False)
 
 

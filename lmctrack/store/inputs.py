@@ -14,7 +14,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class DataRef:
     name: str
-    fingerprint: str  # the content digest (lmctrack.data.dataset_fingerprint)
+    fingerprint: str  # the content digest (lmctrack.engine.data.dataset_fingerprint)
     source: str = ""  # JSON: where it is (e.g. path, producing run); "" for a built-in dataset
     context: str = "train"  # what the run did with it: trained on it, or produced it
 

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 from mlflow.exceptions import MlflowException
 
-from lmctrack import state as state_files
+from lmctrack.engine import state as state_files
+from lmctrack.engine.state import State
 from lmctrack.errors import LmcError
-from lmctrack.state import State
 from lmctrack.store.backend import first_line, retry_busy
 from lmctrack.store.files import confined, is_local, local_folder, local_path, sha256
 from lmctrack.store.info import CORRUPT, RUNS_URI, URI_HELP, StateInfo

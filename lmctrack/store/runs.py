@@ -25,10 +25,10 @@ from mlflow.entities import (
 )
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
-from lmctrack import state as state_files
+from lmctrack.engine import state as state_files
+from lmctrack.engine.state import State
 from lmctrack.errors import LmcError
 from lmctrack.mlflow_model import DESCRIPTION_FILE
-from lmctrack.state import State
 from lmctrack.store import pyfunc
 from lmctrack.store.backend import deferred, flatten, prefixed, retry_busy, unprefixed, write_errors
 from lmctrack.store.cost import Meter
@@ -219,8 +219,8 @@ class Run:
         """Register `state` as a new version of `model_name`; returns models:/<name>/<version>.
 
         With its `architecture` (network name, width, num_classes, input_shape: what
-        lmctrack.models.build_model takes), plain MLflow can load the version as a pyfunc model
-        (store.pyfunc) and the UI shows its input and output schema.
+        lmctrack.engine.models.build_model takes), plain MLflow can load the version as a pyfunc
+        model (store.pyfunc) and the UI shows its input and output schema.
 
         With a key (a unique identity of the state: config hash, role, step, copy), a version
         registered earlier under that key whose files verify is returned instead: a re-run

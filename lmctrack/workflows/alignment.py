@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from lmctrack import schema
-from lmctrack.align import Permutation, apply_permutation, invert_permutation
-from lmctrack.config import config_hash
+from lmctrack.config import schema
+from lmctrack.config.params import config_hash
+from lmctrack.engine.align import Permutation, apply_permutation, invert_permutation
+from lmctrack.engine.state import State
 from lmctrack.errors import LmcError
-from lmctrack.state import State
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
 
@@ -55,7 +55,7 @@ class Transported:
 
 def same_architecture(a: State, b: State, names: tuple[str, str] = ("A", "B")) -> None:
     """Raise LmcError unless both states have the same tensors with the same shapes."""
-    from lmctrack.evaluate import first_mismatch
+    from lmctrack.engine.evaluate import first_mismatch
 
     problem = first_mismatch(a.weights, b.weights, names)
     if problem is not None:
@@ -83,7 +83,7 @@ def align(
 
 
 def _align(ctx: Context, key: str, a_uri: str, b_uri: str, method: str, seed: int) -> Aligned:
-    from lmctrack.align import align_states
+    from lmctrack.engine.align import align_states
 
     a, b = ctx.store.load_state(a_uri), ctx.store.load_state(b_uri)
     same_architecture(a, b)
@@ -188,7 +188,7 @@ def transport(
 def _transport(
     ctx: Context, key: str, mask_uri: str, sub: State, target_uri: str, target: State, by: str
 ) -> Transported:
-    from lmctrack.align import permutation_spec
+    from lmctrack.engine.align import permutation_spec
     from lmctrack.workflows.imp_chain import sparsity_tags
 
     spec = permutation_spec(ctx.template(), ctx.dataset.input_shape)

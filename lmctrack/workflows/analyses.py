@@ -1,5 +1,5 @@
 """Follow-up analyses of registered states, each one logged run returning a typed result
-(lmctrack.analysis_results: Hessian, Landscape).
+(lmctrack.results.analyses: Hessian, Landscape).
 
 - `hessian`: Hutchinson's estimate of the Hessian diagonal of the train loss at a state (the 2023
   follow-up compares IMP subnetworks, e.g. found with real vs distilled data, by it). The diagonal
@@ -17,16 +17,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lmctrack import schema
-from lmctrack.analysis_results import Hessian, Landscape, PlanePoint
+from lmctrack.config import schema
+from lmctrack.engine.evaluate import first_mismatch, load_into
+from lmctrack.engine.hessian import hessian_diagonal, summary
+from lmctrack.engine.landscape import Evaluation, Plane, random_directions_plane
+from lmctrack.engine.landscape import plane as plane_through
+from lmctrack.engine.state import Mask, State
 from lmctrack.errors import LmcError
-from lmctrack.evaluate import first_mismatch, load_into
-from lmctrack.hessian import hessian_diagonal, summary
-from lmctrack.landscape import Evaluation, Plane, random_directions_plane
-from lmctrack.landscape import plane as plane_through
-from lmctrack.plots import _figure, save
-from lmctrack.results import to_dict
-from lmctrack.state import Mask, State
+from lmctrack.results.analyses import Hessian, Landscape, PlanePoint
+from lmctrack.results.paper import to_dict
+from lmctrack.results.plots import _figure, save
 from lmctrack.workflows.common import Context
 
 SPLITS = ("test", "train")

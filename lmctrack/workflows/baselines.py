@@ -9,11 +9,11 @@ Each baseline of each replicate and level draws its own random mask, init and SG
 
 from __future__ import annotations
 
-from lmctrack import schema
-from lmctrack.config import config_hash
-from lmctrack.results import Trained
-from lmctrack.state import State
-from lmctrack.train import Noise
+from lmctrack.config import schema
+from lmctrack.config.params import config_hash
+from lmctrack.engine.state import State
+from lmctrack.engine.train import Noise
+from lmctrack.results.paper import Trained
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.imp_chain import sparsity_tags
@@ -22,7 +22,7 @@ from lmctrack.workflows.imp_chain import sparsity_tags
 def random_pruned(sub: State, seed: int, strategy: str = "layerwise") -> State:
     """The random-pruning baseline of a subnetwork: the same per-layer sparsity, its weights
     chosen by the registry's random criterion."""
-    from lmctrack.prune import CRITERIA, RANDOM, prune_like
+    from lmctrack.engine.prune import CRITERIA, RANDOM, prune_like
 
     return State(sub.weights, prune_like(sub.weights, sub.mask, CRITERIA[RANDOM], seed, strategy))
 
@@ -30,14 +30,14 @@ def random_pruned(sub: State, seed: int, strategy: str = "layerwise") -> State:
 def drawn_by(method: str) -> tuple[str, ...]:
     """What names a baseline's draw in its key: random pruning scores the weights with the
     registry's random criterion (keys made when it shuffled the mask stand for another draw)."""
-    from lmctrack.prune import RANDOM
+    from lmctrack.engine.prune import RANDOM
 
     return (method, RANDOM) if method == schema.RANDOM_PRUNE else (method,)
 
 
 def reinitialized(ctx: Context, sub: State, init_seed: int) -> State:
     """The random-reinitialization baseline: the subnetwork's mask on a fresh initialization."""
-    from lmctrack.models import build_model
+    from lmctrack.engine.models import build_model
 
     ds = ctx.dataset
     fresh = build_model(ctx.params.model, ds.num_classes, ds.input_shape, init_seed).state_dict()

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import torch
 
-from lmctrack import schema
-from lmctrack.config import DataConfig, Params, config_hash
+from lmctrack.config import schema
+from lmctrack.config.params import DataConfig, Params, config_hash
+from lmctrack.config.user import BUILTIN_DATA
+from lmctrack.engine.train import resolve_device
 from lmctrack.errors import LmcError
-from lmctrack.executor import Executor, executor
-from lmctrack.progress import Board
+from lmctrack.execution.executor import Executor, executor
+from lmctrack.execution.progress import Board
 from lmctrack.store.inputs import DataRef
-from lmctrack.train import resolve_device
-from lmctrack.user_config import BUILTIN_DATA
 
 PARAMS_ARTIFACT = "params.json"
 
@@ -27,7 +27,7 @@ PARAMS_ARTIFACT = "params.json"
 class Context:
     params: Params
     store: object  # lmctrack.store.Store; typed loosely so that only store.py imports mlflow
-    dataset: object  # lmctrack.data.Dataset
+    dataset: object  # lmctrack.engine.data.Dataset
     device: torch.device
     board: Board
     dataset_fingerprint: str
@@ -41,7 +41,7 @@ class Context:
 
     def template(self) -> torch.nn.Module:
         """A network of the configured architecture on the device (weights to be overwritten)."""
-        from lmctrack.models import build_model
+        from lmctrack.engine.models import build_model
 
         ds = self.dataset
         return build_model(self.params.model, ds.num_classes, ds.input_shape, 0).to(self.device)
@@ -65,7 +65,7 @@ class Context:
     @property
     def model_name(self) -> str:
         """Registered-model name and experiment of every state of this network on this data."""
-        from lmctrack.imports import registry_name
+        from lmctrack.config.imports import registry_name
 
         return registry_name(f"{self.params.model.name}_{self.params.data.name}")
 
@@ -103,7 +103,7 @@ class Context:
 
     def error(self, state, split: str = "test") -> float:
         """The error of a state on a split (the mask applied; BatchNorm in eval mode)."""
-        from lmctrack.evaluate import evaluate, load_into
+        from lmctrack.engine.evaluate import evaluate, load_into
 
         model = load_into(self.template(), state)
         limit = self.params.instability.eval_limit if split == "train" else None
@@ -151,7 +151,7 @@ def open_store(params: Params):
 
 def make_context(params: Params, *, board: Board, store=None, out: Path | None = None) -> Context:
     """Open the store and load the dataset once for a whole command."""
-    from lmctrack.data import dataset_fingerprint, load_dataset
+    from lmctrack.engine.data import dataset_fingerprint, load_dataset
 
     device = resolve_device(params.train.device)
     if device.type == "cpu":

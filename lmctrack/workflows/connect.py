@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
-from lmctrack import schema
-from lmctrack.results import Pair, to_dict
-from lmctrack.schema import Stats
-from lmctrack.serial import known
+from lmctrack.config import schema
+from lmctrack.config.schema import Stats
+from lmctrack.results.paper import Pair, to_dict
+from lmctrack.results.serial import known
 from lmctrack.workflows import jobs
 from lmctrack.workflows.alignment import align
 from lmctrack.workflows.common import Context
@@ -260,7 +260,7 @@ def _sweep(ctx: Context, key: str, seeds, runs: dict) -> Connect:
 
 def figures(ctx: Context, result: Connect) -> list:
     """The bar chart, and barrier vs width when there are several widths, as PNG files."""
-    from lmctrack.plots import save
+    from lmctrack.results.plots import save
 
     folder = ctx.out or ctx.scratch()
     paths = [save(result.plot("bars"), folder / "connect_bars.png")]
@@ -295,7 +295,7 @@ def write_outputs(ctx: Context, result: Connect) -> None:
 
 def plot_bars(result: Connect):
     """Mean error barrier per path kind, one bar per width, ± std over the pairs; per split."""
-    from lmctrack.plots import ERROR_BARRIER, _figure
+    from lmctrack.results.plots import ERROR_BARRIER, _figure
 
     fig, axes = _figure(cols=len(result.splits))
     kinds, widths = result.kinds, result.widths
@@ -324,7 +324,7 @@ def plot_bars(result: Connect):
 
 def plot_width(result: Connect):
     """Error barrier vs width, one line per path kind, mean ± std over the pairs; per split."""
-    from lmctrack.plots import ERROR_BARRIER, _figure, _lines, _samples
+    from lmctrack.results.plots import ERROR_BARRIER, _figure, _lines, _samples
 
     fig, axes = _figure(cols=len(result.splits))
     for ax, split in zip(axes[0], result.splits, strict=True):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from lmctrack.config import DataConfig
-from lmctrack.data import LAYOUTS, generate_mnist1d, load_dataset, mnist1d_file
+from lmctrack.config.params import DataConfig
+from lmctrack.engine.data import LAYOUTS, generate_mnist1d, load_dataset, mnist1d_file
 from lmctrack.errors import LmcError
 
 _ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")

@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmctrack import schema
-from lmctrack.config import DataConfig, SeedConfig, Step, TrainConfig, config_hash
-from lmctrack.distill import (
+from lmctrack.config import schema
+from lmctrack.config.params import DataConfig, SeedConfig, Step, TrainConfig, config_hash
+from lmctrack.config.schema import TENSORS
+from lmctrack.engine.distill import (
     Distilled,
     DmParams,
     MttParams,
@@ -30,9 +31,8 @@ from lmctrack.distill import (
     evaluation_recipe,
     write_distilled,
 )
-from lmctrack.distill.synthetic import class_indices, tensor_dataset
-from lmctrack.results import Flat, to_dict
-from lmctrack.schema import TENSORS
+from lmctrack.engine.distill.synthetic import class_indices, tensor_dataset
+from lmctrack.results.paper import Flat, to_dict
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context, made_by
 from lmctrack.workflows.training_run import TrainedRun, train_runs
@@ -181,7 +181,7 @@ def register(
     states,
 ) -> Distillation:
     """Write the file, log it (dataset, artifact, sha256) and its quality on the producing run."""
-    from lmctrack.data import load_dataset
+    from lmctrack.engine.data import load_dataset
 
     cfg = ctx.params.distill
     sha = write_distilled(path, distilled, tensor_dataset(ctx.dataset))

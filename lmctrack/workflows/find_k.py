@@ -1,5 +1,5 @@
 """`lmctrack find-k`: the earliest stable rewind step k* of this network (or of its IMP subnetwork
-at one density), by the search of lmctrack.earliest, forking only the candidates it probes.
+at one density), by the search of lmctrack.engine.earliest, forking only the candidates it probes.
 
 One training (the base seeds) registers Wk at every candidate (a finished run is extended, not
 retrained). A probe forks `instability.copies` copies of Wk and adds one copy at a time while
@@ -17,12 +17,13 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from lmctrack import earliest, schema
-from lmctrack.config import Params, Step
-from lmctrack.earliest import Budget, Search
+from lmctrack.config import schema
+from lmctrack.config.overrides import Overrides
+from lmctrack.config.params import Params, Step
+from lmctrack.engine import earliest
+from lmctrack.engine.earliest import Budget, Search
 from lmctrack.errors import LmcError
-from lmctrack.overrides import Overrides
-from lmctrack.results import Fork, to_dict
+from lmctrack.results.paper import Fork, to_dict
 from lmctrack.workflows import fork as algorithm1
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.imp import cfg_levels, imps
@@ -279,7 +280,7 @@ def rows(result: FindK) -> list[dict]:
 
 def write_outputs(ctx: Context, result: FindK) -> list:
     """The plot (logged on the run) and, with --out, the CSV and headline metrics for DVC."""
-    from lmctrack.plots import save
+    from lmctrack.results.plots import save
 
     folder = ctx.out or ctx.scratch()
     figure = save(result.plot(), folder / "find_k.png")
@@ -318,7 +319,7 @@ def plot_search(result: FindK):
     check above k*); dotted: the candidates left unprobed; the band: where k* lies."""
     from matplotlib.ticker import NullLocator, PercentFormatter
 
-    from lmctrack.plots import _figure, _rewind_axis
+    from lmctrack.results.plots import _figure, _rewind_axis
 
     s = result.search
     fig, axes = _figure(size=(7.0, 4.5))

@@ -19,11 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from lmctrack import schema
-from lmctrack.config import DataConfig, config_hash
+from lmctrack.config import schema
+from lmctrack.config.params import DataConfig, config_hash
+from lmctrack.config.schema import Stats
 from lmctrack.errors import LmcError
-from lmctrack.results import Fork, Imp, to_dict
-from lmctrack.schema import Stats
+from lmctrack.results.paper import Fork, Imp, to_dict
 from lmctrack.workflows import jobs
 from lmctrack.workflows.analyses import hessian, plane
 from lmctrack.workflows.common import Context
@@ -115,7 +115,7 @@ class Followup:
 
     def plot(self):
         """Accuracy vs density, the error along the copies' paths, the Hessian diagonal."""
-        from lmctrack.plots import _figure
+        from lmctrack.results.plots import _figure
 
         fig, axes = _figure(cols=3)
         acc, path, curv = axes[0]
@@ -339,7 +339,7 @@ def _decide(
 def _log(ctx: Context, run, result: Followup, search) -> None:
     """Inputs (the data, Wk, both subnetworks), metrics, the table, the figure, the result;
     the table, figure and JSON also to --out."""
-    from lmctrack.plots import save
+    from lmctrack.results.plots import save
 
     result.run_id = run.id
     run.log_dataset(ctx.data_ref)

@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from lmctrack import schema
+from lmctrack.config import schema
+from lmctrack.config.schema import Stats
+from lmctrack.engine.state import State
+from lmctrack.engine.train import Noise
 from lmctrack.errors import LmcError
-from lmctrack.results import Fork, Pair
-from lmctrack.schema import Stats
-from lmctrack.state import State
-from lmctrack.train import Noise
-from lmctrack.training_job import JobResult
+from lmctrack.execution.job import JobResult
+from lmctrack.results.paper import Fork, Pair
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.paths import interpolate_pairs, log_pair
@@ -102,7 +102,7 @@ def plan(
     `trained_by` names, by seed, copies that a finished run's own training already is, bit for bit
     (find-k: the run W0 -> W_T is W0's copy under the run's noise); their W_T is taken, not
     retrained. Untracked forks only: the run kept no snapshots."""
-    from lmctrack.prune import check_mask
+    from lmctrack.engine.prune import check_mask
 
     if len(seeds) > MAX_COPIES:
         pairs = len(seeds) * (len(seeds) - 1) // 2
@@ -214,7 +214,7 @@ def record(
 ) -> Fork:
     """Summarise the fork on its run: its paths, barrier statistics, distances (Appendix B), and
     the barriers during training (Appendix C) when tracked."""
-    from lmctrack.compare import l2_distance, parameter_names
+    from lmctrack.engine.compare import l2_distance, parameter_names
 
     run = book.run(plan)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmctrack import schema
-from lmctrack.config import config_hash
-from lmctrack.results import Imp
+from lmctrack.config import schema
+from lmctrack.config.params import config_hash
+from lmctrack.results.paper import Imp
 from lmctrack.workflows.baselines import baselines
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.imp_chain import (

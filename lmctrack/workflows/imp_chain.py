@@ -16,11 +16,11 @@ from typing import Protocol
 
 import torch
 
-from lmctrack import schema
-from lmctrack.config import Params, config_hash
-from lmctrack.results import Trained
-from lmctrack.state import Mask, State
-from lmctrack.train import Noise
+from lmctrack.config import schema
+from lmctrack.config.params import Params, config_hash
+from lmctrack.engine.state import Mask, State
+from lmctrack.engine.train import Noise
+from lmctrack.results.paper import Trained
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
 
@@ -47,8 +47,8 @@ class Chain:
     @classmethod
     def dense(cls, ctx: Context, work, wk: State, parent, replicate: int) -> Chain:
         """Line 2: m = 1 for the prunable weights."""
-        from lmctrack.models import prunable_names
-        from lmctrack.prune import full_mask
+        from lmctrack.engine.models import prunable_names
+        from lmctrack.engine.prune import full_mask
 
         mask = full_mask(wk.weights, prunable_names(ctx.template(), ctx.params.prune))
         return cls(replicate, work.source, wk, work.k, work.chain, parent, mask)
@@ -61,7 +61,7 @@ def prune(ctx: Context, chain: Chain, level: int) -> Mask:
     """Line 6: remove `fraction` of the remaining weights, those imp.criterion scores lowest
     (the paper: smallest |W_T|), or, one-shot, keep `density` of them at once. A criterion that
     draws (random) draws for this Wk, replicate and level alone."""
-    from lmctrack.prune import criterion, prune_fraction, prune_to_density
+    from lmctrack.engine.prune import criterion, prune_fraction, prune_to_density
 
     cfg = ctx.params.imp
     score, weights, mask = criterion(cfg.criterion), chain.pruned_from, chain.mask
@@ -75,7 +75,7 @@ def pruning_settings(params: Params, *fields: str) -> dict:
     """What decides IMP's masks, for work keys: these imp fields, imp.criterion unless it is
     magnitude (so keys made before criteria existed, and the runs stored under them, still hold)
     and prune's non-default settings. An unknown criterion is refused here, before any work."""
-    from lmctrack.prune import MAGNITUDE, criterion
+    from lmctrack.engine.prune import MAGNITUDE, criterion
 
     criterion(params.imp.criterion)
     chosen = {*fields, *(["criterion"] if params.imp.criterion != MAGNITUDE else [])}
@@ -85,7 +85,7 @@ def pruning_settings(params: Params, *fields: str) -> dict:
 
 
 def sparsity_tags(level: int, mask: Mask | None) -> dict[str, str]:
-    from lmctrack.prune import density, layer_densities
+    from lmctrack.engine.prune import density, layer_densities
 
     if mask is None:
         return {schema.LEVEL: str(level), schema.DENSITY: "1.0"}

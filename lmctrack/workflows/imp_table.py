@@ -6,9 +6,9 @@ from __future__ import annotations
 from itertools import pairwise
 from pathlib import Path
 
-from lmctrack import schema
-from lmctrack.results import Imp, ImpRow, Pair, Trained
-from lmctrack.schema import Stats
+from lmctrack.config import schema
+from lmctrack.config.schema import Stats
+from lmctrack.results.paper import Imp, ImpRow, Pair, Trained
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.imp_chain import Chain
 from lmctrack.workflows.paths import interpolate_pairs, log_pair
@@ -66,7 +66,7 @@ def same_basin(ctx: Context, parent, chain: Chain) -> list[Pair]:
 def write_plots(ctx: Context, run, result: Imp, out: Path | None) -> None:
     """Figures 5/8: test accuracy vs density for IMP and both baselines, mean ± std over the
     replicates, with the dense networks' mean; logged to the run and written to `out` for DVC."""
-    from lmctrack.plots import save
+    from lmctrack.results.plots import save
 
     for row in result.rows:
         for method, s in row.accuracy.items():

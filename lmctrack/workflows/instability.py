@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import statistics
 
-from lmctrack import schema
-from lmctrack.config import SeedConfig
-from lmctrack.results import Fork, Sweep, SweepRow, to_dict
-from lmctrack.schema import Stats
+from lmctrack.config import schema
+from lmctrack.config.params import SeedConfig
+from lmctrack.config.schema import Stats
+from lmctrack.results.paper import Fork, Sweep, SweepRow, to_dict
 from lmctrack.workflows import fork as algorithm1
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.training_run import train_runs
@@ -113,7 +113,7 @@ def rows(forks: list[Fork], splits: list[str], threshold: float) -> list[SweepRo
 
 def write_figures(ctx: Context, result: Sweep) -> list:
     """Figure 3 (and Figure 11) as PNG, and the CSV and metrics JSON that DVC declares."""
-    from lmctrack.plots import save
+    from lmctrack.results.plots import save
 
     folder = ctx.out or ctx.scratch()
     figures = [

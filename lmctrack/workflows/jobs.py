@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from lmctrack import schema
-from lmctrack.config import Params
-from lmctrack.state import State
-from lmctrack.train import Noise
-from lmctrack.training_job import JobResult, TrainJob
+from lmctrack.config import schema
+from lmctrack.config.params import Params
+from lmctrack.engine.state import State
+from lmctrack.engine.train import Noise
+from lmctrack.execution.job import JobResult, TrainJob
 from lmctrack.workflows.common import PARAMS_ARTIFACT, Context
 
 T = TypeVar("T")
@@ -28,7 +28,7 @@ T = TypeVar("T")
 def noise_seed(*parts: int | str) -> int:
     """A sample u' ~ U of SGD noise for one training, derived from what distinguishes it (e.g. the
     base seed, replicate, level and method), so no two trainings of a workflow share batches."""
-    from lmctrack.config import config_hash
+    from lmctrack.config.params import config_hash
 
     return int(config_hash(*map(str, parts)), 16) & (2**31 - 1)
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from lmctrack import schema
-from lmctrack.config import InstabilityConfig, ModelConfig
-from lmctrack.results import Pair, to_dict
-from lmctrack.state import State
+from lmctrack.config import schema
+from lmctrack.config.params import InstabilityConfig, ModelConfig
+from lmctrack.engine.state import State
+from lmctrack.results.paper import Pair, to_dict
 from lmctrack.workflows.common import Context
 
 
@@ -29,7 +29,7 @@ def interpolate_states(
 ) -> Pair:
     """The linear path between two States (error and loss per split) and their distances
     (Appendices B and G: weight space, and function space on every split of the path)."""
-    from lmctrack.interpolate import check_compatible
+    from lmctrack.engine.interpolate import check_compatible
 
     check_compatible(a, b, mask_mode)
     pair = path_between(ctx.dataset, ctx.device, path_settings(ctx, mask_mode), a, b)
@@ -49,7 +49,7 @@ def interpolate_pairs(
     cores or the cluster like its trainings. The same numbers either way on CPUs (one thread per
     process or task). `settings` gives each pair its own (e.g. another BatchNorm policy or
     width); by default every pair gets the context's."""
-    from lmctrack.interpolate import check_compatible
+    from lmctrack.engine.interpolate import check_compatible
 
     settings = list(settings or [path_settings(ctx, mask_mode)] * len(pairs))
     for (a, b), how in zip(pairs, settings, strict=True):
@@ -66,9 +66,9 @@ def path_settings(ctx: Context, mask_mode: str = "same") -> PathSettings:
 def path_between(dataset, device: torch.device, settings: PathSettings, a: State, b: State) -> Pair:
     """The path and distances between two compatible States, on `dataset` and `device` (in
     this process or in a Ray task)."""
-    from lmctrack.compare import compare_pair, parameter_names
-    from lmctrack.interpolate import linear_path
-    from lmctrack.models import build_model
+    from lmctrack.engine.compare import compare_pair, parameter_names
+    from lmctrack.engine.interpolate import linear_path
+    from lmctrack.engine.models import build_model
 
     inst = settings.instability
     model = build_model(settings.model, dataset.num_classes, dataset.input_shape, 0).to(device)
@@ -90,7 +90,7 @@ def path_between(dataset, device: torch.device, settings: PathSettings, a: State
 def log_pair(ctx: Context, parent, label: str, pair: Pair) -> Pair:
     """Log one pair as a child run: curves against alpha (step = alpha index, so the UI overlays
     the runs' curves), the table, the figure and the barriers. Returns the pair with its run id."""
-    from lmctrack.plots import plot_path, save
+    from lmctrack.results.plots import plot_path, save
 
     with ctx.run(
         label,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lmctrack import schema
-from lmctrack.results import (
+from lmctrack.config import schema
+from lmctrack.results.paper import (
     Fork,
     Imp,
     SparseSweep,

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from lmctrack.config import Params, Sets, resolve
+from lmctrack.config.overrides import Overrides, overrides
+from lmctrack.config.params import Params, Sets, resolve
 from lmctrack.errors import LmcError
-from lmctrack.overrides import Overrides, overrides
-from lmctrack.progress import Board
+from lmctrack.execution.progress import Board
 from lmctrack.workflows.common import Context, make_context, open_store, params_of_run
 
 # Settings that decide a state's training: work that continues a registered run takes them from

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from itertools import combinations
 
-from lmctrack import schema
-from lmctrack.results import Earliest, Fork, SparseRow, SparseSweep, Trained, to_dict
-from lmctrack.schema import Stats
+from lmctrack.config import schema
+from lmctrack.config.schema import Stats
+from lmctrack.results.paper import Earliest, Fork, SparseRow, SparseSweep, Trained, to_dict
 from lmctrack.workflows import fork as algorithm1
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.imp import imps
@@ -180,7 +180,7 @@ def _ks(ks: list[int]) -> str:
 
 def write_figures(ctx: Context, result: SparseSweep) -> list:
     """Figures 6 and 7 (barrier and test error vs k, one line per density) and Figure 9."""
-    from lmctrack.plots import save
+    from lmctrack.results.plots import save
 
     folder = ctx.out or ctx.scratch()
     test = [r for r in result.rows if r.split == "test"] or result.rows

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lmctrack import schema
-from lmctrack.config import SeedConfig, Step
+from lmctrack.config import schema
+from lmctrack.config.params import SeedConfig, Step
+from lmctrack.engine.state import State
+from lmctrack.engine.train import Noise
 from lmctrack.errors import LmcError
-from lmctrack.state import State
-from lmctrack.train import Noise
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
 

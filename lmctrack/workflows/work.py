@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Generic, Protocol, TypeVar
 
-from lmctrack.results import to_dict
+from lmctrack.results.paper import to_dict
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
 

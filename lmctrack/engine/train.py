@@ -1,0 +1,387 @@
+"""The one training loop: from a state at step `start` to step `stop` under one sample of SGD noise.
+
+The learning rate and the data order are functions of the step alone, so training from Wk with a
+given noise seed continues exactly where a run from W0 with that seed would have been (rewinding),
+and an interrupted run resumes bit-identically from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from torch import nn
+
+from lmctrack.config.params import TrainConfig
+from lmctrack.engine.sgd import SGD
+from lmctrack.engine.state import Mask
+from lmctrack.errors import LmcError
+
+
+@dataclass(frozen=True)
+class Noise:
+    """One sample of SGD noise: the seeds of the data order and of the augmentation."""
+
+    data_order: int
+    augment: int
+
+
+def learning_rate(cfg: TrainConfig, step: int, ipe: int, total: int) -> float:
+    """lr * gamma^(milestones passed) * min(1, step / warmup), or a linear decay to final_lr."""
+    lr = cfg.lr
+    if cfg.schedule == "step":
+        lr *= cfg.gamma ** sum(step >= m.iterations(ipe) for m in cfg.milestones)
+    elif cfg.schedule == "linear_decay":
+        lr += (cfg.final_lr - cfg.lr) * min(1.0, step / max(total, 1))
+    warmup = cfg.warmup.iterations(ipe)
+    if warmup > 0:
+        lr *= min(1.0, step / warmup)
+    return lr
+
+
+Optimizer = SGD | torch.optim.Optimizer
+
+
+def make_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LmcError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    resolved = torch.device(device)
+    deterministic(resolved)
+    return resolved
+
+
+def deterministic(device: torch.device) -> None:
+    """Make training on `device` repeatable: same seeds, same weights.
+
+    On CUDA: deterministic algorithms (cuDNN's deterministic kernels, no benchmark autotuning) and
+    cuBLAS's fixed workspace (CUBLAS_WORKSPACE_CONFIG must be set before cuBLAS starts, so this
+    runs when the device is resolved and in every worker). An op without a deterministic CUDA
+    implementation warns instead of failing (warn_only). Bit-identity holds on the same machine,
+    the same device type and the same `runner.batch_copies` mode; the batched (vmap) path computes
+    the same functions with other kernels, so it agrees with the unbatched one to float tolerance.
+    On the CPU the kernels are deterministic already.
+    """
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+# --- checkpoints: plain safetensors files, so resuming never unpickles --------------------------
+
+
+def write_atomic(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None
+) -> None:
+    """Write a safetensors file via a temporary file and a rename: a kill never leaves half a file.
+
+    A full disk is a one-line LmcError (the temporary file is removed).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(save(tensors, metadata=metadata))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise LmcError(
+                f"disk full while writing {path}; free space and run again (training resumes "
+                "from the last checkpoint)"
+            ) from None
+        raise
+    tmp.replace(path)
+
+
+def save_checkpoint(
+    path: Path, step: int, weights: dict[str, torch.Tensor], slots: dict[int, dict]
+) -> None:
+    """Write weights and optimizer slots (torch.optim state_dict()["state"]) at `step`."""
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
+    scalars: dict[str, float] = {}
+    for index, slot in slots.items():
+        for key, value in slot.items():
+            if torch.is_tensor(value):
+                tensors[f"opt/{index}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}/{key}"] = value
+    write_atomic(path, tensors, {"step": str(step), "scalars": json.dumps(scalars)})
+
+
+def read_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[int, dict]]:
+    """(step, weights, optimizer slots) of a checkpoint, on the CPU; damage is an LmcError."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise LmcError(
+            f"corrupted checkpoint {path} ({e}); delete it to train from the start"
+        ) from None
+    slots: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt/"):
+            _, index, name = key.split("/", 2)
+            slots.setdefault(int(index), {})[name] = value
+    for key, value in json.loads(meta["scalars"]).items():
+        index, name = key.split("/", 1)
+        slots.setdefault(int(index), {})[name] = value
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
+    return int(meta["step"]), weights, slots
+
+
+def load_checkpoint(path: Path, model: nn.Module, opt: Optimizer) -> int:
+    """Restore model and optimizer from `path`; returns the step it was taken at."""
+    step, weights, slots = read_checkpoint(path)
+    model.load_state_dict(weights)
+    opt_state = opt.state_dict()
+    opt_state["state"] = slots  # load_state_dict moves the slots to the parameters' device
+    opt.load_state_dict(opt_state)
+    return step
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainLog:
+    """What one training produced besides the weights: evaluations and throughput."""
+
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    resumed_from: int | None = None
+
+
+StepCallback = Callable[[int, nn.Module], None]
+Progress = Callable[[int, dict[str, float]], None]
+REPORT_EVERY = 25
+
+
+class Running:
+    """Training loss and accuracy of one or several stacked networks, summed on the device and
+    read every REPORT_EVERY steps (no per-step synchronisation), for the progress display."""
+
+    def __init__(self, networks: int | None, device: torch.device) -> None:
+        shape = () if networks is None else (networks,)
+        self.loss = torch.zeros(shape, device=device)
+        self.correct = torch.zeros(shape, device=device)
+        self.seen = 0
+
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        """`loss` is the mean over the batch (per network); the batch is the last dim of y."""
+        self.loss.add_(loss.detach(), alpha=y.shape[-1])
+        self.correct.add_((out.detach().argmax(-1) == y).sum(-1))
+        self.seen += y.shape[-1]
+
+    def report(self, step: int, stop: int, lr: float, progress: list[Progress | None]) -> None:
+        """Send each network's averages to its progress callback every REPORT_EVERY steps."""
+        if step % REPORT_EVERY and step != stop:
+            return
+        losses, correct = self.loss.reshape(-1).tolist(), self.correct.reshape(-1).tolist()
+        for callback, loss, right in zip(progress, losses, correct, strict=True):
+            if callback is not None:
+                metrics = {"loss": loss / self.seen, "accuracy": right / self.seen, "lr": lr}
+                callback(step, metrics)
+        self.loss.zero_()
+        self.correct.zero_()
+        self.seen = 0
+
+
+class Networks(Protocol):
+    """What the loop trains: one network, or stacked copies stepped as one (batched.py)."""
+
+    module: nn.Module  # put back in train mode after a snapshot or an evaluation
+    opt: Optimizer
+    guard: object | None  # prune.keep_masked's guard of the mask(s), if any
+    running: Running
+    progress: list[Progress | None]
+
+    def losses(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step's batch: each network's mean loss, its logits and the labels."""
+        ...
+
+    def snapshot(self, step: int) -> None: ...
+
+    def evaluate(self, step: int) -> None: ...
+
+    def save(self, step: int) -> None:
+        """Write the resume checkpoint(s) at `step` (nothing where none was asked for)."""
+        ...
+
+
+def schedule(cfg: TrainConfig, dataset, schedule_total: int | None) -> tuple[int, int]:
+    """Iterations per epoch and the T the learning-rate schedule runs to."""
+    ipe = dataset.iterations_per_epoch(cfg.batch_size)
+    return ipe, schedule_total if schedule_total is not None else cfg.steps.iterations(ipe)
+
+
+def loop(
+    nets: Networks,
+    cfg: TrainConfig,
+    dataset,
+    step: int,
+    stop: int,
+    schedule_total: int | None,
+    at_steps: Iterable[int],
+    eval_every: int | None,
+    checkpoint_every: int,
+) -> tuple[int, float]:
+    """The steps of every training, one network or many: snapshots at `at_steps`, evaluations
+    every `eval_every`, checkpoints every `checkpoint_every` and at the end, the learning rate
+    of the global step. Returns the steps taken and their seconds."""
+    ipe, total = schedule(cfg, dataset, schedule_total)
+    wanted = {t for t in at_steps if step <= t <= stop}
+    opt, guard, running, progress = nets.opt, nets.guard, nets.running, nets.progress
+    report = any(callback is not None for callback in progress)
+    first, began = step, time.perf_counter()
+    try:
+        nets.module.train()
+        while True:
+            if step in wanted:
+                nets.snapshot(step)
+                nets.module.train()
+            if eval_every and step % eval_every == 0 and step > first:
+                nets.evaluate(step)
+                nets.module.train()
+            if step > first and step % checkpoint_every == 0:
+                nets.save(step)
+            if step >= stop:
+                break
+            lr = learning_rate(cfg, step, ipe, total)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            losses, out, y = nets.losses()
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()  # stacked copies are independent: each its own gradient
+            opt.step()
+            if guard is not None:
+                guard.after_step()
+            step += 1
+            if report:
+                running.add(losses, out, y)
+                running.report(step, stop, lr, progress)
+    finally:
+        if guard is not None:
+            guard.remove()
+    seconds = time.perf_counter() - began
+    nets.save(step)  # kept until the result is registered
+    return step - first, seconds
+
+
+@dataclass
+class _One:
+    """One network as the loop sees it."""
+
+    module: nn.Module
+    opt: Optimizer
+    guard: object | None
+    running: Running
+    progress: list[Progress | None]
+    batches: Iterator
+    on_step: StepCallback | None
+    evaluate_fn: Callable[[nn.Module, int], dict[str, float]] | None
+    checkpoint: Path | None
+    log: TrainLog
+    loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+
+    def losses(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = next(self.batches)
+        out = self.module(x)
+        return self.loss_fn(out, y), out, y
+
+    def snapshot(self, step: int) -> None:
+        if self.on_step is not None:
+            self.on_step(step, self.module)
+
+    def evaluate(self, step: int) -> None:
+        if self.evaluate_fn is not None:
+            self.log.evaluations.append({"step": step, **self.evaluate_fn(self.module, step)})
+
+    def save(self, step: int) -> None:
+        if self.checkpoint is not None:
+            state = self.opt.state_dict()["state"]
+            save_checkpoint(self.checkpoint, step, self.module.state_dict(), state)
+
+
+def train(
+    model: nn.Module,
+    dataset,
+    cfg: TrainConfig,
+    *,
+    start: int,
+    stop: int,
+    noise: Noise,
+    mask: Mask | None = None,
+    device: torch.device | str = "cpu",
+    at_steps: Iterable[int] = (),
+    on_step: StepCallback | None = None,
+    eval_every: int | None = None,
+    evaluate_fn: Callable[[nn.Module, int], dict[str, float]] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 500,
+    progress: Progress | None = None,
+    schedule_total: int | None = None,
+) -> TrainLog:
+    """Train `model` in place from iteration `start` to `stop` (exclusive of further steps).
+
+    `on_step(t, model)` is called with the state after t iterations for every t in `at_steps`
+    within [start, stop] (e.g. to register W0 and each Wk). The LR schedule is evaluated at the
+    global step t, so copies of Wk continue the schedule of the run they came from.
+    """
+    from lmctrack.engine.prune import keep_masked
+
+    device = torch.device(device)
+    deterministic(device)
+    model.to(device)
+    opt = make_optimizer(cfg, model.parameters())
+    log = TrainLog()
+    step = start
+    if checkpoint is not None and checkpoint.is_file():
+        step = load_checkpoint(checkpoint, model, opt)
+        if not start <= step <= stop:
+            raise LmcError(
+                f"checkpoint {checkpoint} is at step {step}, outside {start}..{stop}; delete it"
+            )
+        log.resumed_from = step
+    guard = keep_masked(model, mask) if mask is not None else None
+    batches = dataset.train_batches(
+        cfg.batch_size, noise.data_order, noise.augment, start_step=step, device=device
+    )
+    running = Running(None, device)
+    one = _One(
+        model, opt, guard, running, [progress], batches, on_step, evaluate_fn, checkpoint, log
+    )
+    log.steps, log.seconds = loop(
+        one, cfg, dataset, step, stop, schedule_total, at_steps, eval_every, checkpoint_every
+    )
+    return log
