@@ -22,7 +22,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.utils.file_utils import local_file_uri_to_path
 
 from lmctrack.errors import LmcError
-from lmctrack.store.backend import answering
+from lmctrack.store.access import answering
 
 _CHUNK = 1 << 20
 _UPLOADS = 8  # files uploaded at once

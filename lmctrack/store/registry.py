@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from lmctrack.errors import LmcError
+from lmctrack.store.access import Refused
 from lmctrack.store.backend import (
     ServerClient,
     exists_already,
@@ -97,8 +98,10 @@ class Registry(Loading):
 
         try:  # the registered model exists but for the first state of a network
             mv = create()
-        except MlflowException as e:
-            if not not_found(e):
+        except (MlflowException, Refused) as e:
+            # a server with authentication refuses a version of a missing model (403) as it
+            # refuses one the account may not edit: the model's absence tells them apart
+            if not (not_found(e) if isinstance(e, MlflowException) else self._missing(model_name)):
                 raise
             try:
                 retry_busy(lambda: self.client.create_registered_model(model_name))
@@ -111,6 +114,15 @@ class Registry(Loading):
         if not isinstance(self.client, ServerClient):  # a server links them itself (MLflow 3)
             link(self.client, model.model_id, mv)
         return self._remember(mv)
+
+    def _missing(self, model_name: str) -> bool:
+        try:
+            self.client.get_registered_model(model_name)
+        except MlflowException as e:
+            if not_found(e):
+                return True
+            raise
+        return False
 
     def _request(self) -> dict[str, str]:
         """A tag naming one create request, over HTTP only (store.copies)."""
