@@ -130,7 +130,7 @@ def _unanswered(error: BaseException) -> str | None:
 
 
 @contextmanager
-def answering(tracking_uri: str, call: str = "log_artifact") -> Iterator[None]:
+def answering(tracking_uri: str, call: str) -> Iterator[None]:
     """A tracking server that stays unreachable through all of MLflow's retries (about a
     minute: a restart is ridden out), or that refuses the account `call`, becomes one LmcError
     that names it."""

@@ -1,4 +1,4 @@
-"""How to talk to the store: the MLflow client, sqlite retries, and the translation of storage failures (busy, full, read-only, unreachable) into LmcErrors."""
+"""How to talk to the store: the MLflow client, sqlite retries, and the translation of storage failures (busy, full, read-only) into LmcErrors; a server's (unreachable, refusing the account) are store.access's."""
 
 from __future__ import annotations
 
