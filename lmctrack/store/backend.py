@@ -223,7 +223,7 @@ class ServerClient:
             write()  # a deferred write's own writes: its turn is now
             return
         if os.getpid() != self._pid:
-            with answering(self._uri):
+            with answering(self._uri, "a write"):
                 write()
             return
         if self._writer is None:
@@ -270,7 +270,7 @@ class ServerClient:
                 self._quiet.wait_for(lambda: self._waiting == 0)
             try:
                 if self._failed is None:
-                    with answering(self._uri):
+                    with answering(self._uri, "a write"):
                         write()
             except BaseException as e:  # raised in the main thread by settle
                 self._failed = e
