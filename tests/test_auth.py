@@ -8,7 +8,7 @@ deploy/users.py: a request without an account is refused (401), and a wrong pass
 naming the account; an editor's sweep, its credentials in the tracking URI, records every state
 with its lineage, and neither the server's store nor any file the command wrote nor its output
 holds the password; a reader can neither register a state (nothing of it stays registered) nor
-delete a run (403).
+delete a run (403) until the admin grants it EDIT on the study (deploy/users.py).
 """
 
 from __future__ import annotations
@@ -149,14 +149,21 @@ def test_an_editors_sweep_records_every_state_with_lineage_and_no_password(
     assert EDITOR[1] not in done.stdout + done.stderr
 
 
-@slow
-def test_a_reader_can_neither_register_a_state_nor_delete_a_run(server, signed_out):
-    editor = Store(_signed_in(server.url, EDITOR))
-    with editor.run("study", "w0") as run:
-        run.save_state(_state(0), model_name="study_net", role="W0", step=0, tags={}, key="s-0")
-    editor.settle()
-    study_run = run.id
+@pytest.fixture(scope="module")
+def study_run(server) -> str:
+    """The editor's study: a run in experiment `study` that registered version 1 of study_net."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in (USERNAME, PASSWORD):
+            mp.setenv(name, "")  # the editor's sign-in below is undone when the study is made
+        editor = Store(_signed_in(server.url, EDITOR))
+        with editor.run("study", "w0") as run:
+            run.save_state(_state(0), model_name="study_net", role="W0", step=0, tags={})
+        editor.settle()
+    return run.id
 
+
+@slow
+def test_a_reader_can_neither_register_a_state_nor_delete_a_run(server, study_run, signed_out):
     reader = Store(_signed_in(server.url, READER))  # reads all, may start its own experiments
     refusal = r"refused account 'reader' permission for create_model_version \(403: it needs EDIT"
     with pytest.raises(LmcError, match=refusal), reader.run("notes", "try") as own:
@@ -174,3 +181,18 @@ def test_a_reader_can_neither_register_a_state_nor_delete_a_run(server, signed_o
         client.delete_run(study_run)
     assert refused.value.error_code == "PERMISSION_DENIED"
     assert client.get_run(study_run).info.lifecycle_stage == "active"
+
+
+@slow
+def test_the_admin_grants_a_reader_edit_on_a_study_and_it_records_there(
+    server, study_run, signed_out
+):
+    admin = {**os.environ, **server.credentials}
+    for kind, name in (("experiment", "study"), ("registered_model", "study_net")):
+        argv = [sys.executable, "deploy/users.py", server.url, "grant", READER[0], kind, name]
+        subprocess.run([*argv, "EDIT"], env=admin, check=True, cwd=Path(__file__).parents[1])
+    reader = Store(_signed_in(server.url, READER))
+    with reader.run("study", "granted") as run:
+        uri = run.save_state(_state(2), model_name="study_net", role="W0", step=0, tags={})
+    reader.settle()
+    assert uri == "models:/study_net/2"  # the reader's refused attempt left no version
