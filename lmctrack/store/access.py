@@ -61,11 +61,8 @@ def account() -> str:
 def _permission(call: str) -> str:
     """The permission a request needs on a basic-auth server (mlflow.server.auth), by the
     MlflowClient method that sends it."""
-    where = (
-        "registered model"
-        if "model_version" in call or "registered_model" in call
-        else ("experiment")
-    )
+    registry = "model_version" in call or "registered_model" in call
+    where = "registered model" if registry else "experiment"
     if call.startswith("delete_"):
         return f"MANAGE on the {where} (EDIT cannot delete)"
     if call.startswith(("get_", "search_", "list_", "download")):
