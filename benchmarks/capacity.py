@@ -98,13 +98,20 @@ def main() -> None:
             db = stack.enter_context(services.postgres())
             direct = stack.enter_context(
                 services.mlflow_server(
-                    db, folder / "direct", args.server_workers, args.server, proxied=False
+                    db,
+                    folder / "direct",
+                    args.server_workers,
+                    args.server,
+                    proxied=False,
+                    auth=False,
                 )
             )
             proxied = None
             if args.proxied_at:
                 proxied = stack.enter_context(
-                    services.mlflow_server(db, folder / "proxied", args.server_workers, args.server)
+                    services.mlflow_server(
+                        db, folder / "proxied", args.server_workers, args.server, auth=False
+                    )
                 )
         stack.enter_context(pinned(writer_core))
         print(

@@ -294,7 +294,7 @@ def main() -> None:
     with ExitStack() as stack:
         db = stack.enter_context(services.postgres())
         url = stack.enter_context(
-            services.mlflow_server(db, artifacts, args.server_workers, args.server)
+            services.mlflow_server(db, artifacts, args.server_workers, args.server, auth=False)
         ).url
         address, _ = stack.enter_context(services.ray_head(cpus=CORES))
         print(

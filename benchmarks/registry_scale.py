@@ -155,12 +155,16 @@ def main() -> None:
                 if args.server == "postgres"
                 else f"sqlite:///{folder / 'server.db'}"
             )
-            uri = stack.enter_context(services.mlflow_server(db, folder / "artifacts")).url
+            uri = stack.enter_context(
+                services.mlflow_server(db, folder / "artifacts", auth=False)
+            ).url
         print(f"store: {uri}")
         measure(uri, args.states, args.repeats)
         if args.ui:
             if not uri.startswith("http"):
-                uri = stack.enter_context(services.mlflow_server(uri, folder / "artifacts")).url
+                uri = stack.enter_context(
+                    services.mlflow_server(uri, folder / "artifacts", auth=False)
+                ).url
             model_page(uri, folder / "browser")
 
 

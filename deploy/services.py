@@ -1,6 +1,9 @@
 """The cluster's services on one machine's loopback: PostgreSQL, an MLflow tracking server on it
 with proxied artifacts, and a Ray head. For the integration tests, the benchmark, and a try-out
 (`python deploy/services.py FOLDER` starts all three and prints what to put in params.yaml).
+By default, as deployed: the server lets in only its accounts (MLflow's basic-auth app, an admin
+whose password comes from MLFLOW_AUTH_ADMIN_PASSWORD or is made here), the Ray head only drivers
+with its token (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN from the environment or made here).
 
 Each is a context manager that stops exactly the processes it started (by their id) and binds
 to 127.0.0.1 only. A lab's real deployment is compose.yaml or the commands in deploy/README.md.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +27,18 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 HOST = "127.0.0.1"
+ADMIN = "admin"
+# The basic-auth app's settings (deploy/basic_auth.ini's, with its user database in `folder`):
+# a signed-in account reads every experiment and registered model, and edits only its own or
+# those it is granted; no default password (the admin's comes from the environment); a checked
+# password is trusted for 60 s (else every request hashes it: 14x the time per registration).
+AUTH_INI = """[mlflow]
+default_permission = READ
+database_uri = sqlite:///{folder}/basic_auth.db
+admin_username = {admin}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
+"""
 # Ray on one machine: every process binds to and advertises the loopback address, not the
 # machine's public one (Ray's single-machine mode, the one it uses on macOS and Windows).
 RAY_LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -132,7 +148,8 @@ class MlflowServer:
     importing MLflow) is off unless the environment turns it on: lmctrack uses no jobs.
 
     `front` is the HTTP server in front of MLflow's app: uvicorn (MLflow's default, FastAPI
-    around the Flask app) or gunicorn (the Flask app alone; benchmarks/cluster.py --server)."""
+    around the Flask app) or gunicorn (the Flask app alone; benchmarks/cluster.py --server).
+    `auth`: MLflow's basic-auth app (AUTH_INI), its admin in `admin` and `credentials`."""
 
     def __init__(
         self,
@@ -141,10 +158,27 @@ class MlflowServer:
         workers: int = 1,
         front: str = "uvicorn",
         proxied: bool = True,
+        auth: bool = True,
     ) -> None:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log = artifacts.parent / f"mlflow-server-{self.port}.log"
+        self.env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+        self.admin: tuple[str, str] | None = None
+        if auth:
+            password = os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") or secrets.token_urlsafe(16)
+            self.admin = (ADMIN, password)
+            ini = artifacts.parent / f"basic-auth-{self.port}.ini"
+            ini.write_text(AUTH_INI.format(folder=artifacts.parent.resolve(), admin=ADMIN))
+            self.env |= {
+                "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+                "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN,
+                "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+                # signs the UI's forms (CSRF); the same for every worker of the server
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get(
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(16)
+                ),
+            }
         # proxied: files go through the server; else clients write `artifacts` themselves (a
         # shared file system; an s3:// root works the same way), and the server never sees them
         where = (
@@ -158,14 +192,28 @@ class MlflowServer:
             *where,
             *("--host", HOST, "--port", str(self.port), "--workers", str(workers)),
             *FRONTS[front],
+            *(("--app-name", "basic-auth") if auth else ()),
         ]
         self._proc: subprocess.Popen | None = None
 
+    @property
+    def credentials(self) -> dict[str, str]:
+        """The environment that makes MLflow's client (and lmctrack) sign in as the admin."""
+        if self.admin is None:
+            return {}
+        return {
+            "MLFLOW_TRACKING_USERNAME": self.admin[0],
+            "MLFLOW_TRACKING_PASSWORD": self.admin[1],
+        }
+
     def start(self) -> None:
-        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
         with self.log.open("a") as out:
             self._proc = proc = subprocess.Popen(
-                self._argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                self._argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
             )
         try:
             _wait(lambda: _healthy(self.url) or proc.poll() is not None, "mlflow server",
@@ -194,9 +242,10 @@ def mlflow_server(
     workers: int = 1,
     front: str = "uvicorn",
     proxied: bool = True,
+    auth: bool = True,
 ) -> Iterator[MlflowServer]:
     """A started MlflowServer (see there), stopped when the block ends."""
-    server = MlflowServer(backend_uri, artifacts, workers, front, proxied)
+    server = MlflowServer(backend_uri, artifacts, workers, front, proxied, auth)
     server.start()
     try:
         yield server
@@ -216,9 +265,11 @@ def _healthy(url: str) -> bool:
 
 
 @contextmanager
-def ray_head(cpus: int = 2) -> Iterator[tuple[str, subprocess.Popen]]:
+def ray_head(cpus: int = 2, auth: bool = True) -> Iterator[tuple[str, subprocess.Popen]]:
     """A Ray head offering `cpus` worker CPUs; yields its address and the `ray start` process
-    (whose descendants are the workers)."""
+    (whose descendants are the workers). `auth`: Ray's token authentication, with the token of
+    RAY_AUTH_TOKEN, made and put there if unset, so that this process and its children are the
+    drivers that have it (it is never written to a file)."""
     ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     if not Path(ray).exists():
         raise Unavailable('Ray is not installed (pip install -e ".[cluster]")')
@@ -236,6 +287,9 @@ def ray_head(cpus: int = 2) -> Iterator[tuple[str, subprocess.Popen]]:
     ]
     # Idle workers kept beyond one per CPU: a driver's warm workers (torch imported) survive
     # while another driver's workers run, as when a test and a command share the head.
+    if auth:
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+        os.environ["RAY_AUTH_MODE"] = "token"
     env = {"RAY_num_workers_soft_limit": str(4 * cpus), **os.environ, **RAY_LOOPBACK}
     log = folder / "ray-start.log"
     with log.open("w") as out:
@@ -258,7 +312,9 @@ if __name__ == "__main__":
     (base / "artifacts").mkdir(parents=True, exist_ok=True)
     with postgres() as db, mlflow_server(db, base / "artifacts") as server, ray_head() as (addr, _):
         print(f"store.tracking_uri: {server.url}\nrunner.backend: ray\nrunner.address: {addr}")
-        print(f"export {' '.join(f'{k}={v}' for k, v in RAY_LOOPBACK.items())}  # for the driver")
-        print("Ctrl-C stops all three.", flush=True)
+        driver = {**server.credentials, **RAY_LOOPBACK, "RAY_AUTH_MODE": "token"}
+        driver["RAY_AUTH_TOKEN"] = os.environ["RAY_AUTH_TOKEN"]
+        print(f"export {' '.join(f'{k}={v}' for k, v in driver.items())}  # for the driver")
+        print("Add users: python deploy/users.py --help. Ctrl-C stops all three.", flush=True)
         with suppress(KeyboardInterrupt):
             signal.pause()

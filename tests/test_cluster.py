@@ -2,7 +2,8 @@
 
 Started once for the module (deploy/services.py): a Ray head with two worker CPUs, which this
 process joins, and meanwhile PostgreSQL on a temp data folder and `mlflow server` on it with
-proxied artifacts. Checked: trainings on Ray give the weights of local processes bit for bit; a
+proxied artifacts; both as deployed, with authentication (Ray's token; the server's basic-auth
+app, every client here signed in as its admin through the environment). Checked: trainings on Ray give the weights of local processes bit for bit; a
 worker killed with kill -9 is retried and resumes from its checkpoint; a reduced instability
 sweep, with a worker killed mid-sweep, a reduced IMP and LMC across inits (connect) on Ray + the
 server register the same states, with the same lineage and weights, as the local backend on
@@ -96,7 +97,10 @@ def started(tmp_path_factory: pytest.TempPathFactory):
 
         def start_server() -> services.MlflowServer:
             db = servers.enter_context(services.postgres())
-            return servers.enter_context(services.mlflow_server(db, artifacts))
+            server = servers.enter_context(services.mlflow_server(db, artifacts))
+            os.environ.update(server.credentials)  # every client here, the commands too
+            servers.callback(_sign_out, server.credentials)
+            return server
 
         server = pool.submit(start_server)
         head = services.ray_head(cpus=2)
@@ -110,6 +114,11 @@ def started(tmp_path_factory: pytest.TempPathFactory):
             ray.shutdown()
             pool.submit(head.__exit__, None, None, None)
         server.exception()  # started (or failed) before the stack stops it
+
+
+def _sign_out(credentials: dict[str, str]) -> None:
+    for name in credentials:
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="module")

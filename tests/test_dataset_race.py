@@ -29,7 +29,12 @@ def tracking_uri(request: pytest.FixtureRequest, tmp_path: Path):
         return
     (tmp_path / "artifacts").mkdir()
     db = f"sqlite:///{tmp_path / 'server.db'}"
-    with services.mlflow_server(db, tmp_path / "artifacts") as server:
+    with (
+        services.mlflow_server(db, tmp_path / "artifacts") as server,
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        for name, value in server.credentials.items():
+            mp.setenv(name, value)
         yield server.url
 
 

@@ -40,7 +40,12 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     folder = tmp_path_factory.mktemp("server")
     (folder / "artifacts").mkdir()
     db, proxied = f"sqlite:///{folder / 'mlflow.db'}", request.param == "proxied"
-    with services.mlflow_server(db, folder / "artifacts", proxied=proxied) as s:
+    with (
+        services.mlflow_server(db, folder / "artifacts", proxied=proxied) as s,
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        for name, value in s.credentials.items():  # signed in: what a login costs is counted
+            mp.setenv(name, value)
         s.files = request.param
         yield s
 

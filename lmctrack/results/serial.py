@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any, TypeVar
 
 from lmctrack.config import schema
+from lmctrack.errors import redact
 
 HEADLINE = "headline"  # the method a result derives them from, and their key in its JSON
 DEFINITIONS = "definitions"
@@ -22,7 +23,8 @@ R = TypeVar("R")
 
 def to_dict(result: Any) -> Any:
     """A result (or a dict / list of results) as plain JSON-able data, with the headline numbers
-    of every result in it and, when there are any, the definitions they use."""
+    of every result in it and, when there are any, the definitions they use; no password of a
+    URI in it."""
     derived: list[bool] = []
     data = _plain(result, derived)
     if derived and isinstance(data, dict) and DEFINITIONS not in data:
@@ -41,7 +43,7 @@ def _plain(value: Any, derived: list[bool]) -> Any:
         return {k: _plain(v, derived) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v, derived) for v in value]
-    return value
+    return redact(value) if isinstance(value, str) else value  # a tracking URI's password
 
 
 def known(cls: type, data: dict) -> dict:

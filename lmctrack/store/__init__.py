@@ -12,7 +12,8 @@ run records what it cost. Every other module receives and returns States and URI
 Importing this package does not import MLflow (seconds): Store, Run, StateInfo and LineageNode
 import it on first use, and preload() starts that import in the background early.
 
-Modules: backend (connection, sqlite retries, error translation), files (artifact folders,
+Modules: backend (connection, sqlite retries, error translation), access (credentials, refused
+logins and permissions, an unreachable server), files (artifact folders,
 confinement, permissions), owners (which live process owns a run), runs (Run: logging),
 registry (states, URIs, lineage, integrity), claims (one worker per identical request),
 core (Store), location (paths and names, without MLflow), pyfunc (the MLmodel that lets
@@ -23,7 +24,7 @@ import os
 
 # Quiet, offline MLflow with bounded HTTP retries, set before MLflow is imported: no run-link
 # banners, no progress bars, no telemetry upload, no git probing, no system metrics. A server
-# that is unreachable when the store opens fails in seconds (store.backend.probe_server); one that
+# that is unreachable when the store opens fails in seconds (store.access.probe_server); one that
 # stops answering later is retried for about a minute (6 retries, waits 0, 2, 4 ... 32 s), long
 # enough to ride out its restart (a user may still change these).
 for _var, _value in {

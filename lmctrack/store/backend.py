@@ -1,4 +1,4 @@
-"""How to talk to the store: the MLflow client, sqlite retries, and the translation of storage failures (busy, full, read-only, unreachable) into LmcErrors."""
+"""How to talk to the store: the MLflow client, sqlite retries, and the translation of storage failures (busy, full, read-only) into LmcErrors; a server's (unreachable, refusing the account) are store.access's."""
 
 from __future__ import annotations
 
@@ -16,20 +16,18 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import requests
 import sqlalchemy
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.utils.file_utils import ExclusiveFileLock
 
-from lmctrack.errors import LmcError
+from lmctrack.errors import LmcError, redact
+from lmctrack.store.access import answering, probe_server
 from lmctrack.store.location import DB_FILE, TAG_PREFIX
 
 for _name in ("mlflow", "alembic", "sqlalchemy"):
@@ -38,7 +36,6 @@ for _name in ("mlflow", "alembic", "sqlalchemy"):
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 _BUSY_RETRIES = 8
-_PROBE_SECONDS = 5.0
 # sqlite and OS failures that no retry fixes: the user must free space or grant write access.
 _FULL_OR_READ_ONLY = ("database or disk is full", "readonly database", "disk i/o error")
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -47,23 +44,24 @@ T = TypeVar("T")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested params as dotted keys (train.lr), values as text; lists as JSON."""
+    """Nested params as dotted keys (train.lr), values as text; lists as JSON; passwords in
+    URIs masked (store.tracking_uri keeps its host and path)."""
     flat: dict[str, str] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             flat.update(flatten(value, f"{name}."))
         elif isinstance(value, list | tuple):
-            flat[name] = json.dumps(value)
+            flat[name] = redact(json.dumps(value))
         else:
-            flat[name] = str(value)
+            flat[name] = redact(str(value))
     return flat
 
 
 def prefixed(tags: dict[str, Any]) -> dict[str, str]:
     """lmctrack tags get the `lmctrack.` prefix; MLflow's own (mlflow.*) pass through."""
     return {
-        k if k.startswith(("mlflow.", TAG_PREFIX)) else TAG_PREFIX + k: str(v)
+        k if k.startswith(("mlflow.", TAG_PREFIX)) else TAG_PREFIX + k: redact(str(v))
         for k, v in tags.items()
     }
 
@@ -141,52 +139,6 @@ def _fast_commits(connection: sqlite3.Connection, _record: object) -> None:
     connection.execute("PRAGMA synchronous=NORMAL")
 
 
-def probe_server(uri: str) -> None:
-    """One short request to an HTTP tracking server's /health, so that an unreachable server is
-    one line in seconds instead of minutes of retries."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=_PROBE_SECONDS):
-            return
-    except urllib.error.HTTPError:
-        return  # it answers: an older server without /health, or one behind a proxy
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        raise LmcError(
-            f"cannot reach the MLflow tracking server {uri} ({reason}); check that the server "
-            "is running and reachable, or fix MLFLOW_TRACKING_URI / store.tracking_uri"
-        ) from None
-
-
-def _unanswered(error: BaseException) -> str | None:
-    """Why a tracking server did not answer (refused, timed out), when that is what `error`
-    comes down to; None for any other error (the server answered it)."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, requests.ConnectionError | requests.Timeout):
-            reason = seen.args[0] if seen.args else seen
-            return str(getattr(reason, "reason", reason)).rsplit(": ", 1)[-1]
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-@contextmanager
-def answering(tracking_uri: str) -> Iterator[None]:
-    """A tracking server that stays unreachable through all of MLflow's retries (about a
-    minute: a restart is ridden out) becomes one LmcError that names it."""
-    try:
-        yield
-    except LmcError:
-        raise
-    except Exception as e:
-        reason = _unanswered(e)
-        if reason is None:
-            raise
-        raise LmcError(
-            f"the MLflow tracking server {tracking_uri} stopped answering ({reason}); check "
-            "that it is running and reachable, then re-run the command (finished work is reused)"
-        ) from None
-
-
 class ServerClient:
     """The MlflowClient of a tracking server, each call under `answering`.
 
@@ -238,12 +190,16 @@ class ServerClient:
         attr = getattr(self._client, name)
         if not callable(attr):
             return attr
+        if name.startswith("delete_"):
+            attr = _unless_refused(attr)
         if name in self.DEFERRED:
 
             @functools.wraps(attr)
             def write(*args: Any, **kwargs: Any) -> None:
                 args, kwargs = copy.deepcopy((args, kwargs))  # as they are now
-                self.later(lambda: retry_busy(lambda: attr(*args, **kwargs)))
+                self.later(
+                    lambda: self._sent(name, lambda: retry_busy(lambda: attr(*args, **kwargs)))
+                )
 
             return write
 
@@ -251,10 +207,14 @@ class ServerClient:
         def call(*args: Any, **kwargs: Any) -> Any:
             if name not in self.UNORDERED:
                 self.settle()
-            with self._first(), answering(self._uri):
+            with self._first(), answering(self._uri, name):
                 return attr(*args, **kwargs)
 
         return call
+
+    def _sent(self, name: str, write: Callable[[], object]) -> None:
+        with answering(self._uri, name):
+            write()
 
     def later(self, write: Callable[[], object]) -> None:
         """Send `write` after every write queued before it, while the caller goes on."""
@@ -263,7 +223,7 @@ class ServerClient:
             write()  # a deferred write's own writes: its turn is now
             return
         if os.getpid() != self._pid:
-            with answering(self._uri):
+            with answering(self._uri, "a write"):
                 write()
             return
         if self._writer is None:
@@ -310,7 +270,7 @@ class ServerClient:
                 self._quiet.wait_for(lambda: self._waiting == 0)
             try:
                 if self._failed is None:
-                    with answering(self._uri):
+                    with answering(self._uri, "a write"):
                         write()
             except BaseException as e:  # raised in the main thread by settle
                 self._failed = e
@@ -326,6 +286,23 @@ class ServerClient:
             self.settle()
         except Exception as e:
             print(f"lmctrack: writes to {self._uri} were lost: {first_line(e)}", file=sys.stderr)
+
+
+def _unless_refused(delete: Callable[..., T]) -> Callable[..., T | None]:
+    """A delete an account may not make (EDIT, not MANAGE, on a basic-auth server) is skipped:
+    lmctrack deletes only the copies re-sent requests made (store.copies), which then stay, as
+    a killed process's do."""
+
+    @functools.wraps(delete)
+    def call(*args: Any, **kwargs: Any) -> T | None:
+        try:
+            return delete(*args, **kwargs)
+        except MlflowException as e:
+            if e.error_code != "PERMISSION_DENIED":
+                raise
+            return None
+
+    return call
 
 
 def deferred(client: MlflowClient | ServerClient, write: Callable[[], object]) -> None:

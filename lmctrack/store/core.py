@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from lmctrack.errors import LmcError
 from lmctrack.store import copies
+from lmctrack.store.access import without_credentials
 from lmctrack.store.backend import (
     connect,
     deferred,
@@ -53,11 +54,13 @@ class Store(Registry):
 
     Precedence of the location: explicit tracking_uri (params.yaml store.tracking_uri), then
     MLFLOW_TRACKING_URI, then `<project>/.lmctrack/mlflow.db`. An http(s) server is probed once
-    when the store opens. Files lmctrack writes get the permissions of store.files.share.
+    when the store opens; user and password in its URI go to the client's environment
+    (store.access). Files lmctrack writes get the permissions of store.files.share.
     """
 
     def __init__(self, tracking_uri: str | None = None) -> None:
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+        uri = without_credentials(uri)  # to the client's environment: never recorded
         db = sqlite_path(uri)
         self.tracking_uri = sqlite_uri(db) if db is not None else uri
         self.root: Path | None = db.parent if db is not None else None

@@ -22,7 +22,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.utils.file_utils import local_file_uri_to_path
 
 from lmctrack.errors import LmcError
-from lmctrack.store.backend import answering
+from lmctrack.store.access import answering
 
 _CHUNK = 1 << 20
 _UPLOADS = 8  # files uploaded at once
@@ -59,7 +59,7 @@ def local_folder(
         return
     with tempfile.TemporaryDirectory(prefix="lmctrack-") as tmp:
         repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
-        with answering(tracking_uri or artifact_uri):
+        with answering(tracking_uri or artifact_uri, "download_artifacts"):
             folder = _download(repository, names, Path(tmp))
         yield folder
 
@@ -99,7 +99,10 @@ def writable_folder(artifact_uri: str, tracking_uri: str | None = None) -> Itera
 
         # at once, not one after another: a state's files are a few small uploads, each a
         # round trip to the server
-        with answering(tracking_uri or artifact_uri), ThreadPoolExecutor(_UPLOADS) as pool:
+        with (
+            answering(tracking_uri or artifact_uri, "log_artifact"),
+            ThreadPoolExecutor(_UPLOADS) as pool,
+        ):
             for _ in pool.map(upload, files):  # the first failure raised here
                 pass
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from lmctrack.errors import LmcError
+from lmctrack.store.access import Refused
 from lmctrack.store.backend import (
     ServerClient,
     exists_already,
@@ -100,17 +102,36 @@ class Registry(Loading):
         except MlflowException as e:
             if not not_found(e):
                 raise
-            try:
-                retry_busy(lambda: self.client.create_registered_model(model_name))
-            except MlflowException as e:
-                if not exists_already(e):
-                    raise
-            mv = create()
+            mv = self._first_version(model_name, create)
+        except Refused:
+            # a server with authentication refuses a version of a missing model (403) as it
+            # refuses one the account may not edit: the model's absence tells them apart
+            if not self._missing(model_name):
+                self.client.delete_logged_model(model.model_id)  # files registered nowhere
+                raise
+            mv = self._first_version(model_name, create)
         if self.root is None:  # a copy a re-sent request made goes when the store settles
             self._copies.made_version(mv, model.model_id)
         if not isinstance(self.client, ServerClient):  # a server links them itself (MLflow 3)
             link(self.client, model.model_id, mv)
         return self._remember(mv)
+
+    def _first_version(self, model_name: str, create: Callable[[], ModelVersion]) -> ModelVersion:
+        try:
+            retry_busy(lambda: self.client.create_registered_model(model_name))
+        except MlflowException as e:
+            if not exists_already(e):
+                raise
+        return create()
+
+    def _missing(self, model_name: str) -> bool:
+        try:
+            self.client.get_registered_model(model_name)
+        except MlflowException as e:
+            if not_found(e):
+                return True
+            raise
+        return False
 
     def _request(self) -> dict[str, str]:
         """A tag naming one create request, over HTTP only (store.copies)."""

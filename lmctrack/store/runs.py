@@ -27,7 +27,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
 from lmctrack.engine import state as state_files
 from lmctrack.engine.state import State
-from lmctrack.errors import LmcError
+from lmctrack.errors import LmcError, redact
 from lmctrack.mlflow_model import DESCRIPTION_FILE
 from lmctrack.store import pyfunc
 from lmctrack.store.backend import deferred, flatten, prefixed, retry_busy, unprefixed, write_errors
@@ -163,7 +163,7 @@ class Run:
         self._flushed = time.monotonic()
 
     def log_json(self, obj: Any, name: str) -> None:
-        self._write(name, json.dumps(obj, indent=2).encode())
+        self._write(name, redact(json.dumps(obj, indent=2)).encode())
 
     def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
         """An MLflow table artifact (name ends with .json), as MLflow's log_table writes one
@@ -172,7 +172,7 @@ class Run:
         same name logged again replaces the table (MLflow's would append the rows)."""
         columns = list(dict.fromkeys(k for row in rows for k in row))
         data = [[_json_value(row.get(c)) for c in columns] for row in rows]
-        self._write(name, json.dumps({"columns": columns, "data": data}).encode())
+        self._write(name, redact(json.dumps({"columns": columns, "data": data})).encode())
         if (entry := {"path": name, "type": "table"}) not in self._tables:
             self._tables.append(entry)
             self._tags[MLFLOW_LOGGED_ARTIFACTS] = json.dumps(self._tables)
