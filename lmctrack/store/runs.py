@@ -23,7 +23,7 @@ from mlflow.entities import (
     RunStatus,
     RunTag,
 )
-from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS, MLFLOW_RUN_NOTE
 
 from lmctrack.engine import state as state_files
 from lmctrack.engine.state import State
@@ -176,6 +176,10 @@ class Run:
         if (entry := {"path": name, "type": "table"}) not in self._tables:
             self._tables.append(entry)
             self._tags[MLFLOW_LOGGED_ARTIFACTS] = json.dumps(self._tables)
+
+    def note(self, markdown: str) -> None:
+        """The run's description on its page (MLflow's note), sent with the metrics."""
+        self._tags[MLFLOW_RUN_NOTE] = markdown
 
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         name = Path(path).name
