@@ -29,7 +29,7 @@ from lmctrack.engine import state as state_files
 from lmctrack.engine.state import State
 from lmctrack.errors import LmcError
 from lmctrack.mlflow_model import DESCRIPTION_FILE
-from lmctrack.store import pyfunc
+from lmctrack.store import pages, pyfunc
 from lmctrack.store.backend import deferred, flatten, prefixed, retry_busy, unprefixed, write_errors
 from lmctrack.store.cost import Meter
 from lmctrack.store.files import safe_name, sha256, writable_folder
@@ -242,7 +242,8 @@ class Run:
             found = self._found_state(key) if key is not None else None
             if found is None:
                 meta = self._version_tags(state, role, step, tags, parent_infos, key, arch)
-                info = self._register(state, model_name, role, step, meta, arch)
+                page = pages.description(meta, parent_infos, self.experiment_id, self.id)
+                info = self._register(state, model_name, role, step, meta, arch, page)
                 if self.store.root is None:  # what reading it back from the server would give
                     self.store._held.put(info.uri, state)
                 if key is not None:
@@ -304,12 +305,13 @@ class Run:
         step: int | None,
         meta: dict[str, str],
         arch: dict[str, Any] | None,
+        page: str,
     ) -> StateInfo:
         version_tags = prefixed(meta)
         name = self._state_name(role, step)
         model, digests = self._log_model(state, name, version_tags, arch)
         version_tags = {**version_tags, **prefixed({"sha256": json.dumps(digests)})}
-        return self.store._register(model_name, model, self.id, version_tags)
+        return self.store._register(model_name, model, self.id, version_tags, page)
 
     def log_dataset(self, dataset: DataRef) -> None:
         """Record a dataset this run read or made (once per run)."""

@@ -36,7 +36,12 @@ class StoreView(Protocol):
     def _state_lock(self, key: str | None) -> AbstractContextManager[None]: ...
 
     def _register(
-        self, model_name: str, model: LoggedModel, run_id: str, tags: dict[str, str]
+        self,
+        model_name: str,
+        model: LoggedModel,
+        run_id: str,
+        tags: dict[str, str],
+        description: str = "",
     ) -> StateInfo: ...
 
     def _request(self) -> dict[str, str]: ...
