@@ -28,10 +28,11 @@ def _details(tags: dict[str, str]) -> list[str]:
     if schema.INIT_SEED in tags:
         out.append(f"init seed {tags[schema.INIT_SEED]}")
     method = tags.get(schema.METHOD)
-    if method is not None:
-        out.append(schema.METHOD_LABELS.get(method, method))
+    sparse = [schema.METHOD_LABELS.get(method, method)] if method else []
     if schema.LEVEL in tags and tags.get(schema.ROLE) != schema.TRAINED:
-        out.append(f"level {tags[schema.LEVEL]}")
+        sparse.append(f"level {tags[schema.LEVEL]}")
+    if sparse:
+        out.append(" ".join(sparse))
     if schema.DENSITY in tags and tags.get(schema.DENSITY) != "1.0":
         out.append(f"density {float(tags[schema.DENSITY]):.4g}")
     return out

@@ -36,12 +36,7 @@ class StoreView(Protocol):
     def _state_lock(self, key: str | None) -> AbstractContextManager[None]: ...
 
     def _register(
-        self,
-        model_name: str,
-        model: LoggedModel,
-        run_id: str,
-        tags: dict[str, str],
-        description: str = "",
+        self, model_name: str, model: LoggedModel, run_id: str, tags: dict[str, str], page: str
     ) -> StateInfo: ...
 
     def _request(self) -> dict[str, str]: ...
