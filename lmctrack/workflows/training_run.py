@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,16 @@ class TrainedRun:
 def state_name(step: int, total: int) -> str:
     """The paper's name of the state at `step`: W0, Wk or W_T."""
     return "W0" if step == 0 else "W_T" if step == total else f"W{step}"
+
+
+def in_step_order(states: dict[str, str]) -> list[tuple[str, str]]:
+    """States by their paper's names (W0, Wk, W_T) in step order, not string order (a JSON file
+    written with sorted keys lists W100 before W25)."""
+    return sorted(states.items(), key=lambda item: _step_of(item[0]))
+
+
+def _step_of(name: str) -> float:
+    return math.inf if name == "W_T" else int(name[1:])
 
 
 def _role(step: int, total: int) -> str:
