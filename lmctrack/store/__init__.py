@@ -16,7 +16,8 @@ Modules: backend (connection, sqlite retries, error translation), files (artifac
 confinement, permissions), owners (which live process owns a run), runs (Run: logging),
 registry (states, URIs, lineage, integrity), claims (one worker per identical request),
 core (Store), location (paths and names, without MLflow), pyfunc (the MLmodel that lets
-plain MLflow load a state), cost (what a run cost), ui (the UI server, opening on the runs).
+plain MLflow load a state), cost (what a run cost), ui (the UI server, opening on the runs),
+views (the columns and charts an experiment opens on), pages (a version's description).
 """
 
 import os

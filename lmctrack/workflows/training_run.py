@@ -193,14 +193,16 @@ def _register_more(
 
 
 def _register(ctx: Context, seed: SeedConfig, key: str, result, total: int) -> TrainedRun:
-    """Log the finished training and register its states, each the child of the one before."""
+    """Log the finished training and register its states, each the child of the one before.
+    Its params are the config sections a training reads (all of them are in params.json)."""
     params = ctx.params.model_copy(update={"seeds": seed})
+    read = params.model_dump(mode="json", include={"data", "model", "train", "seeds"})
     with jobs.recorded(
         ctx,
         f"train init={seed.init}",
         key=key,
         kind=schema.KIND_TRAIN,
-        params=params.model_dump(mode="json"),
+        params={**read, **ctx.run_params(init_seed=seed.init)},
         made_with=params,
     ) as run:
         for row in result.evaluations:
