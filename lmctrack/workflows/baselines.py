@@ -162,9 +162,14 @@ def _register_start(ctx: Context, source: str, state: State, method: str, seed: 
     level = int(info.tags.get(schema.LEVEL, 0))
     step = int(info.tags.get(schema.STEP, 0))
     key = config_hash(source, *drawn_by(method), seed)
-    with jobs.recorded(
-        ctx, method.replace("_", " "), key=key, kind=method, params={"source": source, "seed": seed}
-    ) as run:
+    tags = {**sparsity_tags(level, state.mask), schema.METHOD: method, "seed": str(seed)}
+    subnetwork = {
+        schema.K: step,
+        schema.DENSITY: tags[schema.DENSITY],
+        schema.LEVEL: level,
+        schema.CRITERION: method,
+    }
+    params = {"source": source, "seed": seed, **sparse_params(ctx, source, **subnetwork)}
+    with jobs.recorded(ctx, method.replace("_", " "), key=key, kind=method, params=params) as run:
         role = schema.MASK if method == schema.RANDOM_PRUNE else schema.REINIT
-        tags = {**sparsity_tags(level, state.mask), schema.METHOD: method, "seed": str(seed)}
         return jobs.register_start(ctx, run, state, role, step, tags, [source], f"{key}:start")
