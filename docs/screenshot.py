@@ -95,7 +95,7 @@ def screenshot(url: str, out: Path) -> None:
                 "--hide-scrollbars",
                 f"--user-data-dir={profile}",
                 "--window-size=1400,820",
-                "--virtual-time-budget=30000",
+                "--virtual-time-budget=60000",
                 f"--screenshot={out.resolve()}",
                 url,
             ],

@@ -17,7 +17,11 @@ from __future__ import annotations
 import json
 import sys
 
+from lmctrack.config import schema
 from lmctrack.store import views
+from lmctrack.store.location import TAG_PREFIX
+
+KIND = TAG_PREFIX + schema.KIND
 
 # The browser's defaults for this origin, set before MLflow's scripts read them, and only where
 # unset, so the user's own choices stand: the model-training view, and the assistant panel closed
@@ -63,15 +67,27 @@ def _with_browser_defaults(response):
 
 
 def experiment_views() -> dict[str, object]:
-    """Each experiment's shared lmctrack view, under the localStorage key of its page."""
+    """Each experiment's shared lmctrack view, under the localStorage key of its page, with its
+    sweeps and IMPs expanded: the charts plot the runs the table shows (forks, IMP trainings)."""
     from mlflow.server.handlers import _get_tracking_store
 
-    experiments = _get_tracking_store().search_experiments(max_results=1000)
+    store = _get_tracking_store()
     return {
-        views.BROWSER_KEY.format(experiment_id=e.experiment_id): json.loads(e.tags[views.VIEW_TAG])
-        for e in experiments
+        views.BROWSER_KEY.format(experiment_id=e.experiment_id): {
+            **json.loads(e.tags[views.VIEW_TAG]),
+            "runsExpanded": dict.fromkeys(_expanded(store, e.experiment_id), True),
+        }
+        for e in store.search_experiments(max_results=1000)
         if views.VIEW_TAG in e.tags
     }
+
+
+def _expanded(store, experiment_id: str) -> list[str]:
+    """The experiment's sweep and IMP runs (their forks and trainings nested in them)."""
+    from mlflow.entities import ViewType
+
+    runs = store.search_runs([experiment_id], "", ViewType.ACTIVE_ONLY, max_results=50000)
+    return [run.info.run_id for run in runs if run.data.tags.get(KIND) in views.EXPANDED]
 
 
 def main() -> None:

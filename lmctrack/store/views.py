@@ -32,6 +32,8 @@ METRICS = (
     schema.IMP_MATCHING,
 )
 _SECTION = "lmctrack-paper"  # the charts' section id
+# the run kinds whose nested runs the charts plot: expanded in a fresh browser's table
+EXPANDED = (schema.KIND_INSTABILITY, schema.KIND_SPARSE, schema.KIND_IMP, schema.KIND_FIND_K)
 
 
 def _column(group: str, name: str) -> str:
