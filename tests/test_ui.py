@@ -1,6 +1,6 @@
 """`lmctrack ui` in a real headless browser: a fresh browser profile opening an lmctrack
-experiment lands on its training runs (with the barrier and test-error columns), not on MLflow's
-GenAI overview."""
+experiment lands on its training runs, not on MLflow's GenAI overview, with the paper's columns
+shown; the compare page lines runs up by their params (k); a version's page links its parent."""
 
 from __future__ import annotations
 
