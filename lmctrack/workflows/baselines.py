@@ -165,7 +165,7 @@ def _register_start(ctx: Context, source: str, state: State, method: str, seed: 
     tags = {**sparsity_tags(level, state.mask), schema.METHOD: method, "seed": str(seed)}
     subnetwork = {
         schema.K: step,
-        schema.DENSITY: tags[schema.DENSITY],
+        schema.DENSITY: float(tags[schema.DENSITY]),
         schema.LEVEL: level,
         schema.CRITERION: method,
     }

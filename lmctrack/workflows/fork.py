@@ -138,8 +138,12 @@ def subnetwork(ctx: Context, mask: str | None) -> dict[str, str]:
     if mask is None:
         return {}
     tags = ctx.store.describe(mask).tags
-    named = {name: tags.get(name) for name in (schema.DENSITY, schema.LEVEL)}
-    return {**named, schema.CRITERION: tags.get(schema.METHOD, schema.IMP)}
+    density = tags.get(schema.DENSITY)
+    return {
+        schema.DENSITY: None if density is None else float(density),  # as IMP's trainings: 0.8
+        schema.LEVEL: tags.get(schema.LEVEL),
+        schema.CRITERION: tags.get(schema.METHOD, schema.IMP),
+    }
 
 
 def train_copies(
