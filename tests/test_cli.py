@@ -5,6 +5,8 @@ clear line and a non-zero exit with nothing stored lost."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -345,3 +347,36 @@ def test_ui_fails_with_one_line_when_its_port_is_taken(project):
     assert (
         result.output.strip() == f"error: port {port} on 127.0.0.1 is in use; pick another --port"
     )
+
+
+@pytest.mark.parametrize("terminal, width", [(False, 200), (True, 30), (True, 60), (True, 200)])
+def test_tables_never_cut_a_number(monkeypatch, terminal: bool, width: int) -> None:
+    """Piped, too narrow or wide enough: every number is printed whole (no `…`)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from lmctrack.cli.options import table
+    from lmctrack.execution import progress
+
+    out = StringIO()
+    monkeypatch.setattr(
+        progress, "console", Console(file=out, width=width, force_terminal=terminal)
+    )
+    rows = [[1, 0.801234, "random pruning with a long name"], [2, 0.987654, "imp"]]
+    table("IMP rewinding to 20it", ["level", "test accuracy mean", "criterion"], rows)
+    text = out.getvalue()
+    assert "…" not in text and "0.8012" in text and "0.9877" in text, text
+    assert ("\t" in text) == (not terminal or width < 40), text  # plain rows where it cannot fit
+
+
+def test_the_report_lists_trained_states_in_step_order(tmp_path: Path) -> None:
+    """train.json is written with sorted keys (W100 before W25); the report goes by step."""
+    from lmctrack.workflows.report import report
+
+    states = {name: f"models:/m/{i}" for i, name in enumerate(["W0", "W25", "W100", "W500", "W_T"])}
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "train.json").write_text(json.dumps({"states": states}, sort_keys=True))
+    report(tmp_path, tmp_path / "report")
+    listed = re.findall(r"^- (W\w+):", (tmp_path / "report" / "report.md").read_text(), re.M)
+    assert listed == ["W0", "W25", "W100", "W500", "W_T"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -102,3 +103,22 @@ def test_metrics_show_reads_the_metrics(project: Path):
         for workspace in metrics.values()
         for path in workspace.get("data", {})
     )
+
+
+def test_plots_and_experiments_show_the_barrier_against_k_and_accuracy_against_density(
+    project: Path,
+):
+    """On a clone (the follow-up pipeline, not reproduced, beside the main one): no plot fails
+    to load, and the paper's two plots have data; `dvc exp show` answers."""
+    shutil.copytree(ROOT / "pipelines", project / "pipelines", dirs_exist_ok=True)
+    out = _run(project, sys.executable, "-m", "dvc", "plots", "show", "--json")
+    plots = json.loads(out[out.index("{") :])
+    assert not plots.get("errors"), plots.get("errors")
+    for name, x in (("barrier_vs_k", "k"), ("accuracy_vs_density", "density")):
+        (plot,) = plots["data"][name]
+        assert all(x in row for row in plot["content"]["data"]["values"]), name
+        assert len(plot["content"]["data"]["values"]) >= 2, name
+    _run(project, "git", "add", "dvc.yaml", "dvc.lock", "params.yaml", "pipelines")
+    _run(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro")
+    shown = _run(project, sys.executable, "-m", "dvc", "exp", "show", "--json")
+    assert re.search(r'"k\d+\.test\.mean": \d', shown), shown[-2000:]  # the barrier at each k

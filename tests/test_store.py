@@ -405,3 +405,28 @@ def test_experiments_get_the_training_kind_and_runs_their_cost(store: Store) -> 
     assert cost["cost.cpu_seconds"] >= 0.05
     assert cost["cost.wall_seconds"] >= 0.05
     assert recorded.data.tags["lmctrack.cost.device"] == "cpu"
+
+
+def test_a_version_describes_itself_in_words_with_links_to_its_parent_and_run(
+    store: Store, chain: dict
+) -> None:
+    wt, wk = store.describe(chain["wt"]), store.describe(chain["wk"])
+    page = store.client.get_model_version(MODEL, str(wt.version)).description
+    run = store.client.get_run(chain["run_id"]).info
+    assert page == (
+        f"trained of init seed 1, from [rewind = version {wk.version}]"
+        f"(#/models/{MODEL}/versions/{wk.version}), trained to 3000 it; made by "
+        f"[this run](#/experiments/{run.experiment_id}/runs/{run.run_id})."
+    )
+    w0 = store.client.get_model_version(MODEL, str(store.describe(chain["w0"]).version))
+    assert w0.description.startswith("init of init seed 1, at step 0 it; made by [this run]")
+
+
+def test_experiments_open_on_the_shared_view_of_the_papers_columns(store: Store) -> None:
+    """The tag MLflow's `?viewStateShareKey=lmctrack` link reads: the barrier column, k, and
+    the barrier against k."""
+    tags = store.client.get_experiment_by_name("exp").tags
+    view = json.loads(tags["mlflow.sharedViewState.lmctrack"])
+    assert {"params.`k`", "metrics.`test.error_barrier.mean`"} <= set(view["selectedColumns"])
+    chart = view["compareRunCharts"][0]
+    assert (chart["xaxis"]["key"], chart["yaxis"]["key"]) == ("k", "test.error_barrier.mean")

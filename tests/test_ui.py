@@ -1,6 +1,6 @@
 """`lmctrack ui` in a real headless browser: a fresh browser profile opening an lmctrack
-experiment lands on its training runs (with the barrier and test-error columns), not on MLflow's
-GenAI overview."""
+experiment lands on its training runs, not on MLflow's GenAI overview, with the paper's columns
+shown; the compare page lines runs up by their params (k); a version's page links its parent."""
 
 from __future__ import annotations
 
@@ -18,7 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from lmctrack.results.paper import Imp
+from lmctrack.results.sweeps import Sweep
 from lmctrack.store import Store
+from lmctrack.workflows.imp import imp
+from lmctrack.workflows.instability import instability
 
 CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
@@ -100,3 +104,69 @@ def test_a_fresh_browser_opens_an_experiment_on_its_training_runs(
     assert "Detect Issues" not in page  # the GenAI overview's guidance
     assert "Ask a question" not in page  # the assistant panel stays closed on a first visit
     assert ">pair<" in page  # the run itself is listed
+
+
+@pytest.fixture(scope="module")
+def compared(new_project) -> tuple[object, Sweep, Imp]:
+    """A reduced sweep (one init, two copies of W20) and an IMP from W20 (one level)."""
+    project = new_project(
+        "ui",
+        instability={"inits": 1, "copies": 2, "rewind_steps": ["20it"]},
+        imp={"levels": 1, "replicates": 1},
+    )
+    ctx = project.context()
+    sweep = instability(ctx)
+    w20 = next(s.uri for s in ctx.store.run_states(sweep.train_runs[0]) if s.tags["step"] == "20")
+    return project, sweep, imp(ctx, w20, with_baselines=False)
+
+
+def _runs(store: Store, kind: str) -> list:
+    found = store.client.search_runs(
+        [e.experiment_id for e in store.client.search_experiments()],
+        f"tags.`lmctrack.kind` = '{kind}'",
+    )
+    assert found, f"no {kind} run"
+    return found
+
+
+@pytest.mark.slow  # a reduced sweep and IMP: about 30 s
+def test_every_run_carries_its_defining_params_and_sweeps_nest_what_they_made(compared) -> None:
+    project, sweep, _ = compared
+    forks, imps = _runs(project.store, "fork"), _runs(project.store, "imp")
+    for run in forks + imps:
+        assert {"k", "init_seed", "network", "data"} <= set(run.data.params), run.info.run_name
+    for run in _runs(project.store, "imp-training"):
+        assert {"k", "density", "level", "criterion"} <= set(run.data.params)
+    assert {run.data.tags.get("mlflow.parentRunId") for run in forks} == {sweep.run_id}
+    assert sorted(run.data.params["copy_seed"] for run in _runs(project.store, "copy")) == [
+        "1",
+        "2",
+    ]
+
+
+@pytest.mark.slow  # a reduced sweep and IMP, the server's start and three pages: about 90 s
+@needs_browser
+def test_the_ui_shows_the_barrier_column_compares_k_and_links_versions(compared, tmp_path):
+    project, sweep, result = compared
+    store = project.store
+    trained = store.describe(result.trainings[-1].trained)  # a sparse W_T, from its (Wk, m)
+    parent = store.describe(trained.parents[0])
+    link = f"#/models/{parent.name}/versions/{parent.version}"
+    page = store.client.get_model_version(trained.name, str(trained.version)).description
+    assert f"]({link})" in page and "trained to 100 it" in page
+    forks = _runs(store, "fork")
+    experiment = forks[0].info.experiment_id
+    runs = ",".join(f'"{run.info.run_id}"' for run in forks[:2])
+    port = _free_port()
+    server = _serve(store, port, tmp_path / "server.log")
+    try:
+        base = f"http://127.0.0.1:{port}/#"
+        table = _rendered(f"{base}/experiments/{experiment}")
+        compare = _rendered(f'{base}/compare-runs?runs=[{runs}]&experiments=["{experiment}"]')
+        version = _rendered(f"{base}/models/{trained.name}/versions/{trained.version}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    assert ">test.error_barrier.mean<" in table  # a column header, with no click
+    assert re.search(r">k</", compare), "k is not among the compared parameters"
+    assert f'href="{link}"' in version

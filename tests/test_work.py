@@ -17,6 +17,7 @@ class Unit:
     key: str
     label: str
     inputs: list[str] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
 
     @property
     def claims(self) -> list[str]:

@@ -221,6 +221,12 @@ def test_instability_sweep_writes_outputs_reuses_forks_and_extends(project, run,
     second = instability(project.context())
     assert second.reused_forks == len(second.fork_runs) == 4
     assert second.fork_runs == first.fork_runs and project.versions() == before
+    # the forks nest under the sweep that made them; a later sweep links them in its description
+    client = project.store.client
+    parents = {client.get_run(f).data.tags.get("mlflow.parentRunId") for f in first.fork_runs}
+    assert parents == {first.run_id}
+    note = client.get_run(second.run_id).data.tags["mlflow.note.content"]
+    assert all(f"/runs/{f})" in note for f in first.fork_runs)
 
     # a sweep asked for one more rewind step trains only the forks of the new Wk
     third = instability(project.context("instability.rewind_steps=[0it,20it,50it]"))

@@ -229,16 +229,31 @@ def emit(result: Any, as_json: bool, lines: list[tuple[str, str]]) -> None:
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """A rich table on stderr."""
+    """A table on stderr that never cuts a number: a rich table whose words wrap and whose
+    numbers keep their width, or, piped or in a terminal too narrow for it, plain rows."""
     from rich.table import Table
 
     from lmctrack.execution.progress import console
 
+    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    # a column wraps between words, down to its longest word (a number is one word)
+    widths = [
+        max(
+            len(word)
+            for text in (name, *(row[i] for row in cells))
+            for word in text.split() or [""]
+        )
+        for i, name in enumerate(columns)
+    ]
+    if not console.is_terminal or sum(widths) + 3 * len(columns) + 1 > console.width:
+        lines = (title, "\t".join(columns), *("\t".join(row) for row in cells))
+        console.file.write("".join(f"{line}\n" for line in lines))  # tab-separated, as written
+        return
     t = Table(title=title)
-    for column in columns:
-        t.add_column(column)
-    for row in rows:
-        t.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    for column, width in zip(columns, widths, strict=True):
+        t.add_column(column, overflow="fold", min_width=width)
+    for row in cells:
+        t.add_row(*row)
     console.print(t)
 
 

@@ -41,6 +41,17 @@ RESET_SCHEDULE = "reset_schedule"
 START_STEP = "start_step"
 TRAIN_RUN = "train_run"  # on a run that added rewind states: the training run it extends
 
+# --- run params: one name per concept across run kinds, so every run lines up in one table ------
+K = "k"  # the rewind step in iterations (of Wk, of the subnetwork (Wk, m))
+COPY_SEED = "copy_seed"  # a copy's SGD noise seed
+CRITERION = "criterion"  # how a subnetwork was found: imp, random_prune, random_reinit
+BN = "bn"
+REPLICATES = "replicates"
+COPIES = "copies"
+NETWORK = "network"
+DATA = "data"
+# also INIT_SEED, LEVEL and DENSITY (the version tags' names)
+
 # --- run kinds (run tag "kind") ------------------------------------------------------------------
 KIND_TRAIN = "train"
 KIND_TRAIN_MORE = "train-more"
@@ -73,6 +84,7 @@ STATS = ("mean", "std", "median", "n")  # a Stats' numbers, in a metric's name: 
 SPLITS = ("test", "train")
 ERROR, LOSS = "error", "loss"
 TEST_ERROR = "test_error"  # a trained network's test error (IMP levels, baselines)
+TEST_ACCURACY = "test_accuracy"  # 1 - test_error: what Figures 5 and 8 plot against density
 STEPS_PER_SECOND = "steps_per_second"  # a training's speed
 WK_TEST_ERROR = "Wk.test_error.mean"  # Figure 11: the test error of Wk itself, over the inits
 IMP_ACCURACY_DROP = "imp.accuracy_drop"  # dense minus IMP test accuracy, per level

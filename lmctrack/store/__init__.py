@@ -17,7 +17,8 @@ logins and permissions, an unreachable server), files (artifact folders,
 confinement, permissions), owners (which live process owns a run), runs (Run: logging),
 registry (states, URIs, lineage, integrity), claims (one worker per identical request),
 core (Store), location (paths and names, without MLflow), pyfunc (the MLmodel that lets
-plain MLflow load a state), cost (what a run cost), ui (the UI server, opening on the runs).
+plain MLflow load a state), cost (what a run cost), ui (the UI server, opening on the runs),
+views (the columns and charts an experiment opens on), pages (a version's description).
 """
 
 import os

@@ -8,13 +8,14 @@ import sys
 import tempfile
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from functools import partial
 from pathlib import Path
 
 from mlflow.entities import Experiment, ViewType
 from mlflow.exceptions import MlflowException
 
 from lmctrack.errors import LmcError
-from lmctrack.store import copies
+from lmctrack.store import copies, views
 from lmctrack.store.access import without_credentials
 from lmctrack.store.backend import (
     connect,
@@ -43,10 +44,6 @@ from lmctrack.store.registry import CORRUPT, KEY, Registry, StateInfo
 from lmctrack.store.runs import Run
 
 _RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
-# The UI opens an experiment of this kind on its training runs (MLflow 3 otherwise may open the
-# GenAI overview: traces, token usage).
-KIND_TAG = "mlflow.experimentKind"
-KIND = "custom_model_development"
 
 
 class Store(Registry):
@@ -138,7 +135,7 @@ class Store(Registry):
 
     def _experiment_id(self, name: str) -> str:
         """The experiment's id, created with an absolute artifact folder next to the database and
-        the model-training kind (given to experiments created before, when missing)."""
+        the model-training kind and view (given to experiments created before, when missing)."""
         if name in self._experiments:
             return self._experiments[name]
         if name in self._looked_up:  # None: it was not there a moment ago, so create it
@@ -153,7 +150,7 @@ class Store(Registry):
                 with write_errors(self.tracking_uri):
                     experiment_id = retry_busy(
                         lambda: self.client.create_experiment(
-                            name, artifact_location=location, tags={KIND_TAG: KIND}
+                            name, artifact_location=location, tags=views.experiment_tags()
                         )
                     )
             except MlflowException as e:
@@ -164,11 +161,12 @@ class Store(Registry):
             experiment_id = experiment.experiment_id
             if experiment.lifecycle_stage == "deleted":
                 retry_busy(lambda: self.client.restore_experiment(experiment_id))
-            if KIND_TAG not in experiment.tags:
-                with suppress(MlflowException, OSError):  # a read-only store stays as it is
-                    retry_busy(
-                        lambda: self.client.set_experiment_tag(experiment_id, KIND_TAG, KIND)
-                    )
+            for key, value in views.experiment_tags().items():
+                if key not in experiment.tags:
+                    with suppress(MlflowException, OSError):  # a read-only store stays as it is
+                        retry_busy(
+                            partial(self.client.set_experiment_tag, experiment_id, key, value)
+                        )
         self._experiments[name] = experiment_id
         return experiment_id
 

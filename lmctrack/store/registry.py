@@ -78,9 +78,10 @@ class Registry(Loading):
                 return found
 
     def _register(
-        self, model_name: str, model: LoggedModel, run_id: str, tags: dict[str, str]
+        self, model_name: str, model: LoggedModel, run_id: str, tags: dict[str, str], page: str
     ) -> StateInfo:
-        """A new version of model_name holding the logged model's files."""
+        """A new version of model_name holding the logged model's files, with its `page`: the
+        description in words that store.pages writes."""
         version_tags = {**tags, f"{TAG_PREFIX}model_id": model.model_id}
 
         def create() -> ModelVersion:
@@ -93,6 +94,7 @@ class Registry(Loading):
                     run_id=run_id,
                     tags=version_tags,
                     model_id=model.model_id,
+                    description=page or None,
                     await_creation_for=0,
                 )
             )

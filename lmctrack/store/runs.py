@@ -23,13 +23,13 @@ from mlflow.entities import (
     RunStatus,
     RunTag,
 )
-from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS, MLFLOW_RUN_NOTE
 
 from lmctrack.engine import state as state_files
 from lmctrack.engine.state import State
 from lmctrack.errors import LmcError, redact
 from lmctrack.mlflow_model import DESCRIPTION_FILE
-from lmctrack.store import pyfunc
+from lmctrack.store import pages, pyfunc
 from lmctrack.store.backend import deferred, flatten, prefixed, retry_busy, unprefixed, write_errors
 from lmctrack.store.cost import Meter
 from lmctrack.store.files import safe_name, sha256, writable_folder
@@ -177,6 +177,10 @@ class Run:
             self._tables.append(entry)
             self._tags[MLFLOW_LOGGED_ARTIFACTS] = json.dumps(self._tables)
 
+    def note(self, markdown: str) -> None:
+        """The run's description on its page (MLflow's note), sent with the metrics."""
+        self._tags[MLFLOW_RUN_NOTE] = markdown
+
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         name = Path(path).name
         self._write(f"{artifact_path}/{name}" if artifact_path else name, Path(path).read_bytes())
@@ -238,7 +242,8 @@ class Run:
             found = self._found_state(key) if key is not None else None
             if found is None:
                 meta = self._version_tags(state, role, step, tags, parent_infos, key, arch)
-                info = self._register(state, model_name, role, step, meta, arch)
+                page = pages.description(meta, parent_infos, self.experiment_id, self.id)
+                info = self._register(state, model_name, role, step, meta, arch, page)
                 if self.store.root is None:  # what reading it back from the server would give
                     self.store._held.put(info.uri, state)
                 if key is not None:
@@ -300,12 +305,13 @@ class Run:
         step: int | None,
         meta: dict[str, str],
         arch: dict[str, Any] | None,
+        page: str,
     ) -> StateInfo:
         version_tags = prefixed(meta)
         name = self._state_name(role, step)
         model, digests = self._log_model(state, name, version_tags, arch)
         version_tags = {**version_tags, **prefixed({"sha256": json.dumps(digests)})}
-        return self.store._register(model_name, model, self.id, version_tags)
+        return self.store._register(model_name, model, self.id, version_tags, page)
 
     def log_dataset(self, dataset: DataRef) -> None:
         """Record a dataset this run read or made (once per run)."""

@@ -5,7 +5,9 @@ MLflow 3.17's UI chooses an experiment's view from the browser's workflow type (
 experiment's `mlflow.experimentKind` tag (mlflow/mlflow#24498): a fresh browser lands on the GenAI
 overview. This server is MLflow's own (`mlflow server`, same options), whose page first makes
 "machine_learning" the default workflow type of this server's origin (BROWSER_DEFAULTS); a choice
-the user made in the sidebar's GenAI / Model training toggle is kept.
+the user made in the sidebar's GenAI / Model training toggle is kept. Each lmctrack experiment's
+page opens on the columns and charts of its shared view (store.views), until the user changes
+them.
 
 Run as `python -m lmctrack.store.ui <mlflow server options>`; Store.ui_command builds the argv.
 """
@@ -15,6 +17,12 @@ from __future__ import annotations
 import json
 import sys
 
+from lmctrack.config import schema
+from lmctrack.store import views
+from lmctrack.store.location import TAG_PREFIX
+
+KIND = TAG_PREFIX + schema.KIND
+
 # The browser's defaults for this origin, set before MLflow's scripts read them, and only where
 # unset, so the user's own choices stand: the model-training view, and the assistant panel closed
 # (it opens by itself on a first visit and covers half the runs table).
@@ -22,10 +30,17 @@ BROWSER_DEFAULTS = {
     "mlflow.workflowType_v1": "machine_learning",
     "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": True,
 }
-DEFAULTS_SCRIPT = (
-    f"<script>try{{for(const [k,v] of Object.entries({json.dumps(BROWSER_DEFAULTS)}))"
-    "localStorage.getItem(k)===null&&localStorage.setItem(k,JSON.stringify(v))}catch(e){}</script>"
-)
+
+
+def defaults_script(defaults: dict) -> str:
+    """A script setting each of `defaults` in localStorage where unset."""
+    return (
+        f"<script>try{{for(const [k,v] of Object.entries({json.dumps(defaults)}))"
+        "localStorage.getItem(k)===null&&localStorage.setItem(k,JSON.stringify(v))}"
+        "catch(e){}</script>"
+    )
+
+
 MLFLOW_APP = "mlflow.server.fastapi_app:app"
 APP = "lmctrack.store.ui:create_app"
 
@@ -46,8 +61,33 @@ def _with_browser_defaults(response):
     response.direct_passthrough = False  # a file response: read its body to edit it
     page = response.get_data(as_text=True)
     if "<head>" in page:
-        response.set_data(page.replace("<head>", "<head>" + DEFAULTS_SCRIPT, 1))
+        script = defaults_script({**BROWSER_DEFAULTS, **experiment_views()})
+        response.set_data(page.replace("<head>", "<head>" + script, 1))
     return response
+
+
+def experiment_views() -> dict[str, object]:
+    """Each experiment's shared lmctrack view, under the localStorage key of its page, with its
+    sweeps and IMPs expanded: the charts plot the runs the table shows (forks, IMP trainings)."""
+    from mlflow.server.handlers import _get_tracking_store
+
+    store = _get_tracking_store()
+    return {
+        views.BROWSER_KEY.format(experiment_id=e.experiment_id): {
+            **json.loads(e.tags[views.VIEW_TAG]),
+            "runsExpanded": dict.fromkeys(_expanded(store, e.experiment_id), True),
+        }
+        for e in store.search_experiments(max_results=1000)
+        if views.VIEW_TAG in e.tags
+    }
+
+
+def _expanded(store, experiment_id: str) -> list[str]:
+    """The experiment's sweep and IMP runs (their forks and trainings nested in them)."""
+    from mlflow.entities import ViewType
+
+    runs = store.search_runs([experiment_id], "", ViewType.ACTIVE_ONLY, max_results=50000)
+    return [run.info.run_id for run in runs if run.data.tags.get(KIND) in views.EXPANDED]
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from lmctrack.engine.train import Noise
 from lmctrack.results.paper import Trained
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
-from lmctrack.workflows.imp_chain import sparsity_tags
+from lmctrack.workflows.imp_chain import accuracy, sparse_params, sparsity_tags
 
 
 def random_pruned(sub: State, seed: int, strategy: str = "layerwise") -> State:
@@ -107,7 +107,14 @@ def _register(
         **jobs.noise_tags(seed),
     }
     with jobs.recorded(
-        ctx, f"{method} r{t.replicate} level {t.level}", key=key, kind=method, parent=parent
+        ctx,
+        f"{method} r{t.replicate} level {t.level}",
+        key=key,
+        kind=method,
+        parent=parent,
+        params=sparse_params(
+            ctx, wk_uri, k=t.start_step, density=t.density, level=t.level, criterion=method
+        ),
     ) as run:
         role = schema.MASK if method == schema.RANDOM_PRUNE else schema.REINIT
         parents = [t.start] + ([wk_uri] if method == schema.RANDOM_PRUNE else [])
@@ -116,7 +123,7 @@ def _register(
         named = {**tags, schema.STATE: "W_T"}
         uri = jobs.register_trained(ctx, run, trained, named, [start_uri], f"{key}:W_T")
         error = ctx.error(trained)
-        run.log_metrics({schema.TEST_ERROR: error})
+        run.log_metrics(accuracy(error))
     return Trained(method, t.replicate, t.level, t.density, start_uri, uri, seed, step, error)
 
 
@@ -155,9 +162,14 @@ def _register_start(ctx: Context, source: str, state: State, method: str, seed: 
     level = int(info.tags.get(schema.LEVEL, 0))
     step = int(info.tags.get(schema.STEP, 0))
     key = config_hash(source, *drawn_by(method), seed)
-    with jobs.recorded(
-        ctx, method.replace("_", " "), key=key, kind=method, params={"source": source, "seed": seed}
-    ) as run:
+    tags = {**sparsity_tags(level, state.mask), schema.METHOD: method, "seed": str(seed)}
+    subnetwork = {
+        schema.K: step,
+        schema.DENSITY: float(tags[schema.DENSITY]),
+        schema.LEVEL: level,
+        schema.CRITERION: method,
+    }
+    params = {"source": source, "seed": seed, **sparse_params(ctx, source, **subnetwork)}
+    with jobs.recorded(ctx, method.replace("_", " "), key=key, kind=method, params=params) as run:
         role = schema.MASK if method == schema.RANDOM_PRUNE else schema.REINIT
-        tags = {**sparsity_tags(level, state.mask), schema.METHOD: method, "seed": str(seed)}
         return jobs.register_start(ctx, run, state, role, step, tags, [source], f"{key}:start")

@@ -87,6 +87,21 @@ class Context:
         own = [self.dataset_fingerprint] if p.data.name not in BUILTIN_DATA else []
         return config_hash(p.data, p.model, train, *own, *extra)
 
+    def run_params(self, **named) -> dict:
+        """What defines a run, as MLflow params named alike across run kinds (schema: k,
+        init_seed, density, ...) so every kind lines up in one table: this network and data,
+        and `named` (those None left out)."""
+        given = {name: value for name, value in named.items() if value is not None}
+        return {schema.NETWORK: self.params.model.name, schema.DATA: self.params.data.name, **given}
+
+    def init_seed(self, uri: str) -> str | None:
+        """The init seed of the W0 a state descends from (its own tag, else its first parent's)."""
+        info = self.store.describe(uri)
+        seed = info.tags.get(schema.INIT_SEED)
+        if seed is None and info.parents:
+            return self.init_seed(info.parents[0])
+        return seed
+
     @contextmanager
     def run(self, label: str, *, parent=None, params: dict | None = None, tags=None) -> Iterator:
         """A run in this network's experiment that records the dataset it reads as an input."""

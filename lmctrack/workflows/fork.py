@@ -25,12 +25,15 @@ FORK_ARTIFACT = "fork.json"
 MAX_COPIES = 1000  # 499,500 pairs, each a logged run: more is a mistyped count, not a study
 
 
-def forks(ctx: Context, plans: list[Plan]) -> list[Fork]:
+def forks(ctx: Context, plans: list[Plan], parent=None) -> list[Fork]:
     """Algorithm 1 for each planned state Wk; a sweep's copies all train in one pool, and all
     its pairs are interpolated at once (as Ray tasks when runner.backend is ray). A finished
-    identical fork is reused (work.work does the bookkeeping: claims, reuse, runs, records)."""
+    identical fork is reused (work.work does the bookkeeping: claims, reuse, runs, records);
+    new forks' runs nest under `parent` (a sweep's run) if given."""
     # Wk = A^{0->k}(W0, u) was trained and registered by `train` (workflows/training_run.py: train_runs)
-    with work(ctx, plans, kind=schema.KIND_FORK, artifact=FORK_ARTIFACT, result=Fork) as book:
+    with work(
+        ctx, plans, kind=schema.KIND_FORK, artifact=FORK_ARTIFACT, result=Fork, parent=parent
+    ) as book:
         # Lines 1-2: train copies of Wk to W_T^i, copy i under its own SGD noise u_i.
         trained, copies = train_copies(ctx, book)
         # Line 3: f(W_T^i, W_T^j): the error along the linear path between every pair, its barrier.
@@ -63,6 +66,7 @@ class Plan:
     reset_schedule: bool
     track: list[int]
     key: str
+    params: dict  # the fork run's (schema's names: k, init_seed, copies, ...)
     copy_keys: list[str] = field(default_factory=list)
     trained_by: dict[str, str] = field(default_factory=dict)  # copy key -> the run that made it
 
@@ -123,7 +127,23 @@ def plan(
     copy_keys = [ctx.training_hash(*common, seed, "copy") for seed in seeds]
     made = trained_by or {}
     given = {key: made[seed] for seed, key in zip(seeds, copy_keys) if seed in made}
-    return Plan(source, mask, k, state, seeds, reset_schedule, track, key, copy_keys, given)
+    params = ctx.run_params(
+        k=k, init_seed=ctx.init_seed(source), copies=len(seeds), bn=inst.bn, **subnetwork(ctx, mask)
+    )
+    return Plan(source, mask, k, state, seeds, reset_schedule, track, key, params, copy_keys, given)
+
+
+def subnetwork(ctx: Context, mask: str | None) -> dict[str, str]:
+    """A subnetwork's defining params from its mask's version: density, level, criterion."""
+    if mask is None:
+        return {}
+    tags = ctx.store.describe(mask).tags
+    density = tags.get(schema.DENSITY)
+    return {
+        schema.DENSITY: None if density is None else float(density),  # as IMP's trainings: 0.8
+        schema.LEVEL: tags.get(schema.LEVEL),
+        schema.CRITERION: tags.get(schema.METHOD, schema.IMP),
+    }
 
 
 def train_copies(
@@ -186,7 +206,13 @@ def register_copy(
         schema.REWIND_STEP: str(plan.k),
         schema.RESET_SCHEDULE: str(plan.reset_schedule),
     }
-    params = {"seed": seed, "source": plan.source, "reset_schedule": plan.reset_schedule}
+    params = {
+        **plan.params,
+        schema.COPY_SEED: seed,
+        "source": plan.source,
+        "reset_schedule": plan.reset_schedule,
+    }
+    params.pop(schema.COPIES)
     label = f"copy {i} seed={seed}"
     with jobs.recorded(
         ctx, label, key=key, kind=schema.KIND_COPY, parent=parent, params=params

@@ -41,15 +41,18 @@ def imp(
 
 def imps(
     ctx: Context, wk_uris: list[str], search: MaskSearch | None = None, *,
-    with_baselines: bool = True, replicates: int | None = None,
+    with_baselines: bool = True, replicates: int | None = None, parent=None,
 ) -> list[Imp]:  # fmt: skip
     """Algorithm 2 from each Wk (e.g. every rewind step of a sweep), `replicates` times each;
     all chains advance level by level together, so each level's trainings run at once. A
-    finished identical IMP is reused (work.work does the bookkeeping: claims, reuse, runs)."""
+    finished identical IMP is reused (work.work does the bookkeeping: claims, reuse, runs); new
+    IMPs' runs nest under `parent` (a sweep's run) if given."""
     cfg, search = ctx.params.imp, search or SameData()
     replicates = replicates or cfg.replicates
     works = [Work.of(ctx, uri, search, with_baselines, replicates) for uri in wk_uris]
-    with work(ctx, works, kind=schema.KIND_IMP, artifact=IMP_ARTIFACT, result=Imp) as book:
+    with work(
+        ctx, works, kind=schema.KIND_IMP, artifact=IMP_ARTIFACT, result=Imp, parent=parent
+    ) as book:
         # Lines 1, 3: W0 trained to Wk = A^{0->k}(W0, u) by `train` (workflows/training_run.py)
         chains = dense_chains(ctx, book, replicates)  # line 2: m = 1, per replicate
         every = [chain for per_work in chains for chain in per_work]
@@ -93,6 +96,7 @@ class Work:
     chain: str
     key: str
     label: str
+    params: dict  # the IMP run's (schema's names: k, init_seed, replicates, criterion)
 
     @classmethod
     def of(
@@ -107,7 +111,10 @@ class Work:
         levels = cfg_levels(cfg)
         key = config_hash(chain, levels, replicates, with_baselines)
         label = f"imp k={k}" + (" one-shot" if cfg.one_shot else f" {levels} levels")
-        return cls(wk_uri, k, levels, chain, key, label)
+        params = ctx.run_params(
+            k=k, init_seed=ctx.init_seed(wk_uri), replicates=replicates, criterion=schema.IMP
+        )
+        return cls(wk_uri, k, levels, chain, key, label, params)
 
     @property
     def claims(self) -> list[str]:

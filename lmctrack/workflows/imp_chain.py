@@ -98,6 +98,17 @@ def sparsity_tags(level: int, mask: Mask | None) -> dict[str, str]:
     }
 
 
+def sparse_params(ctx: Context, wk_uri: str, **subnetwork) -> dict:
+    """A subnetwork training's run params: W0's init seed and the `subnetwork`'s k, density,
+    level and criterion."""
+    return ctx.run_params(init_seed=ctx.init_seed(wk_uri), **subnetwork)
+
+
+def accuracy(error: float) -> dict[str, float]:
+    """A trained subnetwork's test error and accuracy, as its run's metrics."""
+    return {schema.TEST_ERROR: error, schema.TEST_ACCURACY: 1.0 - error}
+
+
 def train_level(ctx: Context, chains: list[Chain], level: int) -> None:
     """Line 5 for every chain at once: train m ⊙ Wk from k to T, each under its own noise u', and
     register the subnetwork (Wk, m) and its W_T (level 0: the dense W_T)."""
@@ -137,12 +148,14 @@ def _register_level(
         schema.REWIND_STEP: str(k),
         **jobs.noise_tags(seed),
     }
+    density = float(tags[schema.DENSITY])
     with jobs.recorded(
         ctx,
         f"IMP r{chain.replicate} level {level}",
         key=key,
         kind=schema.KIND_IMP_TRAINING,
         parent=chain.parent,
+        params=sparse_params(ctx, wk_uri, k=k, density=density, level=level, criterion=schema.IMP),
         tags={schema.LEVEL: str(level), schema.REPLICATE: str(chain.replicate)},
     ) as run:
         start = wk_uri
@@ -156,8 +169,7 @@ def _register_level(
         named = {**tags, schema.STATE: "W_T"}
         uri = jobs.register_trained(ctx, run, trained, named, [start], f"{key}:W_T", role)
         error = ctx.error(trained)
-        run.log_metrics({schema.TEST_ERROR: error, schema.DENSITY: float(tags[schema.DENSITY])})
-    density = float(tags[schema.DENSITY])
+        run.log_metrics({**accuracy(error), schema.DENSITY: density})
     return Trained(schema.IMP, chain.replicate, level, density, start, uri, seed, k, error)
 
 

@@ -47,6 +47,29 @@ def table(ctx: Context, trainings: list[Trained]) -> list[ImpRow]:
     return rows
 
 
+def accuracy_rows(result: Imp) -> list[dict]:
+    """Table 2 as plain rows, one per (level, criterion): the run's table and DVC's CSV of
+    accuracy against density (the dense networks at density 1)."""
+    dense = result.rows[0].dense if result.rows else None
+    rows = [] if dense is None else [_row(0, 1.0, schema.IMP, dense, True)]
+    for r in result.rows:
+        for method, s in r.accuracy.items():
+            matching = r.matching if method == schema.IMP else r.baselines_matching[method]
+            rows.append(_row(r.level, r.density, method, s, matching))
+    return rows
+
+
+def _row(level: int, density: float, method: str, s: Stats, matching: bool) -> dict:
+    return {
+        schema.LEVEL: level,
+        schema.DENSITY: round(density, 6),
+        schema.CRITERION: method,
+        "test_accuracy_mean": round(s.mean, 6),
+        "test_accuracy_std": round(s.std, 6),
+        "matching": matching,
+    }
+
+
 def same_basin(ctx: Context, parent, chain: Chain) -> list[Pair]:
     """Do consecutive IMP levels retrain into the same basin? Interpolate level n's W_T with
     level n+1's, each endpoint keeping its own mask (one replicate)."""
@@ -78,5 +101,10 @@ def write_plots(ctx: Context, run, result: Imp, out: Path | None) -> None:
         return
     figure = result.plot(f"{ctx.model_name}: IMP rewinding to {result.k}it vs random baselines")
     run.log_file(save(figure, ctx.scratch() / "imp.png"), "plots")
+    rows = accuracy_rows(result)
+    run.log_table(rows, "imp_table.json")
     if out is not None:
         save(figure, out / "imp.png")
+        header = list(rows[0])
+        lines = [",".join(header)] + [",".join(str(row[c]) for c in header) for row in rows]
+        (out / "imp.csv").write_text("\n".join(lines) + "\n")

@@ -17,10 +17,12 @@ from lmctrack.results.paper import Fork, Sweep, SweepRow, to_dict
 from lmctrack.workflows import fork as algorithm1
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.training_run import train_runs
+from lmctrack.workflows.work import note_reused
 
 
 def instability(ctx: Context, *, mask: str | None = None) -> Sweep:
-    """`lmctrack instability`: the whole sweep; finished trainings and forks are reused."""
+    """`lmctrack instability`: the whole sweep; finished trainings and forks are reused, the new
+    forks' runs nested under the sweep's run."""
     inst = ctx.params.instability
     runs = train_runs(ctx, sweep_seeds(ctx), extra_steps=inst.rewind_steps)
     ks = rewind_ks(ctx)
@@ -31,23 +33,23 @@ def instability(ctx: Context, *, mask: str | None = None) -> Sweep:
         for run in runs
         for k in ks
     ]
-    forks = algorithm1.forks(ctx, plans)
-    wk_errors = {
-        k: Stats.of(ctx.error(ctx.store.load_state(run.at(k))) for run in runs) for k in ks
+    params = {
+        "ks": ",".join(map(str, ks)),
+        "inits": inst.inits,
+        "alphas": inst.alphas,
+        "mask": mask or "",
+        "reset_schedule": inst.reset_schedule,
     }
     with ctx.run(
         "instability sweep",
-        params={
-            "ks": ",".join(map(str, ks)),
-            "inits": inst.inits,
-            "copies": inst.copies,
-            "bn": inst.bn,
-            "alphas": inst.alphas,
-            "mask": mask or "",
-            "reset_schedule": inst.reset_schedule,
-        },
+        params=ctx.run_params(copies=inst.copies, bn=inst.bn, **params),
         tags={schema.KIND: schema.KIND_INSTABILITY},
     ) as run:
+        forks = algorithm1.forks(ctx, plans, parent=run)
+        note_reused(run, {schema.KIND_FORK: forks})
+        wk_errors = {
+            k: Stats.of(ctx.error(ctx.store.load_state(t.at(k))) for t in runs) for k in ks
+        }
         result = Sweep(
             run_id=run.id,
             model=ctx.model_name,
@@ -69,6 +71,7 @@ def instability(ctx: Context, *, mask: str | None = None) -> Sweep:
         for k, stats in wk_errors.items():
             run.log_metrics({schema.WK_TEST_ERROR: stats.mean}, step=k)
         run.log_json(to_dict(result), "instability_result.json")
+        run.log_table(result.to_frame().to_dict("records"), "instability_table.json")
         for figure in write_figures(ctx, result):
             run.log_file(figure, "plots")
     return result
@@ -111,6 +114,16 @@ def rows(forks: list[Fork], splits: list[str], threshold: float) -> list[SweepRo
     return out
 
 
+def barrier_vs_k(result: Sweep) -> str:
+    """Figure 3's lines as a CSV for DVC's plot: per k, the mean error barrier on each split."""
+    splits = list(dict.fromkeys(r.split for r in result.rows))
+    mean = {(r.k, r.split): r.barrier.mean for r in result.rows}
+    lines = [",".join(["k", *(schema.metric(s, schema.ERROR_BARRIER) for s in splits)])]
+    for k in sorted({r.k for r in result.rows}):
+        lines.append(",".join([str(k), *(f"{mean[k, s]:.6f}" for s in splits)]))
+    return "\n".join(lines) + "\n"
+
+
 def write_figures(ctx: Context, result: Sweep) -> list:
     """Figure 3 (and Figure 11) as PNG, and the CSV and metrics JSON that DVC declares."""
     from lmctrack.results.plots import save
@@ -128,6 +141,7 @@ def write_figures(ctx: Context, result: Sweep) -> list:
             for r in result.rows
         ]
         (ctx.out / "instability.csv").write_text("\n".join(lines) + "\n")
+        (ctx.out / "barrier.csv").write_text(barrier_vs_k(result))
         ctx.write_output(
             "instability_metrics.json",
             {

@@ -15,6 +15,7 @@ from lmctrack.results.paper import (
     sparse_from_dict,
     sweep_from_dict,
 )
+from lmctrack.workflows.training_run import in_step_order
 
 Table = tuple[list[str], list[list]]
 
@@ -176,7 +177,7 @@ def report(outputs: Path, out: Path) -> dict:
     train = _read(outputs / "train" / "train.json")
     if train:
         lines += ["## Trained states", ""]
-        lines += [f"- {name}: `{uri}`" for name, uri in train["states"].items()] + [""]
+        lines += [f"- {name}: `{uri}`" for name, uri in in_step_order(train["states"])] + [""]
     sweep = _read(outputs / "instability" / "instability.json")
     if sweep:
         w = sweep_from_dict(sweep)

@@ -22,17 +22,39 @@ from lmctrack.workflows.imp import imps
 from lmctrack.workflows.imp_chain import MaskSearch
 from lmctrack.workflows.instability import copy_seeds, rewind_ks, sweep_seeds
 from lmctrack.workflows.training_run import train_runs
+from lmctrack.workflows.work import note_reused
 
 
 def sparse_instability(ctx: Context, search: MaskSearch | None = None) -> SparseSweep:
-    """`lmctrack instability --imp`: IMP at every k for every init, then fork the subnetworks."""
+    """`lmctrack instability --imp`: IMP at every k for every init, then fork the subnetworks;
+    the new IMPs' and forks' runs nested under the sweep's run."""
     sp = ctx.params.sparse
     steps = sp.rewind_steps or ctx.params.instability.rewind_steps
     runs = train_runs(ctx, sweep_seeds(ctx, sp.inits), extra_steps=steps)
-    sources = {(i, k): run.at(k) for i, run in enumerate(runs) for k in rewind_ks(ctx, steps)}
-    # IMP rewinding to every k of every init (one replicate each), all chains level by level
-    imps_found = imps(ctx, list(sources.values()), search, with_baselines=False, replicates=1)
-    found = dict(zip(sources, imps_found, strict=True))
+    sources = {(i, k): t.at(k) for i, t in enumerate(runs) for k in rewind_ks(ctx, steps)}
+    params = ctx.run_params(copies=sp.copies, bn=ctx.params.instability.bn, inits=sp.inits)
+    with ctx.run(
+        "sparse instability sweep", params=params, tags={schema.KIND: schema.KIND_SPARSE}
+    ) as run:
+        # IMP rewinding to every k of every init (one replicate each), all chains level by level
+        found = imps(
+            ctx, list(sources.values()), search, with_baselines=False, replicates=1, parent=run
+        )
+        samples, dense = subnetworks(ctx, run, dict(zip(sources, found, strict=True)), len(runs))
+        forks = [f for *_, f in samples]
+        note_reused(run, {schema.KIND_IMP: found, schema.KIND_FORK: forks})
+        result = summarize(ctx, run.id, samples, dense)
+        run.log_json(to_dict(result), "sparse_instability.json")
+        run.log_table(result.to_frame().to_dict("records"), "sparse_table.json")
+        for figure in write_figures(ctx, result):
+            run.log_file(figure, "plots")
+    return result
+
+
+def subnetworks(ctx: Context, run, found: dict, inits: int) -> tuple[list, dict[int, Stats]]:
+    """The subnetworks at the chosen levels forked (their runs nested under the sweep's `run`),
+    as samples (init, k, IMP training, fork), and each init's dense accuracy."""
+    sp = ctx.params.sparse
     levels = sp.levels or [ctx.params.imp.levels]
     chosen = {
         key: [t for t in result.levels() if t.level in levels] for key, result in found.items()
@@ -42,18 +64,13 @@ def sparse_instability(ctx: Context, search: MaskSearch | None = None) -> Sparse
         for subnets in chosen.values()
         for t in subnets
     ]
-    forks = iter(algorithm1.forks(ctx, plans))
-    samples = [(i, k, t, next(forks)) for (i, k), subnets in chosen.items() for t in subnets]
+    it = iter(algorithm1.forks(ctx, plans, parent=run))
+    samples = [(i, k, t, next(it)) for (i, k), subnets in chosen.items() for t in subnets]
     dense = {
         i: Stats.of(1 - r.levels()[0].test_error for (j, _), r in found.items() if j == i)
-        for i in range(len(runs))
+        for i in range(inits)
     }
-    with ctx.run("sparse instability sweep", tags={schema.KIND: schema.KIND_SPARSE}) as run:
-        result = summarize(ctx, run.id, samples, dense)
-        run.log_json(to_dict(result), "sparse_instability.json")
-        for figure in write_figures(ctx, result):
-            run.log_file(figure, "plots")
-    return result
+    return samples, dense
 
 
 def summarize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,16 @@ class TrainedRun:
 def state_name(step: int, total: int) -> str:
     """The paper's name of the state at `step`: W0, Wk or W_T."""
     return "W0" if step == 0 else "W_T" if step == total else f"W{step}"
+
+
+def in_step_order(states: dict[str, str]) -> list[tuple[str, str]]:
+    """States by their paper's names (W0, Wk, W_T) in step order, not string order (a JSON file
+    written with sorted keys lists W100 before W25)."""
+    return sorted(states.items(), key=lambda item: _step_of(item[0]))
+
+
+def _step_of(name: str) -> float:
+    return math.inf if name == "W_T" else int(name[1:])
 
 
 def _role(step: int, total: int) -> str:
@@ -182,14 +193,16 @@ def _register_more(
 
 
 def _register(ctx: Context, seed: SeedConfig, key: str, result, total: int) -> TrainedRun:
-    """Log the finished training and register its states, each the child of the one before."""
+    """Log the finished training and register its states, each the child of the one before.
+    Its params are the config sections a training reads (all of them are in params.json)."""
     params = ctx.params.model_copy(update={"seeds": seed})
+    read = params.model_dump(mode="json", include={"data", "model", "train", "seeds"})
     with jobs.recorded(
         ctx,
         f"train init={seed.init}",
         key=key,
         kind=schema.KIND_TRAIN,
-        params=params.model_dump(mode="json"),
+        params={**read, **ctx.run_params(init_seed=seed.init)},
         made_with=params,
     ) as run:
         for row in result.evaluations:

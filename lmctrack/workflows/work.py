@@ -19,10 +19,12 @@ from lmctrack.workflows.common import Context
 
 
 class Unit(Protocol):
-    """A unit of work: its key, its run's label, the keys it claims and the states it reads."""
+    """A unit of work: its key, its run's label and params, the keys it claims and the states it
+    reads."""
 
     key: str
     label: str
+    params: dict
 
     @property
     def claims(self) -> list[str]: ...
@@ -38,17 +40,26 @@ R = TypeVar("R")
 class Book(Generic[U, R]):
     """The units still to compute, their runs (opened on first use) and every unit's result."""
 
-    def __init__(self, ctx: Context, units: Sequence[U], kind: str, artifact: str, stack) -> None:
+    def __init__(
+        self, ctx: Context, units: Sequence[U], kind: str, artifact: str, stack, parent=None
+    ) -> None:
         self.ctx, self.units, self.kind, self.artifact = ctx, list(units), kind, artifact
-        self._stack, self._runs = stack, {}
+        self._stack, self._runs, self.parent = stack, {}, parent
         self.done: dict[str, R | None] = {}
         self.todo: list[U] = []
 
     def run(self, unit: U):
-        """The run that records `unit` (tagged with its key and kind, its inputs logged)."""
+        """The run that records `unit` (tagged with its key and kind, its params and inputs
+        logged), nested under the book's parent run (a sweep's) if any."""
         if unit.key not in self._runs:
             recorded = jobs.recorded(
-                self.ctx, unit.label, key=unit.key, kind=self.kind, inputs=unit.inputs
+                self.ctx,
+                unit.label,
+                key=unit.key,
+                kind=self.kind,
+                parent=self.parent,
+                params=unit.params,
+                inputs=unit.inputs,
             )
             self._runs[unit.key] = self._stack.enter_context(recorded)
         return self._runs[unit.key]
@@ -64,14 +75,28 @@ class Book(Generic[U, R]):
         return [self.done[unit.key] for unit in self.units]
 
 
+def note_reused(run, results: dict[str, Sequence]) -> None:
+    """Link, in a sweep run's description, the runs it reused (`results` by kind, each with
+    run_id, k and reused): they are nested under the request that made them, not this one."""
+    links = [
+        f"- [{kind} k={r.k}](#/experiments/{run.experiment_id}/runs/{r.run_id})"
+        for kind, done in results.items()
+        for r in done
+        if r.reused
+    ]
+    if links:
+        run.note("Reused runs (made by an earlier request):\n\n" + "\n".join(links))
+
+
 @contextmanager
 def work(
-    ctx: Context, units: Sequence[U], *, kind: str, artifact: str, result: type[R]
+    ctx: Context, units: Sequence[U], *, kind: str, artifact: str, result: type[R], parent=None
 ) -> Iterator[Book[U, R]]:
     """Claim every unit's keys, read back the finished ones (`result` from `artifact`), and open
-    the others' runs as they are used; the runs close (and the claims go) when the block ends."""
+    the others' runs as they are used (nested under `parent`, a sweep's run, if given); the runs
+    close (and the claims go) when the block ends."""
     with jobs.claimed(ctx, [key for unit in units for key in unit.claims]), ExitStack() as stack:
-        book: Book[U, R] = Book(ctx, units, kind, artifact, stack)
+        book: Book[U, R] = Book(ctx, units, kind, artifact, stack, parent)
         book.done = {unit.key: jobs.reused(ctx, unit.key, artifact, result) for unit in units}
         book.todo = [unit for unit in units if book.done[unit.key] is None]
         yield book
