@@ -24,8 +24,9 @@ def find_k(
     *,
     opts: Common,
 ) -> None:
-    """The earliest stable rewind step k* among instability.candidates: bisection, one-sided
-    confidence bounds at each probed k, copies added until one of them decides."""
+    """The earliest stable rewind step k* among instability.candidates: bisection; at each
+    probed k, bounds on the mean barrier with copies as the unit and the error spent over the
+    looks, copies added until one of them decides."""
     from lmctrack import api
     from lmctrack.errors import LmcError
 
