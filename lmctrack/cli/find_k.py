@@ -24,9 +24,11 @@ def find_k(
     *,
     opts: Common,
 ) -> None:
-    """The earliest stable rewind step k* among instability.candidates: bisection; at each
-    probed k, bounds on the mean barrier with copies as the unit and the error spent over the
-    looks, copies added until one of them decides."""
+    """The earliest stable rewind step k* among instability.candidates: bisection, copy-aware
+    bounds at each probed k, copies added until one of them decides.
+
+    The bounds take copies, not pairs, as the unit and spend the error over the looks
+    (lmctrack.engine.earliest), so the stated confidence holds."""
     from lmctrack import api
     from lmctrack.errors import LmcError
 
