@@ -75,7 +75,8 @@ def test_train_prints_uris_and_lineage_shows_w_t_wk_w0(trained):
     where = [next(i for i, line in enumerate(lines) if uri in line) for uri in states.values()]
     order = dict(zip(states, where))
     assert order["W_T"] < order["W20"] < order["W0"]
-    assert "role=trained" in lines[order["W_T"]] and "role=init" in lines[order["W0"]]
+    # each state's tags on the line under its name and URI
+    assert "role=trained" in lines[order["W_T"] + 1] and "role=init" in lines[order["W0"] + 1]
 
 
 def test_second_train_reuses_the_run_and_writes_its_uris(project, trained):

@@ -1,12 +1,15 @@
 """The search for the earliest stable rewind step (lmctrack.engine.earliest), driven by fake barrier
 functions: monotone, non-monotone (the violation is reported), noisy (copies are added) and a
-barrier on the threshold (undecided, said so)."""
+barrier on the threshold (undecided, said so); and its rule calibrated on simulated searches."""
 
 from __future__ import annotations
 
 import math
+from itertools import combinations
 
+import numpy as np
 import pytest
+from scipy.stats import t
 
 from lmctrack.engine.earliest import (
     CHECK,
@@ -14,7 +17,7 @@ from lmctrack.engine.earliest import (
     UNDECIDED,
     UNSTABLE,
     Budget,
-    bounds,
+    Rule,
     decide,
     search,
 )
@@ -33,7 +36,7 @@ class Fake:
     def __call__(self, k: int, copies: int) -> list[float]:
         self.calls.append((k, copies))
         pairs = copies * (copies - 1) // 2
-        d = self.spread.get(k, 0.001)
+        d = self.spread.get(k, 0.0002)
         return [self.mean[k] + d * (-1) ** i for i in range(pairs)]
 
 
@@ -41,15 +44,21 @@ def decisions(result) -> dict[int, str]:
     return {p.k: p.decision for p in result.probes}
 
 
-def test_bounds_are_the_one_sided_student_t_bounds_of_the_mean():
-    mean, low, high = bounds([0.01, 0.02, 0.03], 0.95)
-    assert mean == pytest.approx(0.02)
-    half = 2.919986 * 0.01 / math.sqrt(3)  # t at 0.95 with 2 degrees of freedom: one-sided
-    assert (high - mean, mean - low) == (
-        pytest.approx(half, rel=1e-5),
-        pytest.approx(half, rel=1e-5),
-    )
-    assert bounds([0.5], 0.95)[1:] == (-math.inf, math.inf)  # one sample decides nothing
+def test_the_bounds_are_the_jackknife_over_copies_at_the_level_spent_per_look():
+    # 3 copies: pairs (0,1), (0,2), (1,2); copy 2 is the bad one, raising both its pairs
+    rule = Rule(0.95, looks=5)
+    mean, low, high = rule.bounds([0.01, 0.04, 0.024])
+    assert mean == pytest.approx(0.074 / 3)
+    left = np.array([0.024, 0.04, 0.01])  # the mean over pairs without copy 0, 1, 2
+    q = t.ppf(1 - 0.05 / 5, 2)
+    se = math.sqrt(2 / 3 * ((left - left.mean()) ** 2).sum())
+    log_se = math.sqrt(2 / 3 * ((np.log(left) - np.log(left).mean()) ** 2).sum())
+    assert low == pytest.approx(mean - q * se)  # the mean-scale bound is the wider below
+    assert high == pytest.approx(max(mean + q * se, mean * math.exp(q * log_se)))
+    assert rule.bounds([0.5])[1:] == (-math.inf, math.inf)  # 2 copies: no copy to leave out
+    assert "jackknife over copies" in rule.label and "95%" in rule.label
+    with pytest.raises(ValueError):
+        rule.bounds([0.1, 0.2])  # not the pairs of any number of copies
     assert decide(0.0, 0.019, 0.02) == STABLE
     assert decide(0.02, 0.05, 0.02) == UNSTABLE
     assert decide(0.01, 0.03, 0.02) == UNDECIDED
@@ -97,8 +106,8 @@ def test_instability_rising_with_k_is_reported_as_a_violation():
 
 
 def test_a_noisy_probe_adds_copies_until_the_interval_decides():
-    # at k = 100 the mean is 1.0% with a +-1.5% pair spread: 3 pairs straddle 2%, more decide
-    fake = Fake({0: 0.22, 25: 0.10, 100: 0.010, 500: 0.001}, spread={100: 0.015})
+    # at k = 100 the mean is 1.0% with a +-0.5% pair spread: 3 copies straddle 2%, 6 decide
+    fake = Fake({0: 0.22, 25: 0.10, 100: 0.010, 500: 0.001}, spread={100: 0.005})
     result = search(GRID, fake, BUDGET, threshold=0.02)
     at_100 = next(p for p in result.probes if p.k == 100)
     assert [c for k, c in fake.calls if k == 100] == [3, 6]
@@ -125,3 +134,66 @@ def test_no_stable_candidate_is_said_plainly():
 def test_a_budget_must_start_with_a_pair():
     with pytest.raises(ValueError):
         Budget(start=1, step=1, maximum=3)
+
+
+THRESHOLD = 0.02
+LADDER = Budget(start=3, step=1, maximum=9)  # find-k's default: 3 copies, one more, up to 9
+SIMULATIONS = 20_000  # Monte Carlo error of a 5% rate: 0.15%
+
+
+def simulated_barriers(seed: int) -> np.ndarray:
+    """Pair barriers (simulation, copy, copy) of 9 copies whose mean is the threshold, 2%: each
+    copy's place scales every pair it is in (log-normal, log-sd 0.4) and each pair has its own
+    noise (log-normal, log-sd 0.25). The shapes of the default network's stored barriers (at a
+    mean of 1.3%: most pairs near 1.2%, one in ten above 2%, one in a hundred near 3%)."""
+    rng = np.random.default_rng(seed)
+    shape = (SIMULATIONS, LADDER.maximum)
+    place = np.exp(0.4 * rng.standard_normal(shape) - 0.4**2 / 2)
+    noise = np.exp(0.25 * rng.standard_normal((*shape, LADDER.maximum)) - 0.25**2 / 2)
+    return THRESHOLD * (place[:, :, None] + place[:, None, :]) / 2 * noise
+
+
+def verdict_rates(bounds, barriers: np.ndarray) -> tuple[float, float]:
+    """The rates of "stable" and "unstable" of simulated probes that add one copy at a time
+    until `bounds` (pairs -> mean, low, high per row) decides, as find-k does."""
+    verdict = np.full(len(barriers), UNDECIDED, dtype=object)
+    for copies in LADDER.ladder():
+        i, j = np.array(list(combinations(range(copies), 2))).T
+        _, low, high = bounds(barriers[:, i, j])
+        undecided = verdict == UNDECIDED
+        verdict[undecided & (high < THRESHOLD)] = STABLE
+        verdict[undecided & (low >= THRESHOLD)] = UNSTABLE
+    return float(np.mean(verdict == STABLE)), float(np.mean(verdict == UNSTABLE))
+
+
+def pairs_t(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rule before: one-sided t-bounds at 95% over the pairs, each look at full level."""
+    mean, n = pairs.mean(-1), pairs.shape[-1]
+    half = t.ppf(0.95, n - 1) * pairs.std(-1, ddof=1) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def allowed(confidence: float) -> float:
+    """1 - confidence, plus three Monte Carlo standard errors of that rate."""
+    alpha = 1 - confidence
+    return alpha + 3 * math.sqrt(alpha * confidence / SIMULATIONS)
+
+
+def test_the_rule_keeps_its_confidence_when_pairs_share_copies_and_copies_are_added():
+    """At a mean barrier on the threshold (the worst case of both errors), "stable" (wrong: the
+    mean is not below it) and "unstable" (wrong below it) are each said at most 5% of the time
+    at confidence 0.95. Measured: 4.2% and 0.6% (20,000 simulated probes, seed 0). Not covered:
+    rarer, worse copies (one in ten copies 4 to 7 times the others: "stable" 46% of the time);
+    no rule can see a tail that 3 to 9 copies have not sampled."""
+    stable, unstable = verdict_rates(Rule(0.95, len(LADDER.ladder())).batch, simulated_barriers(0))
+    assert stable <= allowed(0.95) and unstable <= allowed(0.95)
+    assert stable > 0.01  # calibrated, not merely never deciding
+
+
+@pytest.mark.xfail(strict=True, reason="the pairs-t rule says 'stable' about half the time")
+def test_the_pairs_t_rule_did_not_keep_its_confidence():
+    """The rule before this one, on the same simulated probes: "stable" at a mean on the
+    threshold 47.7% of the time and "unstable" 28.9%, against the 5% that "confidence 0.95"
+    promised: its pairs share copies and it looked up to 7 times at the full level."""
+    stable, unstable = verdict_rates(pairs_t, simulated_barriers(0))
+    assert stable <= allowed(0.95) and unstable <= allowed(0.95)

@@ -112,6 +112,9 @@ def test_outputs_for_dvc(project, printed):
     metrics = json.loads((out / "find_k_metrics.json").read_text())
     assert metrics["k_star"] == printed["search"]["k_star"]
     assert metrics["fraction"] == pytest.approx(printed["trainings"] / printed["grid_trainings"])
+    rule = printed["search"]["rule"]  # the rule and its confidence named with every result
+    assert rule == {"confidence": 0.95, "looks": 4, "name": earliest.Rule.name}
+    assert metrics["confidence"] == 0.95 and metrics["rule"].startswith(rule["name"])
     lines = (out / "find_k.csv").read_text().splitlines()
     assert lines[0] == "k,role,copies,pairs,mean,low,high,decision"
     assert len(lines) == 1 + len(printed["search"]["probes"])

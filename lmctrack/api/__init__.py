@@ -12,65 +12,50 @@ and typed `sets` overrides as keyword arguments, e.g. `lmc.train(sets={"train.lr
 CLI's workspace). The CLI calls these functions and nothing else, so the two cannot drift.
 """
 
-from lmctrack.api.extras import (  # the tools beyond the two algorithms
-    connect,
-    distill,
-    followup,
-    hessian,
-    import_dataset,
-    mnist1d,
-    plane,
-    random_plane,
-    random_prune,
-    reinit,
-    report,
-    transport,
-)
-from lmctrack.api.paper import (  # noqa: F401  (the CLI's context, session and tables too)
-    Context,
-    ParamsLike,
-    TrainedRun,
-    align,
-    find_k,
-    fork,
-    forks,
-    imp,
-    instability,
-    interpolate,
-    lineage,
-    load,
-    open_store,
-    session,
-    state_name,
-    states,
-    tables,
-    train,
-    trained,
-    within,
-)
+import importlib
 
-__all__ = [
-    "align",
+from lmctrack.api.registry import ParamsLike, lineage, open_store, states  # noqa: F401
+
+EXTRAS = (  # the tools beyond the two algorithms
     "connect",
     "distill",
-    "find_k",
     "followup",
-    "fork",
-    "forks",
     "hessian",
-    "imp",
     "import_dataset",
-    "instability",
-    "interpolate",
-    "lineage",
-    "load",
     "mnist1d",
     "plane",
     "random_plane",
     "random_prune",
     "reinit",
     "report",
-    "states",
-    "train",
     "transport",
-]
+)
+PAPER = (  # the paper's procedures; the CLI's context, session and tables too
+    "Context",
+    "TrainedRun",
+    "align",
+    "find_k",
+    "fork",
+    "forks",
+    "imp",
+    "instability",
+    "interpolate",
+    "load",
+    "session",
+    "state_name",
+    "tables",
+    "train",
+    "trained",
+    "within",
+)
+
+
+def __getattr__(name: str):
+    """The procedures are imported on first use (they import torch); lookups are not."""
+    module = "extras" if name in EXTRAS else "paper" if name in PAPER else None
+    if module is None:
+        raise AttributeError(f"module 'lmctrack.api' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"lmctrack.api.{module}"), name)
+
+
+__all__ = sorted([*EXTRAS, *(n for n in PAPER if n.islower()), "lineage", "states"])

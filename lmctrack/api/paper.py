@@ -6,11 +6,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmctrack.api.registry import ParamsLike
 from lmctrack.config.overrides import Overrides, overrides
-from lmctrack.config.params import Params
 from lmctrack.results.paper import Fork, Imp, Pair, SparseSweep, Sweep
 from lmctrack.workflows import report as tables  # noqa: F401  (the CLI's tables of results)
 from lmctrack.workflows.common import Context
@@ -19,8 +18,6 @@ from lmctrack.workflows.training_run import TrainedRun, state_name  # noqa: F401
 
 if TYPE_CHECKING:
     from lmctrack.workflows.find_k import FindK
-
-ParamsLike = Path | str | Params | None
 
 
 def within(
@@ -229,31 +226,6 @@ def load(uri: str, *, params: ParamsLike = None):
         return network, ctx.store.describe(uri)
 
 
-def states(
-    *,
-    model: str | None = None,
-    params: ParamsLike = None,
-    sets: Mapping[str, object] | None = None,
-    **tags: object,
-) -> list:
-    """Registered states whose tags match, newest first: e.g. `states(role="trained", step=3000)`."""
-    store = open_store(params, sets)
-    return store.search_states(model=model, **{k: str(v) for k, v in tags.items()})
-
-
-def lineage(uri: str, *, params: ParamsLike = None, sets: Mapping[str, object] | None = None):
-    """The ancestry tree of a state: a LineageNode with `.info` and `.parents`."""
-    return open_store(params, sets).lineage(uri)
-
-
-def open_store(params: ParamsLike = None, sets: Mapping[str, object] | None = None):
-    """The store of these params (store.tracking_uri), without loading data or a network."""
-    from lmctrack.config.params import resolve
-    from lmctrack.workflows.common import open_store as opened
-
-    return opened(resolve(params, sets))
-
-
 __all__ = [
     "align",
     "find_k",
@@ -262,8 +234,6 @@ __all__ = [
     "imp",
     "instability",
     "interpolate",
-    "lineage",
     "load",
-    "states",
     "train",
 ]

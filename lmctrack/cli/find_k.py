@@ -24,8 +24,11 @@ def find_k(
     *,
     opts: Common,
 ) -> None:
-    """The earliest stable rewind step k* among instability.candidates: bisection, one-sided
-    confidence bounds at each probed k, copies added until one of them decides."""
+    """The earliest stable rewind step k* among instability.candidates: bisection, copy-aware
+    bounds at each probed k, copies added until one of them decides.
+
+    The bounds take copies, not pairs, as the unit and spend the error over the looks
+    (lmctrack.engine.earliest), so the stated confidence holds."""
     from lmctrack import api
     from lmctrack.errors import LmcError
 

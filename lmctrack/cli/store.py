@@ -1,4 +1,4 @@
-"""Commands on the store and the data folder: lineage, the MLflow UI, datasets."""
+"""Commands on the store and the data folder: the MLflow UI, datasets (lineage: cli.lineage)."""
 
 from __future__ import annotations
 
@@ -16,50 +16,6 @@ def _store(params: Path | None, sets: list[str] | None):
     from lmctrack.config.overrides import parse_sets
 
     return api.open_store(params, parse_sets(sets or ()))
-
-
-@app.command()
-@guarded
-def lineage(
-    uri: Annotated[str, typer.Argument(help="a state URI, e.g. models:/name/3")],
-    params: ParamsOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """Print the ancestry tree of a state (W_T -> Wk -> W0)."""
-    from rich.tree import Tree
-
-    from lmctrack.config import schema
-    from lmctrack.execution.progress import console
-
-    def label(node) -> str:
-        t = node.info.tags
-        bits = [f"[bold]{t.get(schema.STATE, t.get(schema.ROLE, '?'))}[/]", node.info.uri]
-        bits += [
-            f"{k}={t[k]}"
-            for k in (
-                schema.ROLE,
-                schema.STEP,
-                schema.INIT_SEED,
-                schema.DATA_ORDER_SEED,
-                schema.REPLICATE,
-                schema.DENSITY,
-                schema.LEVEL,
-            )
-            if k in t
-        ]
-        return "  ".join([*bits, f"run={node.info.run_id}"])
-
-    def grow(tree: Tree, node) -> None:
-        for parent in node.parents:
-            grow(tree.add(label(parent)), parent)
-
-    from lmctrack import api
-    from lmctrack.config.overrides import parse_sets
-
-    root = api.lineage(uri, params=params, sets=parse_sets(set_ or ()))
-    tree = Tree(label(root))
-    grow(tree, root)
-    console.print(tree)
 
 
 @app.command()

@@ -5,14 +5,18 @@ knows the answer, whose files' sha256 it computed itself. The newest up to a byt
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
-from lmctrack.engine.state import State
+if TYPE_CHECKING:  # torch: imported only by a process that holds states, not by a lookup
+    from lmctrack.engine.state import State
 
 _LIMIT = 256 * 2**20  # bytes: a few states of a large network, hundreds of a small one
 
 
 def _copy(state: State) -> State:
     """A state of its own (a caller may change the tensors it gets)."""
+    from lmctrack.engine.state import State
+
     mask = None if state.mask is None else {k: v.clone() for k, v in state.mask.items()}
     return State({k: v.clone() for k, v in state.weights.items()}, mask)
 

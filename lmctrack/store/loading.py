@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING
 
 from mlflow.exceptions import MlflowException
 
-from lmctrack.engine import state as state_files
-from lmctrack.engine.state import State
 from lmctrack.errors import LmcError
 from lmctrack.store.backend import first_line, retry_busy
 from lmctrack.store.files import confined, is_local, local_folder, local_path, sha256
@@ -23,6 +21,7 @@ from lmctrack.store.location import TAG_PREFIX
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from lmctrack.engine.state import State
     from lmctrack.store.held import Held
 
 
@@ -61,6 +60,8 @@ class Loading:
     @contextmanager
     def _files(self, uri: str) -> Iterator[Path]:
         """A local folder holding the state's files, every one confined to it."""
+        from lmctrack.engine import state as state_files  # torch: not for lookups
+
         try:
             location = self._location(uri)
         except MlflowException as e:
@@ -78,6 +79,8 @@ class Loading:
         """Read a state's safetensors files (never unpickles), verified: the registered sha256
         of every file, then finite values. A state this process registered into a tracking
         server is given from memory (store.held)."""
+        from lmctrack.engine import state as state_files  # torch: not for lookups
+
         if (held := self._held.get(uri)) is not None:
             return held
         with self._files(uri) as folder:

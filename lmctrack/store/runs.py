@@ -40,6 +40,7 @@ from lmctrack.store.registry import KEY, StateInfo
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
+    from lmctrack.engine.state import State
     from lmctrack.store.view import StoreView
 
 _FLUSH_SIZE = 1000  # buffered metrics sent at once (MLflow's batch limit)
@@ -231,6 +232,8 @@ class Run:
         after a kill mid-registration adopts what the dead run registered, and no state is
         registered twice. Non-finite weights (a diverged training) are refused.
         """
+        from lmctrack.engine import state as state_files  # torch: loaded with `state` already
+
         if bad := state_files.non_finite(state):
             raise LmcError(
                 f"the {role} state has non-finite values in {bad}: training diverged; lower "
@@ -348,6 +351,9 @@ class Run:
         """Write the safetensors files (and a JSON description with their sha256 and the
         architecture, plus the pyfunc MLmodel when the architecture is known) into a new logged
         model; returns it and the files' hashes."""
+        from lmctrack.engine import state as state_files  # torch: loaded with `state` already
+        from lmctrack.mlflow_model import DESCRIPTION_FILE
+
         request = self.store._request()
         model = retry_busy(
             lambda: self._client.create_logged_model(

@@ -3,7 +3,8 @@ at one density), by the search of lmctrack.engine.earliest, forking only the can
 
 One training (the base seeds) registers Wk at every candidate (a finished run is extended, not
 retrained). A probe forks `instability.copies` copies of Wk and adds one copy at a time while
-neither one-sided bound of the mean barrier over pairs decides, up to `instability.max_copies`
+neither bound of the mean barrier over pairs decides (the rule of lmctrack.engine.earliest:
+copies as the unit, the error spent over the looks), up to `instability.max_copies`
 (by default inits x copies: never more trainings at one k than the grid spends there). At k = 0
 the training itself is one of the copies: W0 trained under the run's own noise. The
 samples are the pairs of one init's copies, not the grid's inits x pairs: the search answers for
@@ -232,6 +233,8 @@ def find_k(ctx: Context, search=None) -> FindK:
             "copies": inst.copies,
             "max_copies": budget(ctx).maximum,
             "confidence": inst.confidence,
+            "rule": found.rule.name,
+            "looks": found.rule.looks,
         },
         tags={schema.KIND: schema.KIND_FIND_K},
     ) as run:
@@ -302,6 +305,8 @@ def write_outputs(ctx: Context, result: FindK) -> list:
                 "fraction": result.fraction,
                 "violations": len(result.search.violations),
                 "undecided": len(result.search.undecided),
+                "confidence": result.search.rule.confidence,
+                "rule": result.search.rule.label,
             },
         )
     return [figure]
@@ -315,7 +320,7 @@ COLORS = {
 
 
 def plot_search(result: FindK):
-    """Each probed k: the mean barrier and its one-sided bounds, colored by the verdict (a square: the
+    """Each probed k: the mean barrier and its bounds by the search's rule, colored by the verdict (a square: the
     check above k*); dotted: the candidates left unprobed; the band: where k* lies."""
     from matplotlib.ticker import NullLocator, PercentFormatter
 
@@ -367,8 +372,8 @@ def plot_search(result: FindK):
     ax.legend(fontsize="x-small", loc="best")
     ax.set_title(
         f"{result.model}: the earliest stable rewind step (find-k)\n"
-        f"{len(s.probes)} of {len(s.candidates)} candidates probed: mean and one-sided "
-        f"{s.confidence:.0%} bounds over pairs\n"
+        f"{len(s.probes)} of {len(s.candidates)} candidates probed: mean over pairs and its\n"
+        f"bounds by {s.rule.label}\n"
         f"{result.trainings} trainings, the full grid {result.grid_trainings}",
         fontsize="medium",
     )
