@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from lmctrack.config.params import TrainConfig
-from lmctrack.engine.sgd import SGD
+from lmctrack.engine.recipe import Loss, Optimizer, clip, learning_rate, make_loss, make_optimizer
 from lmctrack.engine.state import Mask
 from lmctrack.errors import LmcError
 
@@ -33,34 +33,6 @@ class Noise:
 
     data_order: int
     augment: int
-
-
-def learning_rate(cfg: TrainConfig, step: int, ipe: int, total: int) -> float:
-    """lr * gamma^(milestones passed) * min(1, step / warmup), or a linear decay to final_lr."""
-    lr = cfg.lr
-    if cfg.schedule == "step":
-        lr *= cfg.gamma ** sum(step >= m.iterations(ipe) for m in cfg.milestones)
-    elif cfg.schedule == "linear_decay":
-        lr += (cfg.final_lr - cfg.lr) * min(1.0, step / max(total, 1))
-    warmup = cfg.warmup.iterations(ipe)
-    if warmup > 0:
-        lr *= min(1.0, step / warmup)
-    return lr
-
-
-Optimizer = SGD | torch.optim.Optimizer
-
-
-def make_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return SGD(
-        params,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov and cfg.momentum > 0,
-        weight_decay=cfg.weight_decay,
-    )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -283,6 +255,7 @@ def loop(
             losses, out, y = nets.losses()
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()  # stacked copies are independent: each its own gradient
+            clip(cfg, opt)
             opt.step()
             if guard is not None:
                 guard.after_step()
@@ -312,7 +285,7 @@ class _One:
     evaluate_fn: Callable[[nn.Module, int], dict[str, float]] | None
     checkpoint: Path | None
     log: TrainLog
-    loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+    loss_fn: Loss
 
     def losses(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = next(self.batches)
@@ -379,7 +352,17 @@ def train(
     )
     running = Running(None, device)
     one = _One(
-        model, opt, guard, running, [progress], batches, on_step, evaluate_fn, checkpoint, log
+        model,
+        opt,
+        guard,
+        running,
+        [progress],
+        batches,
+        on_step,
+        evaluate_fn,
+        checkpoint,
+        log,
+        make_loss(cfg),
     )
     log.steps, log.seconds = loop(
         one, cfg, dataset, step, stop, schedule_total, at_steps, eval_every, checkpoint_every

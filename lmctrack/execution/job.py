@@ -113,13 +113,11 @@ def _finish(result: JobResult, weights: Weights, log) -> JobResult:
 
 
 def _start_weights(job: TrainJob, dataset) -> Weights:
-    from lmctrack.engine.models import build_model
+    from lmctrack.engine.models import build_for_data
 
     if job.weights is not None:
         return job.weights
-    return build_model(
-        job.model, dataset.num_classes, dataset.input_shape, job.init_seed
-    ).state_dict()
+    return build_for_data(job.model, dataset, job.init_seed).state_dict()
 
 
 def run_job(
@@ -127,9 +125,9 @@ def run_job(
 ) -> JobResult:
     """Build the network, train it, and return its final weights and snapshots (on the CPU)."""
     from lmctrack.engine.evaluate import evaluate
-    from lmctrack.engine.models import build_model
+    from lmctrack.engine.models import build_for_data
 
-    model = build_model(job.model, dataset.num_classes, dataset.input_shape, job.init_seed)
+    model = build_for_data(job.model, dataset, job.init_seed)
     if job.weights is not None:
         model.load_state_dict(job.weights)
     model.to(device)
@@ -168,10 +166,10 @@ def run_group(
 ) -> list[JobResult]:
     """Train jobs of one group (same _group_key) as one stacked network; results in order."""
     from lmctrack.engine.batched import Copy, evaluate_stacked, train_copies
-    from lmctrack.engine.models import build_model
+    from lmctrack.engine.models import build_for_data
 
     job = jobs[0]
-    template = build_model(job.model, dataset.num_classes, dataset.input_shape, job.init_seed)
+    template = build_for_data(job.model, dataset, job.init_seed)
     prepared = [_prepare(j) for j in jobs]
     copies = [
         Copy(

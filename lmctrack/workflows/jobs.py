@@ -191,6 +191,7 @@ def architecture(ctx: Context) -> dict:
         "kwargs": model.kwargs,
         "num_classes": ds.num_classes,
         "input_shape": list(ds.input_shape),
+        "input_dtype": str(ds.example().dtype).removeprefix("torch."),
     }
 
 
