@@ -37,8 +37,11 @@ from lmctrack.engine.train import (
     Noise,
     Progress,
     Running,
+    SlotsCallback,
     TrainLog,
+    cpu_slots,
     deterministic,
+    load_slots,
     loop,
     read_checkpoint,
     save_checkpoint,
@@ -194,6 +197,7 @@ class Copy:
     checkpoint: Path | None = None
     on_step: Callable[[int, Weights], None] | None = None  # (step, CPU state) at `at_steps`
     progress: Progress | None = None
+    on_slots: SlotsCallback | None = None  # (step, its optimizer state) at `at_steps`
 
 
 def _holder(template: nn.Module, stacked: Weights) -> nn.Module:
@@ -298,9 +302,7 @@ def train_copies(
     opt = make_optimizer(cfg, holder.parameters())
     step = start
     if resumed:
-        state = opt.state_dict()
-        state["state"] = _stack_slots([r[2] for r in resumed])
-        opt.load_state_dict(state)
+        load_slots(opt, _stack_slots([r[2] for r in resumed]))
         step = resumed[0][0]
     logs = [TrainLog(resumed_from=step if resumed else None) for _ in copies]
     mask = _stacked_mask(copies, dict(holder.named_parameters()), device)
@@ -362,8 +364,10 @@ class _Stacked:
         return losses.view(len(self.copies), -1).mean(1), out, y
 
     def snapshot(self, step: int) -> None:
-        stacked = self.holder.state_dict()
+        stacked, slots = self.holder.state_dict(), self.opt.state_dict()["state"]
         for i, c in enumerate(self.copies):
+            if c.on_slots is not None:  # first: a snapshot on disk has its optimizer state
+                c.on_slots(step, cpu_slots(_slots_of(slots, i)))
             if c.on_step is not None:
                 c.on_step(step, unstack(stacked, i))
 

@@ -91,7 +91,7 @@ def _factor(cfg: TrainConfig, step: int, total: int) -> float:
 
 @cache
 def _replayed(scheduler: type, kwargs_json: str, total: int) -> tuple[float, ...]:
-    """The lr an lr_scheduler class sets at steps 0..total on an optimizer of lr 1."""
+    """The lr an lr_scheduler class sets at steps 0..total-1 on an optimizer of lr 1."""
     kwargs = json.loads(kwargs_json)
     named = inspect.signature(scheduler).parameters
     kwargs |= {k: total for k in _TOTAL_NAMES if k in named and k not in kwargs}
@@ -99,10 +99,11 @@ def _replayed(scheduler: type, kwargs_json: str, total: int) -> tuple[float, ...
     try:
         schedule = scheduler(opt, **kwargs)
         rates = []
-        for _ in range(total + 1):
+        for step in range(max(total, 1)):
+            if step:
+                opt.step()
+                schedule.step()
             rates.append(float(opt.param_groups[0]["lr"]))
-            opt.step()
-            schedule.step()
     except Exception as e:
         raise LmcError(
             f"train.schedule {scheduler.__name__} failed with train.schedule_kwargs {kwargs} "
