@@ -145,6 +145,24 @@ def test_tokens_train_and_resume_bit_for_bit_under_the_whole_recipe(own, tmp_pat
     assert not torch.equal(fresh.hidden.weight, whole.hidden.weight)
 
 
+def test_copies_carrying_one_optimizer_state_leave_it_as_it_was(own):
+    """Carry: every copy of Wk starts from the same slots; stepping one must not move them."""
+    data, cfg = _tokens(), _params().train
+    first = build_for_data(ModelConfig(name=BAG), data, 0)
+    kept: dict = {}
+    train(first, data, cfg, start=0, stop=10, noise=Noise(0, 0), at_steps=[10],
+          on_slots=lambda step, slots: kept.update(slots))  # fmt: skip
+    before = {i: {k: v.clone() for k, v in s.items()} for i, s in kept.items()}
+    ends = []
+    for _ in range(2):
+        copy = build_for_data(ModelConfig(name=BAG), data, 0)
+        copy.load_state_dict(first.state_dict())
+        train(copy, data, cfg, start=10, stop=20, noise=Noise(1, 1), slots=kept)
+        ends.append(copy.hidden.weight.detach().clone())
+    assert torch.equal(ends[0], ends[1])
+    assert all(torch.equal(kept[i][k], before[i][k]) for i in kept for k in kept[i])
+
+
 def test_nan_data_is_named_as_the_datas_fault():
     x = torch.randn(8, 3)
     x[5, 1] = float("nan")

@@ -128,9 +128,11 @@ def load_checkpoint(path: Path, model: nn.Module, opt: Optimizer) -> int:
 
 
 def load_slots(opt: Optimizer, slots: Slots) -> None:
-    """Give `opt` these per-parameter slots (load_state_dict moves them to the parameters)."""
+    """Give `opt` a copy of these per-parameter slots: load_state_dict keeps a tensor already on
+    the parameters' device as it is, and stepping would then change the caller's slots (copies
+    of one Wk, in processes: the same shared memory)."""
     state = opt.state_dict()
-    state["state"] = slots
+    state["state"] = cpu_slots(slots)
     try:
         opt.load_state_dict(state)
     except (KeyError, ValueError, RuntimeError) as e:
