@@ -11,6 +11,7 @@ from own_package import install, uninstall
 from test_cli import ok
 from test_recipe import BAG, RECIPE, TOKENS
 
+from lmctrack import load as lmc_load
 from lmctrack.config import schema
 
 # End to end: real trainings on a real store (tens of seconds).
@@ -85,3 +86,17 @@ def test_carry_from_a_state_without_its_optimizer_state_is_refused(project, trai
     assert result.exit_code != 0
     assert "registered without its optimizer state" in result.output
     assert "instability.optimizer_state=restart" in result.output
+
+
+def test_plain_mlflow_serves_the_token_network_on_integer_inputs(project, trained, monkeypatch):
+    import mlflow
+    import numpy as np
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", project.store.tracking_uri)
+    mlflow.set_tracking_uri(project.store.tracking_uri)
+    model = mlflow.pyfunc.load_model(trained["states"]["W_T"])
+    assert model.metadata.get_input_schema().inputs[0].type == np.dtype(np.int64)
+    tokens = np.arange(24).reshape(2, 12) % 32
+    network, _ = lmc_load(trained["states"]["W_T"])
+    expected = network(torch.as_tensor(tokens)).detach().numpy()
+    assert np.allclose(model.predict(tokens), expected, atol=1e-6)
