@@ -235,3 +235,16 @@ def test_a_token_network_probed_with_floats_names_the_inputs(own):
     inputs it was probed with."""
     with pytest.raises(LmcError, match=r"fails on the data's inputs \(shape \(12,\) float32\)"):
         build_model(ModelConfig(name=BAG), 4, (12,), 0)
+
+
+def test_timm_efficientnet_is_traced_for_alignment_on_a_real_batch():
+    """timm's BatchNormAct2d is traced into a functional batch norm in training mode: shape
+    propagation on a batch of one failed there (the zoo table); the data's batch of two does not."""
+    timm = pytest.importorskip("timm")
+    from lmctrack.engine.align import permutation_spec
+
+    x = torch.randn(8, 3, 32, 32)
+    data = tensors_dataset("images", {"x_train": x, "y_train": torch.arange(8) % 4}, False)
+    network = timm.create_model("efficientnet_b0", num_classes=4)
+    assert len(data.example()) == 2
+    assert permutation_spec(network, data.example()).sizes
