@@ -27,13 +27,15 @@ DESCRIPTION_FILE = "lmctrack.json"
 
 
 class StateModel:
-    """The network of one state as a pyfunc model: float inputs in, logits out."""
+    """The network of one state as a pyfunc model: inputs of its dtype in (float32, or int64
+    tokens), logits out."""
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: nn.Module, dtype: torch.dtype = torch.float32) -> None:
         self.network = network.eval()
+        self.dtype = dtype
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        x = torch.as_tensor(model_input, dtype=torch.float32)
+        x = torch.as_tensor(model_input, dtype=self.dtype)
         with torch.no_grad():
             return self.network(x).numpy()
 
@@ -51,11 +53,20 @@ def load_network(folder: Path) -> nn.Module:
         if hashlib.sha256((folder / name).read_bytes()).hexdigest() != expected:
             raise LmcError(f"{folder / name} does not match its recorded sha256; re-create it")
     cfg = ModelConfig(name=arch["name"], width=arch["width"], kwargs=arch.get("kwargs", {}))
-    network = build_model(cfg, arch["num_classes"], tuple(arch["input_shape"]), init_seed=0)
+    shape = tuple(arch["input_shape"])
+    example = torch.zeros(2, *shape, dtype=input_dtype(arch))
+    network = build_model(cfg, arch["num_classes"], shape, init_seed=0, example=example)
     network.load_state_dict(load_state(folder).masked_weights(), strict=True)
     return network.eval()
 
 
+def input_dtype(arch: dict[str, Any]) -> torch.dtype:
+    """int64 for a network on tokens (its architecture says so), else float32."""
+    return torch.int64 if arch.get("input_dtype") == "int64" else torch.float32
+
+
 def _load_pyfunc(data_path: str) -> StateModel:
     """MLflow's loader-module entry point: data_path is the state's folder."""
-    return StateModel(load_network(Path(data_path)))
+    folder = Path(data_path)
+    arch = json.loads((folder / DESCRIPTION_FILE).read_text()).get("architecture") or {}
+    return StateModel(load_network(folder), input_dtype(arch))

@@ -83,12 +83,15 @@ def _barrier_and_errors(results, name, mask, data):
         ("mnist1d_cnn", True, "sgd"),
         ("mnist1d_cnn_bn", False, "sgd"),
         ("mnist1d_cnn", True, "adam"),
+        ("mnist1d_cnn", False, "adamw"),  # with label smoothing: both are per copy
     ],
 )
 def test_stacked_copies_match_their_training_alone(data, name, masked, optimizer):
     kw = {"optimizer": optimizer, "weight_decay": 1e-4, "nesterov": True}
-    if optimizer == "adam":
+    if optimizer != "sgd":
         kw["lr"] = 0.002
+    if optimizer == "adamw":
+        kw["label_smoothing"] = 0.1
     jobs = _jobs(data, name, masked, **kw)
     with board(enabled=False) as quiet:
         stacked = run_jobs(jobs, data, CPU, quiet, batch_copies="on")
@@ -198,6 +201,15 @@ def test_streamed_data_falls_back_to_processes_with_the_reason(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "batch_copies=on: 2 copies of cifar_resnet_20" in out
     assert "is streamed from disk" in out and len(out.strip().splitlines()) == 1
+    assert all(r.steps == 2 for r in results)
+
+
+def test_a_recipe_that_is_not_per_copy_trains_in_processes_with_the_reason(data, capsys):
+    jobs = _jobs(data, stop=2, clip_grad_norm=1.0)
+    with board(enabled=False) as quiet:
+        results = run_jobs(jobs, data, CPU, quiet, workers=1, batch_copies="on")
+    out = capsys.readouterr().out
+    assert "train in processes: train.clip_grad_norm is a norm over each copy's whole" in out
     assert all(r.steps == 2 for r in results)
 
 

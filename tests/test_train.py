@@ -10,7 +10,8 @@ from lmctrack.config.params import DataConfig, ModelConfig, TrainConfig, load_pa
 from lmctrack.engine.data import load_dataset
 from lmctrack.engine.models import build_model, prunable_names
 from lmctrack.engine.prune import full_mask, magnitude_prune
-from lmctrack.engine.train import Noise, learning_rate, train
+from lmctrack.engine.recipe import learning_rate
+from lmctrack.engine.train import Noise, train
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,14 @@ from lmctrack.config import schema
 from lmctrack.config.overrides import apply, describe, overrides
 from lmctrack.config.steps import Step, StepField
 from lmctrack.config.steps import iterations_per_epoch as iterations_per_epoch  # re-exported
-from lmctrack.config.user import QuietDefaults, data_name
+from lmctrack.config.user import (
+    CROSS_ENTROPY,
+    QuietDefaults,
+    data_name,
+    loss_name,
+    optimizer_name,
+    schedule_name,
+)
 from lmctrack.errors import LmcError, existing_file
 
 
@@ -85,19 +92,48 @@ class PruneConfig(Section):
     exclude: list[str] = Field(default_factory=list, description="never prune these tensors")
 
 
-class TrainConfig(Section):
-    optimizer: Literal["sgd", "adam"] = "sgd"
+class TrainConfig(Section, QuietDefaults):
+    """The recipe: optimizer, learning-rate schedule and loss by name or import path (keys added
+    after the first release are left out of the hash at their defaults)."""
+
+    quiet: ClassVar[dict[str, Any]] = {
+        "optimizer_kwargs": {},
+        "schedule_kwargs": {},
+        "label_smoothing": 0.0,
+        "clip_grad_norm": None,
+        "loss": CROSS_ENTROPY,
+    }
+    optimizer: Annotated[str, AfterValidator(optimizer_name)] = Field(
+        "sgd", description="sgd, adam, adamw or 'package.module:Class' (e.g. torch.optim:AdamW)"
+    )
+    optimizer_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="more arguments of the optimizer, e.g. betas"
+    )
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(100, gt=0)
     steps: StepField = Field(default_factory=lambda: Step(it=3000))
-    schedule: Literal["constant", "step", "linear_decay"] = "constant"
+    schedule: Annotated[str, AfterValidator(schedule_name)] = Field(
+        "constant",
+        description="constant, step, linear_decay, cosine, or 'package.module:attr': a function "
+        "(step, total) -> lr factor, or a torch lr_scheduler class",
+    )
+    schedule_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="arguments of an lr_scheduler class"
+    )
     milestones: list[StepField] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0)
     warmup: StepField = Field(default_factory=Step)
-    final_lr: float = Field(0.0, ge=0, description="linear_decay: learning rate reached at T")
+    final_lr: float = Field(0.0, ge=0, description="linear_decay, cosine: learning rate at T")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="of the cross-entropy loss")
+    clip_grad_norm: float | None = Field(
+        None, gt=0, description="clip the gradients' total norm to this before each step"
+    )
+    loss: Annotated[str, AfterValidator(loss_name)] = Field(
+        CROSS_ENTROPY, description="cross_entropy or 'package.module:fn' (logits, labels) -> loss"
+    )
     rewind_steps: list[StepField] = Field(default_factory=list, description="states Wk to register")
     eval_every: StepField | None = None
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where networks train")
@@ -108,6 +144,11 @@ class TrainConfig(Section):
             raise ValueError("train.steps is 0: a training needs at least one step, e.g. 3000it")
         if self.eval_every is not None and self.eval_every == Step():
             raise ValueError("train.eval_every is 0: give a positive step such as 500it, or null")
+        if self.label_smoothing and self.loss != CROSS_ENTROPY:
+            raise ValueError(
+                "train.label_smoothing applies to the cross-entropy loss only; smooth inside "
+                f"{self.loss} or remove train.label_smoothing"
+            )
         return self
 
 
@@ -119,7 +160,8 @@ class SeedConfig(Section):
     augment: int = 0
 
 
-class InstabilityConfig(Section):
+class InstabilityConfig(Section, QuietDefaults):
+    quiet: ClassVar[dict[str, Any]] = {"optimizer_state": "restart"}
     rewind_steps: list[StepField] = Field(default_factory=lambda: [Step(it=0)])
     inits: int = Field(3, gt=0)
     copies: int = Field(3, ge=2, description="copies per state; every pair is interpolated")
@@ -127,6 +169,11 @@ class InstabilityConfig(Section):
     splits: list[Literal["test", "train"]] = Field(default_factory=lambda: ["test", "train"])
     bn: Literal["interpolate", "reset", "repair"] = "reset"
     reset_schedule: bool = False
+    optimizer_state: Literal["restart", "carry"] = Field(
+        "restart",
+        description="copies of Wk start with a fresh optimizer (the paper) or carry the "
+        "training's optimizer state at k",
+    )
     track_every: StepField | None = None
     stable_threshold: float = Field(
         schema.STABLE_THRESHOLD, gt=0, description="barrier below this is stable"

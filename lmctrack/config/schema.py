@@ -38,6 +38,8 @@ INIT_SEED = "init_seed"
 DATA_ORDER_SEED = "data_order_seed"
 AUGMENT_SEED = "augment_seed"
 RESET_SCHEDULE = "reset_schedule"
+OPTIMIZER_STATE = "optimizer_state"  # a copy's optimizer at k: restart | carry
+CARRY = "carry"  # instability.optimizer_state: copies start with the training's state at k
 START_STEP = "start_step"
 TRAIN_RUN = "train_run"  # on a run that added rewind states: the training run it extends
 

@@ -1,5 +1,5 @@
 """The config keys that name the user's own code (model.kwargs, model.init, data.kwargs, a data
-name that is an import path), added so that every existing config keeps its hash: a section that
+name that is an import path, the training recipe's optimizer, schedule and loss), added so that every existing config keeps its hash: a section that
 mixes in QuietDefaults leaves the keys it names out of its dump while they hold their defaults,
 so work recorded before the keys existed is still found and reused."""
 
@@ -33,3 +33,25 @@ def data_name(name: str) -> str:
         f"unknown dataset '{name}'; use one of {', '.join(BUILTIN_DATA)}, an installed plugin's "
         "name, or your own factory as 'package.module:factory'"
     )
+
+
+CROSS_ENTROPY = "cross_entropy"
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "linear_decay", "cosine")
+
+
+def _named(kind: str, choices: tuple[str, ...], example: str):
+    def check(name: str) -> str:
+        if name in choices or ":" in name:
+            return name
+        raise ValueError(
+            f"unknown {kind} '{name}'; use one of {', '.join(choices)} or an import path such "
+            f"as '{example}'"
+        )
+
+    return check
+
+
+optimizer_name = _named("optimizer", OPTIMIZERS, "torch.optim:AdamW")
+schedule_name = _named("schedule", SCHEDULES, "torch.optim.lr_scheduler:OneCycleLR")
+loss_name = _named("loss", (CROSS_ENTROPY,), "mypackage.losses:focal")

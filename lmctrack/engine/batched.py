@@ -11,9 +11,10 @@ mode vmap's batch-norm rule updates each network's own statistics in place, so t
 their own statistics (tested against unbatched training), and the BatchNorm reset of a path is
 update_bn's cumulative average computed for all networks at once.
 
-Training (`train_copies`) steps the optimizer on the stacked parameters: SGD and Adam are elementwise,
-so one optimizer over stacked tensors is exactly one optimizer per copy; a checkpoint slices its
-state per copy into the same file format as the unbatched engine, so either engine resumes it.
+Training (`train_copies`) steps the optimizer on the stacked parameters: SGD, Adam and AdamW are
+elementwise, so one optimizer over stacked tensors is exactly one optimizer per copy (a recipe
+that is not, recipe.stacking_problem, trains in processes); a checkpoint slices its state per copy
+into the same file format as the unbatched engine, so either engine resumes it.
 """
 
 from __future__ import annotations
@@ -30,16 +31,18 @@ from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lmctrack.config.params import TrainConfig
+from lmctrack.engine.recipe import Optimizer, make_optimizer, stacking_problem
 from lmctrack.engine.state import Mask
 from lmctrack.engine.train import (
     Noise,
-    Optimizer,
     Progress,
     Running,
+    SlotsCallback,
     TrainLog,
+    cpu_slots,
     deterministic,
+    load_slots,
     loop,
-    make_optimizer,
     read_checkpoint,
     save_checkpoint,
 )
@@ -194,6 +197,7 @@ class Copy:
     checkpoint: Path | None = None
     on_step: Callable[[int, Weights], None] | None = None  # (step, CPU state) at `at_steps`
     progress: Progress | None = None
+    on_slots: SlotsCallback | None = None  # (step, its optimizer state) at `at_steps`
 
 
 def _holder(template: nn.Module, stacked: Weights) -> nn.Module:
@@ -278,6 +282,9 @@ def train_copies(
     """
     from lmctrack.engine.prune import keep_masked
 
+    problem = stacking_problem(cfg)
+    if problem is not None:
+        raise LmcError(f"copies cannot train stacked: {problem}; use runner.batch_copies=off")
     device = torch.device(device)
     deterministic(device)
     template = template.to(device)
@@ -295,9 +302,7 @@ def train_copies(
     opt = make_optimizer(cfg, holder.parameters())
     step = start
     if resumed:
-        state = opt.state_dict()
-        state["state"] = _stack_slots([r[2] for r in resumed])
-        opt.load_state_dict(state)
+        load_slots(opt, _stack_slots([r[2] for r in resumed]))
         step = resumed[0][0]
     logs = [TrainLog(resumed_from=step if resumed else None) for _ in copies]
     mask = _stacked_mask(copies, dict(holder.named_parameters()), device)
@@ -318,6 +323,7 @@ def train_copies(
         streams,
         evaluate_fn,
         logs,
+        cfg.label_smoothing,
     )
     steps, seconds = loop(
         stacked, cfg, dataset, step, stop, schedule_total, at_steps, eval_every, checkpoint_every
@@ -342,6 +348,7 @@ class _Stacked:
     streams: list
     evaluate_fn: Callable[[Weights, int], list[dict[str, float]]] | None
     logs: list[TrainLog]
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         named = [*self.holder.named_parameters(), *self.holder.named_buffers()]
@@ -351,12 +358,16 @@ class _Stacked:
         xs, ys = zip(*(next(s) for s in self.streams), strict=True)
         x, y = torch.stack(xs), torch.stack(ys)
         out = forward(self.module, self.tensors, x, shared=False)
-        losses = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
+        losses = F.cross_entropy(
+            out.flatten(0, 1), y.flatten(), reduction="none", label_smoothing=self.label_smoothing
+        )
         return losses.view(len(self.copies), -1).mean(1), out, y
 
     def snapshot(self, step: int) -> None:
-        stacked = self.holder.state_dict()
+        stacked, slots = self.holder.state_dict(), self.opt.state_dict()["state"]
         for i, c in enumerate(self.copies):
+            if c.on_slots is not None:  # first: a snapshot on disk has its optimizer state
+                c.on_slots(step, cpu_slots(_slots_of(slots, i)))
             if c.on_step is not None:
                 c.on_step(step, unstack(stacked, i))
 

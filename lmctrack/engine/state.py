@@ -1,4 +1,5 @@
-"""A State: a network's full state_dict (weights and BatchNorm buffers) plus an optional mask.
+"""A State: a network's full state_dict (weights and BatchNorm buffers) plus an optional mask,
+and for a rewind state Wk the optimizer's state at k (instability.optimizer_state: carry).
 
 States are stored as safetensors files so that loading one never executes code. Each file is
 written to a temporary name and renamed, so a kill mid-write never leaves a truncated file under
@@ -18,9 +19,12 @@ from safetensors.torch import load_file, save
 from lmctrack.errors import LmcError
 
 Mask = dict[str, torch.Tensor]  # prunable parameter name -> bool tensor (True = kept)
+Slots = dict[int, dict]  # torch.optim's state_dict()["state"]: parameter index -> its slots
 
 WEIGHTS_FILE = "state.safetensors"
 MASK_FILE = "mask.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+_SCALAR = "#scalar"  # a slot that is a Python number, kept as a 0-dim tensor in the file
 
 
 @dataclass
@@ -29,6 +33,7 @@ class State:
 
     weights: dict[str, torch.Tensor]
     mask: Mask | None = None
+    optimizer: Slots | None = None  # the training's optimizer state at this step, if kept
 
     def density(self) -> float | None:
         """Fraction of prunable weights kept by the mask (None for a dense state)."""
@@ -57,6 +62,30 @@ def non_finite(state: State) -> str | None:
     return None
 
 
+def flat_slots(slots: Slots) -> dict[str, torch.Tensor]:
+    """Optimizer slots as safetensors holds them: '<index>/<name>' -> tensor (numbers 0-dim)."""
+    flat = {}
+    for index, slot in slots.items():
+        for name, value in slot.items():
+            if torch.is_tensor(value):
+                flat[f"{index}/{name}"] = value.detach().cpu().contiguous()
+            else:
+                flat[f"{index}/{name}{_SCALAR}"] = torch.tensor(value)
+    return flat
+
+
+def nested_slots(flat: dict[str, torch.Tensor]) -> Slots:
+    """flat_slots undone, bit for bit (numbers back to Python numbers)."""
+    slots: Slots = {}
+    for key, value in flat.items():
+        index, name = key.split("/", 1)
+        if name.endswith(_SCALAR):
+            slots.setdefault(int(index), {})[name.removesuffix(_SCALAR)] = value.item()
+        else:
+            slots.setdefault(int(index), {})[name] = value
+    return slots
+
+
 def _write(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Write a safetensors file whole or not at all (temp file, fsync, rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -78,6 +107,9 @@ def save_state(state: State, folder: Path) -> list[Path]:
     if state.mask is not None:
         files.append(folder / MASK_FILE)
         _write({k: v.cpu().to(torch.bool).contiguous() for k, v in state.mask.items()}, files[1])
+    if state.optimizer is not None:
+        files.append(folder / OPTIMIZER_FILE)
+        _write(flat_slots(state.optimizer), files[-1])
     return files
 
 
@@ -86,13 +118,15 @@ def load_state(folder: Path) -> State:
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise LmcError(f"no {WEIGHTS_FILE} in {folder}: the state was not saved by lmctrack")
-    mask_path = folder / MASK_FILE
+    mask_path, optimizer_path = folder / MASK_FILE, folder / OPTIMIZER_FILE
     try:
         weights = load_file(str(weights_path))
         mask = load_file(str(mask_path)) if mask_path.is_file() else None
+        optimizer = load_file(str(optimizer_path)) if optimizer_path.is_file() else None
     except (SafetensorError, OSError, ValueError) as e:
         raise LmcError(
             f"corrupted state file in {folder} ({e}); re-create it by re-running the step that "
             "produced it"
         ) from None
-    return State(weights=weights, mask=mask)
+    slots = None if optimizer is None else nested_slots(optimizer)
+    return State(weights=weights, mask=mask, optimizer=slots)

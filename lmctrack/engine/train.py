@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from lmctrack.config.params import TrainConfig
-from lmctrack.engine.sgd import SGD
-from lmctrack.engine.state import Mask
+from lmctrack.engine.recipe import Loss, Optimizer, clip, learning_rate, make_loss, make_optimizer
+from lmctrack.engine.state import Mask, Slots, flat_slots, nested_slots
 from lmctrack.errors import LmcError
 
 
@@ -33,34 +33,6 @@ class Noise:
 
     data_order: int
     augment: int
-
-
-def learning_rate(cfg: TrainConfig, step: int, ipe: int, total: int) -> float:
-    """lr * gamma^(milestones passed) * min(1, step / warmup), or a linear decay to final_lr."""
-    lr = cfg.lr
-    if cfg.schedule == "step":
-        lr *= cfg.gamma ** sum(step >= m.iterations(ipe) for m in cfg.milestones)
-    elif cfg.schedule == "linear_decay":
-        lr += (cfg.final_lr - cfg.lr) * min(1.0, step / max(total, 1))
-    warmup = cfg.warmup.iterations(ipe)
-    if warmup > 0:
-        lr *= min(1.0, step / warmup)
-    return lr
-
-
-Optimizer = SGD | torch.optim.Optimizer
-
-
-def make_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return SGD(
-        params,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov and cfg.momentum > 0,
-        weight_decay=cfg.weight_decay,
-    )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -120,22 +92,14 @@ def write_atomic(
     tmp.replace(path)
 
 
-def save_checkpoint(
-    path: Path, step: int, weights: dict[str, torch.Tensor], slots: dict[int, dict]
-) -> None:
+def save_checkpoint(path: Path, step: int, weights: dict[str, torch.Tensor], slots: Slots) -> None:
     """Write weights and optimizer slots (torch.optim state_dict()["state"]) at `step`."""
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
-    scalars: dict[str, float] = {}
-    for index, slot in slots.items():
-        for key, value in slot.items():
-            if torch.is_tensor(value):
-                tensors[f"opt/{index}/{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}/{key}"] = value
-    write_atomic(path, tensors, {"step": str(step), "scalars": json.dumps(scalars)})
+    tensors |= {f"opt/{k}": v for k, v in flat_slots(slots).items()}
+    write_atomic(path, tensors, {"step": str(step)})
 
 
-def read_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[int, dict]]:
+def read_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], Slots]:
     """(step, weights, optimizer slots) of a checkpoint, on the CPU; damage is an LmcError."""
     from safetensors import safe_open
 
@@ -147,12 +111,8 @@ def read_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[int,
         raise LmcError(
             f"corrupted checkpoint {path} ({e}); delete it to train from the start"
         ) from None
-    slots: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt/"):
-            _, index, name = key.split("/", 2)
-            slots.setdefault(int(index), {})[name] = value
-    for key, value in json.loads(meta["scalars"]).items():
+    slots = nested_slots({k[4:]: v for k, v in tensors.items() if k.startswith("opt/")})
+    for key, value in json.loads(meta.get("scalars", "{}")).items():  # written before 0a1aad1
         index, name = key.split("/", 1)
         slots.setdefault(int(index), {})[name] = value
     weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
@@ -163,10 +123,31 @@ def load_checkpoint(path: Path, model: nn.Module, opt: Optimizer) -> int:
     """Restore model and optimizer from `path`; returns the step it was taken at."""
     step, weights, slots = read_checkpoint(path)
     model.load_state_dict(weights)
-    opt_state = opt.state_dict()
-    opt_state["state"] = slots  # load_state_dict moves the slots to the parameters' device
-    opt.load_state_dict(opt_state)
+    load_slots(opt, slots)
     return step
+
+
+def load_slots(opt: Optimizer, slots: Slots) -> None:
+    """Give `opt` a copy of these per-parameter slots: load_state_dict keeps a tensor already on
+    the parameters' device as it is, and stepping would then change the caller's slots (copies
+    of one Wk, in processes: the same shared memory)."""
+    state = opt.state_dict()
+    state["state"] = cpu_slots(slots)
+    try:
+        opt.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise LmcError(
+            f"the optimizer state does not fit train.optimizer {type(opt).__name__} ({e}); "
+            "use the recipe it was saved with or instability.optimizer_state=restart"
+        ) from None
+
+
+def cpu_slots(slots: Slots) -> Slots:
+    """A copy of optimizer slots on the CPU, unaffected by further steps."""
+    return {
+        i: {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else v for k, v in s.items()}
+        for i, s in slots.items()
+    }
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -183,6 +164,7 @@ class TrainLog:
 
 
 StepCallback = Callable[[int, nn.Module], None]
+SlotsCallback = Callable[[int, Slots], None]  # the optimizer's state at a snapshot step
 Progress = Callable[[int, dict[str, float]], None]
 REPORT_EVERY = 25
 
@@ -283,6 +265,7 @@ def loop(
             losses, out, y = nets.losses()
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()  # stacked copies are independent: each its own gradient
+            clip(cfg, opt)
             opt.step()
             if guard is not None:
                 guard.after_step()
@@ -312,7 +295,8 @@ class _One:
     evaluate_fn: Callable[[nn.Module, int], dict[str, float]] | None
     checkpoint: Path | None
     log: TrainLog
-    loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+    loss_fn: Loss
+    on_slots: SlotsCallback | None
 
     def losses(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = next(self.batches)
@@ -320,6 +304,8 @@ class _One:
         return self.loss_fn(out, y), out, y
 
     def snapshot(self, step: int) -> None:
+        if self.on_slots is not None:  # first: a snapshot on disk has its optimizer state
+            self.on_slots(step, cpu_slots(self.opt.state_dict()["state"]))
         if self.on_step is not None:
             self.on_step(step, self.module)
 
@@ -351,12 +337,16 @@ def train(
     checkpoint_every: int = 500,
     progress: Progress | None = None,
     schedule_total: int | None = None,
+    slots: Slots | None = None,
+    on_slots: SlotsCallback | None = None,
 ) -> TrainLog:
     """Train `model` in place from iteration `start` to `stop` (exclusive of further steps).
 
     `on_step(t, model)` is called with the state after t iterations for every t in `at_steps`
     within [start, stop] (e.g. to register W0 and each Wk). The LR schedule is evaluated at the
     global step t, so copies of Wk continue the schedule of the run they came from.
+    `slots`: the optimizer state to start from (the training's at `start`: a carried copy);
+    `on_slots(t, slots)` receives the optimizer state at each t in `at_steps`.
     """
     from lmctrack.engine.prune import keep_masked
 
@@ -366,6 +356,8 @@ def train(
     opt = make_optimizer(cfg, model.parameters())
     log = TrainLog()
     step = start
+    if slots is not None:
+        load_slots(opt, slots)
     if checkpoint is not None and checkpoint.is_file():
         step = load_checkpoint(checkpoint, model, opt)
         if not start <= step <= stop:
@@ -379,7 +371,18 @@ def train(
     )
     running = Running(None, device)
     one = _One(
-        model, opt, guard, running, [progress], batches, on_step, evaluate_fn, checkpoint, log
+        model,
+        opt,
+        guard,
+        running,
+        [progress],
+        batches,
+        on_step,
+        evaluate_fn,
+        checkpoint,
+        log,
+        make_loss(cfg),
+        on_slots,
     )
     log.steps, log.seconds = loop(
         one, cfg, dataset, step, stop, schedule_total, at_steps, eval_every, checkpoint_every

@@ -15,11 +15,12 @@ from safetensors.torch import load_file
 
 from lmctrack.config import schema
 from lmctrack.config.params import ModelConfig, TrainConfig
-from lmctrack.engine.state import Mask
+from lmctrack.engine.state import Mask, Slots, flat_slots, nested_slots
 from lmctrack.engine.train import Noise, train, write_atomic
 from lmctrack.errors import LmcError
 
 Weights = dict[str, torch.Tensor]
+SLOTS = "slots"  # file prefix of a snapshot's optimizer state in a checkpoint folder
 
 
 @dataclass
@@ -40,38 +41,50 @@ class TrainJob:
     eval_every: int | None = None
     checkpoint: Path | None = None
     schedule_total: int | None = None
+    slots: Slots | None = None  # the optimizer state to start from (a carried copy of Wk)
+    keep_slots: bool = False  # also return the optimizer state at each snapshot step
 
 
 @dataclass
 class JobResult:
     weights: Weights
     snapshots: dict[int, Weights] = field(default_factory=dict)
+    slots: dict[int, Slots] = field(default_factory=dict)  # optimizer state by snapshot step
     evaluations: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
     resumed_from: int | None = None
 
 
-def load_snapshots(folder: Path, resume_step: int | None = None) -> dict[int, Weights]:
-    """Snapshots an interrupted job already took (its checkpoint folder keeps them).
+def load_snapshots(
+    folder: Path, resume_step: int | None = None
+) -> tuple[dict[int, Weights], dict[int, Slots]]:
+    """Snapshots an interrupted job already took (its checkpoint folder keeps them), and the
+    optimizer states kept with them.
 
     A damaged snapshot (a kill mid-write by an older version, a damaged disk) is deleted when the
     resumed training will pass its step again and take it anew; one from before `resume_step`
     cannot be retaken, which is an LmcError.
     """
-    snapshots = {}
+    snapshots: dict[int, Weights] = {}
+    kept_slots: dict[int, Slots] = {}
     for path in sorted(folder.glob("snapshot_*.safetensors")):
         step = int(path.stem.split("_")[1])
+        slots_path = path.with_name(f"{SLOTS}_{step}.safetensors")
         try:
             snapshots[step] = load_file(str(path))
+            if slots_path.is_file():
+                kept_slots[step] = nested_slots(load_file(str(slots_path)))
         except (SafetensorError, OSError) as e:
             if resume_step is not None and step < resume_step:
                 raise LmcError(
                     f"snapshot {path} is damaged ({e}) and the checkpoint is past its step; "
                     f"delete {folder} to train this job again"
                 ) from None
+            snapshots.pop(step, None)
             path.unlink()
-    return snapshots
+            slots_path.unlink(missing_ok=True)
+    return snapshots, kept_slots
 
 
 def _cpu_weights(model: torch.nn.Module) -> Weights:
@@ -87,20 +100,27 @@ def _metrics(test: tuple[float, float], train_split: tuple[float, float]) -> dic
     }
 
 
-def _prepare(job: TrainJob) -> tuple[JobResult, Callable[[int, Weights], None]]:
-    """The job's result with the snapshots it already took, and how it keeps new ones."""
+def _prepare(job: TrainJob) -> tuple[JobResult, Callable, Callable | None]:
+    """The job's result with the snapshots it already took, and how it keeps new ones (and the
+    optimizer states with them, where the job keeps those)."""
     from lmctrack.engine.batched import checkpoint_step
 
     result = JobResult(weights={})
     if job.checkpoint is not None:
-        result.snapshots = load_snapshots(job.checkpoint.parent, checkpoint_step(job.checkpoint))
+        step = checkpoint_step(job.checkpoint)
+        result.snapshots, result.slots = load_snapshots(job.checkpoint.parent, step)
 
     def keep(step: int, weights: Weights) -> None:
         result.snapshots[step] = weights
         if job.checkpoint is not None:
             write_atomic(job.checkpoint.parent / f"snapshot_{step}.safetensors", weights)
 
-    return result, keep
+    def keep_slots(step: int, slots: Slots) -> None:  # called first: written before the weights
+        result.slots[step] = slots
+        if job.checkpoint is not None:
+            write_atomic(job.checkpoint.parent / f"{SLOTS}_{step}.safetensors", flat_slots(slots))
+
+    return result, keep, keep_slots if job.keep_slots else None
 
 
 def _finish(result: JobResult, weights: Weights, log) -> JobResult:
@@ -113,13 +133,11 @@ def _finish(result: JobResult, weights: Weights, log) -> JobResult:
 
 
 def _start_weights(job: TrainJob, dataset) -> Weights:
-    from lmctrack.engine.models import build_model
+    from lmctrack.engine.models import build_for_data
 
     if job.weights is not None:
         return job.weights
-    return build_model(
-        job.model, dataset.num_classes, dataset.input_shape, job.init_seed
-    ).state_dict()
+    return build_for_data(job.model, dataset, job.init_seed).state_dict()
 
 
 def run_job(
@@ -127,13 +145,13 @@ def run_job(
 ) -> JobResult:
     """Build the network, train it, and return its final weights and snapshots (on the CPU)."""
     from lmctrack.engine.evaluate import evaluate
-    from lmctrack.engine.models import build_model
+    from lmctrack.engine.models import build_for_data
 
-    model = build_model(job.model, dataset.num_classes, dataset.input_shape, job.init_seed)
+    model = build_for_data(job.model, dataset, job.init_seed)
     if job.weights is not None:
         model.load_state_dict(job.weights)
     model.to(device)
-    result, keep = _prepare(job)
+    result, keep, keep_slots = _prepare(job)
 
     def evaluate_fn(net: torch.nn.Module, step: int) -> dict[str, float]:
         test = evaluate(net, dataset, "test", device=device)
@@ -156,6 +174,8 @@ def run_job(
         checkpoint=job.checkpoint,
         progress=report,
         schedule_total=job.schedule_total,
+        slots=job.slots,
+        on_slots=keep_slots,
     )
     return _finish(result, _cpu_weights(model), log)
 
@@ -168,10 +188,10 @@ def run_group(
 ) -> list[JobResult]:
     """Train jobs of one group (same _group_key) as one stacked network; results in order."""
     from lmctrack.engine.batched import Copy, evaluate_stacked, train_copies
-    from lmctrack.engine.models import build_model
+    from lmctrack.engine.models import build_for_data
 
     job = jobs[0]
-    template = build_model(job.model, dataset.num_classes, dataset.input_shape, job.init_seed)
+    template = build_for_data(job.model, dataset, job.init_seed)
     prepared = [_prepare(j) for j in jobs]
     copies = [
         Copy(
@@ -181,8 +201,9 @@ def run_group(
             checkpoint=j.checkpoint,
             on_step=keep,
             progress=report,
+            on_slots=keep_slots,
         )
-        for j, (_, keep), report in zip(jobs, prepared, reports, strict=True)
+        for j, (_, keep, keep_slots), report in zip(jobs, prepared, reports, strict=True)
     ]
 
     def evaluate_fn(stacked: Weights, step: int) -> list[dict[str, float]]:
@@ -204,6 +225,4 @@ def run_group(
         evaluate_fn=evaluate_fn,
         schedule_total=job.schedule_total,
     )
-    return [
-        _finish(result, w, log) for (result, _), w, log in zip(prepared, weights, logs, strict=True)
-    ]
+    return [_finish(p[0], w, log) for p, w, log in zip(prepared, weights, logs, strict=True)]

@@ -56,7 +56,13 @@ def _stacking_problem(jobs: Sequence[TrainJob], dataset, device: torch.device) -
     """Why these jobs cannot train stacked (None: they can); tried, not guessed, for vmap."""
     from lmctrack.engine.batched import checkpoint_step
     from lmctrack.engine.data import TensorDataset
+    from lmctrack.engine.recipe import stacking_problem
 
+    recipe = stacking_problem(jobs[0].train)
+    if recipe is not None:
+        return recipe
+    if any(j.slots for j in jobs):
+        return "they carry the optimizer state of Wk (instability.optimizer_state=carry)"
     if not isinstance(dataset, TensorDataset):
         return f"dataset {dataset.name} is streamed from disk; only in-memory data is stacked"
     steps = {checkpoint_step(j.checkpoint) for j in jobs}

@@ -118,6 +118,7 @@ class Fork:
     tracked: dict[int, dict[str, Stats]] = field(default_factory=dict)  # Appendix C
     copy_errors: list[float] = field(default_factory=list)  # each copy's test error, in order
     threshold: float = schema.STABLE_THRESHOLD  # instability.stable_threshold it was made with
+    optimizer_state: str = "restart"  # the copies' optimizer at k: restarted, or carried from Wk
     reused: bool = False
 
     @property

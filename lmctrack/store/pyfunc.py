@@ -5,7 +5,8 @@ name or import path, width, the kwargs of the user's own network, number of clas
 shape). The MLmodel written next to them names the loader
 module lmctrack.mlflow_model, so `mlflow.pyfunc.load_model("models:/<name>/<version>")` rebuilds
 the network from that description and reads the files; nothing is unpickled. The signature
-(float32 inputs of the dataset's shape, float32 logits) and a small input example make the UI
+(inputs of the dataset's shape and dtype: float32, or int64 tokens; float32 logits) and a small
+input example make the UI
 show the version's schema. Writing all this costs a few milliseconds per state.
 """
 
@@ -27,6 +28,7 @@ from lmctrack.errors import LmcError
 
 LOADER_MODULE = "lmctrack.mlflow_model"
 ARCHITECTURE_KEYS = ("name", "width", "num_classes", "input_shape")
+INT64 = "int64"
 _EXAMPLE_FILE = "input_example.json"
 _SERVING_FILE = "serving_input_example.json"
 _EXAMPLE_LIMIT = 4096  # numbers in the input example; larger inputs (ImageNet) get none
@@ -49,7 +51,13 @@ def architecture(arch: dict[str, Any]) -> dict[str, Any]:
         **({"kwargs": json.loads(json.dumps(kwargs))} if kwargs else {}),
         "num_classes": int(arch["num_classes"]),
         "input_shape": [int(n) for n in arch["input_shape"]],
+        **({"input_dtype": INT64} if arch.get("input_dtype") == INT64 else {}),  # tokens
     }
+
+
+def input_dtype(arch: dict[str, Any]) -> str:
+    """The inputs' dtype: int64 (tokens) where recorded, else float32 (every earlier state)."""
+    return arch.get("input_dtype", "float32")
 
 
 def write_mlmodel(
@@ -58,7 +66,7 @@ def write_mlmodel(
     """Write MLmodel, requirements.txt and (for small inputs) the input example into folder."""
     shape = tuple(arch["input_shape"])
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape))]),
+        inputs=Schema([TensorSpec(np.dtype(input_dtype(arch)), (-1, *shape))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, arch["num_classes"]), "logits")]),
     )
     model = Model(
@@ -75,7 +83,7 @@ def write_mlmodel(
     )
     files = [folder / "MLmodel", folder / "requirements.txt"]
     if math.prod(shape) <= _EXAMPLE_LIMIT:
-        example = np.zeros((1, *shape), dtype=np.float32).tolist()
+        example = np.zeros((1, *shape), dtype=input_dtype(arch)).tolist()
         (folder / _EXAMPLE_FILE).write_text(json.dumps(example))
         (folder / _SERVING_FILE).write_text(json.dumps({"inputs": example}))
         model.saved_input_example_info = {

@@ -232,7 +232,6 @@ class Run:
         after a kill mid-registration adopts what the dead run registered, and no state is
         registered twice. Non-finite weights (a diverged training) are refused.
         """
-        from lmctrack.engine import state as state_files  # torch: loaded with `state` already
 
         if bad := state_files.non_finite(state):
             raise LmcError(
@@ -351,8 +350,6 @@ class Run:
         """Write the safetensors files (and a JSON description with their sha256 and the
         architecture, plus the pyfunc MLmodel when the architecture is known) into a new logged
         model; returns it and the files' hashes."""
-        from lmctrack.engine import state as state_files  # torch: loaded with `state` already
-        from lmctrack.mlflow_model import DESCRIPTION_FILE
 
         request = self.store._request()
         model = retry_busy(

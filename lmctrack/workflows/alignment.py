@@ -91,7 +91,7 @@ def _align(ctx: Context, key: str, a_uri: str, b_uri: str, method: str, seed: in
     check = next(ds.eval_batches("train", batch_size=CHECK_EXAMPLES, device=ctx.device))[0]
     batches = ds.eval_batches("train", device=ctx.device, limit=limit)
     result = align_states(
-        ctx.template(), ds.input_shape, a, b, check, method=method, batches=batches, seed=seed
+        ctx.template(), ds.example(), a, b, check, method=method, batches=batches, seed=seed
     )
     tags = {
         schema.ALIGN_METHOD: method,
@@ -191,7 +191,7 @@ def _transport(
     from lmctrack.engine.align import permutation_spec
     from lmctrack.workflows.imp_chain import sparsity_tags
 
-    spec = permutation_spec(ctx.template(), ctx.dataset.input_shape)
+    spec = permutation_spec(ctx.template(), ctx.dataset.example())
     # Unit i of the aligned B is B's unit perm[i] and matches A's unit i: A's mask in B's order
     # is A's mask permuted by the inverse.
     inverse = invert_permutation(load_permutation(ctx.store, by))

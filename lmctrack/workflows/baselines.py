@@ -37,10 +37,10 @@ def drawn_by(method: str) -> tuple[str, ...]:
 
 def reinitialized(ctx: Context, sub: State, init_seed: int) -> State:
     """The random-reinitialization baseline: the subnetwork's mask on a fresh initialization."""
-    from lmctrack.engine.models import build_model
+    from lmctrack.engine.models import build_for_data
 
     ds = ctx.dataset
-    fresh = build_model(ctx.params.model, ds.num_classes, ds.input_shape, init_seed).state_dict()
+    fresh = build_for_data(ctx.params.model, ds, init_seed).state_dict()
     return State({k: v.detach().clone() for k, v in fresh.items()}, sub.mask)
 
 

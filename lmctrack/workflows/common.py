@@ -41,10 +41,10 @@ class Context:
 
     def template(self) -> torch.nn.Module:
         """A network of the configured architecture on the device (weights to be overwritten)."""
-        from lmctrack.engine.models import build_model
+        from lmctrack.engine.models import build_for_data
 
         ds = self.dataset
-        return build_model(self.params.model, ds.num_classes, ds.input_shape, 0).to(self.device)
+        return build_for_data(self.params.model, ds, 0).to(self.device)
 
     def scratch(self) -> Path:
         """A private temporary folder for files on their way into the store."""

@@ -67,6 +67,7 @@ class Plan:
     track: list[int]
     key: str
     params: dict  # the fork run's (schema's names: k, init_seed, copies, ...)
+    carry: bool
     copy_keys: list[str] = field(default_factory=list)
     trained_by: dict[str, str] = field(default_factory=dict)  # copy key -> the run that made it
 
@@ -89,7 +90,8 @@ class Plan:
 
     @property
     def label(self) -> str:
-        return f"fork k={self.k}" + (" reset schedule" if self.reset_schedule else "")
+        carry = " carry optimizer" if self.carry else ""
+        return f"fork k={self.k}" + (" reset schedule" if self.reset_schedule else "") + carry
 
 
 def plan(
@@ -116,13 +118,14 @@ def plan(
         )
     state = ctx.store.load_state(source)
     if mask is not None:
-        state = State(state.weights, ctx.store.load_state(mask).mask)
+        state = State(state.weights, ctx.store.load_state(mask).mask, state.optimizer)
         check_mask(state.mask, state.weights)
     k = int(ctx.store.describe(source).tags.get(schema.STEP, 0))
     start = 0 if reset_schedule else k
     track = list(range(start + track_every, ctx.total_steps, track_every)) if track_every else []
     inst = ctx.params.instability
-    common = (source, mask, reset_schedule, track)
+    carry = carried(source, state, k, inst.optimizer_state)
+    common = (source, mask, reset_schedule, track, *([schema.CARRY] if carry else []))
     key = ctx.training_hash(*common, seeds, inst.alphas, inst.splits, inst.bn, "fork")
     copy_keys = [ctx.training_hash(*common, seed, "copy") for seed in seeds]
     made = trained_by or {}
@@ -130,7 +133,9 @@ def plan(
     params = ctx.run_params(
         k=k, init_seed=ctx.init_seed(source), copies=len(seeds), bn=inst.bn, **subnetwork(ctx, mask)
     )
-    return Plan(source, mask, k, state, seeds, reset_schedule, track, key, params, copy_keys, given)
+    return Plan(
+        source, mask, k, state, seeds, reset_schedule, track, key, params, carry, copy_keys, given
+    )
 
 
 def subnetwork(ctx: Context, mask: str | None) -> dict[str, str]:
@@ -144,6 +149,19 @@ def subnetwork(ctx: Context, mask: str | None) -> dict[str, str]:
         schema.LEVEL: tags.get(schema.LEVEL),
         schema.CRITERION: tags.get(schema.METHOD, schema.IMP),
     }
+
+
+def carried(source: str, state: State, k: int, optimizer_state: str) -> bool:
+    """Whether the copies start with the training's optimizer state at k (at W0 there is none
+    to carry: carry is restart); a Wk registered without one cannot be carried."""
+    if optimizer_state != schema.CARRY or k == 0:
+        return False
+    if state.optimizer is None:
+        raise LmcError(
+            f"{source} was registered without its optimizer state (an older lmctrack, or not a "
+            "training's rewind state); train it again or set instability.optimizer_state=restart"
+        )
+    return True
 
 
 def train_copies(
@@ -184,6 +202,7 @@ def copy_trainings(ctx: Context, plan: Plan, done: dict[str, str]) -> list:
             noise=Noise(seed, seed),
             snapshot_steps=plan.track,
             schedule_total=schedule,
+            carry=plan.carry,
         )
         for seed, key in zip(plan.seeds, plan.copy_keys, strict=True)
         if key not in done
@@ -205,6 +224,7 @@ def register_copy(
         **jobs.noise_tags(seed),
         schema.REWIND_STEP: str(plan.k),
         schema.RESET_SCHEDULE: str(plan.reset_schedule),
+        **({schema.OPTIMIZER_STATE: schema.CARRY} if plan.carry else {}),
     }
     params = {
         **plan.params,
@@ -272,6 +292,7 @@ def record(
         tracked=_track(ctx, run, plan, trained) if plan.track else {},
         copy_errors=[ctx.error(state) for _, state in copies],
         threshold=ctx.params.instability.stable_threshold,
+        optimizer_state=schema.CARRY if plan.carry else "restart",
     )
     run.log_metrics(result.headline())
     return result

@@ -53,8 +53,11 @@ def training(
     eval_every: int | None = None,
     schedule_total: int | None = None,
     resumable: bool = True,
+    carry: bool = False,
+    keep_slots: bool = False,
 ) -> TrainJob:
-    """One training of this context's network from `state` (None: a fresh W0) at `start` to T."""
+    """One training of this context's network from `state` (None: a fresh W0) at `start` to T;
+    with `carry`, from the optimizer state registered with it too."""
     return TrainJob(
         key=key,
         label=label,
@@ -70,6 +73,8 @@ def training(
         eval_every=eval_every,
         checkpoint=ctx.store.checkpoint_dir(key) / "train.safetensors" if resumable else None,
         schedule_total=schedule_total,
+        slots=state.optimizer if carry and state is not None else None,
+        keep_slots=keep_slots,
     )
 
 
@@ -191,6 +196,7 @@ def architecture(ctx: Context) -> dict:
         "kwargs": model.kwargs,
         "num_classes": ds.num_classes,
         "input_shape": list(ds.input_shape),
+        "input_dtype": str(ds.example().dtype).removeprefix("torch."),
     }
 
 

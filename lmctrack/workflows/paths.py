@@ -68,10 +68,10 @@ def path_between(dataset, device: torch.device, settings: PathSettings, a: State
     this process or in a Ray task)."""
     from lmctrack.engine.compare import compare_pair, parameter_names
     from lmctrack.engine.interpolate import linear_path
-    from lmctrack.engine.models import build_model
+    from lmctrack.engine.models import build_for_data
 
     inst = settings.instability
-    model = build_model(settings.model, dataset.num_classes, dataset.input_shape, 0).to(device)
+    model = build_for_data(settings.model, dataset, 0).to(device)
     how = inst.model_dump(include={"alphas", "splits", "bn", "eval_limit", "bn_limit"})
     path = linear_path(model, a, b, dataset, mask_mode=settings.mask_mode, device=device, **how)
     distances = compare_pair(

@@ -116,6 +116,7 @@ def _train_or_reuse(
             eval_every=ctx.steps(eval_every) if eval_every and trained is None else None,
             stop=None if trained is None else max(missing),
             resumable=trained is None,
+            keep_slots=True,
         )
         todo.append(job)
     results = jobs.train_all(ctx, todo)
@@ -148,9 +149,10 @@ def registered_run(store, run_id: str, total: int) -> TrainedRun:
 
 
 def _save_states(
-    ctx: Context, run, seed: SeedConfig, key: str, snapshots: dict, known: dict[int, str]
+    ctx: Context, run, seed: SeedConfig, key: str, result, known: dict[int, str]
 ) -> dict[int, str]:
-    """Register each snapshot as a state whose parent is the registered state just before it."""
+    """Register each snapshot as a state whose parent is the registered state just before it;
+    a rewind state Wk with the optimizer state at k (what a fork's carried copies start from)."""
     total = ctx.total_steps
     seed_tags = {
         schema.INIT_SEED: str(seed.init),
@@ -159,12 +161,13 @@ def _save_states(
         schema.CONFIG_HASH: key,
     }
     states = dict(known)
-    for step in sorted(snapshots):
+    for step in sorted(result.snapshots):
         before = [s for s in states if s < step]
+        slots = result.slots.get(step) if 0 < step < total else None
         states[step] = jobs.register(
             ctx,
             run,
-            State(snapshots[step]),
+            State(result.snapshots[step], optimizer=slots),
             role=_role(step, total),
             step=step,
             tags={**seed_tags, schema.STATE: state_name(step, total)},
@@ -188,7 +191,7 @@ def _register_more(
         tags={schema.TRAIN_RUN: trained.run_id},
         made_with=ctx.params.model_copy(update={"seeds": seed}),
     ) as run:
-        states = _save_states(ctx, run, seed, key, result.snapshots, trained.states)
+        states = _save_states(ctx, run, seed, key, result, trained.states)
     return TrainedRun(trained.run_id, states, trained.total, reused=True)
 
 
@@ -208,7 +211,7 @@ def _register(ctx: Context, seed: SeedConfig, key: str, result, total: int) -> T
         for row in result.evaluations:
             step = int(row["step"])
             run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
-        states = _save_states(ctx, run, seed, key, result.snapshots, {})
+        states = _save_states(ctx, run, seed, key, result, {})
         final = {
             schema.final_error(split): ctx.error(State(result.weights), split)
             for split in ("test", "train")

@@ -367,8 +367,9 @@ class _Derivation:
         return {g: tuple(nonlinear[g] or every[g]) for g in groups}
 
 
-def permutation_spec(model: nn.Module, input_shape: tuple[int, ...]) -> PermutationSpec:
-    """The permutation groups of `model` on inputs of shape input_shape (without the batch).
+def permutation_spec(model: nn.Module, inputs: tuple[int, ...] | torch.Tensor) -> PermutationSpec:
+    """The permutation groups of `model` on a real batch of its inputs (Dataset.example(): integer
+    tokens stay integers), or on float zeros of an input shape (without the batch).
 
     The input shape matters where a feature map is flattened into a linear layer: each channel
     then owns a block of length prod(spatial) of that layer's inputs.
@@ -376,7 +377,8 @@ def permutation_spec(model: nn.Module, input_shape: tuple[int, ...]) -> Permutat
     gm = trace(model)
     tensor = next(iter(model.state_dict().values()), None)
     device = tensor.device if tensor is not None else torch.device("cpu")
-    propagate_shapes(gm, torch.zeros(1, *input_shape, device=device))
+    example = inputs if isinstance(inputs, torch.Tensor) else torch.zeros(2, *inputs)
+    propagate_shapes(gm, example.to(device))
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     spec = _Derivation(gm).spec(shapes)
     if not spec.sizes:

@@ -73,7 +73,7 @@ def _check_mask(state: State, side: str) -> None:
 
 def align_states(
     model: nn.Module,
-    input_shape: tuple[int, ...],
+    inputs: tuple[int, ...] | torch.Tensor,
     a: State,
     b: State,
     check_inputs: torch.Tensor,
@@ -94,7 +94,7 @@ def align_states(
         )
     _check_mask(a, "A")
     _check_mask(b, "B")
-    spec = permutation_spec(model, input_shape)
+    spec = permutation_spec(model, inputs)
     wa, wb = a.masked_weights(), b.masked_weights()
     if method == "weight":
         perm = weight_matching(spec, wa, wb, seed=seed)

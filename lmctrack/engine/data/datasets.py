@@ -31,7 +31,7 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 @dataclass
 class Split:
-    """One split in memory: normalised float32 inputs (N, *input_shape) and int64 labels (N,)."""
+    """One split in memory: float32 inputs (or int64 tokens) (N, *input_shape), int64 labels (N,)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -89,6 +89,11 @@ class Dataset(ABC):
         _check_split(split)
         n = self.num_examples(split) if limit is None else min(limit, self.num_examples(split))
         return self._eval_stream(split, n, batch_size, device)
+
+    def example(self) -> torch.Tensor:
+        """A real batch of training inputs (the first two): what a network is probed on, so
+        integer tokens reach an nn.Embedding as integers."""
+        return next(iter(self.eval_batches("train", batch_size=2, limit=2)))[0]
 
     @property
     def index_device(self) -> torch.device:
@@ -316,6 +321,21 @@ def dataset_fingerprint(ds: Dataset) -> str:
     return ds.fingerprint()
 
 
+def checked_inputs(x: torch.Tensor, where: str) -> torch.Tensor:
+    """Inputs as training takes them: floats as float32, integers (tokens) as int64; NaN or inf
+    is the data's fault, said before any training could diverge on it."""
+    if not x.is_floating_point():
+        return x.long()
+    x = x.float()
+    bad = (~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero() if len(x) else []
+    if len(bad):
+        raise LmcError(
+            f"{where} holds NaN or inf in {len(bad)} examples (the first: index {int(bad[0])}); "
+            "clean or drop them: the data's fault, not the training's"
+        )
+    return x
+
+
 def tensors_dataset(
     name: str,
     t: dict[str, torch.Tensor],
@@ -330,8 +350,10 @@ def tensors_dataset(
         missing = missing or ["x_test" if "x_test" not in t else "y_test"]
         raise LmcError(f"{where} lacks {', '.join(missing)}; {fix}")
     try:
-        train = Split(t["x_train"].float(), t["y_train"].long())
-        test = Split(t["x_test"].float(), t["y_test"].long()) if "x_test" in t else train
+        train = Split(checked_inputs(t["x_train"], f"{where}: x_train"), t["y_train"].long())
+        test = train
+        if "x_test" in t:
+            test = Split(checked_inputs(t["x_test"], f"{where}: x_test"), t["y_test"].long())
     except ValueError as e:
         raise LmcError(f"{where}: {e}; {fix}") from None
     if len(train.y) == 0 or len(test.y) == 0:

@@ -21,7 +21,7 @@ import torch
 from lmctrack.config.imports import DATASETS_GROUP, resolve
 from lmctrack.config.params import DataConfig
 from lmctrack.engine.data import noise
-from lmctrack.engine.data.datasets import Dataset, _hash, tensors_dataset
+from lmctrack.engine.data.datasets import Dataset, _hash, checked_inputs, tensors_dataset
 from lmctrack.engine.data.noise import AUGMENT, Device, EpochOrder
 from lmctrack.errors import LmcError
 
@@ -68,7 +68,8 @@ def _described(made: Any) -> str:
 
 def _stack(items: Iterable[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = zip(*items, strict=True)
-    x = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in xs])
+    x = torch.stack([torch.as_tensor(v) for v in xs])
+    x = x.float() if x.is_floating_point() else x.long()  # integer tokens stay integers
     return x, torch.as_tensor([int(v) for v in ys], dtype=torch.long)
 
 
@@ -120,7 +121,18 @@ class ItemDataset(Dataset):
         return len(self._splits[split])  # type: ignore[arg-type]
 
     def _batch(self, split: str, idx: Iterable[int], device: Device) -> tuple[torch.Tensor, ...]:
+        """The items at idx, checked as they are read (reading them all up front costs an epoch):
+        NaN or inf inputs and labels outside [0, num_classes) name the data."""
+        idx = list(idx)
         x, y = _stack(self._splits[split][int(i)] for i in idx)
+        checked_inputs(x, f"data {self.name} ({split} items {idx[0]}..{idx[-1]})")
+        wrong = ((y < 0) | (y >= self.num_classes)).nonzero()
+        if len(wrong):
+            raise LmcError(
+                f"data {self.name}: {split} item {idx[int(wrong[0])]} has label "
+                f"{int(y[wrong[0]])}, outside [0, {self.num_classes}) (its {self.num_classes} "
+                "classes); fix the labels or the Dataset's classes"
+            )
         return x.to(device), y.to(device)
 
     def _train_stream(

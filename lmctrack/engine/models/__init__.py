@@ -23,7 +23,14 @@ from lmctrack.engine.models.base import Network, reference_init
 from lmctrack.engine.prune import choose_prunable
 from lmctrack.errors import LmcError
 
-__all__ = ["MODELS", "Network", "build_model", "output_layer_name", "prunable_names"]
+__all__ = [
+    "MODELS",
+    "Network",
+    "build_for_data",
+    "build_model",
+    "output_layer_name",
+    "prunable_names",
+]
 
 
 @dataclass(frozen=True)
@@ -80,9 +87,16 @@ def _width(name: str, cls: type[Network], width: int | None) -> int | None:
 
 
 def build_model(
-    cfg: ModelConfig, num_classes: int, input_shape: tuple[int, ...], init_seed: int
+    cfg: ModelConfig,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    init_seed: int,
+    example: torch.Tensor | None = None,
 ) -> Network:
     """The network `cfg.name` at initialisation W0, decided by init_seed alone.
+
+    `example`: a real batch of the data (Dataset.example()), which a network not defined here is
+    probed on; without it, float zeros of input_shape (what a registered float network takes).
 
     Construction runs on the CPU generator seeded inside torch.random.fork_rng, so the same seed
     gives a bit-identical state_dict and the caller's random state is left untouched.
@@ -100,13 +114,24 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(init_seed)
         model = (
-            user.build(cfg, num_classes, input_shape)
+            user.build(cfg, num_classes, input_shape, _example(example, input_shape))
             if own
             else cls(num_classes, input_shape, width)
         )
         if cfg.init == "reference":
             reference_init(model)
     return model
+
+
+def build_for_data(cfg: ModelConfig, dataset, init_seed: int) -> Network:
+    """build_model for `dataset`: its classes, its input shape, probed on a batch of its inputs."""
+    return build_model(cfg, dataset.num_classes, dataset.input_shape, init_seed, dataset.example())
+
+
+def _example(example: torch.Tensor | None, input_shape: tuple[int, ...]) -> torch.Tensor:
+    if example is None:
+        return torch.zeros(2, *input_shape)
+    return example.detach().cpu()
 
 
 def prunable_names(model: nn.Module, prune: PruneConfig | None = None) -> list[str]:

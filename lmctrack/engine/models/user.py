@@ -4,9 +4,11 @@ from it rather than declared.
 
 The output layer is the last conv / linear layer one forward pass calls (for a global-pool head
 or a classifier registered early, the module order would be wrong); IMP prunes every conv and
-linear weight but the output layer's, as the paper does. The same forward pass checks that the
-network takes the data's inputs and returns (batch, num_classes) logits, so a mismatch is one
-line at build time instead of a shape error deep inside training.
+linear weight but the output layer's, as the paper does. The same forward pass, on a real batch
+of the user's data (integer tokens stay integers), checks that the network takes the data's
+inputs and returns (batch, num_classes) logits, so a mismatch is one line at build time instead
+of a shape error deep inside training. A forward returning a tuple, a dict or an object with
+`.logits` (Hugging Face's convention) is refused with the fix: every analysis reads one tensor.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _OUTPUT = "_lmctrack_output_layer"  # set on each network built here, read by output_layer()
 
 
-def build(cfg: ModelConfig, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+def build(
+    cfg: ModelConfig, num_classes: int, input_shape: tuple[int, ...], example: torch.Tensor
+) -> nn.Module:
     """Call the class or factory `cfg.name` with `cfg.kwargs`, plus num_classes, input_shape and
-    width where its signature names them and kwargs do not."""
+    width where its signature names them and kwargs do not; probed on `example` inputs."""
     target = resolve(cfg.name, MODELS_GROUP, "model.name")
     named = _parameter_names(target)
     kwargs = dict(cfg.kwargs)
@@ -52,7 +56,7 @@ def build(cfg: ModelConfig, num_classes: int, input_shape: tuple[int, ...]) -> n
             f"model {cfg.name} returned a {type(model).__name__}, not a torch.nn.Module; make "
             "it return the network"
         )
-    setattr(model, _OUTPUT, _last_layer_called(model, cfg.name, num_classes, input_shape))
+    setattr(model, _OUTPUT, _last_layer_called(model, cfg.name, num_classes, example))
     return model
 
 
@@ -63,9 +67,7 @@ def _parameter_names(target: Any) -> set[str]:
         return set()
 
 
-def _last_layer_called(
-    model: nn.Module, name: str, num_classes: int, input_shape: tuple[int, ...]
-) -> str:
+def _last_layer_called(model: nn.Module, name: str, num_classes: int, example: torch.Tensor) -> str:
     """One forward pass in eval mode (statistics untouched): the output layer, and the checks."""
     calls: list[str] = []
     hooks = [
@@ -77,21 +79,27 @@ def _last_layer_called(
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, *input_shape))
+            out = model(example)
     except Exception as e:
         raise LmcError(
-            f"model {name} fails on inputs of shape {input_shape} ({type(e).__name__}: "
+            f"model {name} fails on the data's inputs ({inputs(example)}) ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); fix model.kwargs or use data it takes"
         ) from None
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
-    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    if shape != (1, num_classes):
+    if not isinstance(out, torch.Tensor):
+        got = "an object with .logits" if hasattr(out, "logits") else f"a {type(out).__name__}"
         raise LmcError(
-            f"model {name} returns {shape} for one input; lmctrack needs logits of shape "
-            f"(batch, {num_classes}): return one tensor of class scores"
+            f"model {name} returns {got}; lmctrack needs one tensor of logits: make forward "
+            "return the class scores only (e.g. a wrapper module returning out.logits or out[0])"
+        )
+    if tuple(out.shape) != (len(example), num_classes):
+        raise LmcError(
+            f"model {name} returns {tuple(out.shape)} for {len(example)} inputs but the data "
+            f"has {num_classes} classes; lmctrack needs logits of shape (batch, {num_classes}): "
+            "fix the output layer's size (model.kwargs) or the labels"
         )
     if not calls:
         raise LmcError(f"model {name} has no conv or linear layer; IMP has nothing to prune")
@@ -118,3 +126,8 @@ def prunable_names(model: nn.Module) -> list[str]:
         for name, module in model.named_modules()
         if isinstance(module, LAYERS) and name != out
     ]
+
+
+def inputs(x: torch.Tensor) -> str:
+    """Inputs as an error message names them: e.g. 'shape (16,) int64' (without the batch)."""
+    return f"shape {tuple(x.shape[1:])} {str(x.dtype).removeprefix('torch.')}"
