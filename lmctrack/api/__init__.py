@@ -24,6 +24,7 @@ from lmctrack.api.extras import (  # the tools beyond the two algorithms
     random_prune,
     reinit,
     report,
+    soup,
     transport,
 )
 from lmctrack.api.paper import (  # noqa: F401  (the CLI's context, session and tables too)
@@ -70,6 +71,7 @@ __all__ = [
     "random_prune",
     "reinit",
     "report",
+    "soup",
     "states",
     "train",
     "transport",

@@ -51,7 +51,7 @@ class DataConfig(Section, QuietDefaults):
     """Which dataset; real datasets are read from `root` and never downloaded. Also the user's own
     data: `package.module:factory` (called with `kwargs`) or a `lmctrack.datasets` plugin name."""
 
-    quiet: ClassVar[dict[str, Any]] = {"kwargs": {}}
+    quiet: ClassVar[dict[str, Any]] = {"kwargs": {}, "validation": None}
     name: Annotated[str, AfterValidator(data_name)] = "mnist1d"
     kwargs: dict[str, Any] = Field(default_factory=dict, description="of a dataset factory")
     root: str = "data"
@@ -59,6 +59,9 @@ class DataConfig(Section, QuietDefaults):
     augment: bool | None = Field(None, description="None: the reference convention per dataset")
     path: str | None = Field(
         None, description="'tensors': a safetensors file with x_train, y_train"
+    )
+    validation: float | None = Field(
+        None, gt=0, lt=1, description="fraction of the training data held out (greedy soups)"
     )
 
 

@@ -19,6 +19,7 @@ from lmctrack.results.paper import Fork, Pair
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.paths import interpolate_pairs, log_pair
+from lmctrack.workflows.soup import fork_soup
 from lmctrack.workflows.work import Book, work
 
 FORK_ARTIFACT = "fork.json"
@@ -212,8 +213,8 @@ def record(
     pairs: list[Pair],
     trained: dict[str, JobResult],
 ) -> Fork:
-    """Summarise the fork on its run: its paths, barrier statistics, distances (Appendix B), and
-    the barriers during training (Appendix C) when tracked."""
+    """Summarise the fork on its run: its paths, barrier statistics, distances (Appendix B), the
+    barriers during training (Appendix C) when tracked, and the uniform soup of its copies."""
     from lmctrack.engine.compare import l2_distance, parameter_names
 
     run = book.run(plan)
@@ -246,6 +247,7 @@ def record(
         tracked=_track(ctx, run, plan, trained) if plan.track else {},
         copy_errors=[ctx.error(state) for _, state in copies],
         threshold=ctx.params.instability.stable_threshold,
+        soup_error=fork_soup(ctx, [state for _, state in copies]),
     )
     run.log_metrics(result.headline())
     return result
