@@ -19,7 +19,7 @@ from lmctrack.results.paper import Fork, Pair
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.paths import interpolate_pairs, log_pair
-from lmctrack.workflows.soup import fork_soup
+from lmctrack.workflows.souping import fork_soup
 from lmctrack.workflows.work import Book, work
 
 FORK_ARTIFACT = "fork.json"
