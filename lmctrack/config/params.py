@@ -69,7 +69,7 @@ class ModelConfig(Section, QuietDefaults):
     """A built-in network, a `lmctrack.models` plugin, `torchvision:<builder>`, or the user's own
     class or factory as `package.module:Attr`, called with `kwargs`."""
 
-    quiet: ClassVar[dict[str, Any]] = {"kwargs": {}, "init": "reference"}
+    quiet: ClassVar[dict[str, Any]] = {"kwargs": {}, "init": "reference", "checkpoint": None}
     name: str = "mnist1d_cnn"
     width: int | None = Field(
         None, gt=0, description="channel / hidden width where the model has one"
@@ -77,6 +77,9 @@ class ModelConfig(Section, QuietDefaults):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="of its class or factory")
     init: Literal["reference", "default"] = Field(
         "reference", description="reference: open_lth's init of W0; default: the module's own"
+    )
+    checkpoint: str | None = Field(
+        None, description="W0 from this file: safetensors or a torch state_dict (fine-tuning)"
     )
 
 

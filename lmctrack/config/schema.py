@@ -40,6 +40,9 @@ AUGMENT_SEED = "augment_seed"
 RESET_SCHEDULE = "reset_schedule"
 START_STEP = "start_step"
 TRAIN_RUN = "train_run"  # on a run that added rewind states: the training run it extends
+W0_SOURCE = "w0_source"  # W0 read from the user's checkpoint: the file's path
+W0_SHA256 = "w0_sha256"  # and its sha256
+OUTPUT_LAYER = "output_layer"  # kept, or replaced by a seeded one for another class count
 
 # --- run kinds (run tag "kind") ------------------------------------------------------------------
 KIND_TRAIN = "train"
