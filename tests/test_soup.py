@@ -102,7 +102,9 @@ def test_greedy_soup_selects_on_validation_and_never_reads_test(data, copies):
     assert chosen.order[0] == max(range(4), key=lambda i: chosen.accuracies[i])
     assert chosen.kept[0] == chosen.order[0] and len(chosen.kept) >= 1
     # Another test split (labels and inputs): the same choice and the same weights.
-    other = TensorDataset("tiny", data.train, learnable(200, 9), CLASSES, validation=data.validation)
+    other = TensorDataset(
+        "tiny", data.train, learnable(200, 9), CLASSES, validation=data.validation
+    )
     other.test.y = (other.test.y + 1) % CLASSES
     again = greedy_soup(conv_bn(), ingredients, other, "cpu")
     assert (again.kept, again.accuracies) == (chosen.kept, chosen.accuracies)
