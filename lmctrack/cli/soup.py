@@ -19,9 +19,11 @@ def soup(
     *,
     opts: Common,
 ) -> None:
-    """Average states into one (mean weights, masks kept, BatchNorm re-estimated) and register
-    it (role soup, every ingredient a parent). --greedy keeps an ingredient only if the held-out
-    accuracy does not drop; the test split is only reported, never used to choose."""
+    """Average states into one soup and register it (role soup, every ingredient a parent).
+
+    The uniform soup is the mean of the weights, masks kept, BatchNorm re-estimated on training
+    data. --greedy adds ingredients by held-out accuracy, each only if it does not drop (needs
+    data.validation); the test split is only reported, never used to choose."""
     from lmctrack import api
 
     with opts.workspace(state=uris[0]) as ctx:

@@ -81,15 +81,12 @@ class Sweep:
             return "no soup was measured on the test split", None
         holds = all(s.matching == stable[s.k] for s in soups)
         ks = [s.k for s in soups]
-        where = (
-            f"stable at k = {_ks([k for k in ks if stable[k]])}; the soup matches at k = "
-            f"{_ks([s.k for s in soups if s.matching])}"
-        )
-        word = "holds" if holds else "does not hold"
         claim = (
-            "The uniform soup of the copies matches the mean copy (test error at most "
-            f"{self.matching_threshold:.1%} above it) exactly where the copies are stable: "
-            f"{word} ({where})"
+            "The uniform soup of the copies matches the mean copy exactly at the k where the "
+            f"copies are stable: {'yes' if holds else 'no'}, because the copies are stable at "
+            f"k = {_ks([k for k in ks if stable[k]])} and the soup's test error is at most "
+            f"{self.matching_threshold:.1%} above the mean copy's at k = "
+            f"{_ks([s.k for s in soups if s.matching])}."
         )
         return claim, holds
 
