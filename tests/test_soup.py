@@ -1,19 +1,26 @@
 """Model soups of copies: the uniform soup is the mean of the weights with the masks kept and
 BatchNorm re-estimated on training data; the greedy soup selects on the validation split carved
-from the training data and never reads the test split. Tiny networks on learnable tiny data."""
+from the training data and never reads the test split; the sweep's second verdict is decided
+from the measured soups. Tiny networks on learnable tiny data."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 from torch import nn
 
+from lmctrack.config import schema
 from lmctrack.config.params import DataConfig, config_hash
+from lmctrack.config.schema import Stats
 from lmctrack.engine.data import Split, TensorDataset
 from lmctrack.engine.data.validation import hold_out
 from lmctrack.engine.soup import greedy_soup, mean_weights, uniform_soup
 from lmctrack.engine.state import State
 from lmctrack.errors import LmcError
+from lmctrack.results.paper import Fork, Pair, Sweep, SweepRow, sweep_from_dict, to_dict
+from lmctrack.workflows.instability import soup_rows
 
 LENGTH, CLASSES = 8, 3
 
@@ -143,3 +150,37 @@ def test_data_validation_is_off_by_default_and_left_out_of_the_hash():
     assert config_hash(DataConfig(validation=0.1)) != config_hash(DataConfig())
     with pytest.raises(ValueError, match="validation"):
         DataConfig(validation=1.5)
+
+
+def _fork(k: int, soup: float, copies: list[float]) -> Fork:
+    curves = {"test": {"error": [0.1, 0.1], "loss": [1.0, 1.0]}}
+    pair = Pair("a", "b", "reset", "same", [0.0, 1.0], curves, {})
+    fields = dict(run_id="r", source="s", mask=None, total=100, seeds=[1, 2], bn="reset")
+    return Fork(
+        k=k,
+        reset_schedule=False,
+        copies=[],
+        pairs=[pair],
+        distances={},
+        **fields,
+        copy_errors=copies,
+        soup_error=soup,
+    )
+
+
+def test_the_second_verdict_is_decided_from_the_measured_soups_and_reads_back():
+    forks = [_fork(0, 0.30, [0.10, 0.12]), _fork(50, 0.1115, [0.11, 0.11]), _fork(50, 0.11, [0.11])]
+    soups = soup_rows(forks, 0.002)
+    assert [(s.k, s.matching) for s in soups] == [(0, False), (50, True)]
+    assert soups[1].soup == Stats.of([0.1115, 0.11]) and soups[0].best_copy.mean == 0.10
+    stable = [SweepRow(0, "test", Stats.of([0.2]), 0.1, False)]
+    stable.append(SweepRow(50, "test", Stats.of([0.0]), 0.1, True))
+    sweep = Sweep("r", "m", "reset", [0], [1, 2], 0.02, stable, [], [], 0, soups=soups)
+    claim, holds = sweep.soup_claim()
+    assert holds and "stable at k = 50it" in claim and ": yes," in claim
+    sweep.rows[0].stable = True  # stable at 0 but the soup does not match there
+    assert sweep.soup_claim()[1] is False and ": no," in sweep.soup_claim()[0]
+    back = sweep_from_dict(json.loads(json.dumps(to_dict(sweep))))
+    assert back.soups == sweep.soups
+    assert Fork.from_dict(to_dict(forks[0])).soup_error == 0.30
+    assert to_dict(forks[0])["headline"][schema.SOUP_VS_MEAN] == pytest.approx(0.19)
