@@ -105,7 +105,8 @@ def fork(
         threshold = ctx.params.instability.stable_threshold
     for result in results:
         table(
-            f"fork of {result.source} (k={result.k}, bn={result.bn})",
+            f"fork of {result.source} (k={result.k}, bn={result.bn})"
+            + api.tables.soup_words(result),
             *api.tables.fork_table(result, threshold),
         )
     lines = [

@@ -42,6 +42,17 @@ def fork_table(fork: Fork, threshold: float) -> Table:
     return columns, rows
 
 
+def soup_words(fork: Fork) -> str:
+    """The copies' soup against the copies, for a fork table's title ("" before soups)."""
+    if fork.soup_error is None or not fork.copy_errors:
+        return ""
+    n = schema.soup_metrics(fork.soup_error, fork.copy_errors)
+    return (
+        f"; uniform soup test error {n[schema.SOUP_ERROR]:.4f}, copies mean "
+        f"{n[schema.COPIES_MEAN_ERROR]:.4f}, best {n[schema.COPIES_BEST_ERROR]:.4f}"
+    )
+
+
 def sweep_table(sweep: Sweep) -> Table:
     """Figure 3 as a table: the error barrier per rewind step and split, and the verdict; beside
     it the test error of the copies' uniform soup, of the mean and best copy, and whether the
