@@ -1,7 +1,7 @@
 """What stability buys, end to end on a real sqlite store: every fork's copies are souped; `soup`
 registers a soup with every ingredient as a parent (greedy only with a validation split); `train
 --init FILE` starts from a checkpoint lmctrack exported, which predicts the same, then forks at
-k = 0 and soups the fine-tuned copies."""
+k = 0 and soups the fine-tuned copies; for another class count the output layer is replaced."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from lmctrack import api
 from lmctrack.cli import app
 from lmctrack.config import schema
+from lmctrack.config.params import ModelConfig
+from lmctrack.engine.models import build_model
 from lmctrack.workflows.fork import fork
 from lmctrack.workflows.training_run import train_run
 
@@ -121,3 +124,23 @@ def test_fine_tuning_from_an_exported_checkpoint_then_forking_at_0_and_souping(
     refused = invoke(tuned, "train", "--init", bad, "--set", "train.lr=0.07")
     assert refused.exit_code != 0 and "state_dict" in refused.output
     assert len(refused.output.strip().splitlines()) == 1 and tuned.versions() == before
+
+
+def test_fine_tuning_to_another_class_count_replaces_the_output_layer(
+    project, run, new_project, tmp_path
+):
+    data = project.context().dataset
+    three = tmp_path / "three.safetensors"
+    splits = {"train": data.train, "test": data.test}
+    tensors = {f"x_{s}": split.x for s, split in splits.items()}
+    save_file(tensors | {f"y_{s}": split.y % 3 for s, split in splits.items()}, three)
+    tuned = new_project("three", data={"name": "tensors", "path": str(three)})
+    exported = project.state_file(run.final)
+    w0_uri = train_run(tuned.context(f"model.checkpoint={exported}")).w0
+    info = tuned.store.describe(w0_uri)
+    assert info.tags[schema.OUTPUT_LAYER] == "fc: 10 -> 3 classes, seeded"
+    w0 = tuned.store.load_state(w0_uri).weights
+    pretrained = project.store.load_state(run.final).weights
+    seeded = build_model(ModelConfig(name="mnist1d_cnn"), 3, (1, 40), 0).state_dict()
+    assert torch.equal(w0["features.conv1.weight"], pretrained["features.conv1.weight"])
+    assert torch.equal(w0["fc.weight"], seeded["fc.weight"]) and w0["fc.bias"].shape == (3,)

@@ -44,6 +44,10 @@ def forks(ctx: Context, plans: list[Plan]) -> list[Fork]:
         for plan, c, ij in zip(book.todo, copies, ends, strict=True):
             pairs = [named(next(paths), plan, c, i, j) for i, j in ij]
             book.finish(plan, record(ctx, book, plan, c, pairs, trained))
+    for result in book.results:  # a fork reused from a store older than soups gets its soup
+        if result.soup_error is None:
+            copies = [ctx.store.load_state(uri) for uri in result.copies]
+            result.soup_error = fork_soup(ctx, copies)
     return book.results
 
 
