@@ -29,8 +29,8 @@ API = (
 
 
 def __getattr__(name: str):
-    if name == "api" or name in API:
-        api = importlib.import_module("lmctrack.api")
+    api = importlib.import_module("lmctrack.api")  # light: its procedures load on first use
+    if name == "api" or name in API or name in api.__all__:
         return api if name == "api" else getattr(api, name)
     raise AttributeError(f"module 'lmctrack' has no attribute '{name}'")
 

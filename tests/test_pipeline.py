@@ -77,13 +77,20 @@ def test_repro_produces_every_output(project: Path):
         for level in {r["level"] for r in test}
     ]
     assert sparse["claim_holds"] is all(agree)
-    for png in ("instability/instability.png", "imp/imp.png", "sparse/earliest.png"):
+    # the soup of each fork's copies at every k, and the second verdict from those numbers
+    assert [s["k"] for s in sweep["soups"]] == [0, 50]
+    stable = {r["k"]: r["stable"] for r in sweep["rows"] if r["split"] == "test"}
+    soups_agree = all(s["matching"] == stable[s["k"]] for s in sweep["soups"])
+    pngs = ("instability/instability.png", "instability/soup.png", "imp/imp.png")
+    for png in (*pngs, "sparse/earliest.png"):
         assert (project / "outputs" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "k,split,mean" in (project / "outputs/instability/instability.csv").read_text()
     summary = json.loads((project / "outputs/report/summary.json").read_text())
     assert "dense.k0.test.barrier_mean" in summary and "claim_holds" in summary
     report = (project / "outputs/report/report.md").read_text()
     assert "IMP subnetworks are matching exactly at the k where they are stable" in report
+    assert summary["soup_claim_holds"] is soups_agree
+    assert "matches the mean copy" in report and "| soup error |" in report
     assert (project / ".lmctrack" / "mlflow.db").is_file()  # the store at the project root
 
 

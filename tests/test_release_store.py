@@ -101,6 +101,7 @@ def test_the_same_commands_reuse_its_finished_work(release):
     assert train["reused"] and train["states"] == recorded(release, "train/train.json")["states"]
     fork = ok("fork", "-q", "--run-id", train["run_id"], "--step", "10it", "--seeds", "2")
     assert fork["copies"] == recorded(release, "fork/fork.json")["copies"]
+    assert "soup.test_error" in fork["headline"]  # measured for a fork made before soups
     imp = ok("imp", "-q", "--run-id", train["run_id"])
     assert imp["reused"] and imp["trainings"] == recorded(release, "imp/imp.json")["trainings"]
     assert versions() == before

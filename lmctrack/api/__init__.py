@@ -28,6 +28,7 @@ EXTRAS = (  # the tools beyond the two algorithms
     "random_prune",
     "reinit",
     "report",
+    "soup",
     "transport",
 )
 PAPER = (  # the paper's procedures; the CLI's context, session and tables too

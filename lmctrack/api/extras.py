@@ -55,6 +55,23 @@ def transport(
         return carry(ctx, source, target, by=by)
 
 
+def soup(
+    uris: list[str],
+    *,
+    greedy: bool = False,
+    params: ParamsLike = None,
+    sets: Sets = None,
+    ctx: Context | None = None,
+):
+    """The uniform soup of states (mean weights, masks kept, BatchNorm re-estimated) or with
+    `greedy` the greedy one (selected on data.validation, never on test), registered with role
+    soup and every ingredient as a parent. Returns the typed `Souped` result."""
+    from lmctrack.workflows.souping import soup as average
+
+    with within(ctx, params, sets, uris[0] if uris else None) as ctx:
+        return average(ctx, list(uris), greedy=greedy)
+
+
 def hessian(
     uri: str,
     *,

@@ -35,11 +35,17 @@ LevelsOpt = param("imp.levels", "--levels")
 ReplicatesOpt = param("imp.replicates", "--replicates")
 OneShotOpt = param("imp.one_shot", "--one-shot")
 DensityOpt = param("imp.density", "--density")
+InitOpt = param(
+    "model.checkpoint", "--init", "W0 from this file (safetensors, or a torch state_dict)"
+)
 
 
 @command()
-def train(opts: Common) -> None:
-    """Train W0 to W_T; register W0, every rewind state Wk, and W_T as model versions."""
+def train(init: InitOpt = None, *, opts: Common) -> None:
+    """Train W0 to W_T; register W0, every rewind state Wk, and W_T as model versions.
+
+    --init FILE: W0 is your checkpoint of model.name (fine-tuning; its path and sha256 in W0's
+    lineage); for another number of classes its output layer is replaced by a seeded one."""
     from lmctrack import api
 
     with opts.workspace() as ctx:
@@ -99,7 +105,8 @@ def fork(
         threshold = ctx.params.instability.stable_threshold
     for result in results:
         table(
-            f"fork of {result.source} (k={result.k}, bn={result.bn})",
+            f"fork of {result.source} (k={result.k}, bn={result.bn})"
+            + api.tables.soup_words(result),
             *api.tables.fork_table(result, threshold),
         )
     lines = [

@@ -58,7 +58,7 @@ class DataConfig(Section, QuietDefaults):
     """Which dataset; real datasets are read from `root` and never downloaded. Also the user's own
     data: `package.module:factory` (called with `kwargs`) or a `lmctrack.datasets` plugin name."""
 
-    quiet: ClassVar[dict[str, Any]] = {"kwargs": {}}
+    quiet: ClassVar[dict[str, Any]] = {"kwargs": {}, "validation": None}
     name: Annotated[str, AfterValidator(data_name)] = "mnist1d"
     kwargs: dict[str, Any] = Field(default_factory=dict, description="of a dataset factory")
     root: str = "data"
@@ -67,13 +67,16 @@ class DataConfig(Section, QuietDefaults):
     path: str | None = Field(
         None, description="'tensors': a safetensors file with x_train, y_train"
     )
+    validation: float | None = Field(
+        None, gt=0, lt=1, description="fraction of the training data held out (greedy soups)"
+    )
 
 
 class ModelConfig(Section, QuietDefaults):
     """A built-in network, a `lmctrack.models` plugin, `torchvision:<builder>`, or the user's own
     class or factory as `package.module:Attr`, called with `kwargs`."""
 
-    quiet: ClassVar[dict[str, Any]] = {"kwargs": {}, "init": "reference"}
+    quiet: ClassVar[dict[str, Any]] = {"kwargs": {}, "init": "reference", "checkpoint": None}
     name: str = "mnist1d_cnn"
     width: int | None = Field(
         None, gt=0, description="channel / hidden width where the model has one"
@@ -81,6 +84,9 @@ class ModelConfig(Section, QuietDefaults):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="of its class or factory")
     init: Literal["reference", "default"] = Field(
         "reference", description="reference: open_lth's init of W0; default: the module's own"
+    )
+    checkpoint: str | None = Field(
+        None, description="W0 from this file: safetensors or a torch state_dict (fine-tuning)"
     )
 
 

@@ -42,6 +42,9 @@ OPTIMIZER_STATE = "optimizer_state"  # a copy's optimizer at k: restart | carry
 CARRY = "carry"  # instability.optimizer_state: copies start with the training's state at k
 START_STEP = "start_step"
 TRAIN_RUN = "train_run"  # on a run that added rewind states: the training run it extends
+W0_SOURCE = "w0_source"  # W0 read from the user's checkpoint: the file's path
+W0_SHA256 = "w0_sha256"  # and its sha256
+OUTPUT_LAYER = "output_layer"  # kept, or replaced by a seeded one for another class count
 
 # --- run params: one name per concept across run kinds, so every run lines up in one table ------
 K = "k"  # the rewind step in iterations (of Wk, of the subnetwork (Wk, m))
@@ -253,3 +256,40 @@ KIND_HESSIAN = "hessian"
 KIND_PLANE = "plane"  # through three states
 KIND_RANDOM_PLANE = "random_plane"  # two random directions around one state
 LAYER_MEAN = "layer_mean/"  # Hessian summary: prefix of each parameter tensor's mean entry
+
+
+# --- model soups (Wortsman et al. 2022): stable copies averaged into one network -------------
+SOUP = "soup"  # role of an averaged state, and the metric group of a fork's soup
+KIND_SOUP = "soup"
+SOUP_METHOD = "soup_method"  # uniform | greedy
+SOUP_KEPT = "soup_kept"  # a greedy soup: the ingredients kept, in the order they were added
+UNIFORM, GREEDY = "uniform", "greedy"
+SOUP_ERROR = "soup.test_error"  # the soup's test error
+COPIES_MEAN_ERROR = "copies.test_error.mean"  # the ingredients' (a fork's copies') mean
+COPIES_BEST_ERROR = "copies.test_error.best"
+SOUP_VS_MEAN = "soup.minus_mean_copy"  # soup's test error minus the copies' mean
+SOUP_MATCHING = "soup.matching"  # the second verdict: the soup matches the mean copy
+DEFINITIONS.update(
+    {
+        "soup": "the uniform soup of a fork's copies: the mean of their weights (masks kept), "
+        "BatchNorm statistics re-estimated on training data (Wortsman et al. 2022)",
+        "soup_matching": "the soup's test error is at most imp.matching_threshold above the mean "
+        "of its copies' test errors",
+    }
+)
+
+
+def soup_metrics(soup_error: float, copy_errors: Sequence[float]) -> dict[str, float]:
+    """The soup's test error beside its ingredients' mean and best, and the soup minus the mean."""
+    mean = statistics.fmean(copy_errors)
+    return {
+        SOUP_ERROR: soup_error,
+        COPIES_MEAN_ERROR: mean,
+        COPIES_BEST_ERROR: min(copy_errors),
+        SOUP_VS_MEAN: soup_error - mean,
+    }
+
+
+def soup_matches(soup_error: float, mean_copy_error: float, threshold: float) -> bool:
+    """The second verdict: averaging the copies costs at most `threshold` of test error."""
+    return soup_error - mean_copy_error <= threshold

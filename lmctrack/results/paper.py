@@ -119,6 +119,7 @@ class Fork:
     copy_errors: list[float] = field(default_factory=list)  # each copy's test error, in order
     threshold: float = schema.STABLE_THRESHOLD  # instability.stable_threshold it was made with
     optimizer_state: str = "restart"  # the copies' optimizer at k: restarted, or carried from Wk
+    soup_error: float | None = None  # the test error of the copies' uniform soup
     reused: bool = False
 
     @property
@@ -136,7 +137,8 @@ class Fork:
 
     def headline(self) -> dict[str, float | bool]:
         """The error barrier over its pairs per split (mean, std, median, n), the verdict at
-        its threshold, and the mean of each distance: the fork run's metrics."""
+        its threshold, the mean of each distance, and the copies' soup against the copies: the
+        fork run's metrics."""
         out: dict[str, float | bool] = {}
         for split in self.splits:
             stable = self.stable(split, self.threshold)
@@ -147,6 +149,8 @@ class Fork:
                 for k, v in self.distances.items()
             }
         )
+        if self.soup_error is not None:
+            out.update(schema.soup_metrics(self.soup_error, self.copy_errors))
         return out
 
     def plot(self):

@@ -179,6 +179,21 @@ def plot_wk_error(errors: Mapping[int, Stats], title: str) -> Figure:
     return _fitted(fig)
 
 
+def plot_soup(rows: Sequence, title: str) -> Figure:
+    """The uniform soup of each fork's copies vs k, beside the copies' mean and best test error.
+    rows: SoupRow-like (k, soup, mean_copy, best_copy: Stats over inits)."""
+    fig, axes = _figure()
+    ax = axes[0][0]
+    names = {"soup": "uniform soup", "mean_copy": "mean copy", "best_copy": "best copy"}
+    series = [(label, r.k, getattr(r, name)) for r in rows for name, label in names.items()]
+    _lines(ax, series, label=lambda group: group)
+    _rewind_axis(ax, [r.k for r in rows])
+    ax.set_ylabel("test error")
+    ax.legend(fontsize="small")
+    ax.set_title(f"{title}\nmean ± std over inits", fontsize="medium")
+    return _fitted(fig)
+
+
 def plot_imp_rewind(
     series: Series,
     title: str,

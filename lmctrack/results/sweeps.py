@@ -30,6 +30,27 @@ class SweepRow:
 
 
 @dataclass
+class SoupRow:
+    """At one rewind step: the test error of the uniform soup of each fork's copies, beside the
+    copies' mean and best (each over inits), and the second verdict: the soup matches the mean
+    copy (its test error at most imp.matching_threshold above it)."""
+
+    k: int
+    soup: Stats
+    mean_copy: Stats
+    best_copy: Stats
+    matching: bool
+
+    def headline(self) -> dict[str, float | bool]:
+        return {
+            schema.SOUP_ERROR: self.soup.mean,
+            schema.COPIES_MEAN_ERROR: self.mean_copy.mean,
+            schema.COPIES_BEST_ERROR: self.best_copy.mean,
+            schema.SOUP_MATCHING: self.matching,
+        }
+
+
+@dataclass
 class Sweep:
     """The instability sweep (Figure 3, or Figure 4 with reset schedule)."""
 
@@ -45,9 +66,29 @@ class Sweep:
     reused_forks: int
     wk_errors: dict[int, Stats] = field(default_factory=dict)  # Figure 11: test error of Wk itself
     definitions: dict[str, str] = field(default_factory=lambda: dict(schema.DEFINITIONS))
+    soups: list[SoupRow] = field(default_factory=list)  # the copies' soup at every k
+    matching_threshold: float = schema.MATCHING_THRESHOLD
 
     def earliest_stable(self, split: str = "test") -> int | None:
         return schema.earliest([(r.k, r.stable) for r in self.rows if r.split == split])
+
+    def soup_claim(self) -> tuple[str, bool | None]:
+        """The second verdict in the paper's words, decided from the measured numbers: the soup
+        matches the mean copy exactly at the k where the copies are stable (on test)."""
+        stable = {r.k: r.stable for r in self.rows if r.split == "test"}
+        soups = [s for s in self.soups if s.k in stable]
+        if not soups:
+            return "no soup was measured on the test split", None
+        holds = all(s.matching == stable[s.k] for s in soups)
+        ks = [s.k for s in soups]
+        claim = (
+            "The uniform soup of the copies matches the mean copy exactly at the k where the "
+            f"copies are stable: {'yes' if holds else 'no'}, because the copies are stable at "
+            f"k = {_ks([k for k in ks if stable[k]])} and the soup's test error is at most "
+            f"{self.matching_threshold:.1%} above the mean copy's at k = "
+            f"{_ks([s.k for s in soups if s.matching])}."
+        )
+        return claim, holds
 
     def headline(self) -> dict[str, int | None]:
         """Per split, the earliest rewind step from which Wk is stable (None: never)."""
@@ -55,11 +96,13 @@ class Sweep:
         return {schema.metric(s, "earliest_stable_k"): self.earliest_stable(s) for s in splits}
 
     def plot(self, kind: str = "barrier"):
-        """Figure 3 (`barrier`) or Figure 11 (`wk_error`)."""
-        from lmctrack.results.plots import plot_instability, plot_wk_error
+        """Figure 3 (`barrier`), Figure 11 (`wk_error`) or the copies' soup (`soup`)."""
+        from lmctrack.results.plots import plot_instability, plot_soup, plot_wk_error
 
         if kind == "wk_error":
             return plot_wk_error(self.wk_errors, f"{self.model}: error of Wk (Figure 11)")
+        if kind == "soup":
+            return plot_soup(self.soups, f"{self.model}: the copies' soup vs rewind step")
         title = (
             f"{self.model}: instability vs rewind step\n"
             f"{len(self.inits)} inits x {len(self.copy_seeds)} copies"
@@ -176,7 +219,16 @@ def sweep_from_dict(data: dict) -> Sweep:
         SweepRow(**{**known(SweepRow, r), "barrier": Stats(**r["barrier"])}) for r in data["rows"]
     ]
     data["wk_errors"] = {int(k): Stats(**s) for k, s in data.get("wk_errors", {}).items()}
+    stats = ("soup", "mean_copy", "best_copy")
+    data["soups"] = [
+        SoupRow(**{**known(SoupRow, r), **{n: Stats(**r[n]) for n in stats}})
+        for r in data.get("soups", [])
+    ]
     return Sweep(**data)
+
+
+def _ks(ks: list[int]) -> str:
+    return ", ".join(f"{k}it" for k in ks) or "none"
 
 
 def sparse_from_dict(data: dict) -> SparseSweep:

@@ -19,6 +19,7 @@ from lmctrack.results.paper import Fork, Pair
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.paths import interpolate_pairs, log_pair
+from lmctrack.workflows.souping import fork_soup
 from lmctrack.workflows.work import Book, work
 
 FORK_ARTIFACT = "fork.json"
@@ -46,6 +47,10 @@ def forks(ctx: Context, plans: list[Plan], parent=None) -> list[Fork]:
         for plan, c, ij in zip(book.todo, copies, ends, strict=True):
             pairs = [named(next(paths), plan, c, i, j) for i, j in ij]
             book.finish(plan, record(ctx, book, plan, c, pairs, trained))
+    for result in book.results:  # a fork reused from a store older than soups gets its soup
+        if result.soup_error is None:
+            copies = [ctx.store.load_state(uri) for uri in result.copies]
+            result.soup_error = fork_soup(ctx, copies)
     return book.results
 
 
@@ -258,8 +263,8 @@ def record(
     pairs: list[Pair],
     trained: dict[str, JobResult],
 ) -> Fork:
-    """Summarise the fork on its run: its paths, barrier statistics, distances (Appendix B), and
-    the barriers during training (Appendix C) when tracked."""
+    """Summarise the fork on its run: its paths, barrier statistics, distances (Appendix B), the
+    barriers during training (Appendix C) when tracked, and the uniform soup of its copies."""
     from lmctrack.engine.compare import l2_distance, parameter_names
 
     run = book.run(plan)
@@ -293,6 +298,7 @@ def record(
         copy_errors=[ctx.error(state) for _, state in copies],
         threshold=ctx.params.instability.stable_threshold,
         optimizer_state=schema.CARRY if plan.carry else "restart",
+        soup_error=fork_soup(ctx, [state for _, state in copies]),
     )
     run.log_metrics(result.headline())
     return result

@@ -14,6 +14,7 @@ from lmctrack.config import schema
 from lmctrack.config.params import SeedConfig
 from lmctrack.config.schema import Stats
 from lmctrack.results.paper import Fork, Sweep, SweepRow, to_dict
+from lmctrack.results.sweeps import SoupRow
 from lmctrack.workflows import fork as algorithm1
 from lmctrack.workflows.common import Context
 from lmctrack.workflows.training_run import train_runs
@@ -62,6 +63,8 @@ def instability(ctx: Context, *, mask: str | None = None) -> Sweep:
             fork_runs=[f.run_id for f in forks],
             reused_forks=sum(f.reused for f in forks),
             wk_errors=wk_errors,
+            soups=soup_rows(forks, ctx.params.imp.matching_threshold),
+            matching_threshold=ctx.params.imp.matching_threshold,
         )
         for row in result.rows:
             name = schema.metric(row.split, schema.ERROR_BARRIER)
@@ -70,6 +73,8 @@ def instability(ctx: Context, *, mask: str | None = None) -> Sweep:
             )
         for k, stats in wk_errors.items():
             run.log_metrics({schema.WK_TEST_ERROR: stats.mean}, step=k)
+        for soup in result.soups:
+            run.log_metrics(soup.headline(), step=soup.k)
         run.log_json(to_dict(result), "instability_result.json")
         run.log_table(result.to_frame().to_dict("records"), "instability_table.json")
         for figure in write_figures(ctx, result):
@@ -124,6 +129,22 @@ def barrier_vs_k(result: Sweep) -> str:
     return "\n".join(lines) + "\n"
 
 
+def soup_rows(forks: list[Fork], threshold: float) -> list[SoupRow]:
+    """At each k: the copies' soup, their mean and best test error over inits, and whether the
+    soup matches the mean copy (forks made before soups existed have none)."""
+    out = []
+    for k in sorted({f.k for f in forks}):
+        at_k = [f for f in forks if f.k == k and f.soup_error is not None]
+        if not at_k:
+            continue
+        soup = Stats.of(f.soup_error for f in at_k)
+        mean = Stats.of(statistics.fmean(f.copy_errors) for f in at_k)
+        best = Stats.of(min(f.copy_errors) for f in at_k)
+        matching = schema.soup_matches(soup.mean, mean.mean, threshold)
+        out.append(SoupRow(k, soup, mean, best, matching))
+    return out
+
+
 def write_figures(ctx: Context, result: Sweep) -> list:
     """Figure 3 (and Figure 11) as PNG, and the CSV and metrics JSON that DVC declares."""
     from lmctrack.results.plots import save
@@ -133,6 +154,8 @@ def write_figures(ctx: Context, result: Sweep) -> list:
         save(result.plot(), folder / "instability.png"),
         save(result.plot("wk_error"), folder / "wk_error.png"),
     ]
+    if result.soups:
+        figures.append(save(result.plot("soup"), folder / "soup.png"))
     if ctx.out is not None:
         lines = ["k,split,mean,std,median,n,endpoint_error,stable"]
         lines += [

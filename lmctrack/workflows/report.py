@@ -43,9 +43,24 @@ def fork_table(fork: Fork, threshold: float) -> Table:
     return columns, rows
 
 
+def soup_words(fork: Fork) -> str:
+    """The copies' soup against the copies, for a fork table's title ("" before soups)."""
+    if fork.soup_error is None or not fork.copy_errors:
+        return ""
+    n = schema.soup_metrics(fork.soup_error, fork.copy_errors)
+    return (
+        f"; uniform soup test error {n[schema.SOUP_ERROR]:.4f}, copies mean "
+        f"{n[schema.COPIES_MEAN_ERROR]:.4f}, best {n[schema.COPIES_BEST_ERROR]:.4f}"
+    )
+
+
 def sweep_table(sweep: Sweep) -> Table:
-    """Figure 3 as a table: the error barrier per rewind step and split, and the verdict."""
+    """Figure 3 as a table: the error barrier per rewind step and split, and the verdict; beside
+    it the test error of the copies' uniform soup, of the mean and best copy, and whether the
+    soup matches the mean copy."""
     columns = ["k", "split", "n", "mean", "std", "median", "endpoint error", "stable", "Wk error"]
+    columns += ["soup error", "mean copy", "best copy", "soup matches"]
+    soups = {s.k: s for s in sweep.soups}
     rows = [
         [
             f"{r.k}it",
@@ -57,10 +72,17 @@ def sweep_table(sweep: Sweep) -> Table:
             r.endpoint_error,
             _yes(r.stable),
             sweep.wk_errors[r.k].mean if r.k in sweep.wk_errors else "-",
+            *_soup_cells(soups.get(r.k)),
         ]
         for r in sweep.rows
     ]
     return columns, rows
+
+
+def _soup_cells(soup) -> list:
+    if soup is None:
+        return ["-"] * 4
+    return [soup.soup.mean, soup.mean_copy.mean, soup.best_copy.mean, _yes(soup.matching)]
 
 
 def imp_table(imp: Imp) -> Table:
@@ -193,6 +215,18 @@ def report(outputs: Path, out: Path) -> dict:
             "![instability](../instability/instability.png) ![Wk error](../instability/wk_error.png)",
             "",
             *_md_table(*sweep_table(w)),
+            "",
+        ]
+        claim, holds = w.soup_claim()
+        summary["soup_claim_holds"] = holds
+        lines += [
+            "## What stability buys: the soup of the copies (Wortsman et al. 2022)",
+            "",
+            f"**{claim}**",
+            "",
+            f"({schema.DEFINITIONS['soup']}; test error over inits, in the table above.)",
+            "",
+            "![soup](../instability/soup.png)",
             "",
         ]
         for r in w.rows:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from lmctrack.config import schema
 from lmctrack.config.params import SeedConfig, Step
+from lmctrack.engine.pretrained import sha256
 from lmctrack.engine.state import State
 from lmctrack.engine.train import Noise
-from lmctrack.errors import LmcError
+from lmctrack.errors import LmcError, existing_file
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
 
@@ -87,7 +89,8 @@ def train_runs(
     are registered, so the run's W0, Wk and W_T keep their URIs and every fork of them is reused.
     """
     snapshots = sorted({0, ctx.total_steps, *rewind_steps(ctx, extra_steps)})
-    keys = [ctx.training_hash(seed, "train") for seed in seeds]
+    source = [] if ctx.params.model.checkpoint is None else [sha256(checkpoint_path(ctx))]
+    keys = [ctx.training_hash(seed, *source, "train") for seed in seeds]
     with jobs.claimed(ctx, keys):  # an identical training running now: wait for it, reuse it
         return _train_or_reuse(ctx, seeds, keys, snapshots)
 
@@ -101,14 +104,15 @@ def _train_or_reuse(
         done = ctx.store.find_run(ctx.model_name, key)
         trained = None if done is None else registered_run(ctx.store, done, total)
         missing = [s for s in snapshots if trained is None or s not in trained.states]
-        plans.append((seed, key, trained, bool(missing)))
+        w0, w0_tags = pretrained_w0(ctx, seed) if missing else (None, {})
+        plans.append((seed, key, trained, bool(missing), w0_tags))
         if not missing:
             continue
         job = jobs.training(
             ctx,
             key,
             f"train init={seed.init}" + (" (more rewind steps)" if trained else ""),
-            None,
+            w0,
             start=0,
             noise=Noise(seed.data_order, seed.augment),
             init_seed=seed.init,
@@ -121,14 +125,40 @@ def _train_or_reuse(
         todo.append(job)
     results = jobs.train_all(ctx, todo)
     runs = []
-    for seed, key, trained, missing in plans:
+    for seed, key, trained, missing, w0_tags in plans:
         if trained is None:
-            runs.append(_register(ctx, seed, key, results[key], total))
+            runs.append(_register(ctx, seed, key, results[key], total, w0_tags))
         elif missing:
             runs.append(_register_more(ctx, seed, key, trained, results[key]))
         else:
             runs.append(trained)
     return runs
+
+
+def checkpoint_path(ctx: Context) -> Path:
+    """model.checkpoint as an absolute path; a missing file is one line."""
+    path = Path(ctx.params.model.checkpoint or "").expanduser().resolve()
+    existing_file(path, f"model.checkpoint {path}", "pass the file W0 is to be read from")
+    return path
+
+
+def pretrained_w0(ctx: Context, seed: SeedConfig) -> tuple[State | None, dict[str, str]]:
+    """W0 read from model.checkpoint (None: model.init makes it) and the tags that record its
+    source: the file's path and sha256, and the output layer replaced for another class count
+    (seeded by the init seed, as model.init would make it)."""
+    if ctx.params.model.checkpoint is None:
+        return None, {}
+    from lmctrack.engine.models import build_model
+    from lmctrack.engine.pretrained import as_w0
+
+    cfg, ds, path = ctx.params.model, ctx.dataset, checkpoint_path(ctx)
+    w0 = as_w0(build_model(cfg, ds.num_classes, ds.input_shape, seed.init), path, cfg.name)
+    tags = {
+        schema.W0_SOURCE: str(path),
+        schema.W0_SHA256: w0.sha256,
+        schema.OUTPUT_LAYER: w0.replaced or "kept",
+    }
+    return State(w0.weights), tags
 
 
 def train_run(ctx: Context, extra_steps: Sequence[Step] = ()) -> TrainedRun:
@@ -149,10 +179,17 @@ def registered_run(store, run_id: str, total: int) -> TrainedRun:
 
 
 def _save_states(
-    ctx: Context, run, seed: SeedConfig, key: str, result, known: dict[int, str]
+    ctx: Context,
+    run,
+    seed: SeedConfig,
+    key: str,
+    result,
+    known: dict[int, str],
+    w0_tags: dict[str, str] | None = None,
 ) -> dict[int, str]:
     """Register each snapshot as a state whose parent is the registered state just before it;
-    a rewind state Wk with the optimizer state at k (what a fork's carried copies start from)."""
+    a rewind state Wk with the optimizer state at k (what a fork's carried copies start from),
+    W0 also with `w0_tags` (the checkpoint it was read from)."""
     total = ctx.total_steps
     seed_tags = {
         schema.INIT_SEED: str(seed.init),
@@ -170,7 +207,11 @@ def _save_states(
             State(result.snapshots[step], optimizer=slots),
             role=_role(step, total),
             step=step,
-            tags={**seed_tags, schema.STATE: state_name(step, total)},
+            tags={
+                **seed_tags,
+                schema.STATE: state_name(step, total),
+                **((w0_tags or {}) if step == 0 else {}),
+            },
             parents=[states[max(before)]] if before else [],
             key=f"{key}:step{step}",
         )
@@ -195,7 +236,9 @@ def _register_more(
     return TrainedRun(trained.run_id, states, trained.total, reused=True)
 
 
-def _register(ctx: Context, seed: SeedConfig, key: str, result, total: int) -> TrainedRun:
+def _register(
+    ctx: Context, seed: SeedConfig, key: str, result, total: int, w0_tags: dict[str, str]
+) -> TrainedRun:
     """Log the finished training and register its states, each the child of the one before.
     Its params are the config sections a training reads (all of them are in params.json)."""
     params = ctx.params.model_copy(update={"seeds": seed})
@@ -211,7 +254,7 @@ def _register(ctx: Context, seed: SeedConfig, key: str, result, total: int) -> T
         for row in result.evaluations:
             step = int(row["step"])
             run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
-        states = _save_states(ctx, run, seed, key, result, {})
+        states = _save_states(ctx, run, seed, key, result, {}, w0_tags)
         final = {
             schema.final_error(split): ctx.error(State(result.weights), split)
             for split in ("test", "train")

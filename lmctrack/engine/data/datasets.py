@@ -26,6 +26,7 @@ from lmctrack.engine.data.noise import (
 from lmctrack.errors import LmcError
 
 SPLITS = ("train", "test")
+VALIDATION = "validation"  # held out of the training data when data.validation is set
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
@@ -42,8 +43,15 @@ class Split:
 
 
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
+    if split not in (*SPLITS, VALIDATION):
         raise LmcError(f"unknown split '{split}'; use 'train' or 'test'")
+
+
+def no_validation(name: str) -> LmcError:
+    return LmcError(
+        f"{name} has no validation split; set data.validation (the fraction of the training "
+        "data to hold out, e.g. 0.1)"
+    )
 
 
 def _hash(parts: Iterable[tuple[str, torch.Tensor | str]]) -> str:
@@ -133,6 +141,7 @@ class TensorDataset(Dataset):
         num_classes: int,
         augment: bool = False,
         fill: torch.Tensor | None = None,
+        validation: Split | None = None,
     ):
         if augment and train.x.dim() != 4:
             raise LmcError(
@@ -140,7 +149,7 @@ class TensorDataset(Dataset):
                 f"{tuple(train.x.shape[1:])}; set data.augment to false"
             )
         self.name = name
-        self.train, self.test = train, test
+        self.train, self.test, self.validation = train, test, validation
         self.num_classes = num_classes
         self.input_shape = tuple(train.x.shape[1:])
         self.augment = augment
@@ -149,6 +158,10 @@ class TensorDataset(Dataset):
 
     def _split(self, split: str) -> Split:
         _check_split(split)
+        if split == VALIDATION:
+            if self.validation is None:
+                raise no_validation(self.name)
+            return self.validation
         return self.train if split == "train" else self.test
 
     def num_examples(self, split: str) -> int:
@@ -177,7 +190,7 @@ class TensorDataset(Dataset):
             yield data.x[i:end].to(device), data.y[i:end].to(device)
 
     def to(self, device: Device) -> TensorDataset:
-        for split in (self.train, self.test):
+        for split in (self.train, self.test, *([self.validation] if self.validation else [])):
             split.x, split.y = split.x.to(device), split.y.to(device)
         return self
 
@@ -185,8 +198,11 @@ class TensorDataset(Dataset):
         """sha256 of the normalised tensors (cached; moving the data does not change it)."""
         if self._fingerprint is None:
             s = (self.train, self.test)
+            held = self.validation
+            extra = [("x_validation", held.x), ("y_validation", held.y)] if held else []
             self._fingerprint = _hash(
                 [("x_train", s[0].x), ("y_train", s[0].y), ("x_test", s[1].x), ("y_test", s[1].y)]
+                + extra
             )
         return self._fingerprint
 
@@ -278,6 +294,8 @@ class StreamedImageDataset(Dataset):
 
     def num_examples(self, split: str) -> int:
         _check_split(split)
+        if split == VALIDATION:
+            raise no_validation(self.name)
         return len(self._samples[split])
 
     def _stream(self, dataset: torch.utils.data.Dataset, device: Device, **kwargs) -> Iterator:

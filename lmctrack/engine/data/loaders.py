@@ -301,10 +301,12 @@ _LOADERS: dict[str, Callable[[DataConfig, Path], Dataset]] = {
 def load_dataset(cfg: DataConfig) -> Dataset:
     """The dataset named by cfg, read from cfg.root (relative to the working directory), or the
     user's own (data.user)."""
+    from lmctrack.engine.data.validation import hold_out
+
     if cfg.name not in _LOADERS:
         from lmctrack.engine.data.user import load_user_data
 
-        return load_user_data(cfg)
+        return hold_out(load_user_data(cfg), cfg.validation)
     if cfg.kwargs:
         raise LmcError(f"data {cfg.name} takes no data.kwargs; remove them")
-    return _LOADERS[cfg.name](cfg, Path(cfg.root).expanduser().resolve())
+    return hold_out(_LOADERS[cfg.name](cfg, Path(cfg.root).expanduser().resolve()), cfg.validation)
