@@ -34,10 +34,10 @@ def lineage(
     set_: SetOpt = None,
 ) -> None:
     """Print the ancestry of a state (W_T -> Wk -> W0), each state once."""
-    from lmctrack.api.registry import lineage as ancestry
+    from lmctrack import api  # its registry lookups import no torch
     from lmctrack.config.overrides import parse_sets
 
-    root = ancestry(uri, params=params, sets=parse_sets(set_ or ()))
+    root = api.lineage(uri, params=params, sets=parse_sets(set_ or ()))
     if as_json:
         typer.echo(json.dumps(root.graph(), indent=2))
     else:

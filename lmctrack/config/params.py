@@ -64,9 +64,7 @@ class DataConfig(Section, QuietDefaults):
     root: str = "data"
     num_samples: int = Field(20000, gt=0, description="MNIST-1D: examples generated (train+test)")
     augment: bool | None = Field(None, description="None: the reference convention per dataset")
-    path: str | None = Field(
-        None, description="'tensors': a safetensors file with x_train, y_train"
-    )
+    path: str | None = Field(None, description="'tensors': safetensors with x_train, y_train")
     validation: float | None = Field(
         None, gt=0, lt=1, description="fraction of the training data held out (greedy soups)"
     )
