@@ -13,27 +13,13 @@ import importlib
 
 __version__ = "0.1.0"
 
-API = (
-    "train",
-    "fork",
-    "forks",
-    "interpolate",
-    "imp",
-    "instability",
-    "find_k",
-    "align",
-    "load",
-    "states",
-    "lineage",
-)
-
 
 def __getattr__(name: str):
     api = importlib.import_module("lmctrack.api")  # light: its procedures load on first use
-    if name == "api" or name in API or name in api.__all__:
+    if name == "api" or name in api.__all__:
         return api if name == "api" else getattr(api, name)
     raise AttributeError(f"module 'lmctrack' has no attribute '{name}'")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *API])
+    return sorted([*globals(), *importlib.import_module("lmctrack.api").__all__])
