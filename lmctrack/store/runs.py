@@ -25,10 +25,7 @@ from mlflow.entities import (
 )
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS, MLFLOW_RUN_NOTE
 
-from lmctrack.engine import state as state_files
-from lmctrack.engine.state import State
 from lmctrack.errors import LmcError, redact
-from lmctrack.mlflow_model import DESCRIPTION_FILE
 from lmctrack.store import pages, pyfunc
 from lmctrack.store.backend import deferred, flatten, prefixed, retry_busy, unprefixed, write_errors
 from lmctrack.store.cost import Meter
@@ -232,6 +229,7 @@ class Run:
         after a kill mid-registration adopts what the dead run registered, and no state is
         registered twice. Non-finite weights (a diverged training) are refused.
         """
+        from lmctrack.engine import state as state_files  # torch: only where a state is saved
 
         if bad := state_files.non_finite(state):
             raise LmcError(
@@ -350,6 +348,8 @@ class Run:
         """Write the safetensors files (and a JSON description with their sha256 and the
         architecture, plus the pyfunc MLmodel when the architecture is known) into a new logged
         model; returns it and the files' hashes."""
+        from lmctrack.engine.state import save_state  # torch: only where a state is saved
+        from lmctrack.mlflow_model import DESCRIPTION_FILE
 
         request = self.store._request()
         model = retry_busy(
@@ -365,7 +365,7 @@ class Run:
             self.store._copies.made("models", request, model.model_id, self.experiment_id)
         try:
             with writable_folder(model.artifact_location, self.store.tracking_uri) as folder:
-                files = state_files.save_state(state, folder)
+                files = save_state(state, folder)
                 digests = {f.name: sha256(f) for f in files}
                 description = {
                     "format": "lmctrack.state/safetensors",

@@ -240,9 +240,10 @@ def _register(
     ctx: Context, seed: SeedConfig, key: str, result, total: int, w0_tags: dict[str, str]
 ) -> TrainedRun:
     """Log the finished training and register its states, each the child of the one before.
-    Its params are the config sections a training reads (all of them are in params.json)."""
+    Its params are the config sections a training reads and the store it is recorded in (its
+    URI without credentials); all of the config is in params.json."""
     params = ctx.params.model_copy(update={"seeds": seed})
-    read = params.model_dump(mode="json", include={"data", "model", "train", "seeds"})
+    read = params.model_dump(mode="json", include={"data", "model", "train", "seeds", "store"})
     with jobs.recorded(
         ctx,
         f"train init={seed.init}",
