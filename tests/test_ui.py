@@ -4,6 +4,7 @@ shown; the compare page lines runs up by their params (k); a version's page link
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ import pytest
 
 from lmctrack.results.paper import Imp
 from lmctrack.results.sweeps import Sweep
-from lmctrack.store import Store
+from lmctrack.store import Store, ui
 from lmctrack.workflows.imp import imp
 from lmctrack.workflows.instability import instability
 
@@ -170,3 +171,22 @@ def test_the_ui_shows_the_barrier_column_compares_k_and_links_versions(compared,
     assert ">test.error_barrier.mean<" in table  # a column header, with no click
     assert re.search(r">k</", compare), "k is not among the compared parameters"
     assert f'href="{link}"' in version
+
+
+@needs_browser
+def test_the_defaults_leave_a_users_own_choice_as_it_is(tmp_path: Path) -> None:
+    """The script `lmctrack ui` puts at the top of MLflow's page, run in Chromium after the user
+    chose the GenAI view: that choice stands, and an unset default is set."""
+    chosen = json.dumps("genai")
+    page = tmp_path / "page.html"
+    page.write_text(
+        f"<html><head><script>localStorage.setItem('mlflow.workflowType_v1', '{chosen}')</script>"
+        + ui.defaults_script(ui.BROWSER_DEFAULTS)
+        + "</head><body><pre id='seen'></pre><script>document.getElementById('seen').textContent"
+        "=JSON.stringify(Object.fromEntries(Object.entries(localStorage)))</script></body></html>"
+    )
+    seen = re.search(r"<pre id=\"seen\">([^<]*)</pre>", _rendered(page.as_uri()))
+    assert seen, "the page did not run its scripts"
+    stored = json.loads(seen.group(1).replace("&quot;", '"'))
+    assert stored["mlflow.workflowType_v1"] == chosen  # the user's choice, not machine_learning
+    assert stored["mlflow.assistant.fab.autoOpenedOnFirstLoad_v1"] == "true"
