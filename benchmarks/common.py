@@ -6,6 +6,7 @@ medians: a load spike from other work then hits one pair, not one side of the co
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import statistics
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 from lmctrack.config.params import Params, load_params
@@ -57,6 +59,18 @@ def machine() -> str:
     """The cores and how busy they were: the numbers below mean little without it."""
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return f"machine: {usable_cores()} usable cores, load average {load} (1, 5, 15 min) at start"
+
+
+def begin(doc: str) -> tuple[argparse.Namespace, Params]:
+    """A benchmark of interpolation paths started: its --quick and --repeats parsed (the first
+    paragraph of `doc` as the help), one thread, the machine printed, the default params."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer alphas: a smoke run")
+    parser.add_argument("--repeats", type=int, help="interleaved pairs (default 3)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(machine())
+    return args, default_params()
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:

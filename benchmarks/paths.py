@@ -8,13 +8,11 @@ to 1e-6. Peak memory of each mode is measured in a forked child (growth of its p
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import resource
 import statistics
 
-import torch
-from common import default_params, interleaved, machine, median_ratio, timed
+from common import begin, interleaved, median_ratio, timed
 
 from lmctrack.engine.data import load_dataset
 from lmctrack.engine.interpolate import linear_path
@@ -40,13 +38,7 @@ def peak_growth_mb(fn) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer alphas: a smoke run")
-    parser.add_argument("--repeats", type=int, help="interleaved pairs (default 3)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(machine())
-    params = default_params()
+    args, params = begin(__doc__)
     data = load_dataset(params.data)
     alphas = 6 if args.quick else 30
     states = [

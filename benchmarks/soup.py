@@ -10,12 +10,10 @@ main job at most 10% slower, i.e. this ratio well under 0.1.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from itertools import combinations
 
-import torch
-from common import default_params, interleaved, machine, median_ratio, timed
+from common import begin, interleaved, median_ratio, timed
 
 from lmctrack.engine.data import load_dataset
 from lmctrack.engine.evaluate import evaluate, load_into
@@ -26,13 +24,7 @@ from lmctrack.engine.state import State
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer alphas: a smoke run")
-    parser.add_argument("--repeats", type=int, help="interleaved pairs (default 3)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(machine())
-    params = default_params()
+    args, params = begin(__doc__)
     inst, data = params.instability, load_dataset(params.data)
     alphas = 6 if args.quick else inst.alphas
 

@@ -29,10 +29,7 @@ import yaml
 PARAMS = {
     "data": {"name": "mnist1d", "num_samples": 1000, "root": "data"},
     "model": {"name": "mnist1d_cnn"},
-    "train": {
-        "lr": 0.1,
-        "momentum": 0.9,
-        "batch_size": 100,
+    "train": {  # SGD with lmctrack's default lr, momentum and batch size
         "steps": "100it",
         "rewind_steps": ["0it", "10it", "20it", "50it"],
         "device": "cpu",

@@ -24,6 +24,7 @@ from lmctrack.execution.progress import Board
 from lmctrack.store import Store
 from lmctrack.workflows.common import Context, make_context
 from lmctrack.workflows.data_files import write_mnist1d
+from lmctrack.workflows.training_run import TrainedRun, train_run
 
 TINY_SAMPLES = 1000
 
@@ -136,3 +137,15 @@ def new_project(
         return Project(folder, Store(params["store"]["tracking_uri"]))
 
     return make
+
+
+@pytest.fixture(scope="module")
+def ctx(project: Project) -> Context:
+    """The workflow context of the test module's own `project` fixture."""
+    return project.context()
+
+
+@pytest.fixture(scope="module")
+def run(ctx: Context) -> TrainedRun:
+    """The test module's project trained once: W0, its Wk and W_T registered."""
+    return train_run(ctx)

@@ -1,11 +1,15 @@
 """The example package (examples/own_network/ownnet) copied into a temp folder and importable,
-as a researcher's own code would be: nothing in lmctrack registers it."""
+as a researcher's own code would be: nothing in lmctrack registers it. Also the fixtures of the
+end-to-end modules whose project uses it."""
 
 from __future__ import annotations
 
 import shutil
 import sys
 from pathlib import Path
+
+import pytest
+from test_cli import ok
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "own_network"
@@ -60,3 +64,23 @@ def uninstall(folder: Path) -> None:
     sys.path.remove(str(folder))
     for name in [m for m in sys.modules if m == "ownnet" or m.startswith("ownnet.")]:
         del sys.modules[name]
+
+
+def project_fixtures(name: str, sections: dict) -> tuple:
+    """A test module's fixtures, module-scoped: `project` (a project `name` with `sections`, the
+    package installed, entered as the working directory) and `trained` (what `lmctrack train`
+    printed in it). Use: `project, trained = project_fixtures("name", SECTIONS)`."""
+
+    @pytest.fixture(scope="module")
+    def project(new_project, tmp_path_factory):
+        folder = install(tmp_path_factory.mktemp(f"{name}_e2e"))
+        project = new_project(name, **sections)
+        with project.entered():
+            yield project
+        uninstall(folder)
+
+    @pytest.fixture(scope="module")
+    def trained(project) -> dict:
+        return ok("train", "-q")
+
+    return project, trained

@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from own_package import DATA, MODEL, install, uninstall
+from own_package import DATA, MODEL, install, project_fixtures, uninstall
 from test_cli import invoke, ok
 
 import lmctrack as lmc
@@ -26,18 +26,7 @@ OWN = {
 }
 
 
-@pytest.fixture(scope="module")
-def project(new_project, tmp_path_factory):
-    folder = install(tmp_path_factory.mktemp("own_e2e"))
-    project = new_project("own", **OWN)
-    with project.entered():
-        yield project
-    uninstall(folder)
-
-
-@pytest.fixture(scope="module")
-def trained(project) -> dict:
-    return ok("train", "-q")
+project, trained = project_fixtures("own", OWN)
 
 
 def test_own_network_goes_through_every_analysis(project, trained, monkeypatch):

@@ -9,6 +9,8 @@ import json
 
 import pytest
 import torch
+from test_interpolate import CLASSES, LENGTH
+from test_interpolate import conv_bn as unseeded_conv_bn
 from torch import nn
 
 from lmctrack.config import schema
@@ -21,8 +23,6 @@ from lmctrack.engine.state import State
 from lmctrack.errors import LmcError
 from lmctrack.results.paper import Fork, Pair, Sweep, SweepRow, sweep_from_dict, to_dict
 from lmctrack.workflows.instability import soup_rows
-
-LENGTH, CLASSES = 8, 3
 
 
 def learnable(n: int, seed: int) -> Split:
@@ -38,14 +38,9 @@ def tiny_data() -> TensorDataset:
 
 
 def conv_bn() -> nn.Module:
+    """test_interpolate's network, the same init every time: copies differ by data order alone."""
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv1d(1, 4, 3, padding=1),
-        nn.BatchNorm1d(4),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4 * LENGTH, CLASSES),
-    )
+    return unseeded_conv_bn()
 
 
 def trained(data: TensorDataset, seed: int, steps: int = 60) -> State:

@@ -30,16 +30,6 @@ def project(new_project):
 
 
 @pytest.fixture(scope="module")
-def ctx(project):
-    return project.context()
-
-
-@pytest.fixture(scope="module")
-def run(ctx):
-    return train_run(ctx)
-
-
-@pytest.fixture(scope="module")
 def forked(ctx, run):
     return fork(ctx, run.at(20), seeds=[1, 2, 3])
 

@@ -71,16 +71,6 @@ def project(new_project):
     return new_project("workflows")
 
 
-@pytest.fixture(scope="module")
-def ctx(project):
-    return project.context()
-
-
-@pytest.fixture(scope="module")
-def run(ctx):
-    return train_run(ctx)
-
-
 # ---- train --------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
+from lmctrack.api import PAPER
 from lmctrack.api.registry import ParamsLike
 from lmctrack.config.overrides import Overrides, overrides
 from lmctrack.results.paper import Fork, Imp, Pair, SparseSweep, Sweep
@@ -226,14 +227,4 @@ def load(uri: str, *, params: ParamsLike = None):
         return network, ctx.store.describe(uri)
 
 
-__all__ = [
-    "align",
-    "find_k",
-    "fork",
-    "forks",
-    "imp",
-    "instability",
-    "interpolate",
-    "load",
-    "train",
-]
+__all__ = list(PAPER)  # the names lmctrack.api takes from here, listed there (no torch)
