@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from own_package import install, uninstall
+from own_package import project_fixtures
 from test_cli import ok
 from test_recipe import BAG, RECIPE, TOKENS
 
@@ -28,18 +28,7 @@ SECTIONS = {
 CARRY = ("--set", "instability.optimizer_state=carry")
 
 
-@pytest.fixture(scope="module")
-def project(new_project, tmp_path_factory):
-    folder = install(tmp_path_factory.mktemp("recipe_e2e"))
-    project = new_project("recipe", **SECTIONS)
-    with project.entered():
-        yield project
-    uninstall(folder)
-
-
-@pytest.fixture(scope="module")
-def trained(project) -> dict:
-    return ok("train", "-q")
+project, trained = project_fixtures("recipe", SECTIONS)
 
 
 def _weights(project, uri: str) -> dict[str, torch.Tensor]:
@@ -73,7 +62,7 @@ def test_tokens_go_through_train_fork_imp_and_find_k(project, trained):
     assert abs(imp["rows"][0]["density"] - 0.8) < 0.01
     search = ok(
         "find-k", "-q", *CARRY, "--set", "instability.candidates=[0it, 10it, 20it]",
-        "--set", "instability.max_copies=2",
+        "--set", "instability.max_copies=3",
     )["search"]  # fmt: skip
     assert search["candidates"] == [0, 10, 20] and search["probes"]
 
@@ -100,3 +89,15 @@ def test_plain_mlflow_serves_the_token_network_on_integer_inputs(project, traine
     network, _ = lmc_load(trained["states"]["W_T"])
     expected = network(torch.as_tensor(tokens)).detach().numpy()
     assert np.allclose(model.predict(tokens), expected, atol=1e-6)
+
+
+def test_a_checkpoint_of_the_token_network_starts_a_training(project, trained, tmp_path):
+    """`train --init FILE` probes the network on the data's own integer tokens, as every build
+    does: the checkpoint becomes W0, bit for bit, with its sha256 in the lineage."""
+    network, _ = lmc_load(trained["states"]["W_T"])
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save(network.state_dict(), checkpoint)
+    w0 = ok("train", "-q", "--init", str(checkpoint))["states"]["W0"]
+    loaded = _weights(project, w0)
+    assert all(torch.equal(loaded[k], v) for k, v in network.state_dict().items())
+    assert project.store.describe(w0).tags[schema.W0_SHA256]

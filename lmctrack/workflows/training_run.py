@@ -148,11 +148,11 @@ def pretrained_w0(ctx: Context, seed: SeedConfig) -> tuple[State | None, dict[st
     (seeded by the init seed, as model.init would make it)."""
     if ctx.params.model.checkpoint is None:
         return None, {}
-    from lmctrack.engine.models import build_model
+    from lmctrack.engine.models import build_for_data
     from lmctrack.engine.pretrained import as_w0
 
-    cfg, ds, path = ctx.params.model, ctx.dataset, checkpoint_path(ctx)
-    w0 = as_w0(build_model(cfg, ds.num_classes, ds.input_shape, seed.init), path, cfg.name)
+    cfg, path = ctx.params.model, checkpoint_path(ctx)
+    w0 = as_w0(build_for_data(cfg, ctx.dataset, seed.init), path, cfg.name)
     tags = {
         schema.W0_SOURCE: str(path),
         schema.W0_SHA256: w0.sha256,
