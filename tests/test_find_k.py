@@ -149,6 +149,7 @@ def test_imp_finds_the_earliest_stable_k_of_the_subnetwork_and_says_if_it_matche
     [
         (["-s", "instability.candidates=[0it,100it]"], "before T = 100it"),
         (["-s", "instability.max_copies=2"], "below instability.copies"),
+        (["-s", "instability.copies=2", "-s", "instability.max_copies=2"], "at least 3 copies"),
         (["--density", "0.5"], "add --imp"),
         (["--imp", "--density", "1.5"], "not a fraction"),
     ],

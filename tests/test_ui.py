@@ -139,6 +139,11 @@ def test_every_run_carries_its_defining_params_and_sweeps_nest_what_they_made(co
     for run in _runs(project.store, "imp-training"):
         assert {"k", "density", "level", "criterion"} <= set(run.data.params)
     assert {run.data.tags.get("mlflow.parentRunId") for run in forks} == {sweep.run_id}
+    every = project.store.client.search_runs(
+        [e.experiment_id for e in project.store.client.search_experiments()]
+    )
+    unnamed = [r.info.run_name for r in every if not {"network", "data"} <= set(r.data.params)]
+    assert not unnamed, f"runs without their network and data: {unnamed}"
     assert sorted(run.data.params["copy_seed"] for run in _runs(project.store, "copy")) == [
         "1",
         "2",

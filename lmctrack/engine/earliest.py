@@ -37,6 +37,7 @@ from itertools import combinations
 import numpy as np
 
 STABLE, UNSTABLE, UNDECIDED = "stable", "unstable", "undecided"
+MIN_COPIES = 3  # the fewest copies whose jackknife bounds are finite
 SEARCH, CHECK = "search", "check"  # a probe of the bisection, or the check above k*
 
 Barriers = Callable[[int, int], list[float]]  # (k, copies) -> the barrier of every pair
@@ -78,7 +79,7 @@ class Rule:
         return 1 - (1 - self.confidence) / self.looks
 
     def bounds(self, barriers: Sequence[float]) -> tuple[float, float, float]:
-        """The mean over pairs and its lower and upper bounds (fewer than 3 copies: unbounded)."""
+        """The mean over pairs and its lower and upper bounds (fewer than MIN_COPIES: unbounded)."""
         mean, low, high = self.batch(np.asarray(barriers, dtype=float)[None])
         return float(mean[0]), float(low[0]), float(high[0])
 
@@ -88,7 +89,7 @@ class Rule:
 
         n = copies_of(pairs.shape[-1])
         mean = pairs.mean(-1)
-        if n < 3:
+        if n < MIN_COPIES:
             return mean, np.full_like(mean, -np.inf), np.full_like(mean, np.inf)
         member = np.zeros((pairs.shape[-1], n))  # member[p, c]: pair p contains copy c
         for p, (i, j) in enumerate(combinations(range(n), 2)):

@@ -104,7 +104,9 @@ class Context:
 
     @contextmanager
     def run(self, label: str, *, parent=None, params: dict | None = None, tags=None) -> Iterator:
-        """A run in this network's experiment that records the dataset it reads as an input."""
+        """A run in this network's experiment that records the dataset it reads as an input; every
+        run names its network and data (run_params), so runs of every kind line up in one table."""
+        params = {**self.run_params(), **(params or {})}
         with self.store.run(self.model_name, label, parent=parent, params=params, tags=tags) as run:
             run.log_dataset(self.data_ref)
             yield run

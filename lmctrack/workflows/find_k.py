@@ -126,6 +126,12 @@ def budget(ctx: Context) -> Budget:
             f"instability.max_copies ({maximum}) is below instability.copies ({inst.copies}), "
             "the copies a probe starts with; raise it or set it to null (inits x copies)"
         )
+    if maximum < earliest.MIN_COPIES:
+        raise LmcError(
+            f"find-k decides from at least {earliest.MIN_COPIES} copies per probe (its bounds "
+            f"are a jackknife over copies) and instability.max_copies is {maximum}; set "
+            f"instability.max_copies to {earliest.MIN_COPIES} or more"
+        )
     return Budget(start=inst.copies, step=1, maximum=maximum)
 
 
@@ -229,6 +235,8 @@ def find_k(ctx: Context, search=None) -> FindK:
     with ctx.run(
         "find-k" + (" imp" if search is not None else ""),
         params={
+            schema.INIT_SEED: ctx.params.seeds.init,
+            schema.BN: inst.bn,
             "candidates": ",".join(map(str, ks)),
             "copies": inst.copies,
             "max_copies": budget(ctx).maximum,
@@ -253,6 +261,8 @@ def find_k(ctx: Context, search=None) -> FindK:
             subnetwork=subnetwork,
             run_as_copy=any(probing.taken.values()),
         )
+        if search is not None:
+            run.log_params({schema.DENSITY: probing.density})
         for p in found.probes:
             name = schema.metric(result.split, schema.ERROR_BARRIER)
             run.log_metrics({f"{name}.mean": p.mean, "copies": p.copies}, step=p.k)
