@@ -96,6 +96,8 @@ def test_hessian_of_a_dense_state_is_logged_with_its_diagonal(setup):
     assert Hessian.from_dict(logged) == result
     assert store.run_tags(result.run_id)["kind"] == "hessian"
     assert store.client.get_run(result.run_id).data.params == {
+        "network": "mnist1d_cnn",
+        "data": "mnist1d",
         "uri": run.final,
         "samples": "8",
         "limit": "200",
