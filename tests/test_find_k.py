@@ -61,6 +61,13 @@ def test_each_probe_is_decided_by_its_interval_and_k_star_is_the_earliest_stable
     assert printed["grid_trainings"] == 1 + 4 * 3  # the sweep: 1 init, 4 candidates x 3 copies
 
 
+def test_the_find_k_run_links_the_training_and_every_fork_it_probed(project, printed):
+    store = project.store
+    note = store.client.get_run(printed["run_id"]).data.tags["mlflow.note.content"]
+    for run_id in [printed["train_run"], *printed["fork_runs"]]:
+        assert f"/runs/{run_id})" in note
+
+
 def test_every_copy_descends_from_the_runs_wk_and_the_sweep_reuses_the_forks(project, printed):
     ctx = project.context()
     run = registered_run(ctx.store, printed["train_run"], ctx.total_steps)

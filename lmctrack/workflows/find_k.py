@@ -30,6 +30,7 @@ from lmctrack.workflows.common import Context
 from lmctrack.workflows.imp import cfg_levels, imps
 from lmctrack.workflows.instability import copy_seeds, sweep_seeds
 from lmctrack.workflows.training_run import TrainedRun, train_runs
+from lmctrack.workflows.work import note_links
 
 
 @dataclass
@@ -263,6 +264,12 @@ def find_k(ctx: Context, search=None) -> FindK:
         )
         if search is not None:
             run.log_params({schema.DENSITY: probing.density})
+        probed = [(f"fork k={k}", probing.forks[k].run_id) for k in sorted(probing.forks)]
+        note_links(
+            run,
+            "The training and forks it probed (made before this run):",
+            [("train", probing.run.run_id), *probed],
+        )
         for p in found.probes:
             name = schema.metric(result.split, schema.ERROR_BARRIER)
             run.log_metrics({f"{name}.mean": p.mean, "copies": p.copies}, step=p.k)

@@ -78,14 +78,18 @@ class Book(Generic[U, R]):
 def note_reused(run, results: dict[str, Sequence]) -> None:
     """Link, in a sweep run's description, the runs it reused (`results` by kind, each with
     run_id, k and reused): they are nested under the request that made them, not this one."""
-    links = [
-        f"- [{kind} k={r.k}](#/experiments/{run.experiment_id}/runs/{r.run_id})"
-        for kind, done in results.items()
-        for r in done
-        if r.reused
+    reused = [
+        (f"{kind} k={r.k}", r.run_id) for kind, done in results.items() for r in done if r.reused
     ]
-    if links:
-        run.note("Reused runs (made by an earlier request):\n\n" + "\n".join(links))
+    note_links(run, "Reused runs (made by an earlier request):", reused)
+
+
+def note_links(run, heading: str, runs: Sequence[tuple[str, str]]) -> None:
+    """The run's description: `heading` and a link to each (label, run id) of its experiment,
+    for runs a person should reach from this one but that are not nested under it."""
+    if runs:
+        links = [f"- [{label}](#/experiments/{run.experiment_id}/runs/{i})" for label, i in runs]
+        run.note(heading + "\n\n" + "\n".join(links))
 
 
 @contextmanager
