@@ -8,7 +8,8 @@ deploy/users.py: a request without an account is refused (401), and a wrong pass
 naming the account; an editor's sweep, its credentials in the tracking URI, records every state
 with its lineage, and neither the server's store nor any file the command wrote nor its output
 holds the password; a reader can neither register a state (nothing of it stays registered) nor
-delete a run (403) until the admin grants it EDIT on the study (deploy/users.py).
+delete a run (403) until the admin grants it EDIT on the study (deploy/users.py); an account with
+EDIT on a study's experiment but not on its registered model is stopped before its first run.
 """
 
 from __future__ import annotations
@@ -196,3 +197,28 @@ def test_the_admin_grants_a_reader_edit_on_a_study_and_it_records_there(
         uri = run.save_state(_state(2), model_name="study_net", role="W0", step=0, tags={})
     reader.settle()
     assert uri == "models:/study_net/2"  # the reader's refused attempt left no version
+
+
+@slow
+def test_an_account_without_edit_on_the_model_is_stopped_before_anything_is_recorded(
+    server, signed_out
+):
+    """EDIT on the experiment but not on its registered model: refused at the command's first
+    run, in one line naming the account and the model, with no run created (not a run left
+    FAILED after its training)."""
+    editor = Store(_signed_in(server.url, EDITOR))
+    with editor.run("shared_net", "w0") as run:
+        run.save_state(_state(3), model_name="shared_net", role="W0", step=0, tags={})
+    editor.settle()
+    admin = {**os.environ, **server.credentials}
+    argv = [sys.executable, "deploy/users.py", server.url, "grant", READER[0], "experiment"]
+    subprocess.run(
+        [*argv, "shared_net", "EDIT"], env=admin, check=True, cwd=Path(__file__).parents[1]
+    )
+    reader = Store(_signed_in(server.url, READER))
+    client = MlflowClient(server.url)  # as the reader
+    experiment = client.get_experiment_by_name("shared_net").experiment_id
+    refusal = r"refused account 'reader' EDIT on the registered model 'shared_net'.*nothing was"
+    with pytest.raises(LmcError, match=refusal), reader.run("shared_net", "try"):
+        pass
+    assert [r.info.run_id for r in client.search_runs([experiment])] == [run.id]

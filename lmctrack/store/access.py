@@ -98,6 +98,34 @@ def refused(error: BaseException, uri: str, call: str) -> Refused | None:
     return None
 
 
+def signed_in() -> bool:
+    """Whether this process sends an account's credentials (a server that checks permissions)."""
+    return bool(os.environ.get(USERNAME) or os.environ.get("MLFLOW_TRACKING_TOKEN"))
+
+
+def may_register(client, uri: str, name: str) -> None:
+    """Before the first run of experiment `name`: the account may register states in the
+    registered model of that name, where every workflow of the experiment registers them. A
+    write it may not make is refused here, in one line, before anything is recorded, not after
+    a training (a run left FAILED). Probed by setting a constant tag, the one write that needs
+    the same EDIT and changes nothing after the first time; a model not yet there is made by the
+    first registration, which any account may."""
+    if not client.search_registered_models(f"name = '{name}'", max_results=1):
+        return
+    try:
+        client.set_registered_model_tag(name, "lmctrack.registry", "lmctrack states")
+    except Refused as e:
+        if e.status != 403:
+            raise
+        raise Refused(
+            f"the MLflow tracking server {uri} refused {account()} EDIT on the registered model "
+            f"'{name}', where this command registers its states (403); ask the server's admin "
+            f"for it (python deploy/users.py URL grant ACCOUNT registered_model '{name}' EDIT; "
+            f"{_FIX}) or use an account that has it; nothing was recorded",
+            403,
+        ) from None
+
+
 def probe_server(uri: str) -> None:
     """One short request to an HTTP tracking server's /health, so that an unreachable server is
     one line in seconds instead of minutes of retries."""

@@ -16,8 +16,9 @@ from mlflow.exceptions import MlflowException
 
 from lmctrack.errors import LmcError
 from lmctrack.store import copies, views
-from lmctrack.store.access import without_credentials
+from lmctrack.store.access import may_register, signed_in, without_credentials
 from lmctrack.store.backend import (
+    ServerClient,
     connect,
     deferred,
     exists_already,
@@ -167,6 +168,8 @@ class Store(Registry):
                         retry_busy(
                             partial(self.client.set_experiment_tag, experiment_id, key, value)
                         )
+        if signed_in() and isinstance(self.client, ServerClient):
+            may_register(self.client, self.tracking_uri, name)
         self._experiments[name] = experiment_id
         return experiment_id
 
