@@ -9,7 +9,6 @@ made, and the replacement is reported so that the lineage records it.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,19 +24,10 @@ from lmctrack.errors import LmcError
 
 @dataclass
 class Pretrained:
-    """The weights W0 starts from, the file's sha256, and the output layer replaced (or None)."""
+    """The weights W0 starts from, and the output layer replaced (or None)."""
 
     weights: dict[str, torch.Tensor]
-    sha256: str
     replaced: str | None
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -88,7 +78,7 @@ def as_w0(model: nn.Module, path: Path, name: str) -> Pretrained:
     if differ:
         before, after = loaded[f"{head}.weight"].shape[0], mine[f"{head}.weight"].shape[0]
         replaced = f"{head}: {before} -> {after} classes, seeded"
-    return Pretrained(weights, sha256(path), replaced)
+    return Pretrained(weights, replaced)
 
 
 def _fix(name: str) -> str:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from lmctrack.config import schema
 from lmctrack.config.params import SeedConfig, Step
-from lmctrack.engine.pretrained import sha256
 from lmctrack.engine.state import State
 from lmctrack.engine.train import Noise
 from lmctrack.errors import LmcError, existing_file
+from lmctrack.store.files import sha256
 from lmctrack.workflows import jobs
 from lmctrack.workflows.common import Context
 
@@ -89,14 +89,19 @@ def train_runs(
     are registered, so the run's W0, Wk and W_T keep their URIs and every fork of them is reused.
     """
     snapshots = sorted({0, ctx.total_steps, *rewind_steps(ctx, extra_steps)})
-    source = [] if ctx.params.model.checkpoint is None else [sha256(checkpoint_path(ctx))]
-    keys = [ctx.training_hash(seed, *source, "train") for seed in seeds]
+    source = checkpoint(ctx)
+    digest = source[1:]  # a checkpoint's sha256 is part of what decides the training
+    keys = [ctx.training_hash(seed, *digest, "train") for seed in seeds]
     with jobs.claimed(ctx, keys):  # an identical training running now: wait for it, reuse it
-        return _train_or_reuse(ctx, seeds, keys, snapshots)
+        return _train_or_reuse(ctx, seeds, keys, snapshots, source)
 
 
 def _train_or_reuse(
-    ctx: Context, seeds: Sequence[SeedConfig], keys: list[str], snapshots: list[int]
+    ctx: Context,
+    seeds: Sequence[SeedConfig],
+    keys: list[str],
+    snapshots: list[int],
+    source: tuple[Path, str] | tuple[()],
 ) -> list[TrainedRun]:
     total, eval_every = ctx.total_steps, ctx.params.train.eval_every
     plans, todo = [], []
@@ -104,7 +109,7 @@ def _train_or_reuse(
         done = ctx.store.find_run(ctx.model_name, key)
         trained = None if done is None else registered_run(ctx.store, done, total)
         missing = [s for s in snapshots if trained is None or s not in trained.states]
-        w0, w0_tags = pretrained_w0(ctx, seed) if missing else (None, {})
+        w0, w0_tags = pretrained_w0(ctx, seed, *source) if missing and source else (None, {})
         plans.append((seed, key, trained, bool(missing), w0_tags))
         if not missing:
             continue
@@ -135,27 +140,30 @@ def _train_or_reuse(
     return runs
 
 
-def checkpoint_path(ctx: Context) -> Path:
-    """model.checkpoint as an absolute path; a missing file is one line."""
-    path = Path(ctx.params.model.checkpoint or "").expanduser().resolve()
-    existing_file(path, f"model.checkpoint {path}", "pass the file W0 is to be read from")
-    return path
-
-
-def pretrained_w0(ctx: Context, seed: SeedConfig) -> tuple[State | None, dict[str, str]]:
-    """W0 read from model.checkpoint (None: model.init makes it) and the tags that record its
-    source: the file's path and sha256, and the output layer replaced for another class count
-    (seeded by the init seed, as model.init would make it)."""
+def checkpoint(ctx: Context) -> tuple[Path, str] | tuple[()]:
+    """model.checkpoint as an absolute path and its sha256 (the file read once, for the
+    trainings' keys and W0's tags); () when model.init makes W0. A missing file is one line."""
     if ctx.params.model.checkpoint is None:
-        return None, {}
+        return ()
+    path = Path(ctx.params.model.checkpoint).expanduser().resolve()
+    existing_file(path, f"model.checkpoint {path}", "pass the file W0 is to be read from")
+    return path, sha256(path)
+
+
+def pretrained_w0(
+    ctx: Context, seed: SeedConfig, path: Path, digest: str
+) -> tuple[State, dict[str, str]]:
+    """W0 read from the checkpoint at `path` and the tags that record its source: the file's
+    path and sha256, and the output layer replaced for another class count (seeded by the init
+    seed, as model.init would make it)."""
     from lmctrack.engine.models import build_for_data
     from lmctrack.engine.pretrained import as_w0
 
-    cfg, path = ctx.params.model, checkpoint_path(ctx)
+    cfg = ctx.params.model
     w0 = as_w0(build_for_data(cfg, ctx.dataset, seed.init), path, cfg.name)
     tags = {
         schema.W0_SOURCE: str(path),
-        schema.W0_SHA256: w0.sha256,
+        schema.W0_SHA256: digest,
         schema.OUTPUT_LAYER: w0.replaced or "kept",
     }
     return State(w0.weights), tags
