@@ -348,7 +348,7 @@ class Run:
         """Write the safetensors files (and a JSON description with their sha256 and the
         architecture, plus the pyfunc MLmodel when the architecture is known) into a new logged
         model; returns it and the files' hashes."""
-        from lmctrack.engine.state import save_state  # torch: only where a state is saved
+        from lmctrack.engine import state as state_files  # torch: only where a state is saved
         from lmctrack.mlflow_model import DESCRIPTION_FILE
 
         request = self.store._request()
@@ -365,7 +365,7 @@ class Run:
             self.store._copies.made("models", request, model.model_id, self.experiment_id)
         try:
             with writable_folder(model.artifact_location, self.store.tracking_uri) as folder:
-                files = save_state(state, folder)
+                files = state_files.save_state(state, folder)
                 digests = {f.name: sha256(f) for f in files}
                 description = {
                     "format": "lmctrack.state/safetensors",

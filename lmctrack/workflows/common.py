@@ -18,6 +18,7 @@ from lmctrack.engine.train import resolve_device
 from lmctrack.errors import LmcError
 from lmctrack.execution.executor import Executor, executor
 from lmctrack.execution.progress import Board
+from lmctrack.store.backend import flatten
 from lmctrack.store.inputs import DataRef
 
 PARAMS_ARTIFACT = "params.json"
@@ -89,10 +90,8 @@ class Context:
 
     def run_params(self, **named) -> dict:
         """What defines a run, as MLflow params named alike across run kinds (schema: k,
-        init_seed, density, ...) so every kind lines up in one table: this network and data,
-        and `named` (those None left out)."""
-        given = {name: value for name, value in named.items() if value is not None}
-        return {schema.NETWORK: self.params.model.name, schema.DATA: self.params.data.name, **given}
+        init_seed, density, ...), those None left out; `run` adds the network and data."""
+        return {name: value for name, value in named.items() if value is not None}
 
     def init_seed(self, uri: str) -> str | None:
         """The init seed of the W0 a state descends from (its own tag, else its first parent's)."""
@@ -105,8 +104,10 @@ class Context:
     @contextmanager
     def run(self, label: str, *, parent=None, params: dict | None = None, tags=None) -> Iterator:
         """A run in this network's experiment that records the dataset it reads as an input; every
-        run names its network and data (run_params), so runs of every kind line up in one table."""
-        params = {**self.run_params(), **(params or {})}
+        run names its network and data, so runs of every kind line up in one table (beside a
+        training's `data.*` section: params are flattened first)."""
+        own = {schema.NETWORK: self.params.model.name, schema.DATA: self.params.data.name}
+        params = {**own, **flatten(params or {})}
         with self.store.run(self.model_name, label, parent=parent, params=params, tags=tags) as run:
             run.log_dataset(self.data_ref)
             yield run
