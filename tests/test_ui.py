@@ -144,6 +144,8 @@ def test_every_run_carries_its_defining_params_and_sweeps_nest_what_they_made(co
     )
     unnamed = [r.info.run_name for r in every if not {"network", "data"} <= set(r.data.params)]
     assert not unnamed, f"runs without their network and data: {unnamed}"
+    train = _runs(project.store, "train")[0].data.params  # the sections it read, beside them
+    assert {"data.name", "model.name", "train.lr", "store.tracking_uri"} <= set(train)
     assert sorted(run.data.params["copy_seed"] for run in _runs(project.store, "copy")) == [
         "1",
         "2",
