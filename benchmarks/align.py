@@ -1,4 +1,4 @@
-"""Time weight matching and activation matching on this machine (issue 13: ResNet-20 weight
+"""Time weight matching and activation matching on this machine (ResNet-20 weight
 matching should take seconds).
 
 Two networks from different inits (untrained: matching does the same work on any weights);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue 12): one table, under 8 minutes on one modern GPU.
+# The GPU check: one table, under 8 minutes on one modern GPU.
 #   CUDA training of the Table-1 CIFAR networks (cifar_resnet_20, cifar_vgg_16) on CIFAR-shaped
 #   synthetic data held in memory; determinism (same seeds -> same weights, deterministic
 #   algorithms on); ResNet-20 iterations/s: bare PyTorch loop, lmctrack engine, 8 copies stacked,

@@ -1,4 +1,4 @@
-"""The registry at the size of a real study (issue 29, item 3): a store filled with N registered
+"""The registry at the size of a real study: a store filled with N registered
 states of a tiny network in one registered model, and the time of each lookup lmctrack makes.
 
 The states have the shape of instability sweeps: per init, one training run registers W0, four

@@ -1,4 +1,4 @@
-"""Which analyses run on the model zoos' architectures (issue 38): on each network, a short train,
+"""Which analyses run on the model zoos' architectures: on each network, a short train,
 a fork of two copies with its barrier, interpolation with `bn: reset`, one IMP level, and
 weight-matching alignment with REPAIR on the path; each cell is `ok` (with a number) or the
 one-line reason it cannot run. Small inputs (3x32x32 images, 4 classes; tokens of length 12), a

@@ -1,4 +1,4 @@
-"""Done when (issue 38): a network with an embedding layer, trained on integer tokens with
+"""A network with an embedding layer, trained on integer tokens with
 torch.optim:AdamW (weight decay by kwargs), a cosine schedule, label smoothing and clipping, goes
 through train, fork (restart and carry), IMP and find-k; carried copies continue the training's
 optimizer bit for bit."""

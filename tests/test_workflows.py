@@ -398,7 +398,7 @@ def test_random_baselines_keep_layer_densities_and_the_mask(ctx, run, imp_levels
     assert not same(reinit.weights, ctx.store.load_state(run.w0).weights)
 
 
-# ---- the science check (issue 3) -----------------------------------------------------------------
+# ---- the science check -----------------------------------------------------------------
 
 
 @pytest.mark.slow
